@@ -1,0 +1,475 @@
+//! Reading a pipeline file: `${VAR}` interpolation, `SLUICE_` environment overrides (figment),
+//! per-component deserialization with field paths, then each connector's pure `validate()`.
+
+use super::{
+    PipelineConfig, SinkOuter, SourceOuter, Tolerance, SINK_FRAMEWORK_FIELDS,
+    SOURCE_FRAMEWORK_FIELDS,
+};
+use crate::FieldError;
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A pipeline file that can't be used, saying where: file, line, component and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Component id, for errors inside `sources.<id>` or `sinks.<id>`.
+    pub component: Option<String>,
+    /// Field path, inside the component when there is one.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(":")?;
+        if let Some(component) = &self.component {
+            write!(f, " component `{component}`")?;
+        }
+        if let Some(field) = &self.field {
+            if self.component.is_some() {
+                f.write_str(",")?;
+            }
+            write!(f, " field `{field}`")?;
+        }
+        if self.component.is_some() || self.field.is_some() {
+            f.write_str(":")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+/// Overrides applied on top of the file.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--kafka host:port`: use this cluster whatever the file says.
+    pub kafka_bootstrap: Option<String>,
+}
+
+/// Top-level keys of a pipeline file; environment overrides may only reach these.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "name", "kafka", "embedded", "topics", "sources", "sinks", "errors",
+];
+
+/// Reads, interpolates, deserializes and validates one pipeline file.
+pub fn load_pipeline(file: &Path, options: &LoadOptions) -> Result<PipelineConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        component: None,
+        field: None,
+        message: format!("cannot read the pipeline file: {e}"),
+    })?;
+    let loader = Loader { file, text: &text };
+    let interpolated = interpolate(&text)
+        .map_err(|(line, message)| loader.error(Some(line), None, None, message))?;
+    loader.parse(&interpolated, options)
+}
+
+struct Loader<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Loader<'_> {
+    fn error(
+        &self,
+        line: Option<usize>,
+        component: Option<&str>,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            component: component.map(str::to_string),
+            field,
+            message: message.into(),
+        }
+    }
+
+    fn parse(&self, yaml: &str, options: &LoadOptions) -> Result<PipelineConfig, ConfigError> {
+        let mut figment = Figment::new().merge(Yaml::string(yaml)).merge(
+            Env::prefixed("SLUICE_").split("__").filter(|key| {
+                TOP_LEVEL_KEYS.contains(&key.as_str().split('.').next().unwrap_or(""))
+            }),
+        );
+        if let Some(bootstrap) = &options.kafka_bootstrap {
+            figment = figment.merge(("kafka.bootstrap_servers", bootstrap.as_str()));
+        }
+        let tree: Value = figment.extract().map_err(|e| {
+            let line = yaml_error_line(&e.to_string());
+            self.error(
+                line,
+                None,
+                None,
+                format!("not a valid pipeline file: {}", e.kind),
+            )
+        })?;
+        let Value::Object(mut top) = tree else {
+            return Err(self.error(None, None, None, "the pipeline file must be a mapping"));
+        };
+
+        let sources =
+            self.components::<SourceOuter>(&mut top, "sources", SOURCE_FRAMEWORK_FIELDS)?;
+        let sinks = self.components::<SinkOuter>(&mut top, "sinks", SINK_FRAMEWORK_FIELDS)?;
+        top.insert("sources".into(), Value::Object(Map::new()));
+        top.insert("sinks".into(), Value::Object(Map::new()));
+        let mut pipeline: PipelineConfig = serde_path_to_error::deserialize(Value::Object(top))
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let line = find_line(self.text, &field.split('.').collect::<Vec<_>>());
+                self.error(line, None, Some(field), e.into_inner().to_string())
+            })?;
+        pipeline.sources = sources;
+        pipeline.sinks = sinks;
+        self.validate(&pipeline)?;
+        Ok(pipeline)
+    }
+
+    /// Deserializes each component of `section` on its own, so errors name it and the field.
+    fn components<T: DeserializeOwned>(
+        &self,
+        top: &mut Map<String, Value>,
+        section: &str,
+        framework_fields: &[&str],
+    ) -> Result<indexmap::IndexMap<String, T>, ConfigError> {
+        let mut out = indexmap::IndexMap::new();
+        let Some(value) = top.remove(section) else {
+            return Ok(out);
+        };
+        let Value::Object(components) = value else {
+            return Err(self.error(
+                find_line(self.text, &[section]),
+                None,
+                Some(section.into()),
+                "must be a mapping from component id to component",
+            ));
+        };
+        for (id, body) in components {
+            let line_of = |field: &str| {
+                let mut path = vec![section, id.as_str()];
+                path.extend(field.split('.').filter(|s| !s.is_empty()));
+                find_line(self.text, &path)
+            };
+            let Value::Object(body) = body else {
+                return Err(self.error(line_of(""), Some(&id), None, "must be a mapping"));
+            };
+            // `type` first, so typetag streams the fields and the error path names the field.
+            let mut ordered = Map::new();
+            match body.get("type") {
+                Some(t) => ordered.insert("type".into(), t.clone()),
+                None => {
+                    return Err(self.error(
+                        line_of(""),
+                        Some(&id),
+                        Some("type".into()),
+                        "missing: every component needs a `type:` (see `sluice plugins`)",
+                    ))
+                }
+            };
+            for (k, v) in body {
+                if k != "type" {
+                    ordered.insert(k, v);
+                }
+            }
+            let component: T =
+                serde_path_to_error::deserialize(Value::Object(ordered)).map_err(|e| {
+                    let path = e.path().to_string();
+                    let message = e.into_inner().to_string();
+                    let field = field_from(&path, &message);
+                    let line = field.as_deref().and_then(line_of).or_else(|| line_of(""));
+                    let hint = if framework_fields
+                        .iter()
+                        .any(|f| message.contains(&format!("`{f}`")))
+                    {
+                        ""
+                    } else if message.starts_with("unknown variant") {
+                        " (run `sluice plugins` to list the types)"
+                    } else {
+                        ""
+                    };
+                    self.error(line, Some(&id), field, format!("{message}{hint}"))
+                })?;
+            out.insert(id, component);
+        }
+        Ok(out)
+    }
+
+    /// Runs every connector's `validate()` and checks how the components are wired.
+    fn validate(&self, pipeline: &PipelineConfig) -> Result<(), ConfigError> {
+        let fail = |section: &str, id: &str, errors: Vec<FieldError>| {
+            let first = &errors[0];
+            let mut path = vec![section, id];
+            path.extend(first.field.split('.'));
+            let more = if errors.len() > 1 {
+                format!(" (and {} more)", errors.len() - 1)
+            } else {
+                String::new()
+            };
+            self.error(
+                find_line(self.text, &path),
+                Some(id),
+                Some(first.field.clone()),
+                format!("{}{more}", first.message),
+            )
+        };
+        for (id, source) in &pipeline.sources {
+            source
+                .inner
+                .validate()
+                .map_err(|e| fail("sources", id, e))?;
+            if source.batch_size == 0 {
+                return Err(fail(
+                    "sources",
+                    id,
+                    vec![FieldError::new("batch_size", "must be at least 1")],
+                ));
+            }
+            for (i, t) in source.transforms.iter().enumerate() {
+                t.validate()
+                    .map_err(|e| fail("sources", id, prefix(e, &format!("transforms.{i}"))))?;
+            }
+        }
+        for (id, sink) in &pipeline.sinks {
+            sink.inner.validate().map_err(|e| fail("sinks", id, e))?;
+            if sink.topics.is_empty() {
+                return Err(fail(
+                    "sinks",
+                    id,
+                    vec![FieldError::new("topics", "must name at least one topic")],
+                ));
+            }
+            if sink.batch.max_records == 0 {
+                return Err(fail(
+                    "sinks",
+                    id,
+                    vec![FieldError::new("batch.max_records", "must be at least 1")],
+                ));
+            }
+            for (i, t) in sink.transforms.iter().enumerate() {
+                t.validate()
+                    .map_err(|e| fail("sinks", id, prefix(e, &format!("transforms.{i}"))))?;
+            }
+        }
+        for (name, spec) in &pipeline.topics {
+            if spec.partitions < 1 || spec.replication_factor < 1 {
+                return Err(self.error(
+                    find_line(self.text, &["topics", name]),
+                    None,
+                    Some(format!("topics.{name}")),
+                    "partitions and replication_factor must be at least 1",
+                ));
+            }
+        }
+        let errors_line = || find_line(self.text, &["errors"]);
+        if pipeline.errors.tolerance == Tolerance::All
+            && pipeline.errors.dead_letter_topic.is_none()
+        {
+            return Err(self.error(
+                errors_line(),
+                None,
+                Some("errors.dead_letter_topic".into()),
+                "`tolerance: all` needs a dead-letter topic, or bad records would vanish",
+            ));
+        }
+        if pipeline.kafka.is_none() {
+            // In-process topics end with the process: whatever nobody reads is gone.
+            let read: Vec<&String> = pipeline
+                .sinks
+                .values()
+                .flat_map(|s| s.topics.iter())
+                .collect();
+            if let Some(dlq) = &pipeline.errors.dead_letter_topic {
+                if !read.contains(&dlq) {
+                    return Err(self.error(errors_line(), None, Some("errors.dead_letter_topic".into()),
+                        format!("with the embedded transport no sink reads `{dlq}`, so its records would be lost at exit; add a sink (e.g. `type: file`) with `topics: [{dlq}]`")));
+                }
+            }
+            for (id, source) in &pipeline.sources {
+                if !read.contains(&&source.topic) {
+                    return Err(fail("sources", id, vec![FieldError::new("topic",
+                        format!("no sink reads `{}`; with the embedded transport its records would be lost", source.topic))]));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn prefix(errors: Vec<FieldError>, prefix: &str) -> Vec<FieldError> {
+    errors
+        .into_iter()
+        .map(|e| FieldError::new(format!("{prefix}.{}", e.field), e.message))
+        .collect()
+}
+
+/// The field an error is about: its path, or for `missing field `x`` the named field.
+fn field_from(path: &str, message: &str) -> Option<String> {
+    let named = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .and_then(|rest| rest.split('`').next());
+    match (path, named) {
+        (".", Some(name)) | ("", Some(name)) => Some(name.to_string()),
+        (".", None) | ("", None) => None,
+        (path, Some(name)) if message.starts_with("missing") => Some(format!("{path}.{name}")),
+        (path, Some(name)) => Some(match path.rsplit_once('.') {
+            Some((parent, _)) => format!("{parent}.{name}"),
+            None => name.to_string(),
+        }),
+        (path, None) => Some(path.to_string()),
+    }
+}
+
+fn yaml_error_line(message: &str) -> Option<usize> {
+    let at = message.find("line ")?;
+    message[at + 5..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// 1-based line of the key at `path` (mapping keys, outermost first) in a block-style YAML text,
+/// or of the deepest ancestor found.
+fn find_line(text: &str, path: &[&str]) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = None;
+    let (mut from, mut to, mut parent_indent) = (0, lines.len(), None::<usize>);
+    for key in path.iter().filter(|k| !k.is_empty()) {
+        let mut hit = None;
+        for (i, line) in lines.iter().enumerate().take(to).skip(from) {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if parent_indent.is_some_and(|p| indent <= p) {
+                break;
+            }
+            let bare = trimmed.trim_start_matches("- ");
+            let k = bare.trim_matches(|c| c == '"' || c == '\'');
+            if bare.starts_with(&format!("{key}:"))
+                || k.starts_with(&format!("{key}\":"))
+                || k.starts_with(&format!("{key}':"))
+                || bare.contains(&format!("{{ {key}:"))
+                || bare.contains(&format!(", {key}:"))
+            {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let Some((i, indent)) = hit else { break };
+        found = Some(i + 1);
+        from = i + 1;
+        parent_indent = Some(indent);
+        to = lines.len();
+    }
+    found
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` with the environment's values; `$${` stays literal.
+/// Comment lines are left alone. Errors carry the 1-based line.
+fn interpolate(text: &str) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if let Some(literal) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = literal;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body
+                    .find('}')
+                    .ok_or_else(|| (n + 1, "unclosed `${` in variable reference".to_string()))?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (expr, None),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err((
+                        n + 1,
+                        format!("`${{{expr}}}` is not a valid variable reference"),
+                    ));
+                }
+                // `${VAR:-default}` also applies when VAR is set but empty, as in the shell.
+                let value = std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty() || default.is_none());
+                match (value, default) {
+                    (Some(value), _) => out.push_str(&value),
+                    (None, Some(default)) => out.push_str(default),
+                    (None, None) => {
+                        return Err((n + 1, format!("environment variable `{name}` is not set (use `${{{name}:-default}}` for a default)")))
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_fills_variables_and_defaults() {
+        std::env::set_var("SLUICE_TEST_INTERP_X", "hello");
+        let out = interpolate(
+            "a: ${SLUICE_TEST_INTERP_X}\nb: ${SLUICE_TEST_INTERP_MISSING:-dflt}\nc: $${KEEP}\n",
+        )
+        .unwrap();
+        assert_eq!(out, "a: hello\nb: dflt\nc: ${KEEP}\n");
+    }
+
+    #[test]
+    fn interpolation_of_a_missing_variable_names_it_and_its_line() {
+        let err = interpolate("a: 1\nb: ${SLUICE_TEST_SURELY_UNSET}\n").unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(err.1.contains("SLUICE_TEST_SURELY_UNSET"), "{}", err.1);
+    }
+
+    #[test]
+    fn find_line_follows_nesting() {
+        let text = "name: x\nsources:\n  a:\n    type: csv\n    path: p\n  b:\n    type: csv\n    path: q\nsinks:\n  a:\n    path: r\n";
+        assert_eq!(find_line(text, &["sources", "b", "path"]), Some(8));
+        assert_eq!(find_line(text, &["sinks", "a", "path"]), Some(11));
+        assert_eq!(find_line(text, &["sources", "a", "nope"]), Some(3));
+    }
+
+    #[test]
+    fn field_from_names_the_offending_field() {
+        assert_eq!(field_from(".", "missing field `path`"), Some("path".into()));
+        assert_eq!(
+            field_from("pathh", "unknown field `pathh`, expected one of"),
+            Some("pathh".into())
+        );
+        assert_eq!(
+            field_from("rate", "invalid type: string \"x\", expected f64"),
+            Some("rate".into())
+        );
+    }
+}

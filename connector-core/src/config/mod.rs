@@ -1,0 +1,233 @@
+//! The pipeline file: topics, sources, sinks, transport and error handling.
+//!
+//! Framework fields (`topic`, `topics`, `transforms`, `batch`) live in the wrappers
+//! [`SourceOuter`]/[`SinkOuter`]; everything else of a component belongs to its connector config,
+//! picked by `type:`.
+
+mod load;
+
+pub use load::{load_pipeline, ConfigError, LoadOptions};
+
+use crate::{SinkConfig, SourceConfig, TransformConfig};
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A whole pipeline file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Pipeline name; names consumer groups (`sluice-<name>-<sink>`) and stored offsets.
+    pub name: String,
+    /// Kafka cluster to use. Without this section records flow through the embedded in-process log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaConfig>,
+    /// Settings of the embedded transport (used when `kafka` is absent).
+    #[serde(default)]
+    pub embedded: EmbeddedConfig,
+    /// Topics to create if missing, with their layout. Topics used but not declared get the defaults.
+    #[serde(default)]
+    pub topics: IndexMap<String, TopicSpec>,
+    /// Sources by component id.
+    #[serde(default)]
+    pub sources: IndexMap<String, SourceOuter>,
+    /// Sinks by component id.
+    #[serde(default)]
+    pub sinks: IndexMap<String, SinkOuter>,
+    /// What happens to records that cannot be parsed, transformed or stored.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+}
+
+/// Connection to a Kafka cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    /// Compacted topic holding source offsets (like Kafka Connect's `connect-offsets`).
+    #[serde(default = "default_offsets_topic")]
+    pub offsets_topic: String,
+    /// How long to keep trying to reach the cluster at start before giving up.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Extra librdkafka producer properties, e.g. `compression.type: lz4`.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+    /// Extra librdkafka consumer properties.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+}
+
+fn default_offsets_topic() -> String {
+    "sluice-offsets".into()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The embedded transport: a bounded in-process log per topic.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Records a topic holds that some sink has not yet committed; producers wait beyond it.
+    #[serde(default = "default_embedded_capacity")]
+    pub capacity: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            capacity: default_embedded_capacity(),
+        }
+    }
+}
+
+fn default_embedded_capacity() -> usize {
+    200_000
+}
+
+/// Layout of a topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Number of partitions.
+    #[serde(default = "one")]
+    pub partitions: i32,
+    /// Copies of each partition (Kafka only).
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+    /// Topic configs passed to the broker at creation, e.g. `retention.ms: "86400000"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        TopicSpec {
+            partitions: 1,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// Whether a bad record stops the pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tolerance {
+    /// The first bad record fails the pipeline (nothing after it is committed).
+    #[default]
+    None,
+    /// Bad records go to the dead-letter topic and the pipeline goes on.
+    All,
+}
+
+/// Handling of bad records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `none` (fail on the first bad record) or `all` (dead-letter it and go on).
+    #[serde(default)]
+    pub tolerance: Tolerance,
+    /// Topic receiving bad records, with headers naming origin, component, stage and reason.
+    /// Required with `tolerance: all`, so that nothing vanishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// A source with the framework's fields around the connector's own.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SourceOuter {
+    /// Topic the source writes.
+    pub topic: String,
+    /// Transforms applied to each record before it is written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<Box<dyn TransformConfig>>,
+    /// Most records taken from the source per poll.
+    #[serde(default = "default_source_batch")]
+    pub batch_size: usize,
+    /// The connector's own config.
+    #[serde(flatten)]
+    pub inner: Box<dyn SourceConfig>,
+}
+
+fn default_source_batch() -> usize {
+    2_000
+}
+
+/// A sink with the framework's fields around the connector's own.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SinkOuter {
+    /// Topics the sink reads.
+    pub topics: Vec<String>,
+    /// Transforms applied to each record before `put`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<Box<dyn TransformConfig>>,
+    /// When a batch is handed to the sink.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// The connector's own config.
+    #[serde(flatten)]
+    pub inner: Box<dyn SinkConfig>,
+}
+
+/// Batching of a sink: a batch goes out when it holds `max_records` or is `linger` old.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records per `put`.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Longest a record waits for its batch to fill.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            linger: default_linger(),
+        }
+    }
+}
+
+fn default_max_records() -> usize {
+    5_000
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// Keys of [`SourceOuter`] that belong to the framework, not to the connector.
+pub(crate) const SOURCE_FRAMEWORK_FIELDS: &[&str] = &["topic", "transforms", "batch_size"];
+/// Keys of [`SinkOuter`] that belong to the framework, not to the connector.
+pub(crate) const SINK_FRAMEWORK_FIELDS: &[&str] = &["topics", "transforms", "batch"];
+
+impl PipelineConfig {
+    /// Every topic the pipeline touches, with its declared or default layout.
+    pub fn all_topics(&self) -> IndexMap<String, TopicSpec> {
+        let mut all = self.topics.clone();
+        let used = self
+            .sources
+            .values()
+            .map(|s| &s.topic)
+            .chain(self.sinks.values().flat_map(|s| s.topics.iter()))
+            .chain(self.errors.dead_letter_topic.iter());
+        for topic in used {
+            all.entry(topic.clone()).or_default();
+        }
+        all
+    }
+}

@@ -1,0 +1,57 @@
+//! Per-component counters, shared by the runtime (writes) and the CLI's progress display (reads).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters of one component.
+#[derive(Debug, Default)]
+pub struct ComponentMetrics {
+    /// `source` or `sink`.
+    pub kind: &'static str,
+    pub id: String,
+    /// Records received (polled from the source, read from the topic).
+    pub records_in: AtomicU64,
+    /// Records written and acknowledged (to the topic, into the store).
+    pub records_out: AtomicU64,
+    /// Bad records dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Records dropped on purpose (by a transform or a connector option such as `all_null_rows: skip`).
+    pub skipped: AtomicU64,
+    /// Set once the component has stopped.
+    pub finished: AtomicBool,
+}
+
+impl ComponentMetrics {
+    pub fn new(kind: &'static str, id: &str) -> Arc<Self> {
+        Arc::new(ComponentMetrics {
+            kind,
+            id: id.to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A point-in-time copy.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            records_in: self.records_in.load(Ordering::Relaxed),
+            records_out: self.records_out.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counter values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dead_lettered: u64,
+    pub skipped: u64,
+    pub finished: bool,
+}

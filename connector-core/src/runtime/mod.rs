@@ -1,0 +1,223 @@
+//! Runs a pipeline: builds the transport and components, wires source tasks and sink tasks to
+//! topics, and shuts everything down in order.
+//!
+//! ```text
+//! source task: poll → transforms → send(topic) → ack (in order) → store source offset
+//! sink task:   poll(topics) → transforms → put(batch) → flush → commit consumer offsets
+//! ```
+//! A run ends when every source is finished and every sink has read and flushed everything
+//! written before that, or on shutdown (SIGINT/SIGTERM): sources stop, sinks drain what is in
+//! flight within a deadline, flush and commit.
+
+mod dead_letter;
+mod sink_task;
+mod source_task;
+
+pub use dead_letter::DeadLetters;
+
+use crate::config::PipelineConfig;
+use crate::metrics::ComponentMetrics;
+use crate::transport::embedded::EmbeddedTransport;
+use crate::transport::kafka::KafkaTransport;
+use crate::transport::Transport;
+use crate::{ConnectorError, SinkBuildContext, SourceBuildContext};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How a run is driven from outside.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where the embedded transport keeps source offsets.
+    pub state_dir: PathBuf,
+    /// Cancelled to stop the run (on SIGINT/SIGTERM).
+    pub shutdown: CancellationToken,
+    /// After shutdown, how long sinks may drain before they flush what they have and stop.
+    pub drain_timeout: Duration,
+}
+
+/// A pipeline ready to run, with the counters the CLI displays.
+pub struct PipelineRun {
+    pub config: PipelineConfig,
+    pub metrics: Vec<Arc<ComponentMetrics>>,
+}
+
+impl PipelineRun {
+    pub fn new(config: PipelineConfig) -> Self {
+        let metrics = config
+            .sources
+            .keys()
+            .map(|id| ComponentMetrics::new("source", id))
+            .chain(
+                config
+                    .sinks
+                    .keys()
+                    .map(|id| ComponentMetrics::new("sink", id)),
+            )
+            .collect();
+        PipelineRun { config, metrics }
+    }
+
+    fn metrics_of(&self, id: &str) -> Arc<ComponentMetrics> {
+        self.metrics
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .unwrap_or_else(|| ComponentMetrics::new("component", id))
+    }
+
+    /// Runs until the sources finish and the sinks have caught up, or until shutdown.
+    pub async fn run(&self, options: RunOptions) -> Result<(), ConnectorError> {
+        let config = &self.config;
+        let pipeline = config.name.as_str();
+        let transport: Arc<dyn Transport> = match &config.kafka {
+            Some(kafka) => Arc::new(
+                KafkaTransport::connect(kafka)
+                    .await
+                    .map_err(|e| transport_error(pipeline, e))?,
+            ),
+            None => Arc::new(EmbeddedTransport::new(
+                config.embedded.capacity,
+                options.state_dir.clone(),
+            )),
+        };
+        transport
+            .ensure_topics(&config.all_topics())
+            .await
+            .map_err(|e| transport_error(pipeline, e))?;
+        let dead_letters = DeadLetters::new(config.errors.clone(), transport.writer());
+
+        // Readers first: the embedded log keeps records for every group that exists.
+        let drain = CancellationToken::new();
+        let mut sinks = tokio::task::JoinSet::new();
+        for (id, sink) in &config.sinks {
+            let group = format!("sluice-{pipeline}-{id}");
+            let reader = transport
+                .reader(&group, &sink.topics)
+                .await
+                .map_err(|e| transport_error(id, e))?;
+            let built = sink
+                .inner
+                .build(SinkBuildContext {
+                    component: id.clone(),
+                    topics: sink.topics.clone(),
+                })
+                .await
+                .map_err(|e| e.in_component(id))?;
+            let transforms = build_transforms(id, &sink.transforms)?;
+            let task = sink_task::SinkTask {
+                id: id.clone(),
+                sink: built,
+                reader,
+                transforms,
+                batch: sink.batch.clone(),
+                dead_letters: dead_letters.clone(),
+                metrics: self.metrics_of(id),
+            };
+            sinks.spawn(task.run(
+                drain.clone(),
+                options.shutdown.clone(),
+                options.drain_timeout,
+            ));
+        }
+
+        let offsets = transport
+            .offset_store(pipeline)
+            .await
+            .map_err(|e| transport_error(pipeline, e))?;
+        let offsets: Arc<dyn crate::transport::OffsetStore> = Arc::from(offsets);
+        let mut sources = tokio::task::JoinSet::new();
+        for (id, source) in &config.sources {
+            let stored = offsets.load(id).await.map_err(|e| transport_error(id, e))?;
+            if !stored.is_empty() {
+                tracing::info!(component = %id, partitions = stored.len(), "resuming from stored source offsets");
+            }
+            let built = source
+                .inner
+                .build(SourceBuildContext {
+                    component: id.clone(),
+                    offsets: stored,
+                })
+                .await
+                .map_err(|e| e.in_component(id))?;
+            let task = source_task::SourceTask {
+                id: id.clone(),
+                source: built,
+                topic: source.topic.clone(),
+                batch_size: source.batch_size,
+                transforms: build_transforms(id, &source.transforms)?,
+                writer: transport.writer(),
+                offsets: offsets.clone(),
+                dead_letters: dead_letters.clone(),
+                metrics: self.metrics_of(id),
+            };
+            sources.spawn(task.run(options.shutdown.clone(), options.drain_timeout));
+        }
+
+        // Sources end (finished or stopped) → sinks drain. A sink failing stops everything.
+        let has_sources = !config.sources.is_empty();
+        let mut first_error: Option<ConnectorError> = None;
+        let mut note = |result: Result<Result<(), ConnectorError>, tokio::task::JoinError>| {
+            let error = match result {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(e) => {
+                    ConnectorError::internal(format!("a task panicked: {e}")).in_component(pipeline)
+                }
+            };
+            tracing::error!(component = %error.component, error = %error.message, "component failed");
+            options.shutdown.cancel();
+            first_error.get_or_insert(error);
+        };
+        loop {
+            tokio::select! {
+                Some(result) = sources.join_next() => note(result),
+                Some(result) = sinks.join_next() => note(result),
+                else => break,
+            }
+            if has_sources && sources.is_empty() {
+                drain.cancel();
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn transport_error(component: &str, e: crate::transport::TransportError) -> ConnectorError {
+    let error = if e.retryable {
+        ConnectorError::transient(e.message)
+    } else {
+        ConnectorError::external(e.message)
+    };
+    error.in_component(component)
+}
+
+fn build_transforms(
+    id: &str,
+    configs: &[Box<dyn crate::TransformConfig>],
+) -> Result<Vec<Box<dyn crate::Transform>>, ConnectorError> {
+    configs
+        .iter()
+        .map(|t| t.build().map_err(|e| e.in_component(id)))
+        .collect()
+}
+
+/// Applies `transforms` in order to one record.
+pub(crate) fn apply_transforms(
+    transforms: &[Box<dyn crate::Transform>],
+    record: crate::Record,
+) -> Result<Vec<crate::Record>, String> {
+    let mut current = vec![record];
+    for transform in transforms {
+        let mut next = Vec::with_capacity(current.len());
+        for r in current {
+            transform.apply(r, &mut next)?;
+        }
+        current = next;
+    }
+    Ok(current)
+}

@@ -1,0 +1,266 @@
+//! A sink task: read → transforms → put(batch) → flush → commit consumer offsets.
+//!
+//! Offsets are committed only after `flush` returned and every dead-letter record of the batch is
+//! acknowledged, so whatever is committed is in the store or in the dead-letter topic.
+
+use super::dead_letter::{DeadLetters, Failure};
+use super::{apply_transforms, transport_error};
+use crate::config::BatchConfig;
+use crate::metrics::ComponentMetrics;
+use crate::transport::{Incoming, PartitionOffset, TopicReader};
+use crate::{ConnectorError, Record, Sink, Transform};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Attempts at a batch whose `put`/`flush` fails with a retryable error, before the task fails.
+const MAX_BATCH_ATTEMPTS: u32 = 12;
+
+pub(super) struct SinkTask {
+    pub id: String,
+    pub sink: Box<dyn Sink>,
+    pub reader: Box<dyn TopicReader>,
+    pub transforms: Vec<Box<dyn Transform>>,
+    pub batch: BatchConfig,
+    pub dead_letters: DeadLetters,
+    pub metrics: Arc<ComponentMetrics>,
+}
+
+/// What has been read but not yet committed.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Record>,
+    dead: Vec<Record>,
+    /// (topic, partition) → next offset to commit.
+    offsets: BTreeMap<(String, i32), i64>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+}
+
+impl SinkTask {
+    /// Runs until `drain` (sources done) and caught up, or until shutdown plus `drain_timeout`.
+    pub async fn run(
+        mut self,
+        drain: CancellationToken,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), ConnectorError> {
+        let result = self.consume(drain, shutdown, drain_timeout).await;
+        self.metrics
+            .finished
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        drain: CancellationToken,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), ConnectorError> {
+        let mut pending = Pending::default();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if deadline.is_none() && shutdown.is_cancelled() {
+                deadline = Some(Instant::now() + drain_timeout);
+            }
+            let draining = drain.is_cancelled() || shutdown.is_cancelled();
+            let room = self
+                .batch
+                .max_records
+                .saturating_sub(pending.records.len())
+                .max(1);
+            let wait = match pending.since {
+                Some(since) => self.batch.linger.saturating_sub(since.elapsed()),
+                None => self.batch.linger.max(Duration::from_millis(100)),
+            }
+            .min(Duration::from_millis(500));
+            let incoming = tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if deadline.is_none() => Vec::new(),
+                _ = drain.cancelled(), if !draining => Vec::new(),
+                polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
+            };
+            let idle = incoming.is_empty();
+            self.take(incoming, &mut pending)?;
+
+            let full = pending.records.len() >= self.batch.max_records;
+            let lingered = pending
+                .since
+                .is_some_and(|s| s.elapsed() >= self.batch.linger);
+            if !pending.is_empty() && (full || lingered || (draining && idle)) {
+                self.flush(&mut pending).await?;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.flush(&mut pending).await?;
+                tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
+                return Ok(());
+            }
+            if draining
+                && idle
+                && pending.is_empty()
+                && self
+                    .reader
+                    .caught_up()
+                    .await
+                    .map_err(|e| transport_error(&self.id, e))?
+            {
+                tracing::info!(component = %self.id, "sink caught up");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decodes, transforms and queues what was read; bad records become dead letters.
+    fn take(&self, incoming: Vec<Incoming>, pending: &mut Pending) -> Result<(), ConnectorError> {
+        if incoming.is_empty() {
+            return Ok(());
+        }
+        ComponentMetrics::add(&self.metrics.records_in, incoming.len());
+        pending.since.get_or_insert_with(Instant::now);
+        for item in incoming {
+            let (topic, partition, offset) = item.coordinates();
+            pending
+                .offsets
+                .insert((topic.to_string(), partition), offset + 1);
+            match item {
+                Incoming::Record(record) if self.transforms.is_empty() => {
+                    pending.records.push(record)
+                }
+                Incoming::Record(record) => {
+                    match apply_transforms(&self.transforms, record.clone()) {
+                        Ok(out) => {
+                            if out.is_empty() {
+                                ComponentMetrics::add(&self.metrics.skipped, 1);
+                            }
+                            pending.records.extend(out);
+                        }
+                        Err(message) => pending.dead.push(self.dead_letters.route(Failure {
+                            component: &self.id,
+                            stage: "transform",
+                            message,
+                            record,
+                            raw: None,
+                            location: None,
+                        })?),
+                    }
+                }
+                Incoming::Undecodable {
+                    envelope,
+                    raw,
+                    error,
+                } => pending.dead.push(self.dead_letters.route(Failure {
+                    component: &self.id,
+                    stage: "deserialize",
+                    message: error,
+                    record: envelope,
+                    raw: Some(raw),
+                    location: None,
+                })?),
+            }
+        }
+        Ok(())
+    }
+
+    /// put → flush → dead letters acknowledged → commit.
+    async fn flush(&mut self, pending: &mut Pending) -> Result<(), ConnectorError> {
+        let mut batch = std::mem::take(&mut pending.records);
+        let mut stored = batch.len();
+        if !batch.is_empty() {
+            let outcome = self
+                .with_retries("put", |sink, batch| Box::pin(sink.put(batch)), &batch)
+                .await?;
+            stored -= outcome.rejected.len();
+            for (index, reason) in outcome.rejected.into_iter().rev() {
+                if index >= batch.len() {
+                    return Err(ConnectorError::internal(format!(
+                        "sink rejected record #{index} of a batch of {}",
+                        batch.len()
+                    ))
+                    .in_component(&self.id));
+                }
+                let record = batch.swap_remove(index);
+                pending.dead.push(self.dead_letters.route(Failure {
+                    component: &self.id,
+                    stage: "put",
+                    message: reason,
+                    record,
+                    raw: None,
+                    location: None,
+                })?);
+            }
+            self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[])
+                .await?;
+        }
+        let dead = std::mem::take(&mut pending.dead);
+        let dead_count = dead.len();
+        if !dead.is_empty() {
+            let delivery = self
+                .dead_letters
+                .writer
+                .send(dead)
+                .await
+                .map_err(|e| transport_error(&self.id, e))?;
+            delivery.await.map_err(|e| transport_error(&self.id, e))?;
+        }
+        let offsets: Vec<PartitionOffset> = std::mem::take(&mut pending.offsets)
+            .into_iter()
+            .map(|((topic, partition), offset)| PartitionOffset {
+                topic,
+                partition,
+                offset,
+            })
+            .collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.reader.commit(&offsets).await {
+                Ok(()) => break,
+                Err(e) if e.retryable && attempt < 5 => {
+                    tracing::warn!(component = %self.id, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                // The data is stored: a failed commit only means re-reading it (at-least-once).
+                Err(e) => {
+                    tracing::warn!(component = %self.id, error = %e, "commit failed; the next commit covers these offsets");
+                    break;
+                }
+            }
+        }
+        ComponentMetrics::add(&self.metrics.records_out, stored);
+        ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
+        pending.since = None;
+        Ok(())
+    }
+
+    async fn with_retries<T>(
+        &mut self,
+        what: &str,
+        op: impl for<'a> Fn(
+            &'a mut Box<dyn Sink>,
+            &'a [Record],
+        ) -> futures::future::BoxFuture<'a, Result<T, ConnectorError>>,
+        batch: &[Record],
+    ) -> Result<T, ConnectorError> {
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op(&mut self.sink, batch).await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.retryable && attempt < MAX_BATCH_ATTEMPTS => {
+                    tracing::warn!(component = %self.id, attempt, error = %e.message, "{what} failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e.in_component(&self.id)),
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Sinks: connectors that write records out to a store.
+//!
+//! The runtime reads records from the sink's topics and calls `put` with a batch, then `flush`;
+//! only after `flush` succeeds does it commit the consumer offsets. A record the store refuses
+//! for its content (a mapping error, a value too long) is reported in [`PutOutcome::rejected`] and
+//! dead-lettered by the runtime; the rest of the batch must still land.
+
+use crate::{ConnectorError, FieldError, Record};
+use async_trait::async_trait;
+use std::fmt::Debug;
+
+/// What a sink is given when it is built.
+#[derive(Debug, Clone, Default)]
+pub struct SinkBuildContext {
+    /// Component id from the pipeline file.
+    pub component: String,
+    /// Topics the sink reads.
+    pub topics: Vec<String>,
+}
+
+/// The result of one `put`.
+#[derive(Debug, Default, PartialEq)]
+pub struct PutOutcome {
+    /// Records the store refused for their content: index into the batch, and the store's reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// The YAML config of a sink; `type:` picks the implementation.
+#[async_trait]
+#[typetag::serde(tag = "type")]
+pub trait SinkConfig: Debug + Send + Sync {
+    /// Checks the config without any I/O, so `sluice validate` runs anywhere.
+    fn validate(&self) -> Result<(), Vec<FieldError>>;
+
+    /// Connects to the store. May fail for reasons `validate` can't see.
+    async fn build(&self, ctx: SinkBuildContext) -> Result<Box<dyn Sink>, ConnectorError>;
+}
+
+/// A running sink.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes a batch. Transient failures of the store should be retried inside, with backoff;
+    /// an `Err` with `retryable: true` makes the runtime retry the whole batch.
+    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError>;
+
+    /// Makes everything `put` so far durable. Consumer offsets are committed after it returns.
+    async fn flush(&mut self) -> Result<(), ConnectorError>;
+}

@@ -1,0 +1,66 @@
+//! Sources: connectors that bring records in from the outside world.
+//!
+//! A source `poll()`s records, each carrying a *source partition* (a file, an API endpoint) and the
+//! *source offset* reached after it. The runtime stores that offset once the transport has
+//! acknowledged the record and hands the stored offsets back through [`SourceBuildContext`] on the
+//! next start. Sources never store offsets themselves.
+
+use crate::{BadInput, ConnectorError, FieldError, Record};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+/// Stored offsets of one source: source partition → offset of the last acknowledged record.
+pub type SourceOffsets = HashMap<String, Value>;
+
+/// One item a source produced: a record or input that could not become one.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    /// Source partition, e.g. the file path.
+    pub partition: String,
+    /// Where this source partition resumes once this item is delivered.
+    pub offset: Value,
+    /// What the input became.
+    pub payload: Payload,
+}
+
+/// What one input of a source became.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A record to write to the source's topic.
+    Record(Record),
+    /// Input dropped on purpose, as configured (e.g. `all_null_rows: skip`); counted, not written.
+    Skipped { reason: String },
+    /// Input that could not become a record; dead-lettered or fatal per `errors.tolerance`.
+    Bad(BadInput),
+}
+
+/// What a source is given when it is built.
+#[derive(Debug, Clone, Default)]
+pub struct SourceBuildContext {
+    /// Component id from the pipeline file.
+    pub component: String,
+    /// Offsets stored by earlier runs; empty on a first run.
+    pub offsets: SourceOffsets,
+}
+
+/// The YAML config of a source; `type:` picks the implementation.
+#[async_trait]
+#[typetag::serde(tag = "type")]
+pub trait SourceConfig: Debug + Send + Sync {
+    /// Checks the config without any I/O, so `sluice validate` runs anywhere.
+    fn validate(&self) -> Result<(), Vec<FieldError>>;
+
+    /// Opens files and connections. May fail for reasons `validate` can't see.
+    async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError>;
+}
+
+/// A running source.
+#[async_trait]
+pub trait Source: Send {
+    /// Waits for the next items, at most `max` of them. `Ok(None)` means the source is finished
+    /// (a finite file read to its end); an empty batch means nothing for now. Implementations
+    /// pace themselves (rate limits, polling intervals) by waiting inside `poll`.
+    async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError>;
+}

@@ -1,0 +1,492 @@
+//! The embedded transport: topics as bounded in-process logs with partitions, key hashing,
+//! offsets, consumer groups and commits — Kafka's semantics without a broker.
+//!
+//! The log lives in memory and ends with the process. So that a `kill -9` loses nothing, a send
+//! is *acknowledged* only once every consumer group reading the topic has committed past it
+//! (that is, once every sink has flushed it). Sources store their offsets on that acknowledgement,
+//! so after a crash they resume from what the sinks really hold. A topic nobody reads acknowledges
+//! at once. Producers wait while a topic holds `capacity` records not yet committed by every group.
+
+use super::{
+    partition_for_key, Delivery, Incoming, OffsetStore, PartitionOffset, TopicReader, TopicWriter,
+    Transport, TransportError,
+};
+use crate::config::TopicSpec;
+use crate::transport::FileOffsetStore;
+use crate::Record;
+use async_trait::async_trait;
+use futures::FutureExt;
+use indexmap::IndexMap;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The in-process broker.
+pub struct EmbeddedTransport {
+    broker: Arc<Broker>,
+    state_dir: PathBuf,
+}
+
+struct Broker {
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    capacity: usize,
+    /// Woken on every append, for readers.
+    data: Notify,
+}
+
+struct Topic {
+    name: String,
+    state: Mutex<TopicState>,
+    /// Per partition: offset below which every group has committed. Deliveries wait on it.
+    committed_by_all: Vec<watch::Sender<i64>>,
+    /// Woken when commits free space, for producers.
+    space: Notify,
+}
+
+struct TopicState {
+    partitions: Vec<PartitionLog>,
+    /// Consumer group → next offset to read, per partition.
+    groups: HashMap<String, Vec<i64>>,
+    /// Records held across partitions (not yet committed by every group).
+    retained: usize,
+    next_unkeyed: usize,
+}
+
+#[derive(Default)]
+struct PartitionLog {
+    /// Offset of `records[0]`.
+    base: i64,
+    records: VecDeque<Arc<Record>>,
+}
+
+impl PartitionLog {
+    fn end(&self) -> i64 {
+        self.base + self.records.len() as i64
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere already failed the run; the data is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Broker {
+    fn topic(&self, name: &str, partitions: i32) -> Arc<Topic> {
+        let mut topics = lock(&self.topics);
+        topics
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let n = partitions.max(1) as usize;
+                Arc::new(Topic {
+                    name: name.to_string(),
+                    state: Mutex::new(TopicState {
+                        partitions: (0..n).map(|_| PartitionLog::default()).collect(),
+                        groups: HashMap::new(),
+                        retained: 0,
+                        next_unkeyed: 0,
+                    }),
+                    committed_by_all: (0..n).map(|_| watch::channel(0).0).collect(),
+                    space: Notify::new(),
+                })
+            })
+            .clone()
+    }
+}
+
+impl Topic {
+    /// Drops records every group has committed and publishes the new low mark.
+    fn trim(&self, state: &mut TopicState) {
+        for (p, log) in state.partitions.iter_mut().enumerate() {
+            let low = state
+                .groups
+                .values()
+                .map(|offsets| offsets[p])
+                .min()
+                .unwrap_or_else(|| log.end());
+            while log.base < low && !log.records.is_empty() {
+                log.records.pop_front();
+                log.base += 1;
+                state.retained -= 1;
+            }
+            self.committed_by_all[p].send_if_modified(|v| {
+                let changed = *v != low;
+                *v = low;
+                changed
+            });
+        }
+        self.space.notify_waiters();
+    }
+}
+
+impl EmbeddedTransport {
+    /// A broker whose topics hold at most `capacity` uncommitted records; source offsets are
+    /// kept under `state_dir`.
+    pub fn new(capacity: usize, state_dir: PathBuf) -> Self {
+        EmbeddedTransport {
+            broker: Arc::new(Broker {
+                topics: Mutex::new(HashMap::new()),
+                capacity: capacity.max(1),
+                data: Notify::new(),
+            }),
+            state_dir,
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for EmbeddedTransport {
+    async fn ensure_topics(
+        &self,
+        topics: &IndexMap<String, TopicSpec>,
+    ) -> Result<(), TransportError> {
+        for (name, spec) in topics {
+            let topic = self.broker.topic(name, spec.partitions);
+            let have = lock(&topic.state).partitions.len() as i32;
+            if have != spec.partitions {
+                return Err(TransportError::fatal(format!(
+                    "topic `{name}` exists with {have} partitions, the pipeline declares {}",
+                    spec.partitions
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn writer(&self) -> Arc<dyn TopicWriter> {
+        Arc::new(EmbeddedWriter {
+            broker: self.broker.clone(),
+        })
+    }
+
+    async fn reader(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn TopicReader>, TransportError> {
+        let mut joined = Vec::new();
+        for name in topics {
+            let topic = self.broker.topic(name, 1);
+            let positions = {
+                let mut state = lock(&topic.state);
+                let starts: Vec<i64> = state.partitions.iter().map(|p| p.base).collect();
+                state
+                    .groups
+                    .entry(group.to_string())
+                    .or_insert(starts)
+                    .clone()
+            };
+            joined.push((topic, positions));
+        }
+        Ok(Box::new(EmbeddedReader {
+            broker: self.broker.clone(),
+            group: group.to_string(),
+            topics: joined,
+            next_topic: 0,
+        }))
+    }
+
+    async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
+        Ok(Box::new(FileOffsetStore::open(&self.state_dir, pipeline)?))
+    }
+}
+
+struct EmbeddedWriter {
+    broker: Arc<Broker>,
+}
+
+#[async_trait]
+impl TopicWriter for EmbeddedWriter {
+    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+        let mut by_topic: IndexMap<String, Vec<Record>> = IndexMap::new();
+        for record in records {
+            by_topic
+                .entry(record.topic.clone())
+                .or_default()
+                .push(record);
+        }
+        let mut waits = Vec::new();
+        for (name, records) in by_topic {
+            let topic = self.broker.topic(&name, 1);
+            loop {
+                let space = topic.space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if lock(&topic.state).retained < self.broker.capacity {
+                    break;
+                }
+                space.await;
+            }
+            let mut state = lock(&topic.state);
+            let n = state.partitions.len();
+            let mut last = vec![-1i64; n];
+            for mut record in records {
+                let p = match &record.key {
+                    Some(key) => partition_for_key(key, n as i32) as usize,
+                    None => {
+                        state.next_unkeyed = state.next_unkeyed.wrapping_add(1);
+                        state.next_unkeyed % n
+                    }
+                };
+                let log = &mut state.partitions[p];
+                record.partition = p as i32;
+                record.offset = log.end();
+                last[p] = record.offset;
+                log.records.push_back(Arc::new(record));
+                state.retained += 1;
+            }
+            if state.groups.is_empty() {
+                topic.trim(&mut state);
+            }
+            drop(state);
+            for (p, offset) in last.into_iter().enumerate() {
+                if offset >= 0 {
+                    waits.push((topic.committed_by_all[p].subscribe(), offset + 1));
+                }
+            }
+        }
+        self.broker.data.notify_waiters();
+        Ok(async move {
+            for (mut rx, needed) in waits {
+                rx.wait_for(|low| *low >= needed)
+                    .await
+                    .map_err(|_| TransportError::fatal("the embedded broker shut down"))?;
+            }
+            Ok(())
+        }
+        .boxed())
+    }
+}
+
+struct EmbeddedReader {
+    broker: Arc<Broker>,
+    group: String,
+    /// Each topic with this reader's next offset per partition.
+    topics: Vec<(Arc<Topic>, Vec<i64>)>,
+    /// Topic to read first on the next poll, so that no topic starves the others.
+    next_topic: usize,
+}
+
+impl EmbeddedReader {
+    fn take(&mut self, max: usize) -> Vec<Incoming> {
+        let mut out = Vec::new();
+        let count = self.topics.len();
+        for i in 0..count {
+            let (topic, positions) = &mut self.topics[(self.next_topic + i) % count];
+            let state = lock(&topic.state);
+            for (p, log) in state.partitions.iter().enumerate() {
+                let pos = &mut positions[p];
+                *pos = (*pos).max(log.base);
+                while *pos < log.end() && out.len() < max {
+                    let record = &log.records[(*pos - log.base) as usize];
+                    out.push(Incoming::Record(Record::clone(record)));
+                    *pos += 1;
+                }
+            }
+        }
+        self.next_topic = (self.next_topic + 1) % count.max(1);
+        out
+    }
+}
+
+#[async_trait]
+impl TopicReader for EmbeddedReader {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming>, TransportError> {
+        let broker = self.broker.clone();
+        let data = broker.data.notified();
+        tokio::pin!(data);
+        data.as_mut().enable();
+        let records = self.take(max);
+        if !records.is_empty() {
+            return Ok(records);
+        }
+        let _ = tokio::time::timeout(wait, data).await;
+        Ok(self.take(max))
+    }
+
+    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+        for (topic, _) in &self.topics {
+            let mut state = lock(&topic.state);
+            let mut changed = false;
+            if let Some(committed) = state.groups.get_mut(&self.group) {
+                for o in offsets.iter().filter(|o| o.topic == topic.name) {
+                    let slot = committed.get_mut(o.partition as usize).ok_or_else(|| {
+                        TransportError::fatal(format!(
+                            "no partition {} in `{}`",
+                            o.partition, o.topic
+                        ))
+                    })?;
+                    if o.offset > *slot {
+                        *slot = o.offset;
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                topic.trim(&mut state);
+            }
+        }
+        Ok(())
+    }
+
+    async fn caught_up(&mut self) -> Result<bool, TransportError> {
+        Ok(self.topics.iter().all(|(topic, positions)| {
+            let state = lock(&topic.state);
+            state
+                .partitions
+                .iter()
+                .zip(positions)
+                .all(|(log, pos)| *pos >= log.end())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(topic: &str, key: &str, n: i64) -> Record {
+        let mut r = Record::new(json!({ "n": n })).with_key(key);
+        r.topic = topic.into();
+        r
+    }
+
+    fn transport(capacity: usize) -> EmbeddedTransport {
+        EmbeddedTransport::new(capacity, std::env::temp_dir())
+    }
+
+    async fn read_all(reader: &mut Box<dyn TopicReader>) -> Vec<Record> {
+        let mut out = Vec::new();
+        loop {
+            let batch = reader.poll(1000, Duration::from_millis(20)).await.unwrap();
+            if batch.is_empty() {
+                return out;
+            }
+            out.extend(batch.into_iter().map(|i| match i {
+                Incoming::Record(r) => r,
+                Incoming::Undecodable { .. } => panic!("embedded records are always decoded"),
+            }));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_is_acknowledged_only_after_every_group_commits() {
+        let t = transport(100);
+        t.ensure_topics(&IndexMap::from([(
+            "t".to_string(),
+            TopicSpec {
+                partitions: 3,
+                ..TopicSpec::default()
+            },
+        )]))
+        .await
+        .unwrap();
+        let mut a = t.reader("a", &["t".into()]).await.unwrap();
+        let mut b = t.reader("b", &["t".into()]).await.unwrap();
+        let delivery = t
+            .writer()
+            .send((0..10).map(|n| record("t", &format!("k{n}"), n)).collect())
+            .await
+            .unwrap();
+        let mut delivery = Box::pin(delivery);
+        let got = read_all(&mut a).await;
+        assert_eq!(got.len(), 10);
+        let commits: Vec<PartitionOffset> = (0..3)
+            .map(|p| PartitionOffset {
+                topic: "t".into(),
+                partition: p,
+                offset: got
+                    .iter()
+                    .filter(|r| r.partition == p)
+                    .map(|r| r.offset + 1)
+                    .max()
+                    .unwrap_or(0),
+            })
+            .collect();
+        a.commit(&commits).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut delivery)
+                .await
+                .is_err(),
+            "b has not committed yet"
+        );
+        assert_eq!(read_all(&mut b).await.len(), 10);
+        b.commit(&commits).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), delivery)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(a.caught_up().await.unwrap() && b.caught_up().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn records_with_the_same_key_keep_their_order_in_one_partition() {
+        let t = transport(100);
+        t.ensure_topics(&IndexMap::from([(
+            "t".to_string(),
+            TopicSpec {
+                partitions: 4,
+                ..TopicSpec::default()
+            },
+        )]))
+        .await
+        .unwrap();
+        let mut r = t.reader("g", &["t".into()]).await.unwrap();
+        let _ = t
+            .writer()
+            .send((0..20).map(|n| record("t", "same", n)).collect())
+            .await
+            .unwrap();
+        let got = read_all(&mut r).await;
+        let partitions: std::collections::HashSet<i32> = got.iter().map(|r| r.partition).collect();
+        assert_eq!(partitions.len(), 1);
+        let ns: Vec<i64> = got.iter().map(|r| r.value["n"].as_i64().unwrap()).collect();
+        assert_eq!(ns, (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_full_topic_makes_the_producer_wait_until_a_commit() {
+        let t = transport(5);
+        let mut r = t.reader("g", &["t".into()]).await.unwrap();
+        let w = t.writer();
+        let _ = w
+            .send((0..5).map(|n| record("t", "k", n)).collect())
+            .await
+            .unwrap();
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(50), w.send(vec![record("t", "k", 5)]))
+                .await;
+        assert!(blocked.is_err(), "the send should wait for space");
+        let got = read_all(&mut r).await;
+        r.commit(&[PartitionOffset {
+            topic: "t".into(),
+            partition: 0,
+            offset: got.len() as i64,
+        }])
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), w.send(vec![record("t", "k", 5)]))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_declared_layout_that_differs_is_reported() {
+        let t = transport(10);
+        let _ = t.reader("g", &["t".into()]).await.unwrap();
+        let err = t
+            .ensure_topics(&IndexMap::from([(
+                "t".to_string(),
+                TopicSpec {
+                    partitions: 3,
+                    ..TopicSpec::default()
+                },
+            )]))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("3"), "{}", err.message);
+    }
+}

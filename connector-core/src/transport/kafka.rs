@@ -1,0 +1,607 @@
+//! The Kafka transport (rdkafka): an idempotent producer, one consumer group per sink with
+//! manual commits, topics created through the admin API, and source offsets in a compacted topic.
+
+use super::{
+    Delivery, Incoming, OffsetStore, PartitionOffset, TopicReader, TopicWriter, Transport,
+    TransportError,
+};
+use crate::config::{KafkaConfig, TopicSpec};
+use crate::Record;
+use async_trait::async_trait;
+use futures::FutureExt;
+use indexmap::IndexMap;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// Transport over a Kafka cluster.
+pub struct KafkaTransport {
+    config: KafkaConfig,
+    producer: FutureProducer,
+}
+
+impl KafkaTransport {
+    /// Connects and checks the cluster answers, retrying until `connect_timeout`.
+    pub async fn connect(config: &KafkaConfig) -> Result<Self, TransportError> {
+        let mut client = base_config(config);
+        client
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set("message.timeout.ms", "300000");
+        for (k, v) in &config.producer {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client
+            .create()
+            .map_err(|e| TransportError::fatal(format!("invalid Kafka producer settings: {e}")))?;
+        let transport = KafkaTransport {
+            config: config.clone(),
+            producer,
+        };
+        transport.wait_for_cluster().await?;
+        Ok(transport)
+    }
+
+    async fn wait_for_cluster(&self) -> Result<(), TransportError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            attempt += 1;
+            let producer = self.producer.clone();
+            let result = blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(3))
+                    .map(|_| ())
+            })
+            .await?;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() + backoff >= self.config.connect_timeout => {
+                    return Err(TransportError::fatal(format!(
+                        "cannot reach Kafka at {} after {attempt} attempts in {:.0?}: {e}",
+                        self.config.bootstrap_servers,
+                        started.elapsed()
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(bootstrap = %self.config.bootstrap_servers, attempt, error = %e, "Kafka not reachable yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Partition count and replicas of each existing topic among `names`.
+    async fn describe(
+        &self,
+        names: Vec<String>,
+    ) -> Result<HashMap<String, (i32, i32)>, TransportError> {
+        let producer = self.producer.clone();
+        blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map_err(|e| {
+                    TransportError::transient(format!("cannot read cluster metadata: {e}"))
+                })?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .filter(|t| {
+                    names.iter().any(|n| n == t.name())
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                })
+                .map(|t| {
+                    let replicas = t
+                        .partitions()
+                        .first()
+                        .map(|p| p.replicas().len() as i32)
+                        .unwrap_or(0);
+                    (
+                        t.name().to_string(),
+                        (t.partitions().len() as i32, replicas),
+                    )
+                })
+                .collect())
+        })
+        .await?
+    }
+}
+
+fn base_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", "sluice");
+    client
+}
+
+/// Runs blocking librdkafka calls off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransportError::fatal(format!("Kafka client task failed: {e}")))
+}
+
+#[async_trait]
+impl Transport for KafkaTransport {
+    async fn ensure_topics(
+        &self,
+        topics: &IndexMap<String, TopicSpec>,
+    ) -> Result<(), TransportError> {
+        let mut all = topics.clone();
+        all.entry(self.config.offsets_topic.clone())
+            .or_insert_with(|| TopicSpec {
+                config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+                ..TopicSpec::default()
+            });
+        let existing = self.describe(all.keys().cloned().collect()).await?;
+        for (name, (partitions, replicas)) in &existing {
+            let spec = &all[name];
+            if *partitions != spec.partitions {
+                return Err(TransportError::fatal(format!(
+                    "topic `{name}` exists with {partitions} partitions, the pipeline declares {}",
+                    spec.partitions
+                )));
+            }
+            if *replicas != spec.replication_factor && topics.contains_key(name) {
+                return Err(TransportError::fatal(format!(
+                    "topic `{name}` exists with replication factor {replicas}, the pipeline declares {}",
+                    spec.replication_factor
+                )));
+            }
+        }
+        let missing: Vec<(&String, &TopicSpec)> = all
+            .iter()
+            .filter(|(n, _)| !existing.contains_key(*n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = base_config(&self.config)
+            .create()
+            .map_err(|e| TransportError::fatal(format!("cannot create Kafka admin client: {e}")))?;
+        let new_topics: Vec<NewTopic> = missing
+            .iter()
+            .map(|(name, spec)| {
+                spec.config.iter().fold(
+                    NewTopic::new(
+                        name,
+                        spec.partitions,
+                        TopicReplication::Fixed(spec.replication_factor),
+                    ),
+                    |t, (k, v)| t.set(k, v),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|e| TransportError::transient(format!("cannot create topics: {e}")))?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(TransportError::fatal(format!(
+                        "cannot create topic `{name}`: {code}"
+                    )))
+                }
+            }
+        }
+        // Wait until the cluster reports what was created, so producers see every partition.
+        let names: Vec<String> = missing.iter().map(|(n, _)| n.to_string()).collect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = self.describe(names.clone()).await?;
+            if names
+                .iter()
+                .all(|n| seen.get(n).is_some_and(|(p, _)| *p == all[n].partitions))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(TransportError::transient(format!(
+                    "topics {names:?} were created but do not show up in the cluster metadata"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn writer(&self) -> Arc<dyn TopicWriter> {
+        Arc::new(KafkaWriter {
+            producer: self.producer.clone(),
+        })
+    }
+
+    async fn reader(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn TopicReader>, TransportError> {
+        let mut client = base_config(&self.config);
+        client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000");
+        for (k, v) in &self.config.consumer {
+            client.set(k, v);
+        }
+        let consumer: StreamConsumer = client
+            .create()
+            .map_err(|e| TransportError::fatal(format!("invalid Kafka consumer settings: {e}")))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
+        Ok(Box::new(KafkaReader {
+            consumer: Arc::new(consumer),
+            positions: HashMap::new(),
+        }))
+    }
+
+    async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
+        Ok(Box::new(KafkaOffsetStore {
+            config: self.config.clone(),
+            pipeline: pipeline.to_string(),
+            writer: KafkaWriter {
+                producer: self.producer.clone(),
+            },
+            loaded: OnceCell::new(),
+        }))
+    }
+}
+
+struct KafkaWriter {
+    producer: FutureProducer,
+}
+
+#[async_trait]
+impl TopicWriter for KafkaWriter {
+    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            let payload = match &record.value {
+                Value::Null => None,
+                value => Some(
+                    serde_json::to_vec(value)
+                        .map_err(|e| TransportError::fatal(format!("cannot encode record: {e}")))?,
+                ),
+            };
+            let mut message: FutureRecord<'_, [u8], Vec<u8>> = FutureRecord::to(&record.topic);
+            if let Some(key) = &record.key {
+                message = message.key(key.as_slice());
+            }
+            if let Some(payload) = &payload {
+                message = message.payload(payload);
+            }
+            if let Some(ts) = record.timestamp {
+                message = message.timestamp(ts);
+            }
+            if !record.headers.is_empty() {
+                let headers = record
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |h, (k, v)| {
+                        h.insert(Header {
+                            key: k,
+                            value: Some(v),
+                        })
+                    });
+                message = message.headers(headers);
+            }
+            loop {
+                match self.producer.send_result(message) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        message = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(TransportError::fatal(format!(
+                            "cannot produce to `{}`: {e}",
+                            record.topic
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(async move {
+            for delivery in pending {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, message))) => {
+                        return Err(TransportError::fatal(format!(
+                            "delivery to `{}` failed: {e}",
+                            message.topic()
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(TransportError::fatal(
+                            "the Kafka producer shut down before delivery",
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        .boxed())
+    }
+}
+
+struct KafkaReader {
+    consumer: Arc<StreamConsumer>,
+    /// Next offset per partition, from what this reader has returned.
+    positions: HashMap<(String, i32), i64>,
+}
+
+impl KafkaReader {
+    fn decode(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
+        let topic = message.topic().to_string();
+        self.positions
+            .insert((topic.clone(), message.partition()), message.offset() + 1);
+        let envelope = Record {
+            key: message.key().map(<[u8]>::to_vec),
+            value: Value::Null,
+            headers: message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timestamp: message.timestamp().to_millis(),
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        match message.payload() {
+            None => Incoming::Record(envelope),
+            Some(bytes) => match serde_json::from_slice(bytes) {
+                Ok(value) => Incoming::Record(Record { value, ..envelope }),
+                Err(e) => Incoming::Undecodable {
+                    envelope,
+                    raw: bytes.to_vec(),
+                    error: format!("value is not JSON: {e}"),
+                },
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl TopicReader for KafkaReader {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming>, TransportError> {
+        let consumer = self.consumer.clone();
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(first) => first,
+        };
+        match first {
+            Ok(message) => out.push(self.decode(&message)),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries");
+                return Ok(out);
+            }
+        }
+        while out.len() < max {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => out.push(self.decode(&message)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+        let mut list = TopicPartitionList::new();
+        for o in offsets {
+            list.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset))
+                .map_err(|e| TransportError::fatal(format!("bad offset {o:?}: {e}")))?;
+        }
+        let consumer = self.consumer.clone();
+        blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await?
+            .map_err(|e| TransportError::transient(format!("cannot commit consumer offsets: {e}")))
+    }
+
+    async fn caught_up(&mut self) -> Result<bool, TransportError> {
+        let consumer = self.consumer.clone();
+        let positions = self.positions.clone();
+        blocking(move || {
+            let assignment = consumer.assignment().map_err(|e| {
+                TransportError::transient(format!("cannot read the assignment: {e}"))
+            })?;
+            if assignment.count() == 0 {
+                return Ok(false); // still joining the group
+            }
+            let committed = consumer
+                .committed_offsets(assignment.clone(), Duration::from_secs(5))
+                .map_err(|e| {
+                    TransportError::transient(format!("cannot read committed offsets: {e}"))
+                })?;
+            for element in assignment.elements() {
+                let (topic, partition) = (element.topic().to_string(), element.partition());
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                    .map_err(|e| {
+                        TransportError::transient(format!(
+                            "cannot read watermarks of {topic}/{partition}: {e}"
+                        ))
+                    })?;
+                let committed =
+                    committed
+                        .find_partition(&topic, partition)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                let position = positions
+                    .get(&(topic, partition))
+                    .copied()
+                    .or(committed)
+                    .unwrap_or(low);
+                if position < high {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await?
+    }
+}
+
+/// Source offsets as records keyed `[pipeline, component, source partition]` in a compacted topic.
+struct KafkaOffsetStore {
+    config: KafkaConfig,
+    pipeline: String,
+    writer: KafkaWriter,
+    /// component → partition → offset, read once from the whole topic.
+    loaded: OnceCell<HashMap<String, HashMap<String, Value>>>,
+}
+
+impl KafkaOffsetStore {
+    fn read_topic(
+        config: KafkaConfig,
+        pipeline: String,
+    ) -> Result<HashMap<String, HashMap<String, Value>>, TransportError> {
+        let mut client = base_config(&config);
+        client
+            .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = client
+            .create()
+            .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
+        let topic = &config.offsets_topic;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| {
+                TransportError::transient(format!("cannot read metadata of `{topic}`: {e}"))
+            })?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut remaining = HashMap::new();
+        let mut list = TopicPartitionList::new();
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(|e| {
+                    TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
+                })?;
+            if high > low {
+                remaining.insert(p, high);
+                list.add_partition_offset(topic, p, Offset::Beginning)
+                    .map_err(|e| TransportError::fatal(e.to_string()))?;
+            }
+        }
+        let mut all: HashMap<String, HashMap<String, Value>> = HashMap::new();
+        if remaining.is_empty() {
+            return Ok(all);
+        }
+        consumer
+            .assign(&list)
+            .map_err(|e| TransportError::fatal(format!("cannot read `{topic}`: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !remaining.is_empty() {
+            if Instant::now() > deadline {
+                return Err(TransportError::transient(format!(
+                    "timed out reading source offsets from `{topic}`"
+                )));
+            }
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message
+                .map_err(|e| TransportError::transient(format!("cannot read `{topic}`: {e}")))?;
+            if message.offset() + 1 >= remaining.get(&message.partition()).copied().unwrap_or(0) {
+                remaining.remove(&message.partition());
+            }
+            let key: Option<(String, String, String)> =
+                message.key().and_then(|k| serde_json::from_slice(k).ok());
+            let Some((p, component, partition)) = key else {
+                continue;
+            };
+            if p != pipeline {
+                continue;
+            }
+            let entry = all.entry(component).or_default();
+            match message.payload().map(serde_json::from_slice::<Value>) {
+                Some(Ok(offset)) => {
+                    entry.insert(partition, offset);
+                }
+                _ => {
+                    entry.remove(&partition);
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
+#[async_trait]
+impl OffsetStore for KafkaOffsetStore {
+    async fn load(&self, component: &str) -> Result<HashMap<String, Value>, TransportError> {
+        let all = self
+            .loaded
+            .get_or_try_init(|| {
+                let (config, pipeline) = (self.config.clone(), self.pipeline.clone());
+                async move { blocking(move || Self::read_topic(config, pipeline)).await? }
+            })
+            .await?;
+        Ok(all.get(component).cloned().unwrap_or_default())
+    }
+
+    async fn store(
+        &self,
+        component: &str,
+        offsets: &HashMap<String, Value>,
+    ) -> Result<(), TransportError> {
+        let records = offsets
+            .iter()
+            .map(|(partition, offset)| {
+                let key =
+                    serde_json::to_vec(&(&self.pipeline, component, partition)).unwrap_or_default();
+                let mut r = Record::new(offset.clone()).with_key(key);
+                r.topic = self.config.offsets_topic.clone();
+                r
+            })
+            .collect();
+        self.writer.send(records).await?.await
+    }
+}

@@ -1,0 +1,199 @@
+//! Topics between components: one [`Transport`] trait, two implementations — Kafka (rdkafka) and
+//! an embedded bounded in-process log. Connectors never see which one runs.
+
+pub mod embedded;
+pub mod kafka;
+mod offsets_file;
+
+pub use offsets_file::FileOffsetStore;
+
+use crate::config::TopicSpec;
+use crate::Record;
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use indexmap::IndexMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A transport failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    pub message: String,
+    /// True when the operation may succeed later.
+    pub retryable: bool,
+}
+
+impl TransportError {
+    pub fn fatal(message: impl Into<String>) -> Self {
+        TransportError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        TransportError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// Resolves once every record of one `send` is acknowledged by the transport.
+pub type Delivery = BoxFuture<'static, Result<(), TransportError>>;
+
+/// Where a consumer resumes in a partition: the offset of the next record to read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset to read.
+    pub offset: i64,
+}
+
+/// A record read from a topic, or bytes that are not a JSON record.
+#[derive(Debug)]
+pub enum Incoming {
+    Record(Record),
+    Undecodable {
+        /// Coordinates and headers of the message; `value` is null.
+        envelope: Record,
+        raw: Vec<u8>,
+        error: String,
+    },
+}
+
+impl Incoming {
+    /// Where the item sits in its topic.
+    pub fn coordinates(&self) -> (&str, i32, i64) {
+        let r = match self {
+            Incoming::Record(r) => r,
+            Incoming::Undecodable { envelope, .. } => envelope,
+        };
+        (&r.topic, r.partition, r.offset)
+    }
+}
+
+/// Topics, producers, consumer groups and source-offset storage.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Creates missing topics; reports an existing topic whose layout differs from its spec.
+    async fn ensure_topics(
+        &self,
+        topics: &IndexMap<String, TopicSpec>,
+    ) -> Result<(), TransportError>;
+
+    /// The shared writer.
+    fn writer(&self) -> std::sync::Arc<dyn TopicWriter>;
+
+    /// Joins consumer group `group` on `topics`. Create every reader before producing: the
+    /// embedded transport keeps records until every group reading a topic has committed them.
+    async fn reader(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn TopicReader>, TransportError>;
+
+    /// Storage of source offsets for the pipeline `pipeline`.
+    async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError>;
+}
+
+/// Writes records to topics.
+#[async_trait]
+pub trait TopicWriter: Send + Sync {
+    /// Hands records (each naming its `topic`) to the transport, waiting while its buffers are
+    /// full. The returned [`Delivery`] resolves once all are acknowledged.
+    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError>;
+}
+
+/// A member of a consumer group.
+#[async_trait]
+pub trait TopicReader: Send {
+    /// Waits up to `wait` for records; returns at most `max`.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming>, TransportError>;
+
+    /// Commits where the group resumes, per partition.
+    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError>;
+
+    /// True once everything written to the assigned partitions before this call has been read.
+    async fn caught_up(&mut self) -> Result<bool, TransportError>;
+}
+
+/// Source offsets of one pipeline: per component, source partition → offset.
+#[async_trait]
+pub trait OffsetStore: Send + Sync {
+    /// Offsets stored for `component`.
+    async fn load(&self, component: &str) -> Result<HashMap<String, Value>, TransportError>;
+
+    /// Stores offsets for `component` durably (merged with those stored before).
+    async fn store(
+        &self,
+        component: &str,
+        offsets: &HashMap<String, Value>,
+    ) -> Result<(), TransportError>;
+}
+
+/// Kafka's default (Java client) partitioner: murmur2 of the key, made positive, modulo the
+/// partition count. librdkafka is configured with `murmur2_random`, so both transports agree.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+/// Kafka's murmur2 hash (seed 0x9747b28c).
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= (tail[2] as u32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as u32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from Kafka's `UtilsTest.testMurmur2`.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
+    }
+
+    #[test]
+    fn the_same_key_always_lands_in_the_same_partition() {
+        let p = partition_for_key(b"2014-09-17", 10);
+        assert!((0..10).contains(&p));
+        assert_eq!(p, partition_for_key(b"2014-09-17", 10));
+    }
+}

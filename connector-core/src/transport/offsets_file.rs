@@ -1,0 +1,100 @@
+//! Source offsets in a JSON file of the state dir, replaced atomically (write, fsync, rename).
+
+use super::{OffsetStore, TransportError};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use tokio::sync::Mutex;
+
+/// Offsets of one pipeline in `<state_dir>/<pipeline>/source-offsets.json`.
+pub struct FileOffsetStore {
+    path: PathBuf,
+    /// component → partition → offset; the whole file, kept in memory.
+    all: Mutex<BTreeMap<String, BTreeMap<String, Value>>>,
+}
+
+impl FileOffsetStore {
+    pub fn open(state_dir: &std::path::Path, pipeline: &str) -> Result<Self, TransportError> {
+        let dir = state_dir.join(pipeline);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            TransportError::fatal(format!("cannot create state dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("source-offsets.json");
+        let all = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                TransportError::fatal(format!("{} is corrupt: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(TransportError::fatal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(FileOffsetStore {
+            path,
+            all: Mutex::new(all),
+        })
+    }
+}
+
+#[async_trait]
+impl OffsetStore for FileOffsetStore {
+    async fn load(&self, component: &str) -> Result<HashMap<String, Value>, TransportError> {
+        let all = self.all.lock().await;
+        Ok(all
+            .get(component)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn store(
+        &self,
+        component: &str,
+        offsets: &HashMap<String, Value>,
+    ) -> Result<(), TransportError> {
+        let mut all = self.all.lock().await;
+        let entry = all.entry(component.to_string()).or_default();
+        for (k, v) in offsets {
+            entry.insert(k.clone(), v.clone());
+        }
+        let bytes = serde_json::to_vec_pretty(&*all)
+            .map_err(|e| TransportError::fatal(format!("cannot encode offsets: {e}")))?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(|e| TransportError::fatal(format!("offset writer panicked: {e}")))?
+            .map_err(|e| TransportError::transient(format!("cannot write source offsets: {e}")))
+    }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stored_offsets_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileOffsetStore::open(dir.path(), "p").unwrap();
+        let offsets = HashMap::from([("a.csv".to_string(), serde_json::json!({"byte": 10}))]);
+        store.store("src", &offsets).await.unwrap();
+        let reopened = FileOffsetStore::open(dir.path(), "p").unwrap();
+        assert_eq!(reopened.load("src").await.unwrap(), offsets);
+        assert!(reopened.load("other").await.unwrap().is_empty());
+    }
+}

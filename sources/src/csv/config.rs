@@ -1,0 +1,190 @@
+//! Configuration of the CSV source.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sluice_core::FieldError;
+use std::time::Duration;
+
+/// Reads CSV files (one file or a glob) and emits one JSON record per row.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSourceConfig {
+    /// File path or glob (`data/*.csv`), relative to the working directory; files are read in name order.
+    pub path: String,
+    /// Whether the first row names the columns; without it columns are `column_1`, `column_2`, …
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Field delimiter.
+    #[serde(default = "comma")]
+    pub delimiter: char,
+    /// Quote character.
+    #[serde(default = "double_quote")]
+    pub quote: char,
+    /// Escape character inside quotes (e.g. `\`); without it a quote is escaped by doubling it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escape: Option<char>,
+    /// Types of columns by name: `string`, `int`, `float`, `bool`, `date`, `timestamp`, or
+    /// `{ type: date, format: "%d/%m/%Y" }`. Undeclared columns are inferred (see `infer_types`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub columns: IndexMap<String, ColumnSpec>,
+    /// Infer the type of undeclared columns value by value (int, then float, then bool, else
+    /// string). When false they stay strings.
+    #[serde(default = "yes")]
+    pub infer_types: bool,
+    /// Field values that mean null, e.g. `["null", "NA"]`. An empty field is always null.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub null_values: Vec<String>,
+    /// Column whose text becomes the record key (records with one key stay in order in one partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Column (declared `date` or `timestamp`) that gives the record time; otherwise the time of reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_column: Option<String>,
+    /// Rows whose every column but `key` is null: `keep` them, `skip` them (counted), or send them
+    /// to the dead-letter topic (`dead_letter`).
+    #[serde(default)]
+    pub all_null_rows: NullRows,
+    /// Most records per second; unset reads as fast as the pipeline takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Keep watching for appended rows and new files after the end, like `tail -f`.
+    #[serde(default)]
+    pub follow: bool,
+    /// How often `follow` looks for new rows and files.
+    #[serde(default = "one_second", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: Duration,
+}
+
+/// Type of one column, with an optional parse format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ColumnSpec {
+    /// Just the type.
+    Type(ColumnType),
+    /// The type with a chrono format for `date`/`timestamp` (e.g. `%d/%m/%Y %H:%M`).
+    WithFormat {
+        #[serde(rename = "type")]
+        column_type: ColumnType,
+        format: String,
+    },
+}
+
+impl ColumnSpec {
+    pub fn column_type(&self) -> ColumnType {
+        match self {
+            ColumnSpec::Type(t) | ColumnSpec::WithFormat { column_type: t, .. } => *t,
+        }
+    }
+
+    pub fn format(&self) -> Option<&str> {
+        match self {
+            ColumnSpec::Type(_) => None,
+            ColumnSpec::WithFormat { format, .. } => Some(format),
+        }
+    }
+}
+
+/// A column type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    String,
+    Int,
+    Float,
+    Bool,
+    /// A calendar date, emitted as `YYYY-MM-DD`.
+    Date,
+    /// A point in time, emitted as RFC 3339 in UTC.
+    Timestamp,
+}
+
+/// What to do with rows that hold nothing but their key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NullRows {
+    #[default]
+    Keep,
+    Skip,
+    DeadLetter,
+}
+
+fn yes() -> bool {
+    true
+}
+fn comma() -> char {
+    ','
+}
+fn double_quote() -> char {
+    '"'
+}
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl CsvSourceConfig {
+    pub(super) fn check(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if self.path.trim().is_empty() {
+            errors.push(FieldError::new("path", "must not be empty"));
+        } else if let Err(e) = glob::Pattern::new(&self.path) {
+            errors.push(FieldError::new("path", format!("not a valid glob: {e}")));
+        }
+        for (field, c) in [
+            ("delimiter", Some(self.delimiter)),
+            ("quote", Some(self.quote)),
+            ("escape", self.escape),
+        ] {
+            if c.is_some_and(|c| !c.is_ascii()) {
+                errors.push(FieldError::new(field, "must be a single ASCII character"));
+            }
+        }
+        if let Some(rate) = self.rate {
+            if !(rate > 0.0 && rate.is_finite()) {
+                errors.push(FieldError::new(
+                    "rate",
+                    "must be a positive number of records per second",
+                ));
+            }
+        }
+        for (name, spec) in &self.columns {
+            if spec.format().is_some()
+                && !matches!(spec.column_type(), ColumnType::Date | ColumnType::Timestamp)
+            {
+                errors.push(FieldError::new(
+                    format!("columns.{name}"),
+                    "`format` applies to `date` and `timestamp` columns only",
+                ));
+            }
+        }
+        if let Some(ts) = &self.timestamp_column {
+            let typed = self.columns.get(ts).map(ColumnSpec::column_type);
+            if !matches!(typed, Some(ColumnType::Date | ColumnType::Timestamp)) {
+                errors.push(FieldError::new(
+                    "timestamp_column",
+                    format!("`{ts}` must be declared in `columns` as `date` or `timestamp`"),
+                ));
+            }
+        }
+        if !self.header {
+            for name in self.columns.keys() {
+                let valid = name
+                    .strip_prefix("column_")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n > 0);
+                if !valid {
+                    errors.push(FieldError::new(
+                        format!("columns.{name}"),
+                        "without a header row, columns are named `column_1`, `column_2`, …",
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}

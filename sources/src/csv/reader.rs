@@ -1,0 +1,395 @@
+//! The reader thread of the CSV source: files in order, from the stored byte position, parsed
+//! into typed records, sent in batches.
+
+use super::config::{CsvSourceConfig, NullRows};
+use super::value::Parse;
+use serde_json::{json, Map, Value};
+use sluice_core::record::now_millis;
+use sluice_core::{BadInput, ConnectorError, Payload, Record, SourceOffsets, SourceRecord};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+use tokio::sync::mpsc::Sender;
+
+/// Records per batch handed from the thread to the async side.
+const BATCH: usize = 1024;
+
+/// Everything the reader thread needs, checked at build time.
+pub(super) struct ReaderSettings {
+    pattern: String,
+    header: bool,
+    delimiter: u8,
+    builder: csv::ReaderBuilder,
+    columns: indexmap::IndexMap<String, super::ColumnSpec>,
+    infer: bool,
+    null_values: Vec<String>,
+    key: Option<String>,
+    timestamp_column: Option<String>,
+    all_null_rows: NullRows,
+    follow: bool,
+    poll_interval: Duration,
+    offsets: SourceOffsets,
+}
+
+impl ReaderSettings {
+    pub fn new(config: &CsvSourceConfig, offsets: SourceOffsets) -> Result<Self, ConnectorError> {
+        let mut builder = csv::ReaderBuilder::new();
+        builder
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(config.delimiter as u8)
+            .quote(config.quote as u8)
+            .double_quote(config.escape.is_none())
+            .escape(config.escape.map(|c| c as u8));
+        let settings = ReaderSettings {
+            pattern: config.path.clone(),
+            header: config.header,
+            delimiter: config.delimiter as u8,
+            builder,
+            columns: config.columns.clone(),
+            infer: config.infer_types,
+            null_values: config.null_values.clone(),
+            key: config.key.clone(),
+            timestamp_column: config.timestamp_column.clone(),
+            all_null_rows: config.all_null_rows,
+            follow: config.follow,
+            poll_interval: config.poll_interval,
+            offsets,
+        };
+        if !settings.follow && settings.files()?.is_empty() {
+            return Err(ConnectorError::user(format!(
+                "no file matches `{}`",
+                settings.pattern
+            )));
+        }
+        Ok(settings)
+    }
+
+    /// Files matching the pattern, in name order.
+    fn files(&self) -> Result<Vec<String>, ConnectorError> {
+        let paths = glob::glob(&self.pattern).map_err(|e| {
+            ConnectorError::user(format!("`{}` is not a valid glob: {e}", self.pattern))
+        })?;
+        let mut files: Vec<String> = paths
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+/// Columns of one file and how to parse each.
+struct Layout {
+    names: Vec<String>,
+    parsers: Vec<Parse>,
+    key: Option<usize>,
+    timestamp: Option<usize>,
+}
+
+/// Where a file resumes.
+#[derive(Clone, Copy, Default)]
+struct FilePosition {
+    byte: u64,
+    line: u64,
+}
+
+pub(super) struct CsvReader {
+    settings: ReaderSettings,
+    positions: HashMap<String, FilePosition>,
+    layouts: HashMap<String, Layout>,
+}
+
+/// The async side is gone: stop reading.
+struct Stopped;
+
+impl CsvReader {
+    pub fn new(settings: ReaderSettings) -> Self {
+        let positions = settings
+            .offsets
+            .iter()
+            .map(|(file, offset)| {
+                let at = |k: &str| offset.get(k).and_then(Value::as_u64).unwrap_or(0);
+                (
+                    file.clone(),
+                    FilePosition {
+                        byte: at("byte"),
+                        line: at("line"),
+                    },
+                )
+            })
+            .collect();
+        CsvReader {
+            settings,
+            positions,
+            layouts: HashMap::new(),
+        }
+    }
+
+    /// Reads until the files end (or forever with `follow`), sending batches on `tx`.
+    pub fn run(mut self, tx: Sender<Result<Vec<SourceRecord>, ConnectorError>>) {
+        loop {
+            let result = self.settings.files().and_then(|files| {
+                for file in files {
+                    match self.read_file(&file, &tx) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(Stopped)) => return Ok(false),
+                        Err(e) => {
+                            return Err(ConnectorError::transient(format!(
+                                "cannot read `{file}`: {e}"
+                            )))
+                        }
+                    }
+                }
+                Ok(true)
+            });
+            match result {
+                Ok(true) if self.settings.follow => std::thread::sleep(self.settings.poll_interval),
+                Ok(_) => return,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the column names (the header row, or `column_N` for the width of the first row)
+    /// and returns where data rows start; `None` for a file with no row yet.
+    fn layout(&mut self, path: &str, file: &File) -> io::Result<Option<FilePosition>> {
+        let mut reader = self.settings.builder.from_reader(file);
+        let mut first = csv::StringRecord::new();
+        if !reader.read_record(&mut first).map_err(io::Error::other)? {
+            return Ok(None);
+        }
+        let (names, data_start) = if self.settings.header {
+            let names = first
+                .iter()
+                .map(|h| h.trim_start_matches('\u{feff}').to_string())
+                .collect();
+            let end = reader.position();
+            (
+                names,
+                FilePosition {
+                    byte: end.byte(),
+                    line: end.line(),
+                },
+            )
+        } else {
+            let names = (1..=first.len()).map(|i| format!("column_{i}")).collect();
+            (names, FilePosition { byte: 0, line: 1 })
+        };
+        self.layouts
+            .insert(path.to_string(), self.make_layout(names));
+        Ok(Some(data_start))
+    }
+
+    fn make_layout(&self, names: Vec<String>) -> Layout {
+        let s = &self.settings;
+        let index = |name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| names.iter().position(|c| c == n))
+        };
+        Layout {
+            parsers: names
+                .iter()
+                .map(|n| Parse::from_spec(s.columns.get(n), s.infer))
+                .collect(),
+            key: index(&s.key),
+            timestamp: index(&s.timestamp_column),
+            names,
+        }
+    }
+
+    fn read_file(
+        &mut self,
+        path: &str,
+        tx: &Sender<Result<Vec<SourceRecord>, ConnectorError>>,
+    ) -> io::Result<Result<(), Stopped>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let stored = self.positions.get(path).copied();
+        if stored.is_some_and(|p| p.byte == len) {
+            return Ok(Ok(())); // nothing new
+        }
+        if stored.is_some_and(|p| p.byte > len) {
+            tracing::warn!(file = %path, stored = stored.map(|p| p.byte), len, "file is shorter than the stored offset (replaced?); reading it from the start");
+            self.positions.remove(path);
+            self.layouts.remove(path);
+        }
+        if !self.layouts.contains_key(path) {
+            let Some(data_start) = self.layout(path, &file)? else {
+                return Ok(Ok(())); // no row yet
+            };
+            self.positions.entry(path.to_string()).or_insert(data_start);
+        }
+        let start = self.positions[path];
+        let mut reader = self.settings.builder.from_reader(&file);
+        let mut position = csv::Position::new();
+        position.set_byte(start.byte).set_line(start.line);
+        reader.seek_raw(io::SeekFrom::Start(start.byte), position)?;
+
+        let layout = &self.layouts[path];
+        let mut row = csv::ByteRecord::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let line = reader.position().line();
+            let has_row = match reader.read_byte_record(&mut row) {
+                Ok(has_row) => has_row,
+                Err(e) => {
+                    // A syntax error (e.g. invalid quoting): the row is bad, reading goes on.
+                    let end = reader.position().clone();
+                    batch.push(bad(
+                        path,
+                        line,
+                        &end,
+                        Vec::new(),
+                        format!("unreadable row: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            if !has_row {
+                break;
+            }
+            let end = reader.position().clone();
+            if self.settings.follow && end.byte() >= len && !ends_with_newline(&file, end.byte())? {
+                break; // a row still being written; read it once complete
+            }
+            batch.push(self.to_record(layout, path, line, &end, &row));
+            self.positions.insert(
+                path.to_string(),
+                FilePosition {
+                    byte: end.byte(),
+                    line: end.line(),
+                },
+            );
+            if batch.len() == BATCH
+                && tx
+                    .blocking_send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))
+                    .is_err()
+            {
+                return Ok(Err(Stopped));
+            }
+        }
+        if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
+            return Ok(Err(Stopped));
+        }
+        Ok(Ok(()))
+    }
+
+    fn to_record(
+        &self,
+        layout: &Layout,
+        path: &str,
+        line: u64,
+        end: &csv::Position,
+        row: &csv::ByteRecord,
+    ) -> SourceRecord {
+        let raw = || {
+            row.iter()
+                .collect::<Vec<_>>()
+                .join(&[self.settings.delimiter][..])
+        };
+        if row.len() != layout.names.len() {
+            let message = format!(
+                "row has {} fields, the header has {}",
+                row.len(),
+                layout.names.len()
+            );
+            return bad(path, line, end, raw(), message);
+        }
+        let mut map = Map::with_capacity(row.len());
+        let mut key = None;
+        let mut all_null = true;
+        for (i, field) in row.iter().enumerate() {
+            let name = &layout.names[i];
+            let Ok(text) = std::str::from_utf8(field) else {
+                return bad(
+                    path,
+                    line,
+                    end,
+                    raw(),
+                    format!("field `{name}` is not valid UTF-8"),
+                );
+            };
+            let value = if text.is_empty() || self.settings.null_values.iter().any(|n| n == text) {
+                Value::Null
+            } else {
+                match layout.parsers[i].value(text) {
+                    Ok(v) => v,
+                    Err(e) => return bad(path, line, end, raw(), format!("field `{name}`: {e}")),
+                }
+            };
+            if Some(i) == layout.key {
+                if !value.is_null() {
+                    key = Some(text.as_bytes().to_vec());
+                }
+            } else if !value.is_null() {
+                all_null = false;
+            }
+            map.insert(name.clone(), value);
+        }
+        let offset = json!({ "byte": end.byte(), "line": end.line() });
+        let partition = path.to_string();
+        if all_null {
+            match self.settings.all_null_rows {
+                NullRows::Keep => {}
+                NullRows::Skip => {
+                    return SourceRecord {
+                        partition,
+                        offset,
+                        payload: Payload::Skipped {
+                            reason: format!("{path} line {line}: every field is null"),
+                        },
+                    }
+                }
+                NullRows::DeadLetter => {
+                    return bad(
+                        path,
+                        line,
+                        end,
+                        raw(),
+                        "every field but the key is null".into(),
+                    )
+                }
+            }
+        }
+        let timestamp = layout
+            .timestamp
+            .and_then(|i| layout.parsers[i].millis(&map[layout.names[i].as_str()]))
+            .unwrap_or_else(now_millis);
+        let mut record = Record::new(Value::Object(map));
+        record.key = key;
+        record.timestamp = Some(timestamp);
+        SourceRecord {
+            partition,
+            offset,
+            payload: Payload::Record(record),
+        }
+    }
+}
+
+fn bad(path: &str, line: u64, end: &csv::Position, raw: Vec<u8>, message: String) -> SourceRecord {
+    SourceRecord {
+        partition: path.to_string(),
+        offset: json!({ "byte": end.byte(), "line": end.line() }),
+        payload: Payload::Bad(BadInput {
+            raw,
+            message,
+            location: format!("{path} line {line}"),
+        }),
+    }
+}
+
+fn ends_with_newline(file: &File, end: u64) -> io::Result<bool> {
+    if end == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8; 1];
+    file.read_at(&mut last, end - 1)?;
+    Ok(last[0] == b'\n')
+}

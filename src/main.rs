@@ -1,0 +1,245 @@
+//! `sluice`: run, validate and list the connectors of YAML pipelines.
+
+mod progress;
+
+use clap::{Parser, Subcommand};
+use sluice_core::config::{load_pipeline, LoadOptions, PipelineConfig};
+use sluice_core::registry;
+use sluice_core::runtime::{PipelineRun, RunOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+// Link the connector crates so their typetag and plugin registrations are present.
+use sluice_sinks as _;
+use sluice_sources as _;
+use sluice_transforms as _;
+
+/// Exit code for an unusable pipeline file.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a run that failed.
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Connector framework: YAML pipelines from sources through Kafka topics into sinks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pipelines until their sources finish (and sinks catch up) or until SIGINT/SIGTERM.
+    Run {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Use this Kafka cluster (`host:port,…`) instead of the file's `kafka` section or the embedded log.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Where the embedded transport keeps source offsets between runs.
+        #[arg(long, env = "SLUICE_STATE_DIR", default_value = ".sluice-state")]
+        state_dir: PathBuf,
+        /// After SIGINT/SIGTERM, how long sinks may drain before they flush what they have and stop.
+        #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Check pipeline files and every connector's config, without touching the network.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// As for `run`: check the files as they would run against this cluster.
+        #[arg(long)]
+        kafka: Option<String>,
+    },
+    /// List every source, sink and transform type with its fields and docs.
+    Plugins,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Plugins => {
+            print_plugins();
+            ExitCode::SUCCESS
+        }
+        Command::Validate { files, kafka } => match load_all(&files, kafka) {
+            Ok(pipelines) => {
+                for (file, p) in files.iter().zip(&pipelines) {
+                    println!(
+                        "{}: ok — pipeline `{}`, {} source(s), {} sink(s), {} topic(s), {} transport",
+                        file.display(),
+                        p.name,
+                        p.sources.len(),
+                        p.sinks.len(),
+                        p.all_topics().len(),
+                        if p.kafka.is_some() { "Kafka" } else { "embedded" }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run {
+            files,
+            kafka,
+            state_dir,
+            drain_timeout,
+        } => {
+            let pipelines = match load_all(&files, kafka) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            runtime.block_on(run(pipelines, state_dir, drain_timeout))
+        }
+    }
+}
+
+/// Loads every file, printing each error; exit code 2 if any is unusable.
+fn load_all(files: &[PathBuf], kafka: Option<String>) -> Result<Vec<PipelineConfig>, ExitCode> {
+    let options = LoadOptions {
+        kafka_bootstrap: kafka,
+    };
+    let mut pipelines = Vec::new();
+    let mut failed = false;
+    for file in files {
+        match load_pipeline(file, &options) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        Err(ExitCode::from(EXIT_CONFIG))
+    } else {
+        Ok(pipelines)
+    }
+}
+
+async fn run(
+    pipelines: Vec<PipelineConfig>,
+    state_dir: PathBuf,
+    drain_timeout: Duration,
+) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let runs: Vec<Arc<PipelineRun>> = pipelines
+        .into_iter()
+        .map(|p| Arc::new(PipelineRun::new(p)))
+        .collect();
+    let display = progress::Progress::start(runs.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for pipeline in &runs {
+        let pipeline = pipeline.clone();
+        let options = RunOptions {
+            state_dir: state_dir.clone(),
+            shutdown: shutdown.clone(),
+            drain_timeout,
+        };
+        tasks.spawn(async move { (pipeline.config.name.clone(), pipeline.run(options).await) });
+    }
+    let mut failed = false;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => {
+                failed = true;
+                let retry = if e.retryable {
+                    " (retrying later may help)"
+                } else {
+                    ""
+                };
+                eprintln!("error: pipeline `{name}`: {e}{retry}");
+                shutdown.cancel();
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("error: a pipeline task failed: {e}");
+                shutdown.cancel();
+            }
+        }
+    }
+    display.finish();
+    if failed {
+        ExitCode::from(EXIT_RUNTIME)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping: sources stop, sinks flush and commit");
+    shutdown.cancel();
+    // A second signal means: stop now.
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("second signal: exiting without waiting");
+    std::process::exit(130);
+}
+
+fn print_plugins() {
+    let mut kind = None;
+    for plugin in registry::plugins() {
+        if kind != Some(plugin.kind) {
+            kind = Some(plugin.kind);
+            println!("\n{}s", plugin.kind.to_string().to_uppercase());
+        }
+        println!("\n  type: {}", plugin.name);
+        let schema = (plugin.schema)();
+        if let Some(doc) = schema
+            .as_value()
+            .get("description")
+            .and_then(|d| d.as_str())
+        {
+            println!("  {}", doc.replace('\n', " "));
+        }
+        for field in registry::fields(plugin) {
+            let required = if field.required { " (required)" } else { "" };
+            println!(
+                "    {:<18} {:<8}{} {}",
+                field.name, field.type_name, required, field.doc
+            );
+        }
+    }
+    println!("\nFramework fields: sources take `topic`, `transforms`, `batch_size`; sinks take `topics`, `transforms`, `batch {{ max_records, linger }}`.");
+}
