@@ -114,7 +114,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
-            runtime.block_on(run(pipelines, state_dir, drain_timeout))
+            runtime.block_on(run(pipelines, files, state_dir, drain_timeout))
         }
     }
 }
@@ -144,6 +144,7 @@ fn load_all(files: &[PathBuf], kafka: Option<String>) -> Result<Vec<PipelineConf
 
 async fn run(
     pipelines: Vec<PipelineConfig>,
+    files: Vec<PathBuf>,
     state_dir: PathBuf,
     drain_timeout: Duration,
 ) -> ExitCode {
@@ -155,42 +156,67 @@ async fn run(
         .collect();
     let display = progress::Progress::start(runs.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    for pipeline in &runs {
+    for (pipeline, file) in runs.iter().zip(files) {
         let pipeline = pipeline.clone();
         let options = RunOptions {
             state_dir: state_dir.clone(),
             shutdown: shutdown.clone(),
             drain_timeout,
         };
-        tasks.spawn(async move { (pipeline.config.name.clone(), pipeline.run(options).await) });
+        tasks.spawn(async move { (file, pipeline.run(options).await) });
     }
-    let mut failed = false;
+    let mut exit = ExitCode::SUCCESS;
+    let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, Ok(()))) => {}
-            Ok((name, Err(e))) => {
-                failed = true;
-                let retry = if e.retryable {
-                    " (retrying later may help)"
-                } else {
-                    ""
-                };
-                eprintln!("error: pipeline `{name}`: {e}{retry}");
-                shutdown.cancel();
-            }
+        let failure = match joined {
+            Ok((_, Ok(()))) => continue,
+            Ok((file, Err(failure))) => (file, failure),
             Err(e) => {
-                failed = true;
-                eprintln!("error: a pipeline task failed: {e}");
+                errors.push(format!("a pipeline task failed: {e}"));
+                exit = ExitCode::from(EXIT_RUNTIME);
                 shutdown.cancel();
+                continue;
             }
+        };
+        shutdown.cancel();
+        let (file, failure) = failure;
+        let e = failure.error();
+        if failure.is_config() {
+            exit = ExitCode::from(EXIT_CONFIG);
+            let field = e
+                .field
+                .as_ref()
+                .map(|f| format!(", field `{f}`"))
+                .unwrap_or_default();
+            errors.push(format!(
+                "{}: component `{}`{field}: {}",
+                file.display(),
+                e.component,
+                e.message
+            ));
+        } else {
+            if exit == ExitCode::SUCCESS {
+                exit = ExitCode::from(EXIT_RUNTIME);
+            }
+            let retry = if e.retryable {
+                " (retrying later may help)"
+            } else {
+                ""
+            };
+            errors.push(format!(
+                "{}: component `{}`: {}{retry}",
+                file.display(),
+                e.component,
+                e.message
+            ));
         }
     }
-    display.finish();
-    if failed {
-        ExitCode::from(EXIT_RUNTIME)
-    } else {
-        ExitCode::SUCCESS
+    let all_failed_at_setup = errors.len() == runs.len() && exit == ExitCode::from(EXIT_CONFIG);
+    display.finish(!all_failed_at_setup);
+    for e in errors {
+        eprintln!("error: {e}");
     }
+    exit
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
@@ -217,29 +243,35 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// Writes the plugin list; a closed pipe (`sluice plugins | head`) just ends it.
 fn print_plugins() {
+    let _ = write_plugins(&mut std::io::stdout().lock());
+}
+
+fn write_plugins(out: &mut impl std::io::Write) -> std::io::Result<()> {
     let mut kind = None;
     for plugin in registry::plugins() {
         if kind != Some(plugin.kind) {
             kind = Some(plugin.kind);
-            println!("\n{}s", plugin.kind.to_string().to_uppercase());
+            writeln!(out, "\n{}S", plugin.kind.to_string().to_uppercase())?;
         }
-        println!("\n  type: {}", plugin.name);
+        writeln!(out, "\n  type: {}", plugin.name)?;
         let schema = (plugin.schema)();
         if let Some(doc) = schema
             .as_value()
             .get("description")
             .and_then(|d| d.as_str())
         {
-            println!("  {}", doc.replace('\n', " "));
+            writeln!(out, "  {}", doc.replace('\n', " "))?;
         }
         for field in registry::fields(plugin) {
             let required = if field.required { " (required)" } else { "" };
-            println!(
-                "    {:<18} {:<8}{} {}",
+            writeln!(
+                out,
+                "    {:<18} {:<16}{} {}",
                 field.name, field.type_name, required, field.doc
-            );
+            )?;
         }
     }
-    println!("\nFramework fields: sources take `topic`, `transforms`, `batch_size`; sinks take `topics`, `transforms`, `batch {{ max_records, linger }}`.");
+    writeln!(out, "\nFramework fields: sources take `topic`, `transforms`, `batch_size`; sinks take `topics`, `transforms`, `batch {{ max_records, linger }}`.")
 }

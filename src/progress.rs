@@ -55,9 +55,12 @@ impl Progress {
         }
     }
 
-    /// Stops the display and prints the summary.
-    pub fn finish(self) {
+    /// Stops the display and prints the summary (unless nothing ever started).
+    pub fn finish(self, started: bool) {
         self.task.abort();
+        if !started {
+            return;
+        }
         let now = snapshots(&self.runs);
         let elapsed = self.started.elapsed();
         let mut err = std::io::stderr().lock();

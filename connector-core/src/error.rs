@@ -32,6 +32,8 @@ pub struct ConnectorError {
     pub kind: ErrorKind,
     /// True when the same operation may succeed later (timeouts, 429, 5xx, lost connections).
     pub retryable: bool,
+    /// The config field at fault, for errors found while building a component.
+    pub field: Option<String>,
     pub message: String,
 }
 
@@ -41,6 +43,7 @@ impl ConnectorError {
             component: String::new(),
             kind,
             retryable,
+            field: None,
             message: message.into(),
         }
     }
@@ -63,6 +66,12 @@ impl ConnectorError {
     /// A bug.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, false, message)
+    }
+
+    /// Names the config field at fault.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_string());
+        self
     }
 
     /// Names the component, unless a more precise one is already set.

@@ -77,11 +77,12 @@ pub fn fields(plugin: &Plugin) -> Vec<FieldDoc> {
     let Some(props) = value.get("properties").and_then(|p| p.as_object()) else {
         return Vec::new();
     };
+    let defs = value.get("$defs");
     props
         .iter()
         .map(|(name, prop)| FieldDoc {
             name: name.clone(),
-            type_name: type_name(prop),
+            type_name: type_name(prop, defs),
             required: required.contains(&name.as_str()),
             doc: prop
                 .get("description")
@@ -92,8 +93,39 @@ pub fn fields(plugin: &Plugin) -> Vec<FieldDoc> {
         .collect()
 }
 
-fn type_name(prop: &serde_json::Value) -> String {
-    match prop.get("type") {
+fn type_name(prop: &serde_json::Value, defs: Option<&serde_json::Value>) -> String {
+    // An enum (directly or behind `$ref`/`anyOf` with null) lists its choices.
+    let target = prop
+        .get("$ref")
+        .or_else(|| {
+            prop.get("anyOf")
+                .and_then(|a| a.get(0))
+                .and_then(|a| a.get("$ref"))
+        })
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.rsplit('/').next())
+        .and_then(|name| defs?.get(name))
+        .unwrap_or(prop);
+    let choices: Vec<&str> = target
+        .get("enum")
+        .and_then(|e| e.as_array())
+        .map(|e| e.iter().filter_map(|v| v.as_str()).collect())
+        .or_else(|| {
+            target.get("oneOf").and_then(|o| o.as_array()).map(|o| {
+                o.iter()
+                    .filter_map(|v| {
+                        v.get("const")
+                            .or_else(|| v.get("enum").and_then(|e| e.get(0)))
+                    })
+                    .filter_map(|v| v.as_str())
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    if !choices.is_empty() {
+        return choices.join("|");
+    }
+    match target.get("type") {
         Some(serde_json::Value::String(t)) => t.clone(),
         Some(serde_json::Value::Array(ts)) => ts
             .iter()
@@ -101,7 +133,6 @@ fn type_name(prop: &serde_json::Value) -> String {
             .filter(|t| *t != "null")
             .collect::<Vec<_>>()
             .join("|"),
-        _ if prop.get("$ref").is_some() || prop.get("anyOf").is_some() => "object".into(),
-        _ => "any".into(),
+        _ => "object".into(),
     }
 }

@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+type PathError = serde_path_to_error::Error<serde_json::Error>;
+
 /// A pipeline file that can't be used, saying where: file, line, component and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -120,8 +122,13 @@ impl Loader<'_> {
         };
 
         let sources =
-            self.components::<SourceOuter>(&mut top, "sources", SOURCE_FRAMEWORK_FIELDS)?;
-        let sinks = self.components::<SinkOuter>(&mut top, "sinks", SINK_FRAMEWORK_FIELDS)?;
+            self.components::<SourceOuter>(&mut top, "sources", SOURCE_FRAMEWORK_FIELDS, |v| {
+                serde_path_to_error::deserialize::<_, Box<dyn crate::SourceConfig>>(v).map(drop)
+            })?;
+        let sinks =
+            self.components::<SinkOuter>(&mut top, "sinks", SINK_FRAMEWORK_FIELDS, |v| {
+                serde_path_to_error::deserialize::<_, Box<dyn crate::SinkConfig>>(v).map(drop)
+            })?;
         top.insert("sources".into(), Value::Object(Map::new()));
         top.insert("sinks".into(), Value::Object(Map::new()));
         let mut pipeline: PipelineConfig = serde_path_to_error::deserialize(Value::Object(top))
@@ -142,6 +149,7 @@ impl Loader<'_> {
         top: &mut Map<String, Value>,
         section: &str,
         framework_fields: &[&str],
+        inner_check: fn(Value) -> Result<(), PathError>,
     ) -> Result<indexmap::IndexMap<String, T>, ConfigError> {
         let mut out = indexmap::IndexMap::new();
         let Some(value) = top.remove(section) else {
@@ -182,18 +190,29 @@ impl Loader<'_> {
                     ordered.insert(k, v);
                 }
             }
+            // The wrapper's `flatten` buffers the connector's fields and loses their path; on
+            // failure, the connector part alone (`type` first, so typetag streams it) names it.
+            let connector_part: Map<String, Value> = ordered
+                .iter()
+                .filter(|(k, _)| !framework_fields.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             let component: T =
-                serde_path_to_error::deserialize(Value::Object(ordered)).map_err(|e| {
+                serde_path_to_error::deserialize(Value::Object(ordered)).map_err(|outer| {
+                    let e = match inner_check(Value::Object(connector_part)) {
+                        Err(inner) => inner,
+                        Ok(()) => outer,
+                    };
                     let path = e.path().to_string();
                     let message = e.into_inner().to_string();
-                    let field = field_from(&path, &message);
+                    let unknown_type = message.starts_with("unknown variant");
+                    let field = if unknown_type {
+                        Some("type".to_string())
+                    } else {
+                        field_from(&path, &message)
+                    };
                     let line = field.as_deref().and_then(line_of).or_else(|| line_of(""));
-                    let hint = if framework_fields
-                        .iter()
-                        .any(|f| message.contains(&format!("`{f}`")))
-                    {
-                        ""
-                    } else if message.starts_with("unknown variant") {
+                    let hint = if unknown_type {
                         " (run `sluice plugins` to list the types)"
                     } else {
                         ""

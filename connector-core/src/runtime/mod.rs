@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+type Tasks = tokio::task::JoinSet<Result<(), ConnectorError>>;
+
 /// How a run is driven from outside.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -35,6 +37,28 @@ pub struct RunOptions {
     pub shutdown: CancellationToken,
     /// After shutdown, how long sinks may drain before they flush what they have and stop.
     pub drain_timeout: Duration,
+}
+
+/// Why a run failed.
+#[derive(Debug)]
+pub enum RunError {
+    /// While connecting and building components, before any record moved.
+    Setup(ConnectorError),
+    /// While records were moving.
+    Run(ConnectorError),
+}
+
+impl RunError {
+    /// A setup failure that is the user's to fix in the pipeline file (a missing input file…).
+    pub fn is_config(&self) -> bool {
+        matches!(self, RunError::Setup(e) if e.kind == crate::ErrorKind::User)
+    }
+
+    pub fn error(&self) -> &ConnectorError {
+        match self {
+            RunError::Setup(e) | RunError::Run(e) => e,
+        }
+    }
 }
 
 /// A pipeline ready to run, with the counters the CLI displays.
@@ -68,7 +92,18 @@ impl PipelineRun {
     }
 
     /// Runs until the sources finish and the sinks have caught up, or until shutdown.
-    pub async fn run(&self, options: RunOptions) -> Result<(), ConnectorError> {
+    pub async fn run(&self, options: RunOptions) -> Result<(), RunError> {
+        let (sources, sinks, drain) = self.start(&options).await.map_err(RunError::Setup)?;
+        self.wait(sources, sinks, drain, &options)
+            .await
+            .map_err(RunError::Run)
+    }
+
+    /// Connects, creates topics and starts every task.
+    async fn start(
+        &self,
+        options: &RunOptions,
+    ) -> Result<(Tasks, Tasks, CancellationToken), ConnectorError> {
         let config = &self.config;
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
@@ -154,9 +189,21 @@ impl PipelineRun {
             };
             sources.spawn(task.run(options.shutdown.clone(), options.drain_timeout));
         }
+        Ok((sources, sinks, drain))
+    }
+
+    /// Waits for the tasks: sources end (finished or stopped) → sinks drain; a failure stops all.
+    async fn wait(
+        &self,
+        mut sources: Tasks,
+        mut sinks: Tasks,
+        drain: CancellationToken,
+        options: &RunOptions,
+    ) -> Result<(), ConnectorError> {
+        let pipeline = self.config.name.as_str();
 
         // Sources end (finished or stopped) → sinks drain. A sink failing stops everything.
-        let has_sources = !config.sources.is_empty();
+        let has_sources = !self.config.sources.is_empty();
         let mut first_error: Option<ConnectorError> = None;
         let mut note = |result: Result<Result<(), ConnectorError>, tokio::task::JoinError>| {
             let error = match result {

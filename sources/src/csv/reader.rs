@@ -59,10 +59,10 @@ impl ReaderSettings {
             offsets,
         };
         if !settings.follow && settings.files()?.is_empty() {
-            return Err(ConnectorError::user(format!(
-                "no file matches `{}`",
-                settings.pattern
-            )));
+            return Err(
+                ConnectorError::user(format!("no file matches `{}`", settings.pattern))
+                    .with_field("path"),
+            );
         }
         Ok(settings)
     }
