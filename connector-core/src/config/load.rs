@@ -101,8 +101,10 @@ impl Loader<'_> {
 
     fn parse(&self, yaml: &str, options: &LoadOptions) -> Result<PipelineConfig, ConfigError> {
         let mut figment = Figment::new().merge(Yaml::string(yaml)).merge(
+            // Only keys of the pipeline file; SLUICE_LOG, SLUICE_STATE_DIR… are the CLI's.
             Env::prefixed("SLUICE_").split("__").filter(|key| {
-                TOP_LEVEL_KEYS.contains(&key.as_str().split('.').next().unwrap_or(""))
+                let top = key.as_str().split('.').next().unwrap_or("");
+                TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
             }),
         );
         if let Some(bootstrap) = &options.kafka_bootstrap {

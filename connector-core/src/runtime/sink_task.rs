@@ -102,17 +102,19 @@ impl SinkTask {
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
-            if draining
-                && idle
-                && pending.is_empty()
-                && self
-                    .reader
-                    .caught_up()
-                    .await
-                    .map_err(|e| transport_error(&self.id, e))?
-            {
-                tracing::info!(component = %self.id, "sink caught up");
-                return Ok(());
+            if draining && idle && pending.is_empty() {
+                match self.reader.caught_up().await {
+                    Ok(true) => {
+                        tracing::info!(component = %self.id, "sink caught up");
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    // The broker may be restarting; keep reading, the next check may pass.
+                    Err(e) if e.retryable => {
+                        tracing::warn!(component = %self.id, error = %e, "cannot tell whether the sink caught up yet")
+                    }
+                    Err(e) => return Err(transport_error(&self.id, e)),
+                }
             }
         }
     }

@@ -1,0 +1,268 @@
+//! Helpers for the end-to-end tests: run the `sluice` binary as a user would, start a private
+//! tansu broker on a free loopback port, and check what arrived, record by record.
+#![allow(dead_code)] // each test binary uses a different part
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// `sluice` with logs kept quiet but for warnings.
+pub fn sluice() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.current_dir(root()).env("SLUICE_LOG", "warn");
+    cmd
+}
+
+/// Runs the BTC history example pipeline (`pipelines/btc-history-csv-to-file.yaml`) on `csv`,
+/// writing into `dir`; `env` adds overrides such as `SLUICE_SOURCES__YAHOO_CSV__RATE`.
+pub fn btc_pipeline(dir: &Path, csv: &Path, kafka: Option<&str>, env: &[(&str, &str)]) -> Command {
+    let mut cmd = sluice();
+    cmd.arg("run").arg("pipelines/btc-history-csv-to-file.yaml");
+    if let Some(kafka) = kafka {
+        cmd.args(["--kafka", kafka]);
+    }
+    cmd.arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("BTC_CSV", csv)
+        .env("BTC_OUT", dir.join("bitcoin.jsonl"))
+        .env("BTC_DLQ_OUT", dir.join("bitcoin-dlq.jsonl"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("sluice runs");
+    eprintln!("--- stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "{} holds a line that is not JSON ({e}): {l}",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Waits until `path` holds at least `n` lines.
+pub fn wait_for_lines(path: &Path, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while count_lines(path) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached {n} lines",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM and waits for the exit, returning the status and how long it took.
+pub fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait works") {
+            return (status, started.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not exit within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One row of a Yahoo CSV: the date and the six numbers, `None` where Yahoo wrote `null`.
+pub struct CsvRow {
+    pub date: String,
+    pub numbers: Option<[f64; 6]>,
+}
+
+pub fn csv_rows(csv: &Path) -> Vec<CsvRow> {
+    let text = std::fs::read_to_string(csv).expect("fixture readable");
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let numbers = if fields[1] == "null" {
+                None
+            } else {
+                let mut n = [0.0; 6];
+                for (i, f) in fields[1..7].iter().enumerate() {
+                    n[i] = f.parse().expect("number");
+                }
+                Some(n)
+            };
+            CsvRow {
+                date: fields[0].to_string(),
+                numbers,
+            }
+        })
+        .collect()
+}
+
+/// Checks that every non-null row of `csv` is in `out` with equal values, numbers as JSON
+/// numbers, and nothing else; returns how many lines are duplicates.
+pub fn check_every_row_arrived(csv: &Path, out: &Path) -> usize {
+    let rows = csv_rows(csv);
+    let written = read_jsonl(out);
+    let mut by_date: HashMap<String, (usize, &Value)> = HashMap::new();
+    for value in &written {
+        let date = value["Date"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no Date in {value}"))
+            .to_string();
+        by_date.entry(date).or_insert((0, value)).0 += 1;
+    }
+    let names = ["Open", "High", "Low", "Close", "Adj Close", "Volume"];
+    let mut expected = 0;
+    for row in &rows {
+        let Some(numbers) = row.numbers else {
+            assert!(
+                !by_date.contains_key(&row.date),
+                "all-null row {} was written",
+                row.date
+            );
+            continue;
+        };
+        expected += 1;
+        let (_, value) = by_date
+            .get(&row.date)
+            .unwrap_or_else(|| panic!("row {} is missing", row.date));
+        for (name, number) in names.iter().zip(numbers) {
+            let field = &value[*name];
+            assert!(
+                field.is_number(),
+                "{name} of {} is not a number: {field}",
+                row.date
+            );
+            assert_eq!(field.as_f64(), Some(number), "{name} of {}", row.date);
+        }
+        assert!(
+            value["Volume"].is_i64(),
+            "Volume of {} is not an integer",
+            row.date
+        );
+    }
+    assert_eq!(
+        by_date.len(),
+        expected,
+        "rows that are not in the CSV were written"
+    );
+    written.len() - by_date.len()
+}
+
+/// A private tansu broker on a free loopback port, stopped on drop.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    storage: String,
+    dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    /// In-memory storage.
+    pub fn memory() -> Self {
+        Self::start("memory://tansu/")
+    }
+
+    /// SQLite storage that survives a restart.
+    pub fn sqlite() -> Self {
+        Self::start("sqlite://tansu.db")
+    }
+
+    fn start(storage: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut tansu = Tansu {
+            child: None,
+            port,
+            storage: storage.to_string(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        tansu.spawn();
+        tansu
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("log file");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu (`{bin}`): {e}. Install it with scripts/test.sh, or set TANSU_BIN."));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

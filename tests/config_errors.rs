@@ -1,0 +1,174 @@
+//! Broken pipeline files give one clear message naming file, component and field, exit code 2,
+//! and no stack trace; every example in pipelines/ validates.
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = "name: t
+sources:
+  src:
+    type: csv
+    path: FIXTURE
+    topic: t
+    columns: { Open: float }
+sinks:
+  out:
+    type: file
+    topics: [t]
+    path: OUT
+";
+
+/// Runs `sluice run` on `GOOD` changed by `edit`; returns stderr after checking exit code 2.
+fn broken(edit: impl Fn(&str) -> String) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = GOOD
+        .replace("FIXTURE", &fixture("btc-sample.csv").display().to_string())
+        .replace("OUT", &dir.path().join("out.jsonl").display().to_string());
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, edit(&yaml)).unwrap();
+    let out = run(sluice()
+        .arg("run")
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pipeline.yaml"), "names the file: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "one message: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn an_unknown_type_names_the_component_and_lists_the_types() {
+    let e = broken(|y| y.replace("type: csv", "type: cvs"));
+    assert!(
+        e.contains("pipeline.yaml:4")
+            && e.contains("`src`")
+            && e.contains("`type`")
+            && e.contains("cvs"),
+        "{e}"
+    );
+    assert!(e.contains("csv") && e.contains("datagen"), "{e}");
+}
+
+#[test]
+fn a_misspelled_field_names_it_and_its_line() {
+    let e = broken(|y| y.replace("    topics: [t]\n    path:", "    topics: [t]\n    pth:"));
+    assert!(
+        e.contains("pipeline.yaml:12") && e.contains("`out`") && e.contains("`pth`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_variable_names_it_and_its_line() {
+    let e = broken(|y| y.replace("topic: t\n", "topic: ${SLUICE_TEST_NOT_SET_ANYWHERE}\n"));
+    assert!(
+        e.contains("pipeline.yaml:6") && e.contains("SLUICE_TEST_NOT_SET_ANYWHERE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_input_file_names_the_component_and_field() {
+    let e = broken(|y| y.replace("btc-sample.csv", "no-such-file.csv"));
+    assert!(
+        e.contains("`src`") && e.contains("`path`") && e.contains("no-such-file.csv"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_pipeline_file_is_a_config_error() {
+    let out = run(sluice().args(["run", "no/such/pipeline.yaml"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/pipeline.yaml"));
+}
+
+#[test]
+fn a_wrong_type_names_the_field() {
+    let e = broken(|y| y.replace("    topic: t\n", "    topic: t\n    rate: fast\n"));
+    assert!(
+        e.contains("`src`") && e.contains("`rate`") && e.contains("fast"),
+        "{e}"
+    );
+    let e = broken(|y| y.replace("columns: { Open: float }", "columns: { Open: money }"));
+    assert!(e.contains("`src`") && e.contains("columns"), "{e}");
+    let e = broken(|y| y.replace("topics: [t]", "topics: 5"));
+    assert!(e.contains("`out`") && e.contains("`topics`"), "{e}");
+}
+
+#[test]
+fn an_invalid_value_is_reported_by_the_connector_validation() {
+    let e = broken(|y| y.replace("    topic: t\n", "    topic: t\n    rate: -3\n"));
+    assert!(
+        e.contains("`src`") && e.contains("`rate`") && e.contains("positive"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tolerance_all_without_a_dead_letter_topic_is_refused() {
+    let e = broken(|y| format!("{y}errors: {{ tolerance: all }}\n"));
+    assert!(e.contains("dead_letter_topic"), "{e}");
+}
+
+#[test]
+fn an_environment_override_reaches_one_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(sluice()
+        .args(["validate", "pipelines/quickstart.yaml"])
+        .env("SLUICE_SOURCES__MARKET__RATE", "-1")
+        .current_dir(root())
+        .env("X", dir.path()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`rate`"));
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    let mut files: Vec<_> = std::fs::read_dir(root().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2);
+    let out = run(sluice().arg("validate").args(&files));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches(": ok").count(),
+        files.len()
+    );
+}
+
+#[test]
+fn plugins_lists_every_connector_with_documented_fields() {
+    let out = run(sluice().arg("plugins"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "type: csv",
+        "type: datagen",
+        "type: file",
+        "type: console",
+        "type: rename_fields",
+        "type: require_fields",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    assert!(text.contains("null_values") && text.contains("Field values that mean null"));
+}
