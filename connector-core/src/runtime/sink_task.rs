@@ -220,7 +220,7 @@ impl SinkTask {
             })
             .collect();
         let mut attempt = 0;
-        loop {
+        while !offsets.is_empty() {
             attempt += 1;
             match self.reader.commit(&offsets).await {
                 Ok(()) => break,

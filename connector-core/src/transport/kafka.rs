@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
@@ -28,7 +28,13 @@ use tokio::sync::OnceCell;
 pub struct KafkaTransport {
     config: KafkaConfig,
     producer: FutureProducer,
+    delivered: DeliveredEnds,
 }
+
+/// (topic, partition) → offset after the last record this process's producer had acknowledged.
+/// Sinks drain at least that far: some Kafka-compatible brokers (tansu 0.6) report a high
+/// watermark that stops at the base offset of the last batch.
+type DeliveredEnds = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 impl KafkaTransport {
     /// Connects and checks the cluster answers, retrying until `connect_timeout`.
@@ -50,6 +56,7 @@ impl KafkaTransport {
         let transport = KafkaTransport {
             config: config.clone(),
             producer,
+            delivered: DeliveredEnds::default(),
         };
         transport.wait_for_cluster().await?;
         Ok(transport)
@@ -122,6 +129,15 @@ impl KafkaTransport {
                 .collect())
         })
         .await?
+    }
+}
+
+impl KafkaTransport {
+    fn new_writer(&self) -> KafkaWriter {
+        KafkaWriter {
+            producer: self.producer.clone(),
+            delivered: self.delivered.clone(),
+        }
     }
 }
 
@@ -230,9 +246,7 @@ impl Transport for KafkaTransport {
     }
 
     fn writer(&self) -> Arc<dyn TopicWriter> {
-        Arc::new(KafkaWriter {
-            producer: self.producer.clone(),
-        })
+        Arc::new(self.new_writer())
     }
 
     async fn reader(
@@ -245,21 +259,36 @@ impl Transport for KafkaTransport {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000");
+            .set("enable.partition.eof", "false");
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
         let consumer: StreamConsumer = client
             .create()
             .map_err(|e| TransportError::fatal(format!("invalid Kafka consumer settings: {e}")))?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        // Every partition is assigned to this one consumer, resuming at the group's committed
+        // offsets: no group join, so no rebalance waiting on the member of a killed process.
+        let layout = self.describe(topics.to_vec()).await?;
+        let mut assignment = TopicPartitionList::new();
+        for topic in topics {
+            let (partitions, _) = layout.get(topic).ok_or_else(|| {
+                TransportError::transient(format!("topic `{topic}` does not exist"))
+            })?;
+            for p in 0..*partitions {
+                assignment
+                    .add_partition_offset(topic, p, Offset::Stored)
+                    .map_err(|e| {
+                        TransportError::fatal(format!("cannot assign {topic}/{p}: {e}"))
+                    })?;
+            }
+        }
         consumer
-            .subscribe(&names)
-            .map_err(|e| TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
+            .assign(&assignment)
+            .map_err(|e| TransportError::fatal(format!("cannot read {topics:?}: {e}")))?;
         Ok(Box::new(KafkaReader {
             consumer: Arc::new(consumer),
             positions: HashMap::new(),
+            delivered: self.delivered.clone(),
         }))
     }
 
@@ -267,9 +296,7 @@ impl Transport for KafkaTransport {
         Ok(Box::new(KafkaOffsetStore {
             config: self.config.clone(),
             pipeline: pipeline.to_string(),
-            writer: KafkaWriter {
-                producer: self.producer.clone(),
-            },
+            writer: self.new_writer(),
             loaded: OnceCell::new(),
         }))
     }
@@ -277,6 +304,7 @@ impl Transport for KafkaTransport {
 
 struct KafkaWriter {
     producer: FutureProducer,
+    delivered: DeliveredEnds,
 }
 
 #[async_trait]
@@ -316,7 +344,7 @@ impl TopicWriter for KafkaWriter {
             loop {
                 match self.producer.send_result(message) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        pending.push((delivery, record.topic.clone()));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -332,10 +360,15 @@ impl TopicWriter for KafkaWriter {
                 }
             }
         }
+        let delivered = self.delivered.clone();
         Ok(async move {
-            for delivery in pending {
+            let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+            for (delivery, topic) in pending {
                 match delivery.await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(at)) => {
+                        let end = ends.entry((topic, at.partition)).or_default();
+                        *end = (*end).max(at.offset + 1);
+                    }
                     Ok(Err((e, message))) => {
                         return Err(TransportError::fatal(format!(
                             "delivery to `{}` failed: {e}",
@@ -349,6 +382,11 @@ impl TopicWriter for KafkaWriter {
                     }
                 }
             }
+            let mut all = delivered.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, end) in ends {
+                let known = all.entry(key).or_default();
+                *known = (*known).max(end);
+            }
             Ok(())
         }
         .boxed())
@@ -359,6 +397,7 @@ struct KafkaReader {
     consumer: Arc<StreamConsumer>,
     /// Next offset per partition, from what this reader has returned.
     positions: HashMap<(String, i32), i64>,
+    delivered: DeliveredEnds,
 }
 
 impl KafkaReader {
@@ -440,13 +479,15 @@ impl TopicReader for KafkaReader {
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
         let consumer = self.consumer.clone();
         let positions = self.positions.clone();
+        let delivered = self
+            .delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         blocking(move || {
             let assignment = consumer.assignment().map_err(|e| {
                 TransportError::transient(format!("cannot read the assignment: {e}"))
             })?;
-            if assignment.count() == 0 {
-                return Ok(false); // still joining the group
-            }
             let committed = consumer
                 .committed_offsets(assignment.clone(), Duration::from_secs(5))
                 .map_err(|e| {
@@ -468,11 +509,9 @@ impl TopicReader for KafkaReader {
                             Offset::Offset(o) => Some(o),
                             _ => None,
                         });
-                let position = positions
-                    .get(&(topic, partition))
-                    .copied()
-                    .or(committed)
-                    .unwrap_or(low);
+                let key = (topic, partition);
+                let high = high.max(delivered.get(&key).copied().unwrap_or(0));
+                let position = positions.get(&key).copied().or(committed).unwrap_or(low);
                 if position < high {
                     return Ok(false);
                 }

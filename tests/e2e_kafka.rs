@@ -1,0 +1,260 @@
+//! End to end on Kafka: the `sluice` binary against a real Kafka-protocol broker (tansu, started
+//! privately for each test on a free loopback port).
+
+mod common;
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn consumer(addr: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "sluice-test-inspector")
+        .create()
+        .expect("consumer")
+}
+
+/// Partition count and number of messages of `topic`, counted by reading them all (tansu 0.6's
+/// high watermarks stop at the base offset of the last batch, so they can't be summed).
+fn topic_layout(addr: &str, topic: &str) -> (usize, i64) {
+    let c = consumer(addr);
+    let metadata = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&assignment).expect("assign");
+    let mut messages = 0;
+    let mut idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_millis(1500) {
+        if let Some(message) = c.poll(Duration::from_millis(100)) {
+            message.expect("readable message");
+            messages += 1;
+            idle_since = Instant::now();
+        }
+    }
+    (partitions, messages)
+}
+
+#[test]
+fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
+    let tansu = Tansu::memory();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let out = run(&mut btc_pipeline(
+        dir.path(),
+        &csv,
+        Some(&tansu.addr()),
+        &[],
+    ));
+    assert!(out.status.success());
+    assert_eq!(
+        check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl")),
+        0,
+        "duplicates"
+    );
+    assert_eq!(count_lines(&dir.path().join("bitcoin-dlq.jsonl")), 4);
+    assert_eq!(topic_layout(&tansu.addr(), "bitcoin"), (10, 2530));
+    assert_eq!(topic_layout(&tansu.addr(), "bitcoin-dlq").1, 4);
+    // Run again: the source resumes at its stored offset and the sinks at their committed ones.
+    assert!(run(&mut btc_pipeline(
+        dir.path(),
+        &csv,
+        Some(&tansu.addr()),
+        &[]
+    ))
+    .status
+    .success());
+    assert_eq!(
+        topic_layout(&tansu.addr(), "bitcoin").1,
+        2530,
+        "the source sent rows again"
+    );
+    assert_eq!(
+        count_lines(&dir.path().join("bitcoin.jsonl")),
+        2530,
+        "the sink wrote rows again"
+    );
+}
+
+/// `kill -9` mid-run, then the same command: nothing missing; duplicates at most the sink batch
+/// flushed but not committed plus the source batches sent but not acknowledged.
+#[test]
+fn kill_9_mid_run_then_rerun_loses_no_row() {
+    let tansu = Tansu::memory();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let out = dir.path().join("bitcoin.jsonl");
+    let slow = [
+        ("SLUICE_SOURCES__YAHOO_CSV__RATE", "1000"),
+        ("SLUICE_SOURCES__YAHOO_CSV__BATCH_SIZE", "50"),
+        ("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "100"),
+        ("SLUICE_SINKS__ARCHIVE__BATCH__LINGER", "50ms"),
+    ];
+    let mut child = btc_pipeline(dir.path(), &csv, Some(&tansu.addr()), &slow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_lines(&out, 500, Duration::from_secs(60));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = count_lines(&out);
+    assert!(before < 2530, "the run was not interrupted");
+    assert!(run(&mut btc_pipeline(
+        dir.path(),
+        &csv,
+        Some(&tansu.addr()),
+        &[]
+    ))
+    .status
+    .success());
+    let duplicates = check_every_row_arrived(&csv, &out);
+    let in_topic = topic_layout(&tansu.addr(), "bitcoin").1 - 2530;
+    eprintln!(
+        "killed after {before} rows; {duplicates} duplicates in the file, {in_topic} in the topic"
+    );
+    assert!(
+        in_topic <= 8 * 50,
+        "{in_topic} source duplicates exceed the in-flight batches"
+    );
+    assert!(
+        duplicates as i64 <= 100 + in_topic,
+        "{duplicates} duplicates"
+    );
+}
+
+#[test]
+fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
+    let tansu = Tansu::memory();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let out = dir.path().join("bitcoin.jsonl");
+    let slow = [("SLUICE_SOURCES__YAHOO_CSV__RATE", "800")];
+    let mut child = btc_pipeline(dir.path(), &csv, Some(&tansu.addr()), &slow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_lines(&out, 200, Duration::from_secs(60));
+    let (status, took) = terminate(&mut child);
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(count_lines(&out) < 2530, "the run was not interrupted");
+    assert!(run(&mut btc_pipeline(
+        dir.path(),
+        &csv,
+        Some(&tansu.addr()),
+        &[]
+    ))
+    .status
+    .success());
+    assert_eq!(
+        check_every_row_arrived(&csv, &out),
+        0,
+        "a graceful stop commits everything it wrote"
+    );
+    assert_eq!(
+        topic_layout(&tansu.addr(), "bitcoin").1,
+        2530,
+        "the source resent acknowledged rows"
+    );
+}
+
+/// The broker (tansu on SQLite storage) is killed mid-run and started again 3 s later:
+/// `sluice` reconnects and completes with nothing missing.
+#[test]
+fn a_broker_restart_mid_run_loses_nothing() {
+    let mut tansu = Tansu::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let out = dir.path().join("bitcoin.jsonl");
+    let slow = [("SLUICE_SOURCES__YAHOO_CSV__RATE", "500")];
+    let mut child = btc_pipeline(dir.path(), &csv, Some(&tansu.addr()), &slow)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_lines(&out, 300, Duration::from_secs(60));
+    tansu.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    tansu.restart();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not finish after the broker came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    let duplicates = check_every_row_arrived(&csv, &out);
+    eprintln!("{duplicates} duplicates after the broker restart");
+}
+
+#[test]
+fn an_unreachable_kafka_fails_clearly_after_bounded_retries() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = run(&mut btc_pipeline(
+        dir.path(),
+        &fixture("btc-sample.csv"),
+        Some(&format!("127.0.0.1:{port}")),
+        &[("SLUICE_KAFKA__CONNECT_TIMEOUT", "3s")],
+    ));
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach Kafka at 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn an_existing_topic_with_other_partitions_is_reported() {
+    let tansu = Tansu::memory();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", tansu.addr())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new("bitcoin", 3, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&mut btc_pipeline(
+        dir.path(),
+        &fixture("btc-sample.csv"),
+        Some(&tansu.addr()),
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`bitcoin` exists with 3 partitions, the pipeline declares 10"),
+        "{stderr}"
+    );
+}
