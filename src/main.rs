@@ -5,7 +5,7 @@ mod progress;
 use clap::{Parser, Subcommand};
 use sluice_core::config::{load_pipeline, LoadOptions, PipelineConfig};
 use sluice_core::registry;
-use sluice_core::runtime::{PipelineRun, RunOptions};
+use sluice_core::runtime::{PipelineRun, RunError, RunOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -167,6 +167,7 @@ async fn run(
     }
     let mut exit = ExitCode::SUCCESS;
     let mut errors = Vec::new();
+    let mut setup_failures = 0;
     while let Some(joined) = tasks.join_next().await {
         let failure = match joined {
             Ok((_, Ok(()))) => continue,
@@ -180,6 +181,9 @@ async fn run(
         };
         shutdown.cancel();
         let (file, failure) = failure;
+        if matches!(failure, RunError::Setup(_)) {
+            setup_failures += 1;
+        }
         let e = failure.error();
         if failure.is_config() {
             exit = ExitCode::from(EXIT_CONFIG);
@@ -211,8 +215,7 @@ async fn run(
             ));
         }
     }
-    let all_failed_at_setup = errors.len() == runs.len() && exit == ExitCode::from(EXIT_CONFIG);
-    display.finish(!all_failed_at_setup);
+    display.finish(setup_failures < runs.len());
     for e in errors {
         eprintln!("error: {e}");
     }

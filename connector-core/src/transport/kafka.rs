@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use indexmap::IndexMap;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -27,7 +28,7 @@ use tokio::sync::OnceCell;
 /// Transport over a Kafka cluster.
 pub struct KafkaTransport {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     delivered: DeliveredEnds,
 }
 
@@ -50,8 +51,8 @@ impl KafkaTransport {
         for (k, v) in &config.producer {
             client.set(k, v);
         }
-        let producer: FutureProducer = client
-            .create()
+        let producer: FutureProducer<Quiet> = client
+            .create_with_context(Quiet::default())
             .map_err(|e| TransportError::fatal(format!("invalid Kafka producer settings: {e}")))?;
         let transport = KafkaTransport {
             config: config.clone(),
@@ -141,6 +142,46 @@ impl KafkaTransport {
     }
 }
 
+/// librdkafka's logs and errors as `tracing` events, each kind at most once per 10 s: a broker
+/// that is down for a while otherwise produces dozens of identical lines a second.
+#[derive(Clone, Default)]
+pub struct Quiet {
+    last: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Quiet {
+    fn first_in_a_while(&self, kind: &str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match last.get(kind) {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(10) => false,
+            _ => {
+                last.insert(kind.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let serious = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
+        if serious && self.first_in_a_while(fac) {
+            tracing::warn!(target: "librdkafka", facility = fac, "{message}");
+        } else {
+            tracing::debug!(target: "librdkafka", facility = fac, "{message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.first_in_a_while(&format!("{:?}", error.rdkafka_error_code())) {
+            tracing::warn!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 fn base_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
@@ -193,8 +234,8 @@ impl Transport for KafkaTransport {
         if missing.is_empty() {
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> = base_config(&self.config)
-            .create()
+        let admin: AdminClient<Quiet> = base_config(&self.config)
+            .create_with_context(Quiet::default())
             .map_err(|e| TransportError::fatal(format!("cannot create Kafka admin client: {e}")))?;
         let new_topics: Vec<NewTopic> = missing
             .iter()
@@ -263,8 +304,8 @@ impl Transport for KafkaTransport {
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
-        let consumer: StreamConsumer = client
-            .create()
+        let consumer: StreamConsumer<Quiet> = client
+            .create_with_context(Quiet::default())
             .map_err(|e| TransportError::fatal(format!("invalid Kafka consumer settings: {e}")))?;
         // Every partition is assigned to this one consumer, resuming at the group's committed
         // offsets: no group join, so no rebalance waiting on the member of a killed process.
@@ -282,13 +323,34 @@ impl Transport for KafkaTransport {
                     })?;
             }
         }
+        // Where the group resumes, read before fetching starts; from then on this reader tracks
+        // its positions itself.
+        let consumer = Arc::new(consumer);
+        let (c, list) = (consumer.clone(), assignment.clone());
+        let committed = blocking(move || c.committed_offsets(list, Duration::from_secs(10)))
+            .await?
+            .map_err(|e| {
+                TransportError::transient(format!(
+                    "cannot read committed offsets of {topics:?}: {e}"
+                ))
+            })?;
+        let positions = committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                _ => None,
+            })
+            .collect();
         consumer
             .assign(&assignment)
             .map_err(|e| TransportError::fatal(format!("cannot read {topics:?}: {e}")))?;
         Ok(Box::new(KafkaReader {
-            consumer: Arc::new(consumer),
-            positions: HashMap::new(),
+            consumer,
+            assignment,
+            positions,
             delivered: self.delivered.clone(),
+            watermarks: self.producer.clone(),
         }))
     }
 
@@ -303,7 +365,7 @@ impl Transport for KafkaTransport {
 }
 
 struct KafkaWriter {
-    producer: FutureProducer,
+    producer: FutureProducer<Quiet>,
     delivered: DeliveredEnds,
 }
 
@@ -394,10 +456,14 @@ impl TopicWriter for KafkaWriter {
 }
 
 struct KafkaReader {
-    consumer: Arc<StreamConsumer>,
-    /// Next offset per partition, from what this reader has returned.
+    consumer: Arc<StreamConsumer<Quiet>>,
+    assignment: TopicPartitionList,
+    /// Next offset per partition: committed at start, then after what this reader returned.
     positions: HashMap<(String, i32), i64>,
     delivered: DeliveredEnds,
+    /// Asks for watermarks on the producer's connections: the consumer's may be held by a
+    /// long-polling fetch.
+    watermarks: FutureProducer<Quiet>,
 }
 
 impl KafkaReader {
@@ -477,7 +543,13 @@ impl TopicReader for KafkaReader {
     }
 
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
-        let consumer = self.consumer.clone();
+        let client = self.watermarks.clone();
+        let partitions: Vec<(String, i32)> = self
+            .assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         let positions = self.positions.clone();
         let delivered = self
             .delivered
@@ -485,34 +557,18 @@ impl TopicReader for KafkaReader {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         blocking(move || {
-            let assignment = consumer.assignment().map_err(|e| {
-                TransportError::transient(format!("cannot read the assignment: {e}"))
-            })?;
-            let committed = consumer
-                .committed_offsets(assignment.clone(), Duration::from_secs(5))
-                .map_err(|e| {
-                    TransportError::transient(format!("cannot read committed offsets: {e}"))
-                })?;
-            for element in assignment.elements() {
-                let (topic, partition) = (element.topic().to_string(), element.partition());
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            for key in partitions {
+                let (low, high) = client
+                    .client()
+                    .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
                     .map_err(|e| {
                         TransportError::transient(format!(
-                            "cannot read watermarks of {topic}/{partition}: {e}"
+                            "cannot read watermarks of {}/{}: {e}",
+                            key.0, key.1
                         ))
                     })?;
-                let committed =
-                    committed
-                        .find_partition(&topic, partition)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        });
-                let key = (topic, partition);
                 let high = high.max(delivered.get(&key).copied().unwrap_or(0));
-                let position = positions.get(&key).copied().or(committed).unwrap_or(low);
-                if position < high {
+                if positions.get(&key).copied().unwrap_or(low) < high {
                     return Ok(false);
                 }
             }
@@ -541,8 +597,8 @@ impl KafkaOffsetStore {
             .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = client
-            .create()
+        let consumer: BaseConsumer<Quiet> = client
+            .create_with_context(Quiet::default())
             .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
         let topic = &config.offsets_topic;
         let metadata = consumer
