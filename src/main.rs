@@ -17,6 +17,11 @@ use sluice_sinks as _;
 use sluice_sources as _;
 use sluice_transforms as _;
 
+/// Records are built on reader threads and freed on runtime workers; glibc's allocator serialises
+/// that on its arena locks (a third of CPU time in profiles), mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for an unusable pipeline file.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a run that failed.

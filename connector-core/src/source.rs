@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// Stored offsets of one source: source partition → offset of the last acknowledged record.
 pub type SourceOffsets = HashMap<String, Value>;
@@ -17,8 +18,8 @@ pub type SourceOffsets = HashMap<String, Value>;
 /// One item a source produced: a record or input that could not become one.
 #[derive(Debug, Clone)]
 pub struct SourceRecord {
-    /// Source partition, e.g. the file path.
-    pub partition: String,
+    /// Source partition, e.g. the file path (shared by the records of one partition).
+    pub partition: Arc<str>,
     /// Where this source partition resumes once this item is delivered.
     pub offset: Value,
     /// What the input became.

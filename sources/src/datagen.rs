@@ -91,6 +91,7 @@ impl SourceConfig for DatagenSourceConfig {
             generator.next_value();
         }
         Ok(Box::new(DatagenSource {
+            partition: PARTITION.into(),
             generator,
             started: Instant::now(),
             emitted_here: 0,
@@ -185,6 +186,7 @@ impl SplitMix64 {
 }
 
 struct DatagenSource {
+    partition: std::sync::Arc<str>,
     generator: Generator,
     started: Instant,
     emitted_here: u64,
@@ -214,7 +216,7 @@ impl Source for DatagenSource {
                 let mut record = Record::new(value).with_key(key);
                 record.timestamp = Some(ts);
                 SourceRecord {
-                    partition: PARTITION.into(),
+                    partition: self.partition.clone(),
                     offset: Value::from(self.generator.index),
                     payload: Payload::Record(record),
                 }

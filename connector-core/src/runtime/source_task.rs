@@ -107,6 +107,8 @@ impl SourceTask {
             ComponentMetrics::add(&self.metrics.records_in, items.len());
             let mut records = Vec::with_capacity(items.len());
             let mut offsets = HashMap::new();
+            // Consecutive items mostly share a partition: one map insert per run of them.
+            let mut last: Option<(std::sync::Arc<str>, Value)> = None;
             let mut dead = 0;
             for item in items {
                 match item.payload {
@@ -130,7 +132,7 @@ impl SourceTask {
                                     message,
                                     record,
                                     raw: None,
-                                    location: Some(item.partition.clone()),
+                                    location: Some(item.partition.to_string()),
                                 })?);
                                 dead += 1;
                             }
@@ -152,7 +154,17 @@ impl SourceTask {
                         dead += 1;
                     }
                 }
-                offsets.insert(item.partition, item.offset);
+                match &mut last {
+                    Some((partition, offset)) if *partition == item.partition => *offset = item.offset,
+                    _ => {
+                        if let Some((partition, offset)) = last.replace((item.partition, item.offset)) {
+                            offsets.insert(partition.to_string(), offset);
+                        }
+                    }
+                }
+            }
+            if let Some((partition, offset)) = last {
+                offsets.insert(partition.to_string(), offset);
             }
             ComponentMetrics::add(&self.metrics.dead_lettered, dead);
             let count = records.len() - dead;

@@ -434,7 +434,7 @@ mod tests {
         .await
         .unwrap();
         let mut r = t.reader("g", &["t".into()]).await.unwrap();
-        let _ = t
+        let _delivery = t
             .writer()
             .send((0..20).map(|n| record("t", "same", n)).collect())
             .await
@@ -451,7 +451,7 @@ mod tests {
         let t = transport(5);
         let mut r = t.reader("g", &["t".into()]).await.unwrap();
         let w = t.writer();
-        let _ = w
+        let _delivery = w
             .send((0..5).map(|n| record("t", "k", n)).collect())
             .await
             .unwrap();
@@ -467,10 +467,11 @@ mod tests {
         }])
         .await
         .unwrap();
-        tokio::time::timeout(Duration::from_secs(1), w.send(vec![record("t", "k", 5)]))
-            .await
-            .unwrap()
-            .unwrap();
+        let _delivery =
+            tokio::time::timeout(Duration::from_secs(1), w.send(vec![record("t", "k", 5)]))
+                .await
+                .unwrap()
+                .unwrap();
     }
 
     #[tokio::test]

@@ -373,20 +373,21 @@ struct KafkaWriter {
 impl TopicWriter for KafkaWriter {
     async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
         let mut pending = Vec::with_capacity(records.len());
+        let mut buffer = Vec::with_capacity(256);
         for record in &records {
-            let payload = match &record.value {
-                Value::Null => None,
-                value => Some(
-                    serde_json::to_vec(value)
-                        .map_err(|e| TransportError::fatal(format!("cannot encode record: {e}")))?,
-                ),
-            };
-            let mut message: FutureRecord<'_, [u8], Vec<u8>> = FutureRecord::to(&record.topic);
+            // librdkafka copies the payload, so one buffer serves every record.
+            let tombstone = record.value.is_null();
+            if !tombstone {
+                buffer.clear();
+                serde_json::to_writer(&mut buffer, &record.value)
+                    .map_err(|e| TransportError::fatal(format!("cannot encode record: {e}")))?;
+            }
+            let mut message: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
             if let Some(key) = &record.key {
                 message = message.key(key.as_slice());
             }
-            if let Some(payload) = &payload {
-                message = message.payload(payload);
+            if !tombstone {
+                message = message.payload(buffer.as_slice());
             }
             if let Some(ts) = record.timestamp {
                 message = message.timestamp(ts);

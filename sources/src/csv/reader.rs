@@ -3,13 +3,15 @@
 
 use super::config::{CsvSourceConfig, NullRows};
 use super::value::Parse;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use sluice_core::record::now_millis;
 use sluice_core::{BadInput, ConnectorError, Payload, Record, SourceOffsets, SourceRecord};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
@@ -112,14 +114,9 @@ impl CsvReader {
             .offsets
             .iter()
             .map(|(file, offset)| {
-                let at = |k: &str| offset.get(k).and_then(Value::as_u64).unwrap_or(0);
-                (
-                    file.clone(),
-                    FilePosition {
-                        byte: at("byte"),
-                        line: at("line"),
-                    },
-                )
+                let byte = offset.as_u64().unwrap_or(0);
+                let line = lines_before(file, byte).unwrap_or(0) + 1;
+                (file.clone(), FilePosition { byte, line })
             })
             .collect();
         CsvReader {
@@ -233,8 +230,11 @@ impl CsvReader {
         reader.seek_raw(io::SeekFrom::Start(start.byte), position)?;
 
         let layout = &self.layouts[path];
+        let partition: Arc<str> = Arc::from(path);
         let mut row = csv::ByteRecord::new();
         let mut batch = Vec::with_capacity(BATCH);
+        // Record time of rows without a timestamp column: read once per batch, not per row.
+        let mut now = now_millis();
         loop {
             let line = reader.position().line();
             let has_row = match reader.read_byte_record(&mut row) {
@@ -243,7 +243,7 @@ impl CsvReader {
                     // A syntax error (e.g. invalid quoting): the row is bad, reading goes on.
                     let end = reader.position().clone();
                     batch.push(bad(
-                        path,
+                        &partition,
                         line,
                         &end,
                         Vec::new(),
@@ -259,7 +259,7 @@ impl CsvReader {
             if self.settings.follow && end.byte() >= len && !ends_with_newline(&file, end.byte())? {
                 break; // a row still being written; read it once complete
             }
-            batch.push(self.to_record(layout, path, line, &end, &row));
+            batch.push(self.to_record(layout, &partition, line, &end, &row, now));
             self.positions.insert(
                 path.to_string(),
                 FilePosition {
@@ -274,6 +274,9 @@ impl CsvReader {
             {
                 return Ok(Err(Stopped));
             }
+            if batch.is_empty() {
+                now = now_millis();
+            }
         }
         if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
             return Ok(Err(Stopped));
@@ -284,10 +287,11 @@ impl CsvReader {
     fn to_record(
         &self,
         layout: &Layout,
-        path: &str,
+        path: &Arc<str>,
         line: u64,
         end: &csv::Position,
         row: &csv::ByteRecord,
+        now: i64,
     ) -> SourceRecord {
         let raw = || {
             row.iter()
@@ -333,8 +337,8 @@ impl CsvReader {
             }
             map.insert(name.clone(), value);
         }
-        let offset = json!({ "byte": end.byte(), "line": end.line() });
-        let partition = path.to_string();
+        let offset = Value::from(end.byte());
+        let partition = path.clone();
         if all_null {
             match self.settings.all_null_rows {
                 NullRows::Keep => {}
@@ -361,7 +365,7 @@ impl CsvReader {
         let timestamp = layout
             .timestamp
             .and_then(|i| layout.parsers[i].millis(&map[layout.names[i].as_str()]))
-            .unwrap_or_else(now_millis);
+            .unwrap_or(now);
         let mut record = Record::new(Value::Object(map));
         record.key = key;
         record.timestamp = Some(timestamp);
@@ -373,10 +377,10 @@ impl CsvReader {
     }
 }
 
-fn bad(path: &str, line: u64, end: &csv::Position, raw: Vec<u8>, message: String) -> SourceRecord {
+fn bad(path: &Arc<str>, line: u64, end: &csv::Position, raw: Vec<u8>, message: String) -> SourceRecord {
     SourceRecord {
-        partition: path.to_string(),
-        offset: json!({ "byte": end.byte(), "line": end.line() }),
+        partition: path.clone(),
+        offset: Value::from(end.byte()),
         payload: Payload::Bad(BadInput {
             raw,
             message,
@@ -392,4 +396,18 @@ fn ends_with_newline(file: &File, end: u64) -> io::Result<bool> {
     let mut last = [0u8; 1];
     file.read_at(&mut last, end - 1)?;
     Ok(last[0] == b'\n')
+}
+
+/// Lines that end before byte `end` of `path`: where a resumed read's line numbers continue.
+fn lines_before(path: &str, end: u64) -> io::Result<u64> {
+    let mut file = File::open(path)?.take(end);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Benchmarks of issue #2: ../shared/data/BTC-USD.csv repeated to >= 1,000,000 rows,
+#   CSV → Kafka (tansu, memory storage), CSV → Kafka → file, CSV → embedded → file,
+# against two baselines measured in the same run on the same broker: the seeds' producer
+# (kafka-python, json.dumps per row) and a raw librdkafka producer (confluent-kafka).
+# Every Kafka run gets a fresh broker. Prints a markdown table; peak RSS from GNU time.
+#   bench/run.sh [ROWS]      (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+src=${BTC_CSV:-../shared/data/BTC-USD.csv}
+[ -f "$src" ] || src=tests/fixtures/BTC-USD.csv
+work=bench/work
+mkdir -p "$work"
+port=${BENCH_PORT:-19092}
+export BENCH_KAFKA=127.0.0.1:$port BENCH_CSV=$work/btc-$rows.csv BENCH_OUT=$work/out.jsonl SLUICE_LOG=warn
+
+python3 -c "import kafka, confluent_kafka" 2>/dev/null || pip install --quiet kafka-python confluent-kafka
+cargo build --release --quiet
+scripts/tansu.sh install
+
+if [ ! -f "$BENCH_CSV" ]; then
+  data=$(tail -n +2 "$src")
+  per=$(printf '%s\n' "$data" | wc -l)
+  { head -1 "$src"; for _ in $(seq $(( (rows + per - 1) / per ))); do printf '%s\n' "$data"; done; } > "$BENCH_CSV"
+fi
+n=$(( $(wc -l < "$BENCH_CSV") - 1 ))
+
+fresh_broker() { scripts/tansu.sh stop "$port"; scripts/tansu.sh start "$port"; }
+trap 'scripts/tansu.sh stop "$port"' EXIT
+
+# Runs a command, sets $secs (wall) and $rss (peak KiB).
+measure() {
+  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > "$work/last.out" 2> "$work/last.err" || { cat "$work/last.err" >&2; exit 1; }
+  read -r secs rss < "$work/time"
+}
+rate() { python3 -c "print(int($n / max($1, 1e-9)))"; }
+
+fresh_broker; python3 bench/producers.py create - "$BENCH_KAFKA" bench-seeds
+measure python3 bench/producers.py seeds "$BENCH_CSV" "$BENCH_KAFKA" bench-seeds
+seeds_s=$secs; seeds_r=$(rate "$secs")
+fresh_broker; python3 bench/producers.py create - "$BENCH_KAFKA" bench-raw
+measure python3 bench/producers.py raw "$BENCH_CSV" "$BENCH_KAFKA" bench-raw
+read -r _ raw_s < "$work/last.out"; raw_r=$(rate "$raw_s")
+measure python3 bench/producers.py consume "$BENCH_CSV" "$BENCH_KAFKA" bench-raw
+read -r _ consume_s < "$work/last.out"; consume_r=$(rate "$consume_s")
+fresh_broker; python3 bench/producers.py create - "$BENCH_KAFKA" bench-lines
+measure python3 bench/producers.py lines "$BENCH_CSV" "$BENCH_KAFKA" bench-lines
+read -r _ lines_s < "$work/last.out"; lines_r=$(rate "$lines_s")
+fresh_broker; rm -rf "$work/state"
+measure target/release/sluice run bench/csv-to-kafka.yaml --state-dir "$work/state"
+prod_s=$secs; prod_r=$(rate "$secs"); prod_rss=$rss
+fresh_broker; rm -rf "$work/state" "$BENCH_OUT"
+measure target/release/sluice run bench/csv-to-kafka-to-file.yaml --state-dir "$work/state"
+thru_s=$secs; thru_r=$(rate "$secs"); thru_rss=$rss
+[ "$(wc -l < "$BENCH_OUT")" -eq "$n" ] || { echo "CSV → Kafka → file wrote $(wc -l < "$BENCH_OUT") of $n rows" >&2; exit 1; }
+rm -rf "$work/state" "$BENCH_OUT"
+measure target/release/sluice run bench/csv-to-embedded-to-file.yaml --state-dir "$work/state"
+emb_s=$secs; emb_r=$(rate "$secs"); emb_rss=$rss
+[ "$(wc -l < "$BENCH_OUT")" -eq "$n" ] || { echo "CSV → embedded → file wrote $(wc -l < "$BENCH_OUT") of $n rows" >&2; exit 1; }
+
+ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
+mib() { python3 -c "print(f'{$1 / 1024:.0f} MiB')"; }
+cat <<TABLE
+
+$n rows of BTC-USD (Yahoo CSV layout), tansu 0.6 memory storage on loopback, $(nproc) cores.
+sluice times are whole runs (start-up, topic creation, CSV parsing, JSON encoding, final flush).
+
+| run | seconds | records/s | vs seeds' kafka-python | vs raw librdkafka | peak RSS |
+|---|---:|---:|---:|---:|---:|
+| baseline: seeds' producer (kafka-python, json.dumps per row) | $seeds_s | $seeds_r | 1.00× | $(ratio "$seeds_r" "$raw_r") | |
+| baseline: raw librdkafka producer (confluent-kafka, same typed-JSON messages pre-encoded; produce + flush timed) | $(printf %.2f "$raw_s") | $raw_r | $(ratio "$raw_r" "$seeds_r") | 1.00× | |
+| reference: raw librdkafka, CSV lines as is (smaller messages; produce + flush timed) | $(printf %.2f "$lines_s") | $lines_r | $(ratio "$lines_r" "$seeds_r") | $(ratio "$lines_r" "$raw_r") | |
+| sluice CSV → Kafka (typed JSON, 10 partitions) | $prod_s | $prod_r | $(ratio "$prod_r" "$seeds_r") | $(ratio "$prod_r" "$raw_r") | $(mib "$prod_rss") |
+| ceiling: raw consume of those messages (confluent-kafka, nothing done with them) | $(printf %.2f "$consume_s") | $consume_r | | | |
+| sluice CSV → Kafka → file (end to end; vs raw consume: $(ratio "$thru_r" "$consume_r")) | $thru_s | $thru_r | $(ratio "$thru_r" "$seeds_r") | $(ratio "$thru_r" "$raw_r") | $(mib "$thru_rss") |
+| sluice CSV → embedded → file | $emb_s | $emb_r | | | $(mib "$emb_rss") |
+TABLE
