@@ -5,6 +5,7 @@
 //! for its content (a mapping error, a value too long) is reported in [`PutOutcome::rejected`] and
 //! dead-lettered by the runtime; the rest of the batch must still land.
 
+use crate::transport::PartitionOffset;
 use crate::{ConnectorError, FieldError, Record};
 use async_trait::async_trait;
 use std::fmt::Debug;
@@ -16,6 +17,8 @@ pub struct SinkBuildContext {
     pub component: String,
     /// Topics the sink reads.
     pub topics: Vec<String>,
+    /// Consumer group the sink reads as (`sluice-<pipeline>-<component>`).
+    pub group: String,
 }
 
 /// The result of one `put`.
@@ -45,4 +48,10 @@ pub trait Sink: Send {
 
     /// Makes everything `put` so far durable. Consumer offsets are committed after it returns.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// For sinks that store consumer offsets with the data (exactly once): where to resume.
+    /// `None` resumes at the transport's committed offsets.
+    async fn stored_offsets(&mut self) -> Result<Option<Vec<PartitionOffset>>, ConnectorError> {
+        Ok(None)
+    }
 }

@@ -132,14 +132,27 @@ impl PipelineRun {
                 .reader(&group, &sink.topics)
                 .await
                 .map_err(|e| transport_error(id, e))?;
-            let built = sink
+            let mut built = sink
                 .inner
                 .build(SinkBuildContext {
                     component: id.clone(),
                     topics: sink.topics.clone(),
+                    group: group.clone(),
                 })
                 .await
                 .map_err(|e| e.in_component(id))?;
+            let mut reader = reader;
+            if let Some(offsets) = built
+                .stored_offsets()
+                .await
+                .map_err(|e| e.in_component(id))?
+            {
+                tracing::info!(component = %id, partitions = offsets.len(), "resuming at the offsets stored by the sink");
+                reader
+                    .seek(&offsets)
+                    .await
+                    .map_err(|e| ConnectorError::user(e.message).in_component(id))?;
+            }
             let transforms = build_transforms(id, &sink.transforms)?;
             let task = sink_task::SinkTask {
                 id: id.clone(),

@@ -155,9 +155,13 @@ impl SourceTask {
                     }
                 }
                 match &mut last {
-                    Some((partition, offset)) if *partition == item.partition => *offset = item.offset,
+                    Some((partition, offset)) if *partition == item.partition => {
+                        *offset = item.offset
+                    }
                     _ => {
-                        if let Some((partition, offset)) = last.replace((item.partition, item.offset)) {
+                        if let Some((partition, offset)) =
+                            last.replace((item.partition, item.offset))
+                        {
                             offsets.insert(partition.to_string(), offset);
                         }
                     }

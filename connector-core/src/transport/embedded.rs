@@ -330,6 +330,13 @@ impl TopicReader for EmbeddedReader {
         Ok(())
     }
 
+    async fn seek(&mut self, _offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+        Err(TransportError::fatal(
+            "offsets stored by a sink cannot be resumed on the embedded transport (its log does not \
+             outlive the process); exactly-once sinks need a `kafka:` section",
+        ))
+    }
+
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
         Ok(self.topics.iter().all(|(topic, positions)| {
             let state = lock(&topic.state);

@@ -543,6 +543,31 @@ impl TopicReader for KafkaReader {
             .map_err(|e| TransportError::transient(format!("cannot commit consumer offsets: {e}")))
     }
 
+    async fn seek(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+        let mut assignment = TopicPartitionList::new();
+        for e in self.assignment.elements() {
+            let key = (e.topic().to_string(), e.partition());
+            let at = offsets
+                .iter()
+                .find(|o| o.topic == key.0 && o.partition == key.1)
+                .map(|o| o.offset);
+            let offset = at.map(Offset::Offset).unwrap_or(Offset::Stored);
+            assignment
+                .add_partition_offset(&key.0, key.1, offset)
+                .map_err(|err| {
+                    TransportError::fatal(format!("cannot seek {}/{}: {err}", key.0, key.1))
+                })?;
+            if let Some(at) = at {
+                self.positions.insert(key, at);
+            }
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(|e| TransportError::fatal(format!("cannot seek: {e}")))?;
+        self.assignment = assignment;
+        Ok(())
+    }
+
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
         let client = self.watermarks.clone();
         let partitions: Vec<(String, i32)> = self

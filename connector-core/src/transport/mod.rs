@@ -119,6 +119,10 @@ pub trait TopicReader: Send {
 
     /// True once everything written to the assigned partitions before this call has been read.
     async fn caught_up(&mut self) -> Result<bool, TransportError>;
+
+    /// Resumes the listed partitions at these offsets instead of the committed ones. Called
+    /// before the first poll.
+    async fn seek(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError>;
 }
 
 /// Source offsets of one pipeline: per component, source partition → offset.

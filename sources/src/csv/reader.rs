@@ -377,7 +377,13 @@ impl CsvReader {
     }
 }
 
-fn bad(path: &Arc<str>, line: u64, end: &csv::Position, raw: Vec<u8>, message: String) -> SourceRecord {
+fn bad(
+    path: &Arc<str>,
+    line: u64,
+    end: &csv::Position,
+    raw: Vec<u8>,
+    message: String,
+) -> SourceRecord {
     SourceRecord {
         partition: path.clone(),
         offset: Value::from(end.byte()),

@@ -1,0 +1,507 @@
+//! The running MySQL sink: one connection, reconnected after failures; a transaction per batch.
+
+use super::config::{InsertMode, MysqlSinkConfig};
+use super::schema::{infer_type, key_columns, quote, row, table_name, to_sql};
+use indexmap::IndexMap;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
+use serde_json::Value;
+use sluice_core::transport::PartitionOffset;
+use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
+use std::collections::{BTreeMap, HashMap};
+
+/// Server errors caused by one row's content: that row is dead-lettered, the batch goes on.
+const ROW_ERRORS: &[u16] = &[
+    1048, // column cannot be null
+    1264, // out of range
+    1265, // data truncated
+    1292, // incorrect datetime/date value
+    1366, // incorrect value for column
+    1406, // data too long
+    1452, // foreign key
+    3140, // invalid JSON (MySQL)
+    4025, // CHECK constraint (MariaDB JSON)
+];
+/// Server errors that pass: deadlock, lock wait timeout, too many connections, shutting down.
+const TRANSIENT: &[u16] = &[1205, 1213, 1040, 1053, 1927];
+/// A record as columns.
+type Row = IndexMap<String, Value>;
+/// Table → rows, each with its index in the batch.
+type RowsByTable = IndexMap<String, Vec<(usize, Row)>>;
+/// Statements of one transaction: the batch index of the row a statement writes alone, SQL, parameters.
+type Plan = Vec<(Option<usize>, String, Vec<mysql_async::Value>)>;
+
+/// Most `?` in one statement.
+const MAX_PLACEHOLDERS: usize = 65_535;
+
+pub(super) struct MysqlSink {
+    config: MysqlSinkConfig,
+    opts: Opts,
+    conn: Option<Conn>,
+    /// Known tables: column → lower-case SQL data type.
+    tables: HashMap<String, IndexMap<String, String>>,
+    group: String,
+    target: String,
+}
+
+/// A failed statement: the row's fault, or the batch's.
+enum Failure {
+    Row(String),
+    Batch(ConnectorError),
+}
+
+impl MysqlSink {
+    pub async fn connect(
+        config: MysqlSinkConfig,
+        ctx: SinkBuildContext,
+    ) -> Result<Self, ConnectorError> {
+        let url = Opts::from_url(&config.url)
+            .map_err(|e| ConnectorError::user(format!("bad `url`: {e}")).with_field("url"))?;
+        let target = format!(
+            "{}@{}:{}/{}",
+            url.user().unwrap_or(""),
+            url.ip_or_hostname(),
+            url.tcp_port(),
+            url.db_name().unwrap_or("")
+        );
+        let mut builder = OptsBuilder::from_opts(url).init(vec![
+            // Strict: a value that does not fit is an error (dead-lettered), never silently cut.
+            "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+        ]);
+        if let Some(password) = &config.password {
+            builder = builder.pass(Some(password.expose()));
+        }
+        let mut sink = MysqlSink {
+            config,
+            opts: builder.into(),
+            conn: None,
+            tables: HashMap::new(),
+            group: ctx.group,
+            target,
+        };
+        let version: Option<String> = sink
+            .conn()
+            .await?
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| sink.error(e))?;
+        tracing::info!(component = %ctx.component, server = %sink.target, version = version.as_deref().unwrap_or("?"), "connected to MySQL");
+        Ok(sink)
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, ConnectorError> {
+        if self.conn.is_none() {
+            let conn = Conn::new(self.opts.clone())
+                .await
+                .map_err(|e| self.error(e))?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| ConnectorError::internal("no MySQL connection"))
+    }
+
+    /// Turns a driver error into a connector error; drops the connection when it may be broken.
+    fn error(&mut self, e: mysql_async::Error) -> ConnectorError {
+        match &e {
+            mysql_async::Error::Server(s) if TRANSIENT.contains(&s.code) => {
+                ConnectorError::transient(format!(
+                    "MySQL {}: {} ({})",
+                    self.target, s.message, s.code
+                ))
+            }
+            mysql_async::Error::Server(s) if matches!(s.code, 1044 | 1045 | 1049 | 1698) => {
+                self.conn = None;
+                ConnectorError::external(format!(
+                    "MySQL {}: {} ({})",
+                    self.target, s.message, s.code
+                ))
+            }
+            mysql_async::Error::Server(s) => ConnectorError::external(format!(
+                "MySQL {}: {} ({})",
+                self.target, s.message, s.code
+            )),
+            _ => {
+                self.conn = None;
+                ConnectorError::transient(format!("MySQL {}: {e}", self.target))
+            }
+        }
+    }
+
+    fn classify(&mut self, e: mysql_async::Error) -> Failure {
+        match &e {
+            mysql_async::Error::Server(s) if ROW_ERRORS.contains(&s.code) => {
+                Failure::Row(format!("{} ({})", s.message, s.code))
+            }
+            _ => Failure::Batch(self.error(e)),
+        }
+    }
+
+    /// Columns of `table` as the server has them; empty when it does not exist.
+    async fn describe(&mut self, table: &str) -> Result<IndexMap<String, String>, ConnectorError> {
+        let columns: Vec<(String, String)> = {
+            let result = self
+                .conn()
+                .await?
+                .exec(
+                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                    (table,),
+                )
+                .await;
+            result.map_err(|e| self.error(e))?
+        };
+        Ok(columns
+            .into_iter()
+            .map(|(c, t)| (c, t.to_lowercase()))
+            .collect())
+    }
+
+    async fn execute(&mut self, sql: String) -> Result<(), ConnectorError> {
+        let result = self.conn().await?.query_drop(&sql).await;
+        result.map_err(|e| self.error(e))
+    }
+
+    /// Creates or evolves `table` so that every column of `rows` exists.
+    async fn ensure_table(
+        &mut self,
+        table: &str,
+        rows: &[(usize, Row)],
+    ) -> Result<(), ConnectorError> {
+        let mut known = match self.tables.get(table) {
+            Some(k) => k.clone(),
+            None => self.describe(table).await?,
+        };
+        let mut wanted: IndexMap<&str, Vec<&Value>> = IndexMap::new();
+        for (_, row) in rows {
+            for (column, value) in row {
+                wanted.entry(column.as_str()).or_default().push(value);
+            }
+        }
+        let keys = key_columns(&self.config);
+        let (declared, key_length) = (self.config.columns.clone(), self.config.key_length);
+        let type_of = |column: &str, values: &[&Value]| {
+            declared
+                .get(column)
+                .cloned()
+                .unwrap_or_else(|| infer_type(values, keys.iter().any(|k| k == column), key_length))
+        };
+        if known.is_empty() {
+            if !self.config.auto_create {
+                return Err(ConnectorError::user(format!(
+                    "table `{table}` does not exist (set `auto_create: true` to create it)"
+                ))
+                .with_field("auto_create"));
+            }
+            let mut defs: Vec<String> = wanted
+                .iter()
+                .map(|(c, values)| {
+                    let null = if keys.iter().any(|k| k == c) {
+                        " NOT NULL"
+                    } else {
+                        " NULL"
+                    };
+                    format!("{} {}{null}", quote(c), type_of(c, values))
+                })
+                .collect();
+            if !keys.is_empty() {
+                defs.push(format!(
+                    "PRIMARY KEY ({})",
+                    keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+                quote(table),
+                defs.join(", ")
+            );
+            self.execute(sql).await?;
+            tracing::info!(%table, "created table");
+            known = self.describe(table).await?;
+        }
+        let missing: Vec<(&str, String)> = wanted
+            .iter()
+            .filter(|(c, _)| !known.contains_key(**c))
+            .map(|(c, values)| (*c, type_of(c, values)))
+            .collect();
+        if !missing.is_empty() {
+            if !self.config.auto_evolve {
+                return Err(ConnectorError::user(format!(
+                    "table `{table}` has no column `{}` (set `auto_evolve: true` to add missing columns)",
+                    missing[0].0
+                ))
+                .with_field("auto_evolve"));
+            }
+            for (column, sql_type) in missing {
+                self.execute(format!(
+                    "ALTER TABLE {} ADD COLUMN {} {sql_type} NULL",
+                    quote(table),
+                    quote(column)
+                ))
+                .await?;
+                tracing::info!(%table, %column, %sql_type, "added column");
+            }
+            known = self.describe(table).await?;
+        }
+        self.tables.insert(table.to_string(), known);
+        Ok(())
+    }
+
+    /// The statement and parameters writing `rows` (all with the same columns order: `columns`).
+    fn statement(
+        &self,
+        table: &str,
+        columns: &[&str],
+        rows: &[&IndexMap<String, Value>],
+    ) -> (String, Vec<mysql_async::Value>) {
+        let types = &self.tables[table];
+        let sql_type = |c: &str| types.get(c).map(String::as_str).unwrap_or("");
+        let keys = key_columns(&self.config);
+        let mut params = Vec::with_capacity(rows.len() * columns.len());
+        if self.config.insert_mode == InsertMode::Update {
+            let (sets, wheres): (Vec<&str>, Vec<&str>) = (
+                columns
+                    .iter()
+                    .copied()
+                    .filter(|c| !keys.iter().any(|k| k == c))
+                    .collect(),
+                keys.iter().map(String::as_str).collect(),
+            );
+            let row = rows[0];
+            for c in sets.iter().chain(&wheres) {
+                params.push(to_sql(row.get(*c).unwrap_or(&Value::Null), sql_type(c)));
+            }
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {}",
+                quote(table),
+                sets.iter()
+                    .map(|c| format!("{} = ?", quote(c)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                wheres
+                    .iter()
+                    .map(|c| format!("{} = ?", quote(c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            return (sql, params);
+        }
+        let placeholders = format!("({})", vec!["?"; columns.len()].join(","));
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            quote(table),
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(","),
+            vec![placeholders.as_str(); rows.len()].join(",")
+        );
+        for row in rows {
+            for c in columns {
+                params.push(to_sql(row.get(*c).unwrap_or(&Value::Null), sql_type(c)));
+            }
+        }
+        if self.config.insert_mode == InsertMode::Upsert {
+            let updates: Vec<String> = columns
+                .iter()
+                .filter(|c| !keys.iter().any(|k| k == *c))
+                .map(|c| format!("{0} = VALUES({0})", quote(c)))
+                .collect();
+            let first_key = quote(&keys[0]);
+            sql.push_str(" ON DUPLICATE KEY UPDATE ");
+            sql.push_str(&if updates.is_empty() {
+                format!("{first_key} = {first_key}")
+            } else {
+                updates.join(", ")
+            });
+        }
+        (sql, params)
+    }
+
+    /// Writes every table's rows and (exactly once) the offsets in one transaction. With
+    /// `one_by_one`, each row is its own statement and a row the server refuses is reported.
+    async fn write(
+        &mut self,
+        tables: &RowsByTable,
+        deletes: &[(String, String)],
+        offsets: &BTreeMap<(String, i32), i64>,
+        one_by_one: bool,
+    ) -> Result<Vec<(usize, String)>, Failure> {
+        let mut plan: Plan = Vec::new();
+        for (table, rows) in tables {
+            let columns: Vec<&str> = {
+                let mut all: IndexMap<&str, ()> = IndexMap::new();
+                for (_, row) in rows {
+                    all.extend(row.keys().map(|k| (k.as_str(), ())));
+                }
+                all.into_keys().collect()
+            };
+            let per_statement = if one_by_one || self.config.insert_mode == InsertMode::Update {
+                1
+            } else {
+                (MAX_PLACEHOLDERS / columns.len().max(1)).max(1)
+            };
+            for chunk in rows.chunks(per_statement) {
+                let refs: Vec<&IndexMap<String, Value>> = chunk.iter().map(|(_, r)| r).collect();
+                let (sql, params) = self.statement(table, &columns, &refs);
+                plan.push((one_by_one.then_some(chunk[0].0), sql, params));
+            }
+        }
+        let key_column = key_columns(&self.config)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        for (table, key) in deletes {
+            let sql = format!(
+                "DELETE FROM {} WHERE {} = ?",
+                quote(table),
+                quote(&key_column)
+            );
+            plan.push((
+                None,
+                sql,
+                vec![mysql_async::Value::Bytes(key.clone().into_bytes())],
+            ));
+        }
+        if self.config.exactly_once && !offsets.is_empty() {
+            let sql = format!(
+                "INSERT INTO sluice_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES {} \
+                 ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, VALUES(next_offset))",
+                vec!["(?,?,?,?)"; offsets.len()].join(",")
+            );
+            let mut params = Vec::new();
+            for ((topic, partition), next) in offsets {
+                params.extend([
+                    mysql_async::Value::from(self.group.as_str()),
+                    mysql_async::Value::from(topic.as_str()),
+                    mysql_async::Value::from(*partition),
+                    mysql_async::Value::from(*next),
+                ]);
+            }
+            plan.push((None, sql, params));
+        }
+
+        self.conn().await.map_err(Failure::Batch)?;
+        let mut conn = self
+            .conn
+            .take()
+            .ok_or_else(|| Failure::Batch(ConnectorError::internal("no MySQL connection")))?;
+        let result = run_in_transaction(&mut conn, plan).await;
+        self.conn = Some(conn);
+        result.map_err(|e| self.classify(e))
+    }
+
+    async fn ensure_offsets_table(&mut self) -> Result<(), ConnectorError> {
+        self.execute(
+            "CREATE TABLE IF NOT EXISTS sluice_offsets (consumer_group VARCHAR(255) NOT NULL, \
+             topic VARCHAR(255) NOT NULL, kafka_partition INT NOT NULL, next_offset BIGINT NOT NULL, \
+             PRIMARY KEY (consumer_group, topic, kafka_partition)) ENGINE=InnoDB"
+                .into(),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Sink for MysqlSink {
+    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+        let mut outcome = PutOutcome::default();
+        let mut tables: RowsByTable = IndexMap::new();
+        let mut deletes = Vec::new();
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (i, record) in batch.iter().enumerate() {
+            let next = offsets
+                .entry((record.topic.clone(), record.partition))
+                .or_default();
+            *next = (*next).max(record.offset + 1);
+            let table = table_name(&self.config.table, &record.topic);
+            if record.value.is_null() {
+                if self.config.delete_on_tombstone {
+                    if let Some(key) = record.key_str() {
+                        deletes.push((table, key.to_string()));
+                    }
+                }
+                continue;
+            }
+            match row(&self.config, record) {
+                Ok(row) => tables.entry(table).or_default().push((i, row)),
+                Err(reason) => outcome.rejected.push((i, reason)),
+            }
+        }
+        for (table, rows) in &tables {
+            self.ensure_table(table, rows).await?;
+        }
+        match self.write(&tables, &deletes, &offsets, false).await {
+            Ok(_) => {}
+            Err(Failure::Row(reason)) => {
+                tracing::debug!(%reason, "a row was refused; writing the batch row by row to find it");
+                match self.write(&tables, &deletes, &offsets, true).await {
+                    Ok(rejected) => outcome.rejected.extend(rejected),
+                    Err(Failure::Row(reason)) => return Err(ConnectorError::external(reason)),
+                    Err(Failure::Batch(e)) => return Err(e),
+                }
+            }
+            Err(Failure::Batch(e)) => return Err(e),
+        }
+        outcome.rejected.sort_by_key(|(i, _)| *i);
+        Ok(outcome)
+    }
+
+    /// Each batch is committed by `put`; nothing is left to make durable.
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn stored_offsets(&mut self) -> Result<Option<Vec<PartitionOffset>>, ConnectorError> {
+        if !self.config.exactly_once {
+            return Ok(None);
+        }
+        self.ensure_offsets_table().await?;
+        let group = self.group.clone();
+        let rows: Vec<(String, i32, i64)> = {
+            let result = self
+                .conn()
+                .await?
+                .exec("SELECT topic, kafka_partition, next_offset FROM sluice_offsets WHERE consumer_group = ?", (group,))
+                .await;
+            result.map_err(|e| self.error(e))?
+        };
+        Ok(Some(
+            rows.into_iter()
+                .map(|(topic, partition, offset)| PartitionOffset {
+                    topic,
+                    partition,
+                    offset,
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Runs `plan` in one transaction; statements for one row (`Some(index)`) that the server refuses
+/// for the row's content are reported instead of failing the transaction.
+async fn run_in_transaction(
+    conn: &mut Conn,
+    plan: Plan,
+) -> Result<Vec<(usize, String)>, mysql_async::Error> {
+    let mut rejected = Vec::new();
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    for (row_index, sql, params) in plan {
+        match tx.exec_drop(sql, params).await {
+            Ok(()) => {}
+            // In MySQL a failed statement leaves the transaction open.
+            Err(mysql_async::Error::Server(e))
+                if row_index.is_some() && ROW_ERRORS.contains(&e.code) =>
+            {
+                rejected.push((
+                    row_index.unwrap_or_default(),
+                    format!("{} ({})", e.message, e.code),
+                ));
+            }
+            Err(e) => return Err(e), // dropping `tx` rolls back
+        }
+    }
+    tx.commit().await?;
+    Ok(rejected)
+}
