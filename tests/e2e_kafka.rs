@@ -48,7 +48,7 @@ fn topic_layout(addr: &str, topic: &str) -> (usize, i64) {
 
 #[test]
 fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
-    let tansu = Tansu::memory();
+    let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let out = run(&mut btc_pipeline(
@@ -91,7 +91,7 @@ fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
 /// flushed but not committed plus the source batches sent but not acknowledged.
 #[test]
 fn kill_9_mid_run_then_rerun_loses_no_row() {
-    let tansu = Tansu::memory();
+    let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let out = dir.path().join("bitcoin.jsonl");
@@ -135,7 +135,7 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
 
 #[test]
 fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
-    let tansu = Tansu::memory();
+    let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let out = dir.path().join("bitcoin.jsonl");
@@ -173,7 +173,7 @@ fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
 /// `sluice` reconnects and completes with nothing missing.
 #[test]
 fn a_broker_restart_mid_run_loses_nothing() {
-    let mut tansu = Tansu::sqlite();
+    let mut tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let out = dir.path().join("bitcoin.jsonl");
@@ -230,7 +230,7 @@ fn an_unreachable_kafka_fails_clearly_after_bounded_retries() {
 
 #[test]
 fn an_existing_topic_with_other_partitions_is_reported() {
-    let tansu = Tansu::memory();
+    let tansu = Tansu::start();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", tansu.addr())
         .create()
