@@ -1,6 +1,7 @@
-//! Sinks shipped with Sluice: `file` (JSON lines), `console` and `mysql`.
+//! Sinks shipped with Sluice: `file` (JSON lines), `console`, `mysql` and `elasticsearch`.
 
 pub mod console;
+pub mod elasticsearch;
 mod encoding;
 pub mod file;
 pub mod mysql;

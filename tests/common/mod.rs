@@ -2,6 +2,8 @@
 //! tansu broker on a free loopback port, and check what arrived, record by record.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod es_mock;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,28 @@
+//! `type: elasticsearch` — documents through `_bulk`: indices created with the configured
+//! mappings, ids that make replays overwrite, per-item retries of 429s, refused documents
+//! dead-lettered with Elasticsearch's reason.
+
+mod config;
+mod request;
+mod retry;
+mod sink;
+
+pub use config::{Auth, DocumentId, ElasticsearchSinkConfig, OnMalformed, Tombstones, WriteMethod};
+
+use sluice_core::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
+
+sluice_core::register_plugin!(Sink, "elasticsearch", ElasticsearchSinkConfig);
+
+#[async_trait]
+#[typetag::serde(name = "elasticsearch")]
+impl SinkConfig for ElasticsearchSinkConfig {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        self.check()
+    }
+
+    async fn build(&self, ctx: SinkBuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(
+            sink::ElasticsearchSink::connect(self.clone(), &ctx).await?,
+        ))
+    }
+}
