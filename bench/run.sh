@@ -8,49 +8,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
-src=${BTC_CSV:-../shared/data/BTC-USD.csv}
-[ -f "$src" ] || src=tests/fixtures/BTC-USD.csv
-work=bench/work
-mkdir -p "$work"
+source bench/lib.sh
 port=${BENCH_PORT:-19092}
-export BENCH_KAFKA=127.0.0.1:$port BENCH_CSV=$work/btc-$rows.csv BENCH_OUT=$work/out.jsonl SLUICE_LOG=warn
+export BENCH_KAFKA=127.0.0.1:$port BENCH_OUT=$work/out.jsonl
 
 python3 -c "import kafka, confluent_kafka" 2>/dev/null || pip install --quiet kafka-python confluent-kafka
 cargo build --release --quiet
 scripts/tansu.sh install
 
-if [ ! -f "$BENCH_CSV" ]; then
-  data=$(tail -n +2 "$src")
-  per=$(printf '%s\n' "$data" | wc -l)
-  { head -1 "$src"; for _ in $(seq $(( (rows + per - 1) / per ))); do printf '%s\n' "$data"; done; } > "$BENCH_CSV"
-fi
-n=$(( $(wc -l < "$BENCH_CSV") - 1 ))
+bench_csv "$rows"
 
-fresh_broker() { scripts/tansu.sh stop "$port"; scripts/tansu.sh start "$port"; }
 trap 'scripts/tansu.sh stop "$port"' EXIT
 
-# Runs a command, sets $secs (wall) and $rss (peak KiB).
-measure() {
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > "$work/last.out" 2> "$work/last.err" || { cat "$work/last.err" >&2; exit 1; }
-  read -r secs rss < "$work/time"
-}
-rate() { python3 -c "print(int($n / max($1, 1e-9)))"; }
-
-fresh_broker; python3 bench/producers.py create - "$BENCH_KAFKA" bench-seeds
+fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-seeds
 measure python3 bench/producers.py seeds "$BENCH_CSV" "$BENCH_KAFKA" bench-seeds
 seeds_s=$secs; seeds_r=$(rate "$secs")
-fresh_broker; python3 bench/producers.py create - "$BENCH_KAFKA" bench-raw
+fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-raw
 measure python3 bench/producers.py raw "$BENCH_CSV" "$BENCH_KAFKA" bench-raw
 read -r _ raw_s < "$work/last.out"; raw_r=$(rate "$raw_s")
 measure python3 bench/producers.py consume "$BENCH_CSV" "$BENCH_KAFKA" bench-raw
 read -r _ consume_s < "$work/last.out"; consume_r=$(rate "$consume_s")
-fresh_broker; python3 bench/producers.py create - "$BENCH_KAFKA" bench-lines
+fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-lines
 measure python3 bench/producers.py lines "$BENCH_CSV" "$BENCH_KAFKA" bench-lines
 read -r _ lines_s < "$work/last.out"; lines_r=$(rate "$lines_s")
-fresh_broker; rm -rf "$work/state"
+fresh_broker "$port"; rm -rf "$work/state"
 measure target/release/sluice run bench/csv-to-kafka.yaml --state-dir "$work/state"
 prod_s=$secs; prod_r=$(rate "$secs"); prod_rss=$rss
-fresh_broker; rm -rf "$work/state" "$BENCH_OUT"
+fresh_broker "$port"; rm -rf "$work/state" "$BENCH_OUT"
 measure target/release/sluice run bench/csv-to-kafka-to-file.yaml --state-dir "$work/state"
 thru_s=$secs; thru_r=$(rate "$secs"); thru_rss=$rss
 [ "$(wc -l < "$BENCH_OUT")" -eq "$n" ] || { echo "CSV → Kafka → file wrote $(wc -l < "$BENCH_OUT") of $n rows" >&2; exit 1; }
@@ -59,8 +43,6 @@ measure target/release/sluice run bench/csv-to-embedded-to-file.yaml --state-dir
 emb_s=$secs; emb_r=$(rate "$secs"); emb_rss=$rss
 [ "$(wc -l < "$BENCH_OUT")" -eq "$n" ] || { echo "CSV → embedded → file wrote $(wc -l < "$BENCH_OUT") of $n rows" >&2; exit 1; }
 
-ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
-mib() { python3 -c "print(f'{$1 / 1024:.0f} MiB')"; }
 cat <<TABLE
 
 $n rows of BTC-USD (Yahoo CSV layout), tansu 0.6 memory storage on loopback, $(nproc) cores.

@@ -54,6 +54,10 @@ enum Command {
         /// After SIGINT/SIGTERM, how long sinks may drain before they flush what they have and stop.
         #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Stop once the sinks have caught up with their topics, also in pipelines without
+        /// sources (backfills); without it such pipelines run until stopped.
+        #[arg(long)]
+        once: bool,
     },
     /// Check pipeline files and every connector's config, without touching the network.
     Validate {
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             kafka,
             state_dir,
             drain_timeout,
+            once,
         } => {
             let pipelines = match load_all(&files, kafka) {
                 Ok(p) => p,
@@ -119,7 +124,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
-            runtime.block_on(run(pipelines, files, state_dir, drain_timeout))
+            runtime.block_on(run(
+                pipelines,
+                files,
+                RunSettings {
+                    state_dir,
+                    drain_timeout,
+                    once,
+                },
+            ))
         }
     }
 }
@@ -147,11 +160,17 @@ fn load_all(files: &[PathBuf], kafka: Option<String>) -> Result<Vec<PipelineConf
     }
 }
 
+/// How `run` was asked to run.
+struct RunSettings {
+    state_dir: PathBuf,
+    drain_timeout: Duration,
+    once: bool,
+}
+
 async fn run(
     pipelines: Vec<PipelineConfig>,
     files: Vec<PathBuf>,
-    state_dir: PathBuf,
-    drain_timeout: Duration,
+    settings: RunSettings,
 ) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -164,9 +183,10 @@ async fn run(
     for (pipeline, file) in runs.iter().zip(files) {
         let pipeline = pipeline.clone();
         let options = RunOptions {
-            state_dir: state_dir.clone(),
+            state_dir: settings.state_dir.clone(),
             shutdown: shutdown.clone(),
-            drain_timeout,
+            drain_timeout: settings.drain_timeout,
+            once: settings.once,
         };
         tasks.spawn(async move { (file, pipeline.run(options).await) });
     }

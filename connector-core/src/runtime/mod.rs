@@ -37,6 +37,9 @@ pub struct RunOptions {
     pub shutdown: CancellationToken,
     /// After shutdown, how long sinks may drain before they flush what they have and stop.
     pub drain_timeout: Duration,
+    /// End once sources are finished and sinks have caught up, even a pipeline without sources
+    /// (a backfill from a topic). Otherwise a pipeline without sources runs until shutdown.
+    pub once: bool,
 }
 
 /// Why a run failed.
@@ -217,6 +220,9 @@ impl PipelineRun {
 
         // Sources end (finished or stopped) → sinks drain. A sink failing stops everything.
         let has_sources = !self.config.sources.is_empty();
+        if options.once && !has_sources {
+            drain.cancel();
+        }
         let mut first_error: Option<ConnectorError> = None;
         let mut note = |result: Result<Result<(), ConnectorError>, tokio::task::JoinError>| {
             let error = match result {

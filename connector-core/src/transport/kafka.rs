@@ -300,7 +300,10 @@ impl Transport for KafkaTransport {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka prefetches up to 64 MiB per consumer by default; half is plenty ahead
+            // of a sink's batch and keeps the process small.
+            .set("queued.max.messages.kbytes", "32768");
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }

@@ -1,0 +1,32 @@
+# Shared by the bench scripts: test data, brokers, timing. Source it from the project root.
+work=bench/work
+mkdir -p "$work"
+export SLUICE_LOG=warn
+
+# bench_csv ROWS: BTC-USD.csv repeated to at least ROWS rows; sets BENCH_CSV and n.
+bench_csv() {
+  local rows=$1 src=${BTC_CSV:-../shared/data/BTC-USD.csv}
+  [ -f "$src" ] || src=tests/fixtures/BTC-USD.csv
+  export BENCH_CSV=$work/btc-$rows.csv
+  if [ ! -f "$BENCH_CSV" ]; then
+    local data per
+    data=$(tail -n +2 "$src")
+    per=$(printf '%s\n' "$data" | wc -l)
+    { head -1 "$src"; for _ in $(seq $(( (rows + per - 1) / per ))); do printf '%s\n' "$data"; done; } > "$BENCH_CSV"
+  fi
+  n=$(( $(wc -l < "$BENCH_CSV") - 1 ))
+}
+
+fresh_broker() { scripts/tansu.sh stop "$1"; scripts/tansu.sh start "$1"; }
+
+# measure CMD…: runs it; sets secs (wall), rss (peak KiB), cpu (user+sys seconds).
+measure() {
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time" "$@" > "$work/last.out" 2> "$work/last.err" || { cat "$work/last.err" >&2; exit 1; }
+  local u s
+  read -r secs rss u s < "$work/time"
+  cpu=$(python3 -c "print($u + $s)")
+}
+
+rate() { python3 -c "print(int($n / max($1, 1e-9)))"; }
+ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
+mib() { python3 -c "print(f'{$1 / 1024:.0f} MiB')"; }
