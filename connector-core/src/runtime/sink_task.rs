@@ -35,6 +35,8 @@ struct Pending {
     /// (topic, partition) → next offset to commit.
     offsets: BTreeMap<(String, i32), i64>,
     since: Option<Instant>,
+    /// Everything flushed so far, committed once more, waiting, when the task stops.
+    flushed: BTreeMap<(String, i32), i64>,
 }
 
 impl Pending {
@@ -51,7 +53,14 @@ impl SinkTask {
         shutdown: CancellationToken,
         drain_timeout: Duration,
     ) -> Result<(), ConnectorError> {
-        let result = self.consume(drain, shutdown, drain_timeout).await;
+        let mut pending = Pending::default();
+        let result = self
+            .consume(&mut pending, drain, shutdown, drain_timeout)
+            .await;
+        if result.is_ok() {
+            let flushed = std::mem::take(&mut pending.flushed);
+            self.commit(&flushed, true).await;
+        }
         self.metrics
             .finished
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -60,11 +69,11 @@ impl SinkTask {
 
     async fn consume(
         &mut self,
+        pending: &mut Pending,
         drain: CancellationToken,
         shutdown: CancellationToken,
         drain_timeout: Duration,
     ) -> Result<(), ConnectorError> {
-        let mut pending = Pending::default();
         let mut deadline: Option<Instant> = None;
         loop {
             if deadline.is_none() && shutdown.is_cancelled() {
@@ -88,17 +97,17 @@ impl SinkTask {
                 polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
             };
             let idle = incoming.is_empty();
-            self.take(incoming, &mut pending)?;
+            self.take(incoming, pending)?;
 
             let full = pending.records.len() >= self.batch.max_records;
             let lingered = pending
                 .since
                 .is_some_and(|s| s.elapsed() >= self.batch.linger);
             if !pending.is_empty() && (full || lingered || (draining && idle)) {
-                self.flush(&mut pending).await?;
+                self.flush(pending).await?;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.flush(&mut pending).await?;
+                self.flush(pending).await?;
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
@@ -211,34 +220,41 @@ impl SinkTask {
                 .map_err(|e| transport_error(&self.id, e))?;
             delivery.await.map_err(|e| transport_error(&self.id, e))?;
         }
-        let offsets: Vec<PartitionOffset> = std::mem::take(&mut pending.offsets)
-            .into_iter()
+        let offsets = std::mem::take(&mut pending.offsets);
+        self.commit(&offsets, false).await;
+        pending.flushed.extend(offsets);
+        ComponentMetrics::add(&self.metrics.records_out, stored);
+        ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
+        pending.since = None;
+        Ok(())
+    }
+
+    /// Commits `offsets`; `wait` for the last commit of the task. The data is stored already, so
+    /// a commit that keeps failing only means reading it again (at-least-once): it is logged.
+    async fn commit(&mut self, offsets: &BTreeMap<(String, i32), i64>, wait: bool) {
+        let offsets: Vec<PartitionOffset> = offsets
+            .iter()
             .map(|((topic, partition), offset)| PartitionOffset {
-                topic,
-                partition,
-                offset,
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
             })
             .collect();
         let mut attempt = 0;
         while !offsets.is_empty() {
             attempt += 1;
-            match self.reader.commit(&offsets).await {
+            match self.reader.commit(&offsets, wait).await {
                 Ok(()) => break,
                 Err(e) if e.retryable && attempt < 5 => {
                     tracing::warn!(component = %self.id, error = %e, "commit failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                // The data is stored: a failed commit only means re-reading it (at-least-once).
                 Err(e) => {
                     tracing::warn!(component = %self.id, error = %e, "commit failed; the next commit covers these offsets");
                     break;
                 }
             }
         }
-        ComponentMetrics::add(&self.metrics.records_out, stored);
-        ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
-        pending.since = None;
-        Ok(())
     }
 
     async fn with_retries<T>(

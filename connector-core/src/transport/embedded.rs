@@ -305,7 +305,11 @@ impl TopicReader for EmbeddedReader {
         Ok(self.take(max))
     }
 
-    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+    async fn commit(
+        &mut self,
+        offsets: &[PartitionOffset],
+        _wait: bool,
+    ) -> Result<(), TransportError> {
         for (topic, _) in &self.topics {
             let mut state = lock(&topic.state);
             let mut changed = false;
@@ -412,7 +416,7 @@ mod tests {
                     .unwrap_or(0),
             })
             .collect();
-        a.commit(&commits).await.unwrap();
+        a.commit(&commits, true).await.unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(50), &mut delivery)
                 .await
@@ -420,7 +424,7 @@ mod tests {
             "b has not committed yet"
         );
         assert_eq!(read_all(&mut b).await.len(), 10);
-        b.commit(&commits).await.unwrap();
+        b.commit(&commits, true).await.unwrap();
         tokio::time::timeout(Duration::from_secs(1), delivery)
             .await
             .unwrap()
@@ -467,11 +471,14 @@ mod tests {
                 .await;
         assert!(blocked.is_err(), "the send should wait for space");
         let got = read_all(&mut r).await;
-        r.commit(&[PartitionOffset {
-            topic: "t".into(),
-            partition: 0,
-            offset: got.len() as i64,
-        }])
+        r.commit(
+            &[PartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                offset: got.len() as i64,
+            }],
+            true,
+        )
         .await
         .unwrap();
         let _delivery =

@@ -534,13 +534,23 @@ impl TopicReader for KafkaReader {
         Ok(out)
     }
 
-    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+    async fn commit(
+        &mut self,
+        offsets: &[PartitionOffset],
+        wait: bool,
+    ) -> Result<(), TransportError> {
         let mut list = TopicPartitionList::new();
         for o in offsets {
             list.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.offset))
                 .map_err(|e| TransportError::fatal(format!("bad offset {o:?}: {e}")))?;
         }
         let consumer = self.consumer.clone();
+        if !wait {
+            // Queued behind the fetch on the broker connection; the sink goes on meanwhile.
+            return consumer.commit(&list, CommitMode::Async).map_err(|e| {
+                TransportError::transient(format!("cannot commit consumer offsets: {e}"))
+            });
+        }
         blocking(move || consumer.commit(&list, CommitMode::Sync))
             .await?
             .map_err(|e| TransportError::transient(format!("cannot commit consumer offsets: {e}")))

@@ -114,8 +114,13 @@ pub trait TopicReader: Send {
     /// Waits up to `wait` for records; returns at most `max`.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming>, TransportError>;
 
-    /// Commits where the group resumes, per partition.
-    async fn commit(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError>;
+    /// Commits where the group resumes, per partition. With `wait` it returns once the commit is
+    /// stored; without, it may return before (a lost commit only means reading records again).
+    async fn commit(
+        &mut self,
+        offsets: &[PartitionOffset],
+        wait: bool,
+    ) -> Result<(), TransportError>;
 
     /// True once everything written to the assigned partitions before this call has been read.
     async fn caught_up(&mut self) -> Result<bool, TransportError>;
