@@ -2,6 +2,7 @@
 //! demos and benchmarks. The same seed gives the same records; a restart resumes at the stored
 //! record number and regenerates the rest exactly.
 
+use crate::pace::Pace;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -9,7 +10,6 @@ use sluice_core::{
     async_trait, ConnectorError, FieldError, Payload, Record, Source, SourceBuildContext,
     SourceConfig, SourceRecord,
 };
-use std::time::{Duration, Instant};
 
 sluice_core::register_plugin!(Source, "datagen", DatagenSourceConfig);
 
@@ -92,9 +92,8 @@ impl SourceConfig for DatagenSourceConfig {
         }
         Ok(Box::new(DatagenSource {
             partition: PARTITION.into(),
+            pace: self.rate.map(Pace::new),
             generator,
-            started: Instant::now(),
-            emitted_here: 0,
         }))
     }
 }
@@ -188,8 +187,7 @@ impl SplitMix64 {
 struct DatagenSource {
     partition: std::sync::Arc<str>,
     generator: Generator,
-    started: Instant,
-    emitted_here: u64,
+    pace: Option<Pace>,
 }
 
 #[async_trait]
@@ -201,15 +199,9 @@ impl Source for DatagenSource {
             return Ok(None);
         }
         let mut take = left.map_or(max, |l| (l as usize).min(max));
-        if let Some(rate) = config.rate {
-            let due = Duration::from_secs_f64((self.emitted_here + 1) as f64 / rate);
-            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-            let allowed = (self.started.elapsed().as_secs_f64() * rate) as u64;
-            take = take.min(allowed.saturating_sub(self.emitted_here).max(1) as usize);
+        if let Some(pace) = &mut self.pace {
+            take = pace.wait_for(take).await;
         }
-        self.emitted_here += take as u64;
         let records = (0..take)
             .map(|_| {
                 let (key, value, ts) = self.generator.next_value();

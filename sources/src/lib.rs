@@ -2,3 +2,4 @@
 
 pub mod csv;
 pub mod datagen;
+mod pace;

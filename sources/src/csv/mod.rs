@@ -9,12 +9,12 @@ mod value;
 
 pub use config::{ColumnSpec, ColumnType, CsvSourceConfig, NullRows};
 
+use crate::pace::Pace;
 use reader::{CsvReader, ReaderSettings};
 use sluice_core::{
     async_trait, ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig, SourceRecord,
 };
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 sluice_core::register_plugin!(Source, "csv", CsvSourceConfig);
@@ -65,36 +65,5 @@ impl Source for CsvSource {
             take = pace.wait_for(take).await;
         }
         Ok(Some(self.buffered.drain(..take).collect()))
-    }
-}
-
-/// Spreads records evenly at `rate` per second.
-struct Pace {
-    rate: f64,
-    started: Instant,
-    sent: u64,
-}
-
-impl Pace {
-    fn new(rate: f64) -> Self {
-        Pace {
-            rate,
-            started: Instant::now(),
-            sent: 0,
-        }
-    }
-
-    /// Waits until at least one more record may go; returns how many of `wanted` may go now.
-    async fn wait_for(&mut self, wanted: usize) -> usize {
-        let due_at = Duration::from_secs_f64((self.sent + 1) as f64 / self.rate);
-        if let Some(wait) = due_at.checked_sub(self.started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
-        let allowed = (self.started.elapsed().as_secs_f64() * self.rate) as u64;
-        let n = (allowed.saturating_sub(self.sent) as usize)
-            .clamp(1, wanted.max(1))
-            .min(wanted);
-        self.sent += n as u64;
-        n
     }
 }
