@@ -271,6 +271,18 @@ fn a_wrong_password_or_unreachable_server_fails_clearly_naming_the_sink() {
 /// server's message; the rest of its batch lands. Runs on the embedded transport.
 #[test]
 fn a_row_the_server_refuses_is_dead_lettered_and_the_rest_lands() {
+    refused_row_case(None);
+}
+
+/// The same with `exactly_once` on Kafka: the refused row reaches the dead-letter topic before
+/// the transaction that stores offsets past it commits.
+#[test]
+fn with_exactly_once_a_refused_row_is_dead_lettered_too() {
+    let tansu = Tansu::start();
+    refused_row_case(Some(&tansu.addr()));
+}
+
+fn refused_row_case(kafka: Option<&str>) {
     let db = MariaDb::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("mixed.csv");
@@ -283,21 +295,26 @@ fn a_row_the_server_refuses_is_dead_lettered_and_the_rest_lands() {
 sources:
   rows: {{ type: csv, path: {csv}, topic: t }}
 sinks:
-  table: {{ type: mysql, topics: [t], url: {url}, password: pw, table: mixed, columns: {{ Volume: BIGINT }} }}
+  table: {{ type: mysql, topics: [t], url: {url}, password: pw, table: mixed, columns: {{ Volume: BIGINT }}, exactly_once: {eo} }}
   rejects: {{ type: file, topics: [dlq], format: envelope, path: {dlq} }}
 errors: {{ tolerance: all, dead_letter_topic: dlq }}
 ",
             csv = csv.display(),
             url = db.url(),
-            dlq = dir.path().join("dlq.jsonl").display()
+            dlq = dir.path().join("dlq.jsonl").display(),
+            eo = kafka.is_some()
         ),
     )
     .unwrap();
-    let out = run(sluice()
-        .arg("run")
+    let mut cmd = sluice();
+    cmd.arg("run")
         .arg(&pipeline)
         .arg("--state-dir")
-        .arg(dir.path()));
+        .arg(dir.path());
+    if let Some(kafka) = kafka {
+        cmd.args(["--kafka", kafka]);
+    }
+    let out = run(&mut cmd);
     assert!(out.status.success());
     assert_eq!(
         db.sql("SELECT GROUP_CONCAT(Date ORDER BY Date) FROM mixed"),
@@ -312,4 +329,11 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
         reason.contains("Volume") && reason.contains("1366"),
         "{reason}"
     );
+    if kafka.is_some() {
+        let stored = db.sql("SELECT SUM(next_offset) FROM sluice_offsets");
+        assert_eq!(
+            stored, "3",
+            "the offsets stored with the rows pass all three records"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! Sinks: connectors that write records out to a store.
 //!
-//! The runtime reads records from the sink's topics and calls `put` with a batch, then `flush`;
-//! only after `flush` succeeds does it commit the consumer offsets. A record the store refuses
+//! The runtime reads records from the sink's topics and calls `put` with a batch, delivers the
+//! batch's dead letters, then calls `flush`; only after `flush` succeeds does it commit the
+//! consumer offsets. A record the store refuses
 //! for its content (a mapping error, a value too long) is reported in [`PutOutcome::rejected`] and
 //! dead-lettered by the runtime; the rest of the batch must still land.
 

@@ -28,6 +28,16 @@ use tokio_util::sync::CancellationToken;
 
 type Tasks = tokio::task::JoinSet<Result<(), ConnectorError>>;
 
+/// The running tasks of a pipeline and the signals that make its sinks drain.
+struct Started {
+    sources: Tasks,
+    sinks: Tasks,
+    /// Sinks reading the dead-letter topic; they drain once every other task is done.
+    dead_letter_sinks: Tasks,
+    drain: CancellationToken,
+    drain_dead_letters: CancellationToken,
+}
+
 /// How a run is driven from outside.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -96,17 +106,12 @@ impl PipelineRun {
 
     /// Runs until the sources finish and the sinks have caught up, or until shutdown.
     pub async fn run(&self, options: RunOptions) -> Result<(), RunError> {
-        let (sources, sinks, drain) = self.start(&options).await.map_err(RunError::Setup)?;
-        self.wait(sources, sinks, drain, &options)
-            .await
-            .map_err(RunError::Run)
+        let tasks = self.start(&options).await.map_err(RunError::Setup)?;
+        self.wait(tasks, &options).await.map_err(RunError::Run)
     }
 
     /// Connects, creates topics and starts every task.
-    async fn start(
-        &self,
-        options: &RunOptions,
-    ) -> Result<(Tasks, Tasks, CancellationToken), ConnectorError> {
+    async fn start(&self, options: &RunOptions) -> Result<Started, ConnectorError> {
         let config = &self.config;
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
@@ -128,10 +133,12 @@ impl PipelineRun {
 
         // Readers first: the embedded log keeps records for every group that exists.
         let drain = CancellationToken::new();
+        let drain_dead_letters = CancellationToken::new();
         let mut sinks = tokio::task::JoinSet::new();
+        let mut dead_letter_sinks = tokio::task::JoinSet::new();
         for (id, sink) in &config.sinks {
             let group = format!("sluice-{pipeline}-{id}");
-            let reader = transport
+            let mut reader = transport
                 .reader(&group, &sink.topics)
                 .await
                 .map_err(|e| transport_error(id, e))?;
@@ -144,7 +151,6 @@ impl PipelineRun {
                 })
                 .await
                 .map_err(|e| e.in_component(id))?;
-            let mut reader = reader;
             if let Some(offsets) = built
                 .stored_offsets()
                 .await
@@ -166,8 +172,19 @@ impl PipelineRun {
                 dead_letters: dead_letters.clone(),
                 metrics: self.metrics_of(id),
             };
-            sinks.spawn(task.run(
-                drain.clone(),
+            // Sinks reading the dead-letter topic drain last: other sinks may still write to it.
+            let reads_dead_letters = config
+                .errors
+                .dead_letter_topic
+                .as_ref()
+                .is_some_and(|t| sink.topics.contains(t));
+            let (set, token) = if reads_dead_letters {
+                (&mut dead_letter_sinks, &drain_dead_letters)
+            } else {
+                (&mut sinks, &drain)
+            };
+            set.spawn(task.run(
+                token.clone(),
                 options.shutdown.clone(),
                 options.drain_timeout,
             ));
@@ -205,17 +222,24 @@ impl PipelineRun {
             };
             sources.spawn(task.run(options.shutdown.clone(), options.drain_timeout));
         }
-        Ok((sources, sinks, drain))
+        Ok(Started {
+            sources,
+            sinks,
+            dead_letter_sinks,
+            drain,
+            drain_dead_letters,
+        })
     }
 
     /// Waits for the tasks: sources end (finished or stopped) → sinks drain; a failure stops all.
-    async fn wait(
-        &self,
-        mut sources: Tasks,
-        mut sinks: Tasks,
-        drain: CancellationToken,
-        options: &RunOptions,
-    ) -> Result<(), ConnectorError> {
+    async fn wait(&self, tasks: Started, options: &RunOptions) -> Result<(), ConnectorError> {
+        let Started {
+            mut sources,
+            mut sinks,
+            mut dead_letter_sinks,
+            drain,
+            drain_dead_letters,
+        } = tasks;
         let pipeline = self.config.name.as_str();
 
         // Sources end (finished or stopped) → sinks drain. A sink failing stops everything.
@@ -240,10 +264,14 @@ impl PipelineRun {
             tokio::select! {
                 Some(result) = sources.join_next() => note(result),
                 Some(result) = sinks.join_next() => note(result),
+                Some(result) = dead_letter_sinks.join_next() => note(result),
                 else => break,
             }
             if has_sources && sources.is_empty() {
                 drain.cancel();
+            }
+            if drain.is_cancelled() && sources.is_empty() && sinks.is_empty() {
+                drain_dead_letters.cancel();
             }
         }
         match first_error {

@@ -179,7 +179,7 @@ impl SinkTask {
         Ok(())
     }
 
-    /// put → flush → dead letters acknowledged → commit.
+    /// put → dead letters acknowledged → flush → commit.
     async fn flush(&mut self, pending: &mut Pending) -> Result<(), ConnectorError> {
         let mut batch = std::mem::take(&mut pending.records);
         let mut stored = batch.len();
@@ -206,9 +206,9 @@ impl SinkTask {
                     location: None,
                 })?);
             }
-            self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[])
-                .await?;
         }
+        // Dead letters are delivered before the flush: a sink that makes its batch (and its own
+        // offsets) durable in `flush` never gets past a record that is nowhere yet.
         let dead = std::mem::take(&mut pending.dead);
         let dead_count = dead.len();
         if !dead.is_empty() {
@@ -219,6 +219,10 @@ impl SinkTask {
                 .await
                 .map_err(|e| transport_error(&self.id, e))?;
             delivery.await.map_err(|e| transport_error(&self.id, e))?;
+        }
+        if stored > 0 || dead_count > 0 {
+            self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[])
+                .await?;
         }
         let offsets = std::mem::take(&mut pending.offsets);
         self.commit(&offsets, false).await;

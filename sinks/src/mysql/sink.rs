@@ -4,7 +4,7 @@ use super::config::{InsertMode, MysqlSinkConfig};
 use super::schema::{infer_type, key_columns, quote, row, table_name, to_sql};
 use indexmap::IndexMap;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
+use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
 use sluice_core::transport::PartitionOffset;
 use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
@@ -38,6 +38,8 @@ pub(super) struct MysqlSink {
     config: MysqlSinkConfig,
     opts: Opts,
     conn: Option<Conn>,
+    /// A batch written by `put` and left for `flush` to commit (exactly once).
+    open_transaction: bool,
     /// Known tables: column → lower-case SQL data type.
     tables: HashMap<String, IndexMap<String, String>>,
     group: String,
@@ -75,6 +77,7 @@ impl MysqlSink {
             config,
             opts: builder.into(),
             conn: None,
+            open_transaction: false,
             tables: HashMap::new(),
             group: ctx.group,
             target,
@@ -387,7 +390,10 @@ impl MysqlSink {
             .conn
             .take()
             .ok_or_else(|| Failure::Batch(ConnectorError::internal("no MySQL connection")))?;
-        let result = run_in_transaction(&mut conn, plan).await;
+        // Exactly once: committed in `flush`, after the refused rows are in the dead-letter
+        // topic, since the offsets stored with the rows pass them.
+        let result = run_in_transaction(&mut conn, plan, self.config.exactly_once).await;
+        self.open_transaction = self.config.exactly_once && result.is_ok();
         self.conn = Some(conn);
         result.map_err(|e| self.classify(e))
     }
@@ -448,9 +454,21 @@ impl Sink for MysqlSink {
         Ok(outcome)
     }
 
-    /// Each batch is committed by `put`; nothing is left to make durable.
+    /// Commits the batch `put` left open (exactly once); otherwise `put` committed it already.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        Ok(())
+        if !std::mem::take(&mut self.open_transaction) {
+            return Ok(());
+        }
+        let result = self.conn().await?.query_drop("COMMIT").await;
+        result.map_err(|e| {
+            let e = self.error(e);
+            // The transaction is gone with the connection: only a restart, resuming at the
+            // offsets last committed with the rows, writes this batch again.
+            ConnectorError::external(format!(
+                "the batch's transaction could not be committed: {}",
+                e.message
+            ))
+        })
     }
 
     async fn stored_offsets(&mut self) -> Result<Option<Vec<PartitionOffset>>, ConnectorError> {
@@ -479,16 +497,18 @@ impl Sink for MysqlSink {
     }
 }
 
-/// Runs `plan` in one transaction; statements for one row (`Some(index)`) that the server refuses
-/// for the row's content are reported instead of failing the transaction.
+/// Runs `plan` in one transaction, committed unless `leave_open` (then `COMMIT` is the caller's).
+/// Statements for one row (`Some(index)`) that the server refuses for the row's content are
+/// reported instead of failing the transaction; any other failure rolls it back.
 async fn run_in_transaction(
     conn: &mut Conn,
     plan: Plan,
+    leave_open: bool,
 ) -> Result<Vec<(usize, String)>, mysql_async::Error> {
     let mut rejected = Vec::new();
-    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    conn.query_drop("START TRANSACTION").await?;
     for (row_index, sql, params) in plan {
-        match tx.exec_drop(sql, params).await {
+        match conn.exec_drop(sql, params).await {
             Ok(()) => {}
             // In MySQL a failed statement leaves the transaction open.
             Err(mysql_async::Error::Server(e))
@@ -499,9 +519,14 @@ async fn run_in_transaction(
                     format!("{} ({})", e.message, e.code),
                 ));
             }
-            Err(e) => return Err(e), // dropping `tx` rolls back
+            Err(e) => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                return Err(e);
+            }
         }
     }
-    tx.commit().await?;
+    if !leave_open {
+        conn.query_drop("COMMIT").await?;
+    }
     Ok(rejected)
 }
