@@ -301,9 +301,10 @@ impl Transport for KafkaTransport {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            // librdkafka prefetches up to 64 MiB per consumer by default; half is plenty ahead
-            // of a sink's batch and keeps the process small.
-            .set("queued.max.messages.kbytes", "32768");
+            // librdkafka prefetches up to 64 MiB and fetches up to 50 MiB per request by default;
+            // 16 MiB of each keeps a sink's batches fed and the process small.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.max.bytes", "16777216");
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
