@@ -186,17 +186,7 @@ fn a_broker_restart_mid_run_loses_nothing() {
     tansu.kill();
     std::thread::sleep(Duration::from_secs(3));
     tansu.restart();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice did not finish after the broker came back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(120));
     assert!(status.success(), "exit status {status}");
     let duplicates = check_every_row_arrived(&csv, &out);
     eprintln!("{duplicates} duplicates after the broker restart");

@@ -60,17 +60,6 @@ fn wait_for_rows(db: &MariaDb, table: &str, n: i64) {
     }
 }
 
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "sluice did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing() {
     let (tansu, db) = (Tansu::start(), MariaDb::start());

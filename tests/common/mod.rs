@@ -92,14 +92,20 @@ pub fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
         .status()
         .expect("kill runs");
     assert!(ok.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = wait_exit(child, Duration::from_secs(30));
+    (status, started.elapsed())
+}
+
+/// Waits for `child` to exit, failing the test after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("wait works") {
-            return (status, started.elapsed());
+            return status;
         }
         assert!(
             Instant::now() < deadline,
-            "sluice did not exit within 30 s of SIGTERM"
+            "sluice did not exit within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
