@@ -206,3 +206,25 @@ fn the_quickstart_runs_offline() {
         .iter()
         .all(|r| r["Close"].is_f64() && r["Volume"].is_i64()));
 }
+
+/// With `all_null_rows: keep`, Yahoo's `null` fields arrive as JSON null (the key still set), and
+/// nothing goes to the dead-letter topic.
+#[test]
+fn kept_null_rows_arrive_with_json_nulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("btc-sample.csv");
+    let keep = [("SLUICE_SOURCES__YAHOO_CSV__ALL_NULL_ROWS", "keep")];
+    assert!(run(&mut btc_pipeline(dir.path(), &csv, None, &keep))
+        .status
+        .success());
+    let rows = read_jsonl(&dir.path().join("bitcoin.jsonl"));
+    assert_eq!(rows.len(), csv_rows(&csv).len());
+    let null_row = rows
+        .iter()
+        .find(|r| r["Date"] == "2020-04-17")
+        .expect("the null row arrived");
+    for field in ["Open", "High", "Low", "Close", "Adj Close", "Volume"] {
+        assert!(null_row[field].is_null(), "{field} is {}", null_row[field]);
+    }
+    assert_eq!(count_lines(&dir.path().join("bitcoin-dlq.jsonl")), 0);
+}
