@@ -135,6 +135,22 @@ fn an_environment_override_reaches_one_field() {
 }
 
 #[test]
+fn ids_made_of_offsets_are_refused_on_the_embedded_transport() {
+    let e = broken(|y| {
+        // The file sink becomes an Elasticsearch sink with the default `document_id: coordinates`.
+        let (head, _sink_path) = y.rsplit_once("    path:").unwrap();
+        head.replace(
+            "    type: file\n",
+            "    type: elasticsearch\n    url: http://127.0.0.1:9\n",
+        )
+    });
+    assert!(
+        e.contains("`out`") && e.contains("`document_id`") && e.contains("kafka"),
+        "{e}"
+    );
+}
+
+#[test]
 fn every_example_pipeline_validates() {
     let mut files: Vec<_> = std::fs::read_dir(root().join("pipelines"))
         .unwrap()

@@ -217,6 +217,7 @@ sinks:
     topics: [t]
     url: {url}
     index: rows
+    document_id: none
     auth: {{ basic: {{ username: elastic, password: {password} }} }}
 ",
                 csv = fixture("btc-sample.csv").display()

@@ -38,6 +38,13 @@ pub trait SinkConfig: Debug + Send + Sync {
 
     /// Connects to the store. May fail for reasons `validate` can't see.
     async fn build(&self, ctx: SinkBuildContext) -> Result<Box<dyn Sink>, ConnectorError>;
+
+    /// The config field that relies on topic offsets staying the same across runs (ids or keys
+    /// made of them, offsets stored with the data), if any. The embedded transport's offsets
+    /// restart at 0 with each process, so such a sink needs Kafka.
+    fn needs_durable_offsets(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A running sink.

@@ -316,6 +316,12 @@ impl Loader<'_> {
                         format!("with the embedded transport no sink reads `{dlq}`, so its records would be lost at exit; add a sink (e.g. `type: file`) with `topics: [{dlq}]`")));
                 }
             }
+            for (id, sink) in &pipeline.sinks {
+                if let Some(field) = sink.inner.needs_durable_offsets() {
+                    return Err(fail("sinks", id, vec![FieldError::new(field,
+                        "relies on topic offsets, which the embedded transport restarts at 0 in each run (rows would be overwritten or skipped); add a `kafka:` section or choose another setting")]));
+                }
+            }
             for (id, source) in &pipeline.sources {
                 if !read.contains(&&source.topic) {
                     return Err(fail("sources", id, vec![FieldError::new("topic",

@@ -25,4 +25,8 @@ impl SinkConfig for ElasticsearchSinkConfig {
             sink::ElasticsearchSink::connect(self.clone(), &ctx).await?,
         ))
     }
+
+    fn needs_durable_offsets(&self) -> Option<&'static str> {
+        (self.document_id == DocumentId::Coordinates).then_some("document_id")
+    }
 }

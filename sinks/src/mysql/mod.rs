@@ -22,4 +22,14 @@ impl SinkConfig for MysqlSinkConfig {
     async fn build(&self, ctx: SinkBuildContext) -> Result<Box<dyn Sink>, ConnectorError> {
         Ok(Box::new(sink::MysqlSink::connect(self.clone(), ctx).await?))
     }
+
+    fn needs_durable_offsets(&self) -> Option<&'static str> {
+        if self.exactly_once {
+            Some("exactly_once")
+        } else if self.primary_key.mode == KeyMode::Kafka {
+            Some("primary_key.mode")
+        } else {
+            None
+        }
+    }
 }
