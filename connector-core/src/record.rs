@@ -49,14 +49,6 @@ impl Record {
             .and_then(|k| std::str::from_utf8(k).ok())
     }
 
-    /// The value of the first header named `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
     /// `topic/partition@offset`, for messages.
     pub fn coordinates(&self) -> String {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)

@@ -201,10 +201,12 @@ impl TopicWriter for EmbeddedWriter {
     async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
         let mut by_topic: IndexMap<String, Vec<Record>> = IndexMap::new();
         for record in records {
-            by_topic
-                .entry(record.topic.clone())
-                .or_default()
-                .push(record);
+            match by_topic.get_mut(record.topic.as_str()) {
+                Some(group) => group.push(record),
+                None => {
+                    by_topic.insert(record.topic.clone(), vec![record]);
+                }
+            }
         }
         let mut waits = Vec::new();
         for (name, records) in by_topic {

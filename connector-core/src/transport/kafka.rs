@@ -376,7 +376,10 @@ struct KafkaWriter {
 #[async_trait]
 impl TopicWriter for KafkaWriter {
     async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+        // Delivery futures with the index of their topic in `topics` (records of one send mostly
+        // share a topic: no string per message).
         let mut pending = Vec::with_capacity(records.len());
+        let mut topics: Vec<String> = Vec::new();
         let mut buffer = Vec::with_capacity(256);
         for record in &records {
             // librdkafka copies the payload, so one buffer serves every record.
@@ -411,7 +414,10 @@ impl TopicWriter for KafkaWriter {
             loop {
                 match self.producer.send_result(message) {
                     Ok(delivery) => {
-                        pending.push((delivery, record.topic.clone()));
+                        if topics.last() != Some(&record.topic) {
+                            topics.push(record.topic.clone());
+                        }
+                        pending.push((delivery, topics.len() - 1));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -429,7 +435,7 @@ impl TopicWriter for KafkaWriter {
         }
         let delivered = self.delivered.clone();
         Ok(async move {
-            let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+            let mut ends: HashMap<(usize, i32), i64> = HashMap::new();
             for (delivery, topic) in pending {
                 match delivery.await {
                     Ok(Ok(at)) => {
@@ -450,8 +456,8 @@ impl TopicWriter for KafkaWriter {
                 }
             }
             let mut all = delivered.lock().unwrap_or_else(|e| e.into_inner());
-            for (key, end) in ends {
-                let known = all.entry(key).or_default();
+            for ((topic, partition), end) in ends {
+                let known = all.entry((topics[topic].clone(), partition)).or_default();
                 *known = (*known).max(end);
             }
             Ok(())

@@ -171,6 +171,14 @@ impl MysqlSink {
         table: &str,
         rows: &[(usize, Row)],
     ) -> Result<(), ConnectorError> {
+        if let Some(known) = self.tables.get(table) {
+            if rows
+                .iter()
+                .all(|(_, row)| row.keys().all(|c| known.contains_key(c)))
+            {
+                return Ok(());
+            }
+        }
         let mut known = match self.tables.get(table) {
             Some(k) => k.clone(),
             None => self.describe(table).await?,
