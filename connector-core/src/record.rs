@@ -1,6 +1,7 @@
 //! The record: what flows from sources through topics into sinks.
 
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Headers in arrival order; a name may repeat, as in Kafka.
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -13,12 +14,18 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// The payload as JSON. A tombstone is `Value::Null` with a key.
     pub value: Value,
+    /// The payload already written as JSON text, by a source asked to
+    /// ([`SourceBuildContext::encode_values`](crate::SourceBuildContext)): records bound for
+    /// Kafka then skip building and encoding a `Value` tree. While it is `Some`, `value` is
+    /// `Null` and means nothing; [`Record::decode_value`] turns the text back into `value`.
+    /// Only writers and the source task see such records; readers always fill `value`.
+    pub encoded_value: Option<Vec<u8>>,
     /// Headers in arrival order.
     pub headers: Headers,
     /// Milliseconds since the Unix epoch.
     pub timestamp: Option<i64>,
-    /// Topic the record was read from, or is written to.
-    pub topic: String,
+    /// Topic the record was read from, or is written to (shared by the records of a topic).
+    pub topic: Arc<str>,
     /// Partition the record was read from (-1 before it is written).
     pub partition: i32,
     /// Offset in that partition (-1 before it is written).
@@ -40,6 +47,19 @@ impl Record {
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// Moves `encoded_value`, if any, into `value`; fails on text that is not JSON.
+    pub fn decode_value(&mut self) -> Result<(), serde_json::Error> {
+        if let Some(text) = self.encoded_value.take() {
+            self.value = serde_json::from_slice(&text)?;
+        }
+        Ok(())
+    }
+
+    /// True for a tombstone: a record without a value.
+    pub fn is_tombstone(&self) -> bool {
+        self.encoded_value.is_none() && self.value.is_null()
     }
 
     /// The key as text, if it is valid UTF-8.

@@ -44,6 +44,10 @@ pub struct SourceBuildContext {
     pub component: String,
     /// Offsets stored by earlier runs; empty on a first run.
     pub offsets: SourceOffsets,
+    /// True when the records go untransformed to a transport that sends JSON text (Kafka): a
+    /// source that can write its values as JSON directly should then fill
+    /// [`Record::encoded_value`] instead of building `value`. Sources may ignore it.
+    pub encode_values: bool,
 }
 
 /// The YAML config of a source; `type:` picks the implementation.

@@ -36,7 +36,7 @@ pub(crate) fn write_line(
                 })
                 .collect();
             let envelope = json!({
-                "topic": record.topic,
+                "topic": &*record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
                 "key": record.key.as_deref().map(String::from_utf8_lossy),

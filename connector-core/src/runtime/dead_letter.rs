@@ -77,7 +77,7 @@ impl DeadLetters {
         dead.headers = record.headers;
         if record.offset >= 0 {
             dead.headers
-                .push((headers::TOPIC.into(), record.topic.into_bytes()));
+                .push((headers::TOPIC.into(), record.topic.as_bytes().to_vec()));
             dead.headers.push((
                 headers::PARTITION.into(),
                 record.partition.to_string().into_bytes(),
@@ -97,7 +97,7 @@ impl DeadLetters {
             dead.headers
                 .push((headers::LOCATION.into(), location.into_bytes()));
         }
-        dead.topic = topic.clone();
+        dead.topic = topic.as_str().into();
         Ok(dead)
     }
 }

@@ -206,13 +206,14 @@ impl PipelineRun {
                 .build(SourceBuildContext {
                     component: id.clone(),
                     offsets: stored,
+                    encode_values: transport.sends_json_text() && source.transforms.is_empty(),
                 })
                 .await
                 .map_err(|e| e.in_component(id))?;
             let task = source_task::SourceTask {
                 id: id.clone(),
                 source: built,
-                topic: source.topic.clone(),
+                topic: source.topic.as_str().into(),
                 batch_size: source.batch_size,
                 transforms: build_transforms(id, &source.transforms)?,
                 writer: transport.writer(),

@@ -23,7 +23,7 @@ const IN_FLIGHT_BATCHES: usize = 8;
 pub(super) struct SourceTask {
     pub id: String,
     pub source: Box<dyn Source>,
-    pub topic: String,
+    pub topic: Arc<str>,
     pub batch_size: usize,
     pub transforms: Vec<Box<dyn Transform>>,
     pub writer: Arc<dyn TopicWriter>,
@@ -116,7 +116,13 @@ impl SourceTask {
                         record.topic.clone_from(&self.topic);
                         records.push(record);
                     }
-                    Payload::Record(record) => {
+                    Payload::Record(mut record) => {
+                        record.decode_value().map_err(|e| {
+                            ConnectorError::internal(format!(
+                                "the source wrote a value that is not JSON: {e}"
+                            ))
+                            .in_component(&self.id)
+                        })?;
                         match apply_transforms(&self.transforms, record.clone()) {
                             Ok(out) if out.is_empty() => {
                                 ComponentMetrics::add(&self.metrics.skipped, 1)

@@ -154,6 +154,10 @@ impl Transport for EmbeddedTransport {
         Ok(())
     }
 
+    fn sends_json_text(&self) -> bool {
+        false
+    }
+
     fn writer(&self) -> Arc<dyn TopicWriter> {
         Arc::new(EmbeddedWriter {
             broker: self.broker.clone(),
@@ -199,9 +203,13 @@ struct EmbeddedWriter {
 #[async_trait]
 impl TopicWriter for EmbeddedWriter {
     async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
-        let mut by_topic: IndexMap<String, Vec<Record>> = IndexMap::new();
-        for record in records {
-            match by_topic.get_mut(record.topic.as_str()) {
+        let mut by_topic: IndexMap<Arc<str>, Vec<Record>> = IndexMap::new();
+        for mut record in records {
+            // Readers see `value`: text a source wrote anyway is parsed here.
+            record.decode_value().map_err(|e| {
+                TransportError::fatal(format!("cannot write a value that is not JSON: {e}"))
+            })?;
+            match by_topic.get_mut(&record.topic) {
                 Some(group) => group.push(record),
                 None => {
                     by_topic.insert(record.topic.clone(), vec![record]);

@@ -88,6 +88,10 @@ pub trait Transport: Send + Sync {
     /// The shared writer.
     fn writer(&self) -> std::sync::Arc<dyn TopicWriter>;
 
+    /// True when the writer sends values as JSON text, so records whose source already wrote
+    /// that text ([`Record::encoded_value`]) are cheapest; false when it keeps `Value`s.
+    fn sends_json_text(&self) -> bool;
+
     /// Joins consumer group `group` on `topics`. Create every reader before producing: the
     /// embedded transport keeps records until every group reading a topic has committed them.
     async fn reader(

@@ -44,7 +44,7 @@ pub fn row(config: &MysqlSinkConfig, record: &Record) -> Result<IndexMap<String,
             row.insert(key_column(config), Value::String(key.to_string()));
         }
         KeyMode::Kafka => {
-            row.insert("_topic".into(), Value::String(record.topic.clone()));
+            row.insert("_topic".into(), Value::String(record.topic.to_string()));
             row.insert("_partition".into(), Value::from(record.partition));
             row.insert("_offset".into(), Value::from(record.offset));
         }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use sluice_core::transport::PartitionOffset;
 use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Server errors caused by one row's content: that row is dead-lettered, the batch goes on.
 const ROW_ERRORS: &[u16] = &[
@@ -336,7 +337,7 @@ impl MysqlSink {
         &mut self,
         tables: &RowsByTable,
         deletes: &[(String, String)],
-        offsets: &BTreeMap<(String, i32), i64>,
+        offsets: &BTreeMap<(Arc<str>, i32), i64>,
         one_by_one: bool,
     ) -> Result<Vec<(usize, String)>, Failure> {
         let mut plan: Plan = Vec::new();
@@ -385,7 +386,7 @@ impl MysqlSink {
             for ((topic, partition), next) in offsets {
                 params.extend([
                     mysql_async::Value::from(self.group.as_str()),
-                    mysql_async::Value::from(topic.as_str()),
+                    mysql_async::Value::from(&**topic),
                     mysql_async::Value::from(*partition),
                     mysql_async::Value::from(*next),
                 ]);
@@ -423,7 +424,7 @@ impl Sink for MysqlSink {
         let mut outcome = PutOutcome::default();
         let mut tables: RowsByTable = IndexMap::new();
         let mut deletes = Vec::new();
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
         for (i, record) in batch.iter().enumerate() {
             let next = offsets
                 .entry((record.topic.clone(), record.partition))

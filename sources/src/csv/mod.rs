@@ -27,7 +27,7 @@ impl SourceConfig for CsvSourceConfig {
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        let settings = ReaderSettings::new(self, ctx.offsets)?;
+        let settings = ReaderSettings::new(self, ctx.offsets, ctx.encode_values)?;
         let (tx, rx) = mpsc::channel(4);
         let component = ctx.component.clone();
         std::thread::Builder::new()
@@ -56,6 +56,10 @@ impl Source for CsvSource {
     async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
         if self.buffered.is_empty() {
             match self.batches.recv().await {
+                // The reader's batch as it is, when it fits and needs no pacing.
+                Some(Ok(batch)) if batch.len() <= max && self.pace.is_none() => {
+                    return Ok(Some(batch))
+                }
                 Some(batch) => self.buffered.extend(batch?),
                 None => return Ok(None),
             }

@@ -2,7 +2,7 @@
 //! into typed records, sent in batches.
 
 use super::config::{CsvSourceConfig, NullRows};
-use super::value::Parse;
+use super::value::{Field, Parse};
 use serde_json::{Map, Value};
 use sluice_core::record::now_millis;
 use sluice_core::{BadInput, ConnectorError, Payload, Record, SourceOffsets, SourceRecord};
@@ -33,10 +33,16 @@ pub(super) struct ReaderSettings {
     follow: bool,
     poll_interval: Duration,
     offsets: SourceOffsets,
+    /// Write each record's value as JSON text instead of a `Value` tree.
+    encode: bool,
 }
 
 impl ReaderSettings {
-    pub fn new(config: &CsvSourceConfig, offsets: SourceOffsets) -> Result<Self, ConnectorError> {
+    pub fn new(
+        config: &CsvSourceConfig,
+        offsets: SourceOffsets,
+        encode: bool,
+    ) -> Result<Self, ConnectorError> {
         let mut builder = csv::ReaderBuilder::new();
         builder
             .has_headers(false)
@@ -59,6 +65,7 @@ impl ReaderSettings {
             follow: config.follow,
             poll_interval: config.poll_interval,
             offsets,
+            encode,
         };
         if !settings.follow && settings.files()?.is_empty() {
             return Err(
@@ -87,6 +94,8 @@ impl ReaderSettings {
 /// Columns of one file and how to parse each.
 struct Layout {
     names: Vec<String>,
+    /// Each name as a JSON object key, `"name":`, for encoded values.
+    json_keys: Vec<Vec<u8>>,
     parsers: Vec<Parse>,
     key: Option<usize>,
     timestamp: Option<usize>,
@@ -197,6 +206,10 @@ impl CsvReader {
                 .collect(),
             key: index(&s.key),
             timestamp: index(&s.timestamp_column),
+            json_keys: names
+                .iter()
+                .map(|n| format!("{}:", Value::String(n.clone())).into_bytes())
+                .collect(),
             names,
         }
     }
@@ -231,6 +244,7 @@ impl CsvReader {
 
         let layout = &self.layouts[path];
         let partition: Arc<str> = Arc::from(path);
+        let mut reached = start;
         let mut row = csv::ByteRecord::new();
         let mut batch = Vec::with_capacity(BATCH);
         // Record time of rows without a timestamp column: read once per batch, not per row.
@@ -259,25 +273,28 @@ impl CsvReader {
             if self.settings.follow && end.byte() >= len && !ends_with_newline(&file, end.byte())? {
                 break; // a row still being written; read it once complete
             }
-            batch.push(self.to_record(layout, &partition, line, &end, &row, now));
-            self.positions.insert(
-                path.to_string(),
-                FilePosition {
-                    byte: end.byte(),
-                    line: end.line(),
-                },
-            );
-            if batch.len() == BATCH
-                && tx
-                    .blocking_send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))))
-                    .is_err()
-            {
-                return Ok(Err(Stopped));
-            }
-            if batch.is_empty() {
+            batch.push(Self::to_record(
+                &self.settings,
+                layout,
+                &partition,
+                line,
+                &end,
+                &row,
+                now,
+            ));
+            reached = FilePosition {
+                byte: end.byte(),
+                line: end.line(),
+            };
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if tx.blocking_send(Ok(full)).is_err() {
+                    return Ok(Err(Stopped));
+                }
                 now = now_millis();
             }
         }
+        self.positions.insert(path.to_string(), reached);
         if !batch.is_empty() && tx.blocking_send(Ok(batch)).is_err() {
             return Ok(Err(Stopped));
         }
@@ -285,7 +302,7 @@ impl CsvReader {
     }
 
     fn to_record(
-        &self,
+        settings: &ReaderSettings,
         layout: &Layout,
         path: &Arc<str>,
         line: u64,
@@ -296,7 +313,7 @@ impl CsvReader {
         let raw = || {
             row.iter()
                 .collect::<Vec<_>>()
-                .join(&[self.settings.delimiter][..])
+                .join(&[settings.delimiter][..])
         };
         if row.len() != layout.names.len() {
             let message = format!(
@@ -306,12 +323,20 @@ impl CsvReader {
             );
             return bad(path, line, end, raw(), message);
         }
-        let mut map = Map::with_capacity(row.len());
+        // The value is built as one of these two, as `settings.encode` says.
+        let (mut map, mut json) = if settings.encode {
+            let mut json = Vec::with_capacity(row.as_slice().len() + 16 * row.len());
+            json.push(b'{');
+            (Map::new(), json)
+        } else {
+            (Map::with_capacity(row.len()), Vec::new())
+        };
         let mut key = None;
+        let mut timestamp = None;
         let mut all_null = true;
-        for (i, field) in row.iter().enumerate() {
+        for (i, text) in row.iter().enumerate() {
             let name = &layout.names[i];
-            let Ok(text) = std::str::from_utf8(field) else {
+            let Ok(text) = std::str::from_utf8(text) else {
                 return bad(
                     path,
                     line,
@@ -320,27 +345,40 @@ impl CsvReader {
                     format!("field `{name}` is not valid UTF-8"),
                 );
             };
-            let value = if text.is_empty() || self.settings.null_values.iter().any(|n| n == text) {
-                Value::Null
+            let field = if text.is_empty() || settings.null_values.iter().any(|n| n == text) {
+                Field::Null
             } else {
-                match layout.parsers[i].value(text) {
-                    Ok(v) => v,
+                match layout.parsers[i].field(text) {
+                    Ok(field) => field,
                     Err(e) => return bad(path, line, end, raw(), format!("field `{name}`: {e}")),
                 }
             };
             if Some(i) == layout.key {
-                if !value.is_null() {
+                if !field.is_null() {
                     key = Some(text.as_bytes().to_vec());
                 }
-            } else if !value.is_null() {
+            } else if !field.is_null() {
                 all_null = false;
             }
-            map.insert(name.clone(), value);
+            if Some(i) == layout.timestamp {
+                timestamp = layout.parsers[i].millis(&field);
+            }
+            if settings.encode {
+                if i > 0 {
+                    json.push(b',');
+                }
+                json.extend_from_slice(&layout.json_keys[i]);
+                if let Err(e) = field.write_json(&mut json) {
+                    return bad(path, line, end, raw(), format!("field `{name}`: {e}"));
+                }
+            } else {
+                map.insert(name.clone(), field.into_value());
+            }
         }
         let offset = Value::from(end.byte());
         let partition = path.clone();
         if all_null {
-            match self.settings.all_null_rows {
+            match settings.all_null_rows {
                 NullRows::Keep => {}
                 NullRows::Skip => {
                     return SourceRecord {
@@ -362,13 +400,17 @@ impl CsvReader {
                 }
             }
         }
-        let timestamp = layout
-            .timestamp
-            .and_then(|i| layout.parsers[i].millis(&map[layout.names[i].as_str()]))
-            .unwrap_or(now);
-        let mut record = Record::new(Value::Object(map));
+        let mut record = if settings.encode {
+            json.push(b'}');
+            Record {
+                encoded_value: Some(json),
+                ..Record::new(Value::Null)
+            }
+        } else {
+            Record::new(Value::Object(map))
+        };
         record.key = key;
-        record.timestamp = Some(timestamp);
+        record.timestamp = Some(timestamp.unwrap_or(now));
         SourceRecord {
             partition,
             offset,
@@ -415,5 +457,64 @@ fn lines_before(path: &str, end: u64) -> io::Result<u64> {
             return Ok(lines);
         }
         lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every item the reader makes of `csv`, with values as JSON text (`encode`) or as trees.
+    fn read(csv: &str, encode: bool) -> Vec<SourceRecord> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, csv).unwrap();
+        let config: CsvSourceConfig = serde_yaml::from_str(&format!(
+            "{{ path: '{}', key: Date, timestamp_column: Date, null_values: ['null'], \
+             columns: {{ Date: date, Close: float, Volume: int }} }}",
+            path.display()
+        ))
+        .unwrap();
+        let settings = ReaderSettings::new(&config, SourceOffsets::new(), encode).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        CsvReader::new(settings).run(tx);
+        let mut items = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            items.extend(batch.unwrap());
+        }
+        items
+    }
+
+    #[test]
+    fn encoded_values_are_the_json_text_of_the_same_records() {
+        let csv = "Date,Close,Volume,Note\n\
+                   2014-09-17,457.334015,21056800,\"say \"\"hi\"\"\"\n\
+                   2014-09-18,null,null,\n\
+                   2014-09-19,abc,1,x\n\
+                   2014-09-20,1\n\
+                   2014-09-21,408,36863600,\\\\\n";
+        let trees = read(csv, false);
+        let texts = read(csv, true);
+        assert_eq!(trees.len(), 5);
+        assert_eq!(texts.len(), trees.len());
+        let mut records = 0;
+        for (tree, text) in trees.into_iter().zip(texts) {
+            assert_eq!(tree.offset, text.offset);
+            match (tree.payload, text.payload) {
+                (Payload::Record(tree), Payload::Record(mut text)) => {
+                    assert!(tree.encoded_value.is_none());
+                    assert!(text.encoded_value.is_some() && text.value.is_null());
+                    text.decode_value().unwrap();
+                    assert_eq!(tree, text);
+                    assert!(tree.timestamp.is_some() && tree.key.is_some());
+                    records += 1;
+                }
+                (Payload::Bad(tree), Payload::Bad(text)) => {
+                    assert_eq!(tree.message, text.message)
+                }
+                (tree, text) => panic!("{tree:?} vs {text:?}"),
+            }
+        }
+        assert_eq!(records, 3, "rows 1, 2 and 5 are records; 3 and 4 are bad");
     }
 }

@@ -12,6 +12,58 @@ pub(super) enum Parse {
     Text,
 }
 
+/// One parsed field: borrowed from the row where the text is kept as is. It becomes either a
+/// JSON [`Value`] or JSON text written straight into a record's encoded value.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Field<'a> {
+    Null,
+    Text(&'a str),
+    /// Text rewritten while parsing (a reformatted date or timestamp).
+    Owned(String),
+    Int(i64),
+    /// Always finite.
+    Float(f64),
+    Bool(bool),
+}
+
+impl Field<'_> {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Field::Null)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Field::Text(text) => Some(text),
+            Field::Owned(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    pub fn into_value(self) -> Value {
+        match self {
+            Field::Null => Value::Null,
+            Field::Text(text) => Value::String(text.to_string()),
+            Field::Owned(text) => Value::String(text),
+            Field::Int(i) => Value::from(i),
+            Field::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+            Field::Bool(b) => Value::Bool(b),
+        }
+    }
+
+    /// Appends the field as JSON text, exactly as `into_value` would serialize.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Field::Null => out.extend_from_slice(b"null"),
+            Field::Text(text) => serde_json::to_writer(out, text)?,
+            Field::Owned(text) => serde_json::to_writer(out, text)?,
+            Field::Int(i) => serde_json::to_writer(out, i)?,
+            Field::Float(f) => serde_json::to_writer(out, f)?,
+            Field::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        }
+        Ok(())
+    }
+}
+
 impl Parse {
     pub fn from_spec(spec: Option<&ColumnSpec>, infer: bool) -> Self {
         match spec {
@@ -21,18 +73,18 @@ impl Parse {
         }
     }
 
-    /// The value of non-null `text`, or why it isn't one.
-    pub fn value(&self, text: &str) -> Result<Value, String> {
+    /// The field of non-null `text`, or why it isn't one.
+    pub fn field<'a>(&self, text: &'a str) -> Result<Field<'a>, String> {
         match self {
-            Parse::Text => Ok(Value::String(text.to_string())),
+            Parse::Text => Ok(Field::Text(text)),
             Parse::Inferred => Ok(infer(text)),
             Parse::Declared(t, format) => typed(*t, format.as_deref(), text),
         }
     }
 
-    /// Milliseconds since the epoch of a `date`/`timestamp` value this parser produced.
-    pub fn millis(&self, value: &Value) -> Option<i64> {
-        let text = value.as_str()?;
+    /// Milliseconds since the epoch of a `date`/`timestamp` field this parser produced.
+    pub fn millis(&self, field: &Field<'_>) -> Option<i64> {
+        let text = field.as_str()?;
         match self {
             Parse::Declared(ColumnType::Date, _) => iso_date(text)
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
@@ -45,49 +97,49 @@ impl Parse {
     }
 }
 
-fn infer(text: &str) -> Value {
+fn infer(text: &str) -> Field<'_> {
     if let Ok(i) = text.parse::<i64>() {
-        return Value::from(i);
+        return Field::Int(i);
     }
-    if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-        return Value::Number(n);
+    if let Some(f) = text.parse::<f64>().ok().filter(|f| f.is_finite()) {
+        return Field::Float(f);
     }
     match text {
-        "true" | "TRUE" | "True" => Value::Bool(true),
-        "false" | "FALSE" | "False" => Value::Bool(false),
-        _ => Value::String(text.to_string()),
+        "true" | "TRUE" | "True" => Field::Bool(true),
+        "false" | "FALSE" | "False" => Field::Bool(false),
+        _ => Field::Text(text),
     }
 }
 
-fn typed(t: ColumnType, format: Option<&str>, text: &str) -> Result<Value, String> {
+fn typed<'a>(t: ColumnType, format: Option<&str>, text: &'a str) -> Result<Field<'a>, String> {
     let trimmed = text.trim();
     match t {
-        ColumnType::String => Ok(Value::String(text.to_string())),
+        ColumnType::String => Ok(Field::Text(text)),
         ColumnType::Int => trimmed
             .parse::<i64>()
-            .map(Value::from)
+            .map(Field::Int)
             // Exports often write whole numbers as `123.0`.
             .or_else(|_| match trimmed.parse::<f64>() {
-                Ok(f) if f.fract() == 0.0 && f.abs() < 9.007e15 => Ok(Value::from(f as i64)),
+                Ok(f) if f.fract() == 0.0 && f.abs() < 9.007e15 => Ok(Field::Int(f as i64)),
                 _ => Err(()),
             })
             .map_err(|_| format!("`{text}` is not an integer")),
         ColumnType::Float => trimmed
             .parse::<f64>()
             .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
+            .filter(|f| f.is_finite())
+            .map(Field::Float)
             .ok_or_else(|| format!("`{text}` is not a finite number")),
         ColumnType::Bool => match trimmed.to_ascii_lowercase().as_str() {
-            "true" | "t" | "yes" | "y" | "1" => Ok(Value::Bool(true)),
-            "false" | "f" | "no" | "n" | "0" => Ok(Value::Bool(false)),
+            "true" | "t" | "yes" | "y" | "1" => Ok(Field::Bool(true)),
+            "false" | "f" | "no" | "n" | "0" => Ok(Field::Bool(false)),
             _ => Err(format!("`{text}` is not a boolean")),
         },
         ColumnType::Date if format.is_none() => iso_date(trimmed)
-            .map(|_| Value::String(trimmed.to_string()))
+            .map(|_| Field::Text(trimmed))
             .ok_or_else(|| format!("`{text}` is not a date in format `%Y-%m-%d`")),
         ColumnType::Date => NaiveDate::parse_from_str(trimmed, format.unwrap_or("%Y-%m-%d"))
-            .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
+            .map(|d| Field::Owned(d.format("%Y-%m-%d").to_string()))
             .map_err(|e| {
                 format!(
                     "`{text}` is not a date in format `{}`: {e}",
@@ -95,7 +147,7 @@ fn typed(t: ColumnType, format: Option<&str>, text: &str) -> Result<Value, Strin
                 )
             }),
         ColumnType::Timestamp => timestamp(trimmed, format)
-            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
+            .map(|t| Field::Owned(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
             .ok_or_else(|| match format {
                 Some(f) => format!("`{text}` is not a timestamp in format `{f}`"),
                 None => format!("`{text}` is not an RFC 3339 or `YYYY-MM-DD HH:MM:SS` timestamp"),
@@ -152,67 +204,83 @@ mod tests {
         Parse::Declared(t, f.map(str::to_string))
     }
 
+    /// The field's value, checking on the way that its JSON text is that value's encoding.
+    fn value(parse: &Parse, text: &str) -> Result<Value, String> {
+        let field = parse.field(text)?;
+        let mut json = Vec::new();
+        field.write_json(&mut json).map_err(|e| e.to_string())?;
+        let value = field.into_value();
+        assert_eq!(json, serde_json::to_vec(&value).unwrap());
+        Ok(value)
+    }
+
     #[test]
     fn declared_types_become_json_types() {
         assert_eq!(
-            declared(ColumnType::Float, None)
-                .value("457.334015")
-                .unwrap(),
+            value(&declared(ColumnType::Float, None), "457.334015").unwrap(),
             json!(457.334015)
         );
         assert_eq!(
-            declared(ColumnType::Int, None).value("21056800").unwrap(),
+            value(&declared(ColumnType::Int, None), "21056800").unwrap(),
             json!(21056800)
         );
         assert_eq!(
-            declared(ColumnType::Int, None).value("5.0").unwrap(),
+            value(&declared(ColumnType::Int, None), "5.0").unwrap(),
             json!(5)
         );
         assert_eq!(
-            declared(ColumnType::Bool, None).value("Yes").unwrap(),
+            value(&declared(ColumnType::Bool, None), "Yes").unwrap(),
             json!(true)
         );
         assert_eq!(
-            declared(ColumnType::Date, None)
-                .value("2014-09-17")
-                .unwrap(),
+            value(&declared(ColumnType::Date, None), "2014-09-17").unwrap(),
             json!("2014-09-17")
         );
         assert_eq!(
-            declared(ColumnType::Date, Some("%d/%m/%Y"))
-                .value("17/09/2014")
-                .unwrap(),
+            value(&declared(ColumnType::Date, Some("%d/%m/%Y")), "17/09/2014").unwrap(),
             json!("2014-09-17")
         );
         assert_eq!(
-            declared(ColumnType::Timestamp, None)
-                .value("2021-01-02 03:04:05")
-                .unwrap(),
+            value(
+                &declared(ColumnType::Timestamp, None),
+                "2021-01-02 03:04:05"
+            )
+            .unwrap(),
             json!("2021-01-02T03:04:05Z")
         );
     }
 
     #[test]
+    fn whole_floats_keep_their_json_type() {
+        assert_eq!(
+            value(&declared(ColumnType::Float, None), "21056800").unwrap(),
+            json!(21056800.0)
+        );
+        assert_eq!(
+            value(&Parse::Text, "a \"quoted\" \\ text").unwrap(),
+            json!("a \"quoted\" \\ text")
+        );
+    }
+
+    #[test]
     fn a_value_that_does_not_fit_its_type_says_so() {
-        let err = declared(ColumnType::Float, None).value("abc").unwrap_err();
+        let err = value(&declared(ColumnType::Float, None), "abc").unwrap_err();
         assert!(err.contains("abc"), "{err}");
-        assert!(declared(ColumnType::Int, None).value("1.5").is_err());
-        assert!(declared(ColumnType::Date, None)
-            .value("2014-13-45")
-            .is_err());
+        assert!(value(&declared(ColumnType::Int, None), "1.5").is_err());
+        assert!(value(&declared(ColumnType::Date, None), "2014-13-45").is_err());
     }
 
     #[test]
     fn inference_prefers_integers_then_floats_then_bools() {
-        assert_eq!(Parse::Inferred.value("42").unwrap(), json!(42));
-        assert_eq!(Parse::Inferred.value("4.5").unwrap(), json!(4.5));
-        assert_eq!(Parse::Inferred.value("true").unwrap(), json!(true));
-        assert_eq!(Parse::Inferred.value("BTC").unwrap(), json!("BTC"));
+        assert_eq!(value(&Parse::Inferred, "42").unwrap(), json!(42));
+        assert_eq!(value(&Parse::Inferred, "4.5").unwrap(), json!(4.5));
+        assert_eq!(value(&Parse::Inferred, "true").unwrap(), json!(true));
+        assert_eq!(value(&Parse::Inferred, "BTC").unwrap(), json!("BTC"));
     }
 
     #[test]
     fn dates_give_the_record_time() {
         let p = declared(ColumnType::Date, None);
-        assert_eq!(p.millis(&json!("1970-01-02")), Some(86_400_000));
+        assert_eq!(p.millis(&Field::Text("1970-01-02")), Some(86_400_000));
     }
 }

@@ -1,9 +1,12 @@
 //! The Kafka transport (rdkafka): an idempotent producer, one consumer group per sink with
 //! manual commits, topics created through the admin API, and source offsets in a compacted topic.
 
+mod producer;
+
+use producer::{Acks, DeliveredEnds, KafkaWriter, Producer};
+
 use super::{
-    Delivery, Incoming, OffsetStore, PartitionOffset, TopicReader, TopicWriter, Transport,
-    TransportError,
+    Incoming, OffsetStore, PartitionOffset, TopicReader, TopicWriter, Transport, TransportError,
 };
 use crate::config::{KafkaConfig, TopicSpec};
 use crate::Record;
@@ -16,8 +19,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -28,14 +31,8 @@ use tokio::sync::OnceCell;
 /// Transport over a Kafka cluster.
 pub struct KafkaTransport {
     config: KafkaConfig,
-    producer: FutureProducer<Quiet>,
-    delivered: DeliveredEnds,
+    producer: Producer,
 }
-
-/// (topic, partition) → offset after the last record this process's producer had acknowledged.
-/// Sinks drain at least that far: some Kafka-compatible brokers (tansu 0.6) report a high
-/// watermark that stops at the base offset of the last batch.
-type DeliveredEnds = Arc<Mutex<HashMap<(String, i32), i64>>>;
 
 impl KafkaTransport {
     /// Connects and checks the cluster answers, retrying until `connect_timeout`.
@@ -51,13 +48,12 @@ impl KafkaTransport {
         for (k, v) in &config.producer {
             client.set(k, v);
         }
-        let producer: FutureProducer<Quiet> = client
-            .create_with_context(Quiet::default())
+        let producer: Producer = client
+            .create_with_context(Acks::default())
             .map_err(|e| TransportError::fatal(format!("invalid Kafka producer settings: {e}")))?;
         let transport = KafkaTransport {
             config: config.clone(),
             producer,
-            delivered: DeliveredEnds::default(),
         };
         transport.wait_for_cluster().await?;
         Ok(transport)
@@ -137,7 +133,6 @@ impl KafkaTransport {
     fn new_writer(&self) -> KafkaWriter {
         KafkaWriter {
             producer: self.producer.clone(),
-            delivered: self.delivered.clone(),
         }
     }
 }
@@ -282,8 +277,12 @@ impl Transport for KafkaTransport {
                     "topics {names:?} were created but do not show up in the cluster metadata"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    fn sends_json_text(&self) -> bool {
+        true
     }
 
     fn writer(&self) -> Arc<dyn TopicWriter> {
@@ -342,7 +341,7 @@ impl Transport for KafkaTransport {
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                Offset::Offset(o) => Some(((e.topic().into(), e.partition()), o)),
                 _ => None,
             })
             .collect();
@@ -353,14 +352,16 @@ impl Transport for KafkaTransport {
             consumer,
             assignment,
             positions,
-            delivered: self.delivered.clone(),
+            delivered: self.producer.context().delivered.clone(),
             watermarks: self.producer.clone(),
+            last_topic: None,
         }))
     }
 
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
         Ok(Box::new(KafkaOffsetStore {
             config: self.config.clone(),
+            producer: self.producer.clone(),
             pipeline: pipeline.to_string(),
             writer: self.new_writer(),
             loaded: OnceCell::new(),
@@ -368,121 +369,29 @@ impl Transport for KafkaTransport {
     }
 }
 
-struct KafkaWriter {
-    producer: FutureProducer<Quiet>,
-    delivered: DeliveredEnds,
-}
-
-#[async_trait]
-impl TopicWriter for KafkaWriter {
-    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
-        // Delivery futures with the index of their topic in `topics` (records of one send mostly
-        // share a topic: no string per message).
-        let mut pending = Vec::with_capacity(records.len());
-        let mut topics: Vec<String> = Vec::new();
-        let mut buffer = Vec::with_capacity(256);
-        for record in &records {
-            // librdkafka copies the payload, so one buffer serves every record.
-            let tombstone = record.value.is_null();
-            if !tombstone {
-                buffer.clear();
-                serde_json::to_writer(&mut buffer, &record.value)
-                    .map_err(|e| TransportError::fatal(format!("cannot encode record: {e}")))?;
-            }
-            let mut message: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
-            if let Some(key) = &record.key {
-                message = message.key(key.as_slice());
-            }
-            if !tombstone {
-                message = message.payload(buffer.as_slice());
-            }
-            if let Some(ts) = record.timestamp {
-                message = message.timestamp(ts);
-            }
-            if !record.headers.is_empty() {
-                let headers = record
-                    .headers
-                    .iter()
-                    .fold(OwnedHeaders::new(), |h, (k, v)| {
-                        h.insert(Header {
-                            key: k,
-                            value: Some(v),
-                        })
-                    });
-                message = message.headers(headers);
-            }
-            loop {
-                match self.producer.send_result(message) {
-                    Ok(delivery) => {
-                        if topics.last() != Some(&record.topic) {
-                            topics.push(record.topic.clone());
-                        }
-                        pending.push((delivery, topics.len() - 1));
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        message = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => {
-                        return Err(TransportError::fatal(format!(
-                            "cannot produce to `{}`: {e}",
-                            record.topic
-                        )))
-                    }
-                }
-            }
-        }
-        let delivered = self.delivered.clone();
-        Ok(async move {
-            let mut ends: HashMap<(usize, i32), i64> = HashMap::new();
-            for (delivery, topic) in pending {
-                match delivery.await {
-                    Ok(Ok(at)) => {
-                        let end = ends.entry((topic, at.partition)).or_default();
-                        *end = (*end).max(at.offset + 1);
-                    }
-                    Ok(Err((e, message))) => {
-                        return Err(TransportError::fatal(format!(
-                            "delivery to `{}` failed: {e}",
-                            message.topic()
-                        )))
-                    }
-                    Err(_) => {
-                        return Err(TransportError::fatal(
-                            "the Kafka producer shut down before delivery",
-                        ))
-                    }
-                }
-            }
-            let mut all = delivered.lock().unwrap_or_else(|e| e.into_inner());
-            for ((topic, partition), end) in ends {
-                let known = all.entry((topics[topic].clone(), partition)).or_default();
-                *known = (*known).max(end);
-            }
-            Ok(())
-        }
-        .boxed())
-    }
-}
-
 struct KafkaReader {
     consumer: Arc<StreamConsumer<Quiet>>,
     assignment: TopicPartitionList,
     /// Next offset per partition: committed at start, then after what this reader returned.
-    positions: HashMap<(String, i32), i64>,
+    positions: HashMap<(Arc<str>, i32), i64>,
     delivered: DeliveredEnds,
     /// Asks for watermarks on the producer's connections: the consumer's may be held by a
     /// long-polling fetch.
-    watermarks: FutureProducer<Quiet>,
+    watermarks: Producer,
+    /// The topic of the last message read, shared by the records that follow from it.
+    last_topic: Option<Arc<str>>,
 }
 
 impl KafkaReader {
     fn decode(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
-        let topic = message.topic().to_string();
+        let topic = match &self.last_topic {
+            Some(topic) if **topic == *message.topic() => topic.clone(),
+            _ => self.last_topic.insert(message.topic().into()).clone(),
+        };
         self.positions
             .insert((topic.clone(), message.partition()), message.offset() + 1);
         let envelope = Record {
+            encoded_value: None,
             key: message.key().map(<[u8]>::to_vec),
             value: Value::Null,
             headers: message
@@ -566,10 +475,10 @@ impl TopicReader for KafkaReader {
     async fn seek(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
         let mut assignment = TopicPartitionList::new();
         for e in self.assignment.elements() {
-            let key = (e.topic().to_string(), e.partition());
+            let key: (Arc<str>, i32) = (e.topic().into(), e.partition());
             let at = offsets
                 .iter()
-                .find(|o| o.topic == key.0 && o.partition == key.1)
+                .find(|o| *o.topic == *key.0 && o.partition == key.1)
                 .map(|o| o.offset);
             let offset = at.map(Offset::Offset).unwrap_or(Offset::Stored);
             assignment
@@ -590,18 +499,14 @@ impl TopicReader for KafkaReader {
 
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
         let client = self.watermarks.clone();
-        let partitions: Vec<(String, i32)> = self
+        let partitions: Vec<(Arc<str>, i32)> = self
             .assignment
             .elements()
             .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
+            .map(|e| (e.topic().into(), e.partition()))
             .collect();
         let positions = self.positions.clone();
-        let delivered = self
-            .delivered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let delivered = self.delivered.clone();
         blocking(move || {
             for key in partitions {
                 let (low, high) = client
@@ -613,7 +518,7 @@ impl TopicReader for KafkaReader {
                             key.0, key.1
                         ))
                     })?;
-                let high = high.max(delivered.get(&key).copied().unwrap_or(0));
+                let high = high.max(delivered.get(&key.0, key.1));
                 if positions.get(&key).copied().unwrap_or(low) < high {
                     return Ok(false);
                 }
@@ -627,6 +532,8 @@ impl TopicReader for KafkaReader {
 /// Source offsets as records keyed `[pipeline, component, source partition]` in a compacted topic.
 struct KafkaOffsetStore {
     config: KafkaConfig,
+    /// Already connected: asked for the topic's layout, so an empty topic needs no consumer.
+    producer: Producer,
     pipeline: String,
     writer: KafkaWriter,
     /// component → partition → offset, read once from the whole topic.
@@ -636,18 +543,12 @@ struct KafkaOffsetStore {
 impl KafkaOffsetStore {
     fn read_topic(
         config: KafkaConfig,
+        producer: Producer,
         pipeline: String,
     ) -> Result<HashMap<String, HashMap<String, Value>>, TransportError> {
-        let mut client = base_config(&config);
-        client
-            .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer<Quiet> = client
-            .create_with_context(Quiet::default())
-            .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
         let topic = &config.offsets_topic;
-        let metadata = consumer
+        let metadata = producer
+            .client()
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(|e| {
                 TransportError::transient(format!("cannot read metadata of `{topic}`: {e}"))
@@ -660,14 +561,17 @@ impl KafkaOffsetStore {
         let mut remaining = HashMap::new();
         let mut list = TopicPartitionList::new();
         for p in partitions {
-            let (low, high) = consumer
+            let (low, high) = producer
+                .client()
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .map_err(|e| {
                     TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
                 })?;
             if high > low {
                 remaining.insert(p, high);
-                list.add_partition_offset(topic, p, Offset::Beginning)
+                // From the known low watermark: `Beginning` would wait on librdkafka's 500 ms
+                // offset-query timer.
+                list.add_partition_offset(topic, p, Offset::Offset(low))
                     .map_err(|e| TransportError::fatal(e.to_string()))?;
             }
         }
@@ -675,6 +579,15 @@ impl KafkaOffsetStore {
         if remaining.is_empty() {
             return Ok(all);
         }
+        let mut client = base_config(&config);
+        client
+            .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10");
+        let consumer: BaseConsumer<Quiet> = client
+            .create_with_context(Quiet::default())
+            .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
         consumer
             .assign(&list)
             .map_err(|e| TransportError::fatal(format!("cannot read `{topic}`: {e}")))?;
@@ -685,7 +598,7 @@ impl KafkaOffsetStore {
                     "timed out reading source offsets from `{topic}`"
                 )));
             }
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            let Some(message) = consumer.poll(Duration::from_millis(50)) else {
                 continue;
             };
             let message = message
@@ -722,7 +635,8 @@ impl OffsetStore for KafkaOffsetStore {
             .loaded
             .get_or_try_init(|| {
                 let (config, pipeline) = (self.config.clone(), self.pipeline.clone());
-                async move { blocking(move || Self::read_topic(config, pipeline)).await? }
+                let producer = self.producer.clone();
+                async move { blocking(move || Self::read_topic(config, producer, pipeline)).await? }
             })
             .await?;
         Ok(all.get(component).cloned().unwrap_or_default())
@@ -739,7 +653,7 @@ impl OffsetStore for KafkaOffsetStore {
                 let key =
                     serde_json::to_vec(&(&self.pipeline, component, partition)).unwrap_or_default();
                 let mut r = Record::new(offset.clone()).with_key(key);
-                r.topic = self.config.offsets_topic.clone();
+                r.topic = self.config.offsets_topic.as_str().into();
                 r
             })
             .collect();

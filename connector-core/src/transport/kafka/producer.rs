@@ -1,0 +1,209 @@
+//! The Kafka writer: one idempotent librdkafka producer per transport, acknowledging each
+//! `send` as a whole. Every message of a batch carries a shared counter as its delivery opaque;
+//! librdkafka's delivery reports count it down and the last one resolves the batch's
+//! [`Delivery`] — no future or channel per message.
+
+use super::Quiet;
+use crate::transport::{Delivery, TopicWriter, TransportError};
+use crate::Record;
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The producer every writer of a transport shares.
+pub(super) type Producer = ThreadedProducer<Acks>;
+
+/// Per topic, per partition: the offset after the last record this process's producer had
+/// acknowledged. Sinks drain at least that far: some Kafka-compatible brokers (tansu 0.6)
+/// report a high watermark that stops at the base offset of the last batch.
+#[derive(Clone, Default)]
+pub(super) struct DeliveredEnds(Arc<Mutex<HashMap<String, Vec<i64>>>>);
+
+impl DeliveredEnds {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<i64>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn advance(&self, topic: &str, partition: i32, end: i64) {
+        let Ok(index) = usize::try_from(partition) else {
+            return;
+        };
+        let mut all = self.lock();
+        let ends = match all.get_mut(topic) {
+            Some(ends) => ends,
+            None => all.entry(topic.to_string()).or_default(),
+        };
+        if ends.len() <= index {
+            ends.resize(index + 1, 0);
+        }
+        ends[index] = ends[index].max(end);
+    }
+
+    /// The acknowledged end of `topic`/`partition`; 0 when nothing was written there.
+    pub(super) fn get(&self, topic: &str, partition: i32) -> i64 {
+        let index = usize::try_from(partition).unwrap_or(usize::MAX);
+        self.lock()
+            .get(topic)
+            .and_then(|ends| ends.get(index).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// The producer's context: librdkafka's logs through [`Quiet`], delivery reports counted into
+/// their batch and into [`DeliveredEnds`].
+#[derive(Clone, Default)]
+pub(super) struct Acks {
+    quiet: Quiet,
+    pub(super) delivered: DeliveredEnds,
+}
+
+impl ClientContext for Acks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Arc<Batch>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
+        match result {
+            Ok(message) => {
+                self.delivered
+                    .advance(message.topic(), message.partition(), message.offset() + 1)
+            }
+            Err((e, message)) => {
+                batch.fail(format!("delivery to `{}` failed: {e}", message.topic()))
+            }
+        }
+        batch.settle_one();
+    }
+}
+
+/// The messages of one `send`, counted down as librdkafka reports them.
+pub(super) struct Batch {
+    /// Messages not reported yet, plus one while `send` is still handing messages over.
+    unsettled: AtomicUsize,
+    /// The first delivery failure.
+    error: Mutex<Option<String>>,
+    done: Mutex<Option<oneshot::Sender<Result<(), TransportError>>>>,
+}
+
+impl Batch {
+    fn new() -> (Arc<Self>, oneshot::Receiver<Result<(), TransportError>>) {
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            unsettled: AtomicUsize::new(1),
+            error: Mutex::new(None),
+            done: Mutex::new(Some(tx)),
+        };
+        (Arc::new(batch), rx)
+    }
+
+    fn fail(&self, message: String) {
+        self.error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(message);
+    }
+
+    /// One message reported (or the sender done); the last one resolves the batch.
+    fn settle_one(&self) {
+        if self.unsettled.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let result = match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(message) => Err(TransportError::fatal(message)),
+            None => Ok(()),
+        };
+        if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = done.send(result); // nobody waits when the sender gave up
+        }
+    }
+}
+
+pub(super) struct KafkaWriter {
+    pub(super) producer: Producer,
+}
+
+#[async_trait]
+impl TopicWriter for KafkaWriter {
+    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+        let (batch, settled) = Batch::new();
+        // librdkafka copies the payload, so one buffer serves every record encoded here.
+        let mut buffer = Vec::with_capacity(256);
+        for record in &records {
+            let payload = match (&record.encoded_value, record.is_tombstone()) {
+                (Some(text), _) => Some(text.as_slice()),
+                (None, true) => None,
+                (None, false) => {
+                    buffer.clear();
+                    serde_json::to_writer(&mut buffer, &record.value)
+                        .map_err(|e| TransportError::fatal(format!("cannot encode record: {e}")))?;
+                    Some(buffer.as_slice())
+                }
+            };
+            let mut message: BaseRecord<'_, [u8], [u8], Arc<Batch>> =
+                BaseRecord::with_opaque_to(&record.topic, batch.clone());
+            if let Some(key) = &record.key {
+                message = message.key(key.as_slice());
+            }
+            if let Some(payload) = payload {
+                message = message.payload(payload);
+            }
+            if let Some(ts) = record.timestamp {
+                message = message.timestamp(ts);
+            }
+            if !record.headers.is_empty() {
+                let headers = record
+                    .headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |h, (k, v)| {
+                        h.insert(Header {
+                            key: k,
+                            value: Some(v),
+                        })
+                    });
+                message = message.headers(headers);
+            }
+            batch.unsettled.fetch_add(1, Ordering::AcqRel);
+            loop {
+                match self.producer.send(message) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        message = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(TransportError::fatal(format!(
+                            "cannot produce to `{}`: {e}",
+                            record.topic
+                        )))
+                    }
+                }
+            }
+        }
+        batch.settle_one(); // every message handed over
+        Ok(async move {
+            settled.await.unwrap_or_else(|_| {
+                Err(TransportError::fatal(
+                    "the Kafka producer shut down before delivery",
+                ))
+            })
+        }
+        .boxed())
+    }
+}
