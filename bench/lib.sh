@@ -30,3 +30,10 @@ measure() {
 rate() { python3 -c "print(int($n / max($1, 1e-9)))"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
 mib() { python3 -c "print(f'{$1 / 1024:.0f} MiB')"; }
+
+# summary_rate COMPONENT: the rate that sluice's end-of-run summary gives COMPONENT
+# (`pipeline/id`) in the last measured run: records out over its time from its first record to
+# its end, so start-up (connecting, creating topics) is left out, as the baselines' timers do.
+summary_rate() {
+  awk -v c="$1" '$1 == c { for (i = NF; i > 0; i--) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$work/last.err"
+}

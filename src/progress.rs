@@ -64,7 +64,11 @@ impl Progress {
         let now = snapshots(&self.runs);
         let elapsed = self.started.elapsed();
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "\nsummary after {:.1}s:", elapsed.as_secs_f64());
+        let _ = writeln!(
+            err,
+            "\nsummary after {:.1}s (rate: records out over each component's time from its first record to its end):",
+            elapsed.as_secs_f64()
+        );
         for line in lines(&self.runs, &now, None) {
             let _ = writeln!(err, "{line}");
         }
@@ -90,14 +94,14 @@ fn lines(
     for run in runs {
         for m in &run.metrics {
             let s = now[i];
-            let rate = before
-                .map(|(b, secs)| {
-                    format!(
-                        "{:.0}",
-                        (s.records_out.saturating_sub(b[i].records_out)) as f64 / secs
-                    )
-                })
-                .unwrap_or_default();
+            let rate = match before {
+                Some((b, secs)) => Some((s.records_out.saturating_sub(b[i].records_out), secs)),
+                None => m
+                    .active_time()
+                    .map(|t| (s.records_out, t.as_secs_f64().max(1e-3))),
+            }
+            .map(|(records, secs)| format!("{:.0}", records as f64 / secs))
+            .unwrap_or_default();
             let state = if s.finished { " done" } else { "" };
             out.push(format!(
                 "  {:<28} {:>12} {:>12} {:>10} {:>9} {:>12}{state}",

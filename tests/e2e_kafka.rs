@@ -98,6 +98,7 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
     let slow = [
         ("SLUICE_SOURCES__YAHOO_CSV__RATE", "1000"),
         ("SLUICE_SOURCES__YAHOO_CSV__BATCH_SIZE", "50"),
+        ("SLUICE_SOURCES__YAHOO_CSV__MAX_IN_FLIGHT_BATCHES", "8"),
         ("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "100"),
         ("SLUICE_SINKS__ARCHIVE__BATCH__LINGER", "50ms"),
     ];

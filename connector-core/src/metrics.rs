@@ -1,7 +1,8 @@
 //! Per-component counters, shared by the runtime (writes) and the CLI's progress display (reads).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Counters of one component.
 #[derive(Debug, Default)]
@@ -19,6 +20,10 @@ pub struct ComponentMetrics {
     pub skipped: AtomicU64,
     /// Set once the component has stopped.
     pub finished: AtomicBool,
+    /// When the first record came in.
+    first_record_at: OnceLock<Instant>,
+    /// When the component stopped.
+    finished_at: OnceLock<Instant>,
 }
 
 impl ComponentMetrics {
@@ -32,6 +37,29 @@ impl ComponentMetrics {
 
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` records in; the first ones start the active time.
+    pub fn received(&self, n: usize) {
+        if n > 0 {
+            self.first_record_at.get_or_init(Instant::now);
+        }
+        Self::add(&self.records_in, n);
+    }
+
+    /// Marks the component stopped; this ends its active time.
+    pub fn finish(&self) {
+        self.finished_at.get_or_init(Instant::now);
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    /// From the first record in to the stop, once stopped: the time a throughput is taken over.
+    pub fn active_time(&self) -> Option<Duration> {
+        Some(
+            self.finished_at
+                .get()?
+                .duration_since(*self.first_record_at.get()?),
+        )
     }
 
     /// A point-in-time copy.

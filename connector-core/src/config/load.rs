@@ -249,12 +249,20 @@ impl Loader<'_> {
                 .inner
                 .validate()
                 .map_err(|e| fail("sources", id, e))?;
-            if source.batch_size == 0 {
-                return Err(fail(
-                    "sources",
-                    id,
-                    vec![FieldError::new("batch_size", "must be at least 1")],
-                ));
+            for (field, value) in [
+                ("batch_size", source.batch_size),
+                (
+                    "max_in_flight_batches",
+                    source.max_in_flight_batches.unwrap_or(1),
+                ),
+            ] {
+                if value == 0 {
+                    return Err(fail(
+                        "sources",
+                        id,
+                        vec![FieldError::new(field, "must be at least 1")],
+                    ));
+                }
             }
             for (i, t) in source.transforms.iter().enumerate() {
                 t.validate()

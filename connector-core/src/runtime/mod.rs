@@ -215,6 +215,9 @@ impl PipelineRun {
                 source: built,
                 topic: source.topic.as_str().into(),
                 batch_size: source.batch_size,
+                max_in_flight_batches: source
+                    .max_in_flight_batches
+                    .unwrap_or_else(|| transport.default_in_flight_batches()),
                 transforms: build_transforms(id, &source.transforms)?,
                 writer: transport.writer(),
                 offsets: offsets.clone(),

@@ -61,9 +61,7 @@ impl SinkTask {
             let flushed = std::mem::take(&mut pending.flushed);
             self.commit(&flushed, true).await;
         }
-        self.metrics
-            .finished
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.finish();
         result
     }
 
@@ -133,7 +131,7 @@ impl SinkTask {
         if incoming.is_empty() {
             return Ok(());
         }
-        ComponentMetrics::add(&self.metrics.records_in, incoming.len());
+        self.metrics.received(incoming.len());
         pending.since.get_or_insert_with(Instant::now);
         for item in incoming {
             let (topic, partition, offset) = item.coordinates();

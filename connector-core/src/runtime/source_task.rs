@@ -17,14 +17,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Batches sent but not yet acknowledged, per source: bounds memory and duplicates after a crash.
-const IN_FLIGHT_BATCHES: usize = 8;
-
 pub(super) struct SourceTask {
     pub id: String,
     pub source: Box<dyn Source>,
     pub topic: Arc<str>,
     pub batch_size: usize,
+    /// Batches sent but not yet acknowledged: bounds memory and duplicates after a crash.
+    pub max_in_flight_batches: usize,
     pub transforms: Vec<Box<dyn Transform>>,
     pub writer: Arc<dyn TopicWriter>,
     pub offsets: Arc<dyn OffsetStore>,
@@ -55,7 +54,7 @@ impl SourceTask {
                 give_up.cancel();
             });
         }
-        let (sent_tx, sent_rx) = mpsc::channel::<Sent>(IN_FLIGHT_BATCHES);
+        let (sent_tx, sent_rx) = mpsc::channel::<Sent>(self.max_in_flight_batches);
         let (acked_tx, acked_rx) = watch::channel(HashMap::new());
         let acker = tokio::spawn(acknowledge(
             sent_rx,
@@ -76,9 +75,7 @@ impl SourceTask {
         let stored = committer
             .await
             .map_err(|e| ConnectorError::internal(format!("offset writer panicked: {e}")));
-        self.metrics
-            .finished
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.finish();
         produced?;
         acked??;
         stored??;
@@ -104,7 +101,7 @@ impl SourceTask {
             if items.is_empty() {
                 continue;
             }
-            ComponentMetrics::add(&self.metrics.records_in, items.len());
+            self.metrics.received(items.len());
             let mut records = Vec::with_capacity(items.len());
             let mut offsets = HashMap::new();
             // Consecutive items mostly share a partition: one map insert per run of them.

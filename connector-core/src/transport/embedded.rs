@@ -158,6 +158,10 @@ impl Transport for EmbeddedTransport {
         false
     }
 
+    fn default_in_flight_batches(&self) -> usize {
+        8 // deliveries wait for the sinks' commits; more only holds more records in memory
+    }
+
     fn writer(&self) -> Arc<dyn TopicWriter> {
         Arc::new(EmbeddedWriter {
             broker: self.broker.clone(),
@@ -285,13 +289,23 @@ impl EmbeddedReader {
         for i in 0..count {
             let (topic, positions) = &mut self.topics[(self.next_topic + i) % count];
             let state = lock(&topic.state);
-            for (p, log) in state.partitions.iter().enumerate() {
-                let pos = &mut positions[p];
-                *pos = (*pos).max(log.base);
-                while *pos < log.end() && out.len() < max {
-                    let record = &log.records[(*pos - log.base) as usize];
-                    out.push(Incoming::Record(Record::clone(record)));
-                    *pos += 1;
+            // A share of each partition per round, so the oldest records of every partition go
+            // first: a source's batch spans partitions, and its delivery waits for all of them.
+            let share = (max / state.partitions.len().max(1)).max(64);
+            loop {
+                let before = out.len();
+                for (p, log) in state.partitions.iter().enumerate() {
+                    let pos = &mut positions[p];
+                    *pos = (*pos).max(log.base);
+                    let stop = (*pos + share as i64).min(log.end());
+                    while *pos < stop && out.len() < max {
+                        let record = &log.records[(*pos - log.base) as usize];
+                        out.push(Incoming::Record(Record::clone(record)));
+                        *pos += 1;
+                    }
+                }
+                if out.len() == before || out.len() >= max {
+                    break;
                 }
             }
         }
@@ -440,6 +454,43 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(a.caught_up().await.unwrap() && b.caught_up().await.unwrap());
+    }
+
+    /// A poll smaller than what is waiting takes the oldest records of every partition, not
+    /// one partition after the other: a source batch spans partitions and its delivery waits
+    /// for all of them, so starving the last partitions stalled sources until the sink lingered.
+    #[tokio::test]
+    async fn a_small_poll_takes_from_every_partition() {
+        let t = transport(100_000);
+        let spec = TopicSpec {
+            partitions: 10,
+            ..TopicSpec::default()
+        };
+        t.ensure_topics(&IndexMap::from([("t".to_string(), spec)]))
+            .await
+            .unwrap();
+        let mut reader = t.reader("g", &["t".into()]).await.unwrap();
+        let _delivery = t
+            .writer()
+            .send(
+                (0..10_000)
+                    .map(|n| record("t", &format!("k{n}"), n))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let polled = reader.poll(1_000, Duration::from_millis(20)).await.unwrap();
+        assert_eq!(polled.len(), 1_000);
+        let mut per_partition = [0; 10];
+        for item in &polled {
+            let (_, partition, offset) = item.coordinates();
+            assert!(
+                offset < 200,
+                "offset {offset} of partition {partition} is not among the oldest"
+            );
+            per_partition[partition as usize] += 1;
+        }
+        assert!(per_partition.iter().all(|&n| n >= 64), "{per_partition:?}");
     }
 
     #[tokio::test]

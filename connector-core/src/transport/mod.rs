@@ -92,6 +92,9 @@ pub trait Transport: Send + Sync {
     /// that text ([`Record::encoded_value`]) are cheapest; false when it keeps `Value`s.
     fn sends_json_text(&self) -> bool;
 
+    /// How many batches a source keeps unacknowledged unless its config says.
+    fn default_in_flight_batches(&self) -> usize;
+
     /// Joins consumer group `group` on `topics`. Create every reader before producing: the
     /// embedded transport keeps records until every group reading a topic has committed them.
     async fn reader(

@@ -23,6 +23,9 @@ pub(super) enum Field<'a> {
     Int(i64),
     /// Always finite.
     Float(f64),
+    /// A float whose text is already a plain JSON decimal ([`plain_decimal`]): written as is,
+    /// parsed only when a `Value` is asked for.
+    Decimal(&'a str),
     Bool(bool),
 }
 
@@ -46,6 +49,11 @@ impl Field<'_> {
             Field::Owned(text) => Value::String(text),
             Field::Int(i) => Value::from(i),
             Field::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+            Field::Decimal(text) => text
+                .parse::<f64>()
+                .ok()
+                .and_then(Number::from_f64)
+                .map_or(Value::Null, Value::Number),
             Field::Bool(b) => Value::Bool(b),
         }
     }
@@ -58,6 +66,7 @@ impl Field<'_> {
             Field::Owned(text) => serde_json::to_writer(out, text)?,
             Field::Int(i) => serde_json::to_writer(out, i)?,
             Field::Float(f) => serde_json::to_writer(out, f)?,
+            Field::Decimal(text) => out.extend_from_slice(text.as_bytes()),
             Field::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         }
         Ok(())
@@ -124,6 +133,7 @@ fn typed<'a>(t: ColumnType, format: Option<&str>, text: &'a str) -> Result<Field
                 _ => Err(()),
             })
             .map_err(|_| format!("`{text}` is not an integer")),
+        ColumnType::Float if plain_decimal(trimmed) => Ok(Field::Decimal(trimmed)),
         ColumnType::Float => trimmed
             .parse::<f64>()
             .ok()
@@ -153,6 +163,21 @@ fn typed<'a>(t: ColumnType, format: Option<&str>, text: &'a str) -> Result<Field
                 None => format!("`{text}` is not an RFC 3339 or `YYYY-MM-DD HH:MM:SS` timestamp"),
             }),
     }
+}
+
+/// True for `-?(0|[1-9]digits).digits` with at most 15 integer digits: a JSON number with a
+/// fraction, so a float, and finite. Most CSV floats look like this; copying their text saves
+/// parsing and reformatting them, and JSON readers get the same double either way.
+fn plain_decimal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    let Some(dot) = digits.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (int, frac) = (&digits[..dot], &digits[dot + 1..]);
+    (1..=15).contains(&int.len())
+        && (int[0] != b'0' || int.len() == 1)
+        && !frac.is_empty()
+        && int.iter().chain(frac).all(u8::is_ascii_digit)
 }
 
 /// A `YYYY-MM-DD` date, checked without chrono's format parser (the hot path of dated CSVs).
@@ -259,6 +284,23 @@ mod tests {
         assert_eq!(
             value(&Parse::Text, "a \"quoted\" \\ text").unwrap(),
             json!("a \"quoted\" \\ text")
+        );
+    }
+
+    #[test]
+    fn only_plain_decimals_are_copied_as_written() {
+        for text in ["457.334015", "-0.5", "0.0", "123456789012345.5"] {
+            assert!(plain_decimal(text), "{text}");
+        }
+        for text in [
+            "21056800", "1e5", "1.5e3", ".5", "5.", "01.5", "+1.5", "-", "1.2.3", "NaN",
+        ] {
+            assert!(!plain_decimal(text), "{text}");
+        }
+        assert!(!plain_decimal(&format!("{}.5", "9".repeat(400))));
+        assert_eq!(
+            value(&declared(ColumnType::Float, None), " -0.25 ").unwrap(),
+            json!(-0.25)
         );
     }
 

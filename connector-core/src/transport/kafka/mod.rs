@@ -285,6 +285,10 @@ impl Transport for KafkaTransport {
         true
     }
 
+    fn default_in_flight_batches(&self) -> usize {
+        16 // enough to keep librdkafka's batches full while earlier ones are acknowledged
+    }
+
     fn writer(&self) -> Arc<dyn TopicWriter> {
         Arc::new(self.new_writer())
     }
