@@ -73,6 +73,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Still single-threaded: the one moment the process environment may be set.
+    sluice_sinks::mysql::cap_client_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")

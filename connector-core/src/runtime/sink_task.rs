@@ -33,10 +33,10 @@ struct Pending {
     records: Vec<Record>,
     dead: Vec<Record>,
     /// (topic, partition) → next offset to commit.
-    offsets: BTreeMap<(String, i32), i64>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
     since: Option<Instant>,
     /// Everything flushed so far, committed once more, waiting, when the task stops.
-    flushed: BTreeMap<(String, i32), i64>,
+    flushed: BTreeMap<(Arc<str>, i32), i64>,
 }
 
 impl Pending {
@@ -137,7 +137,7 @@ impl SinkTask {
             let (topic, partition, offset) = item.coordinates();
             pending
                 .offsets
-                .insert((topic.to_string(), partition), offset + 1);
+                .insert((topic.clone(), partition), offset + 1);
             match item {
                 Incoming::Record(record) if self.transforms.is_empty() => {
                     pending.records.push(record)
@@ -233,11 +233,11 @@ impl SinkTask {
 
     /// Commits `offsets`; `wait` for the last commit of the task. The data is stored already, so
     /// a commit that keeps failing only means reading it again (at-least-once): it is logged.
-    async fn commit(&mut self, offsets: &BTreeMap<(String, i32), i64>, wait: bool) {
+    async fn commit(&mut self, offsets: &BTreeMap<(Arc<str>, i32), i64>, wait: bool) {
         let offsets: Vec<PartitionOffset> = offsets
             .iter()
             .map(|((topic, partition), offset)| PartitionOffset {
-                topic: topic.clone(),
+                topic: topic.to_string(),
                 partition: *partition,
                 offset: *offset,
             })

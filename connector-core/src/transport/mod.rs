@@ -67,7 +67,7 @@ pub enum Incoming {
 
 impl Incoming {
     /// Where the item sits in its topic.
-    pub fn coordinates(&self) -> (&str, i32, i64) {
+    pub fn coordinates(&self) -> (&std::sync::Arc<str>, i32, i64) {
         let r = match self {
             Incoming::Record(r) => r,
             Incoming::Undecodable { envelope, .. } => envelope,

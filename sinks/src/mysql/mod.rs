@@ -8,6 +8,22 @@ mod sink;
 
 pub use config::{InsertMode, KeyMode, MysqlSinkConfig, PrimaryKey};
 
+/// Caps the packet buffers mysql_async keeps for reuse. By default it keeps up to 128 freed
+/// buffers of up to 4 MiB each; statements of thousands of rows fill them, and a sink ended up
+/// holding ~30 MiB for nothing. Settings the user exported win. mysql_async reads them once,
+/// on first use, so call this at start-up, before any thread is spawned (it sets the process
+/// environment).
+pub fn cap_client_buffers() {
+    for (name, value) in [
+        ("MYSQL_ASYNC_BUFFER_POOL_CAP", "16"),
+        ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "262144"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
 use sluice_core::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
 
 sluice_core::register_plugin!(Sink, "mysql", MysqlSinkConfig);

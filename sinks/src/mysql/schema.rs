@@ -5,6 +5,7 @@ use indexmap::IndexMap;
 use mysql_async::Value as Sql;
 use serde_json::Value;
 use sluice_core::Record;
+use std::borrow::Cow;
 
 /// `{topic}` filled in, with everything but letters, digits and `_` turned into `_`.
 pub fn table_name(template: &str, topic: &str) -> String {
@@ -28,7 +29,10 @@ pub fn quote(name: &str) -> String {
 
 /// The columns of a record: primary-key columns first (for `record_key`/`kafka`), then fields.
 /// `Err` when the record cannot be a row.
-pub fn row(config: &MysqlSinkConfig, record: &Record) -> Result<IndexMap<String, Value>, String> {
+pub fn row<'a>(
+    config: &MysqlSinkConfig,
+    record: &'a Record,
+) -> Result<IndexMap<Cow<'a, str>, Cow<'a, Value>>, String> {
     let Value::Object(fields) = &record.value else {
         return Err(format!(
             "the value is not a JSON object: {}",
@@ -36,29 +40,36 @@ pub fn row(config: &MysqlSinkConfig, record: &Record) -> Result<IndexMap<String,
         ));
     };
     let mut row = IndexMap::with_capacity(fields.len() + 3);
+    let mut put = |column: &'static str, value: Value| {
+        row.insert(Cow::Borrowed(column), Cow::Owned(value));
+    };
     match config.primary_key.mode {
         KeyMode::RecordKey => {
             let key = record
                 .key_str()
                 .ok_or("the record has no UTF-8 key for the primary key")?;
-            row.insert(key_column(config), Value::String(key.to_string()));
+            row.insert(
+                Cow::Owned(key_column(config)),
+                Cow::Owned(Value::String(key.to_string())),
+            );
         }
         KeyMode::Kafka => {
-            row.insert("_topic".into(), Value::String(record.topic.to_string()));
-            row.insert("_partition".into(), Value::from(record.partition));
-            row.insert("_offset".into(), Value::from(record.offset));
+            put("_topic", Value::String(record.topic.to_string()));
+            put("_partition", Value::from(record.partition));
+            put("_offset", Value::from(record.offset));
         }
         KeyMode::RecordValue | KeyMode::None => {}
     }
     for (name, value) in fields {
-        row.entry(name.clone()).or_insert_with(|| value.clone());
+        row.entry(Cow::Borrowed(name.as_str()))
+            .or_insert(Cow::Borrowed(value));
     }
     if config.primary_key.mode == KeyMode::RecordValue {
         if let Some(missing) = config
             .primary_key
             .fields
             .iter()
-            .find(|f| row.get(*f).is_none_or(Value::is_null))
+            .find(|f| row.get(f.as_str()).is_none_or(|v| v.is_null()))
         {
             return Err(format!("primary key field `{missing}` is missing or null"));
         }

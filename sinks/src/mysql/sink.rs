@@ -8,6 +8,7 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
 use sluice_core::transport::PartitionOffset;
 use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -26,9 +27,10 @@ const ROW_ERRORS: &[u16] = &[
 /// Server errors that pass: deadlock, lock wait timeout, too many connections, shutting down.
 const TRANSIENT: &[u16] = &[1205, 1213, 1040, 1053, 1927];
 /// A record as columns.
-type Row = IndexMap<String, Value>;
+/// Column → value, borrowed from the record where it can be.
+type Row<'a> = IndexMap<Cow<'a, str>, Cow<'a, Value>>;
 /// Table → rows, each with its index in the batch.
-type RowsByTable = IndexMap<String, Vec<(usize, Row)>>;
+type RowsByTable<'a> = IndexMap<String, Vec<(usize, Row<'a>)>>;
 /// Statements of one transaction: the batch index of the row a statement writes alone, SQL, parameters.
 type Plan = Vec<(Option<usize>, String, Vec<mysql_async::Value>)>;
 
@@ -170,12 +172,12 @@ impl MysqlSink {
     async fn ensure_table(
         &mut self,
         table: &str,
-        rows: &[(usize, Row)],
+        rows: &[(usize, Row<'_>)],
     ) -> Result<(), ConnectorError> {
         if let Some(known) = self.tables.get(table) {
             if rows
                 .iter()
-                .all(|(_, row)| row.keys().all(|c| known.contains_key(c)))
+                .all(|(_, row)| row.keys().all(|c| known.contains_key(c.as_ref())))
             {
                 return Ok(());
             }
@@ -187,7 +189,10 @@ impl MysqlSink {
         let mut wanted: IndexMap<&str, Vec<&Value>> = IndexMap::new();
         for (_, row) in rows {
             for (column, value) in row {
-                wanted.entry(column.as_str()).or_default().push(value);
+                wanted
+                    .entry(column.as_ref())
+                    .or_default()
+                    .push(value.as_ref());
             }
         }
         let keys = key_columns(&self.config);
@@ -264,7 +269,7 @@ impl MysqlSink {
         &self,
         table: &str,
         columns: &[&str],
-        rows: &[&IndexMap<String, Value>],
+        rows: &[&Row<'_>],
     ) -> (String, Vec<mysql_async::Value>) {
         let types = &self.tables[table];
         let sql_type = |c: &str| types.get(c).map(String::as_str).unwrap_or("");
@@ -281,7 +286,7 @@ impl MysqlSink {
             );
             let row = rows[0];
             for c in sets.iter().chain(&wheres) {
-                params.push(to_sql(row.get(*c).unwrap_or(&Value::Null), sql_type(c)));
+                params.push(to_sql(row.get(*c).map_or(&Value::Null, |v| v), sql_type(c)));
             }
             let sql = format!(
                 "UPDATE {} SET {} WHERE {}",
@@ -311,7 +316,7 @@ impl MysqlSink {
         );
         for row in rows {
             for c in columns {
-                params.push(to_sql(row.get(*c).unwrap_or(&Value::Null), sql_type(c)));
+                params.push(to_sql(row.get(*c).map_or(&Value::Null, |v| v), sql_type(c)));
             }
         }
         if self.config.insert_mode == InsertMode::Upsert {
@@ -335,7 +340,7 @@ impl MysqlSink {
     /// `one_by_one`, each row is its own statement and a row the server refuses is reported.
     async fn write(
         &mut self,
-        tables: &RowsByTable,
+        tables: &RowsByTable<'_>,
         deletes: &[(String, String)],
         offsets: &BTreeMap<(Arc<str>, i32), i64>,
         one_by_one: bool,
@@ -345,7 +350,7 @@ impl MysqlSink {
             let columns: Vec<&str> = {
                 let mut all: IndexMap<&str, ()> = IndexMap::new();
                 for (_, row) in rows {
-                    all.extend(row.keys().map(|k| (k.as_str(), ())));
+                    all.extend(row.keys().map(|k| (k.as_ref(), ())));
                 }
                 all.into_keys().collect()
             };
@@ -355,7 +360,7 @@ impl MysqlSink {
                 (MAX_PLACEHOLDERS / columns.len().max(1)).max(1)
             };
             for chunk in rows.chunks(per_statement) {
-                let refs: Vec<&IndexMap<String, Value>> = chunk.iter().map(|(_, r)| r).collect();
+                let refs: Vec<&Row<'_>> = chunk.iter().map(|(_, r)| r).collect();
                 let (sql, params) = self.statement(table, &columns, &refs);
                 plan.push((one_by_one.then_some(chunk[0].0), sql, params));
             }
@@ -425,12 +430,21 @@ impl Sink for MysqlSink {
         let mut tables: RowsByTable = IndexMap::new();
         let mut deletes = Vec::new();
         let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
+        // Records of a batch mostly share a topic: its table name is worked out once.
+        let mut last_table: Option<(&Arc<str>, String)> = None;
         for (i, record) in batch.iter().enumerate() {
             let next = offsets
                 .entry((record.topic.clone(), record.partition))
                 .or_default();
             *next = (*next).max(record.offset + 1);
-            let table = table_name(&self.config.table, &record.topic);
+            let table = match &last_table {
+                Some((topic, table)) if **topic == record.topic => table.clone(),
+                _ => {
+                    let table = table_name(&self.config.table, &record.topic);
+                    last_table = Some((&record.topic, table.clone()));
+                    table
+                }
+            };
             if record.value.is_null() {
                 if self.config.delete_on_tombstone {
                     if let Some(key) = record.key_str() {

@@ -305,9 +305,14 @@ impl Transport for KafkaTransport {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             // librdkafka prefetches up to 64 MiB and fetches up to 50 MiB per request by default;
-            // 16 MiB of each keeps a sink's batches fed and the process small.
+            // 16 MiB prefetched and 4 MiB per request keep a sink's batches fed and the process
+            // small. Asking the broker for at least 512 KiB per fetch (waiting at most 100 ms)
+            // makes fewer, fuller responses: Kafka → MySQL went from 128k to 230k rows/s on
+            // tansu, with a topic that trickles getting its records within 100 ms.
             .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.max.bytes", "16777216");
+            .set("fetch.max.bytes", "4194304")
+            .set("fetch.min.bytes", "524288")
+            .set("fetch.wait.max.ms", "100");
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
