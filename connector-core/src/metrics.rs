@@ -1,6 +1,6 @@
 //! Per-component counters, shared by the runtime (writes) and the CLI's progress display (reads).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,6 @@ pub struct ComponentMetrics {
     pub dead_lettered: AtomicU64,
     /// Records dropped on purpose (by a transform or a connector option such as `all_null_rows: skip`).
     pub skipped: AtomicU64,
-    /// Set once the component has stopped.
-    pub finished: AtomicBool,
     /// When the first record came in.
     first_record_at: OnceLock<Instant>,
     /// When the component stopped.
@@ -50,7 +48,6 @@ impl ComponentMetrics {
     /// Marks the component stopped; this ends its active time.
     pub fn finish(&self) {
         self.finished_at.get_or_init(Instant::now);
-        self.finished.store(true, Ordering::Relaxed);
     }
 
     /// From the first record in to the stop, once stopped: the time a throughput is taken over.
@@ -69,7 +66,7 @@ impl ComponentMetrics {
             records_out: self.records_out.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
-            finished: self.finished.load(Ordering::Relaxed),
+            finished: self.finished_at.get().is_some(),
         }
     }
 }
