@@ -158,7 +158,7 @@ pub struct SourceOuter {
     /// Most batches written to the topic but not yet acknowledged by it. More keeps the broker
     /// busier; fewer bounds memory and what a crash can write twice (at most these batches,
     /// since a source offset is stored only once everything before it is acknowledged).
-    /// Unset: 16 on Kafka; 8 on the embedded transport, whose acknowledgements wait for the
+    /// Unset: 32 on Kafka; 8 on the embedded transport, whose acknowledgements wait for the
     /// sinks' commits anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_batches: Option<usize>,

@@ -334,9 +334,13 @@ impl CsvReader {
         let mut key = None;
         let mut timestamp = None;
         let mut all_null = true;
-        for (i, text) in row.iter().enumerate() {
+        // One UTF-8 check for the whole row; a field is then a slice of it (unless a character
+        // straddles two fields, which the per-field check below reports).
+        let row_text = std::str::from_utf8(row.as_slice()).ok();
+        for (i, bytes) in row.iter().enumerate() {
             let name = &layout.names[i];
-            let Ok(text) = std::str::from_utf8(text) else {
+            let text = row_text.and_then(|whole| row.range(i).and_then(|r| whole.get(r)));
+            let Some(text) = text.or_else(|| std::str::from_utf8(bytes).ok()) else {
                 return bad(
                     path,
                     line,
@@ -465,7 +469,7 @@ mod tests {
     use super::*;
 
     /// Every item the reader makes of `csv`, with values as JSON text (`encode`) or as trees.
-    fn read(csv: &str, encode: bool) -> Vec<SourceRecord> {
+    fn read(csv: impl AsRef<[u8]>, encode: bool) -> Vec<SourceRecord> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.csv");
         std::fs::write(&path, csv).unwrap();
@@ -516,5 +520,28 @@ mod tests {
             }
         }
         assert_eq!(records, 3, "rows 1, 2 and 5 are records; 3 and 4 are bad");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_makes_a_bad_row_naming_its_field() {
+        let mut csv = b"Date,Close,Volume,Note\n2014-09-17,1.5,2,caf\xc3\xa9\n".to_vec();
+        // Bytes invalid in one field; a character split across two fields (valid only joined).
+        csv.extend_from_slice(b"2014-09-18,1.5,2,\xff\n2014-09-19,1.5,2\xc3,\xa9\n");
+        for encode in [false, true] {
+            let items = read(&csv, encode);
+            assert_eq!(items.len(), 3);
+            let Payload::Record(mut first) = items[0].payload.clone() else {
+                panic!("{:?}", items[0]);
+            };
+            first.decode_value().unwrap();
+            assert_eq!(first.value["Note"], "café");
+            for (item, field) in items[1..].iter().zip(["Note", "Volume"]) {
+                let Payload::Bad(bad) = &item.payload else {
+                    panic!("{item:?}");
+                };
+                assert_eq!(bad.message, format!("field `{field}` is not valid UTF-8"));
+                assert!(!bad.raw.is_empty());
+            }
+        }
     }
 }

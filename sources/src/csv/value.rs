@@ -26,6 +26,9 @@ pub(super) enum Field<'a> {
     /// A float whose text is already a plain JSON decimal ([`plain_decimal`]): written as is,
     /// parsed only when a `Value` is asked for.
     Decimal(&'a str),
+    /// An integer whose text is already canonical JSON ([`plain_integer`]): written as is,
+    /// parsed only when a `Value` is asked for.
+    Integer(&'a str),
     Bool(bool),
 }
 
@@ -54,6 +57,7 @@ impl Field<'_> {
                 .ok()
                 .and_then(Number::from_f64)
                 .map_or(Value::Null, Value::Number),
+            Field::Integer(text) => text.parse::<i64>().map_or(Value::Null, Value::from),
             Field::Bool(b) => Value::Bool(b),
         }
     }
@@ -66,7 +70,7 @@ impl Field<'_> {
             Field::Owned(text) => serde_json::to_writer(out, text)?,
             Field::Int(i) => serde_json::to_writer(out, i)?,
             Field::Float(f) => serde_json::to_writer(out, f)?,
-            Field::Decimal(text) => out.extend_from_slice(text.as_bytes()),
+            Field::Decimal(text) | Field::Integer(text) => out.extend_from_slice(text.as_bytes()),
             Field::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         }
         Ok(())
@@ -107,6 +111,9 @@ impl Parse {
 }
 
 fn infer(text: &str) -> Field<'_> {
+    if plain_integer(text) {
+        return Field::Integer(text);
+    }
     if let Ok(i) = text.parse::<i64>() {
         return Field::Int(i);
     }
@@ -121,9 +128,10 @@ fn infer(text: &str) -> Field<'_> {
 }
 
 fn typed<'a>(t: ColumnType, format: Option<&str>, text: &'a str) -> Result<Field<'a>, String> {
-    let trimmed = text.trim();
+    let trimmed = trim(text);
     match t {
         ColumnType::String => Ok(Field::Text(text)),
+        ColumnType::Int if plain_integer(trimmed) => Ok(Field::Integer(trimmed)),
         ColumnType::Int => trimmed
             .parse::<i64>()
             .map(Field::Int)
@@ -162,6 +170,29 @@ fn typed<'a>(t: ColumnType, format: Option<&str>, text: &'a str) -> Result<Field
                 Some(f) => format!("`{text}` is not a timestamp in format `{f}`"),
                 None => format!("`{text}` is not an RFC 3339 or `YYYY-MM-DD HH:MM:SS` timestamp"),
             }),
+    }
+}
+
+/// `text` without surrounding whitespace; fields that start and end with a visible ASCII
+/// character (nearly all) are returned without scanning.
+fn trim(text: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+    let bytes = text.as_bytes();
+    if visible(bytes.first()) && visible(bytes.last()) {
+        text
+    } else {
+        text.trim()
+    }
+}
+
+/// True for `0` and `-?[1-9]digits` with at most 18 digits: JSON's own spelling of an integer
+/// that fits an `i64`, so copying the text gives what parsing and reformatting it would.
+fn plain_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    match digits.first() {
+        Some(b'0') => text == "0",
+        Some(_) => digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit),
+        None => false,
     }
 }
 
@@ -302,6 +333,58 @@ mod tests {
             value(&declared(ColumnType::Float, None), " -0.25 ").unwrap(),
             json!(-0.25)
         );
+    }
+
+    #[test]
+    fn only_canonical_integers_are_copied_as_written() {
+        for text in ["0", "21056800", "-7", "999999999999999999"] {
+            assert!(plain_integer(text), "{text}");
+            let parsed: i64 = text.parse().unwrap();
+            assert_eq!(
+                value(&declared(ColumnType::Int, None), text).unwrap(),
+                json!(parsed)
+            );
+        }
+        for text in [
+            "-0",
+            "007",
+            "+5",
+            "1.0",
+            "1e3",
+            "-",
+            "",
+            "9999999999999999999",
+        ] {
+            assert!(!plain_integer(text), "{text}");
+        }
+        // Not copied, still read: whole floats, padding, and the longest i64s.
+        for (text, expected) in [
+            ("123.0", 123),
+            (" 42 ", 42),
+            ("-0", 0),
+            ("9223372036854775807", i64::MAX),
+        ] {
+            assert_eq!(
+                value(&declared(ColumnType::Int, None), text).unwrap(),
+                json!(expected),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn fields_are_trimmed_of_any_whitespace() {
+        for (text, trimmed) in [
+            ("abc", "abc"),
+            (" abc\t", "abc"),
+            ("\u{a0}abc", "abc"),
+            ("abc\u{2003}", "abc"),
+            ("\u{b}1", "1"),
+            ("é", "é"),
+            ("", ""),
+        ] {
+            assert_eq!(trim(text), trimmed, "{text:?}");
+        }
     }
 
     #[test]

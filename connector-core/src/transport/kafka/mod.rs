@@ -286,7 +286,9 @@ impl Transport for KafkaTransport {
     }
 
     fn default_in_flight_batches(&self) -> usize {
-        16 // enough to keep librdkafka's batches full while earlier ones are acknowledged
+        // Acknowledgements take a linger plus a broker round trip; fewer batches than this left
+        // the source waiting for them a quarter of the time (1M-row benchmark).
+        32
     }
 
     fn writer(&self) -> Arc<dyn TopicWriter> {

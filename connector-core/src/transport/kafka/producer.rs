@@ -13,7 +13,6 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -25,11 +24,17 @@ pub(super) type Producer = ThreadedProducer<Acks>;
 /// Per topic, per partition: the offset after the last record this process's producer had
 /// acknowledged. Sinks drain at least that far: some Kafka-compatible brokers (tansu 0.6)
 /// report a high watermark that stops at the base offset of the last batch.
+///
+/// Updated once per delivery report, so kept as a short list searched by name: a process
+/// writes a handful of topics, and comparing a name is cheaper than hashing it.
 #[derive(Clone, Default)]
-pub(super) struct DeliveredEnds(Arc<Mutex<HashMap<String, Vec<i64>>>>);
+pub(super) struct DeliveredEnds(Arc<Mutex<Vec<TopicEnds>>>);
+
+/// A topic's name and, by partition, the end acknowledged there.
+type TopicEnds = (String, Vec<i64>);
 
 impl DeliveredEnds {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<i64>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<TopicEnds>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -38,10 +43,14 @@ impl DeliveredEnds {
             return;
         };
         let mut all = self.lock();
-        let ends = match all.get_mut(topic) {
-            Some(ends) => ends,
-            None => all.entry(topic.to_string()).or_default(),
+        let at = match all.iter().position(|(name, _)| name == topic) {
+            Some(at) => at,
+            None => {
+                all.push((topic.to_string(), Vec::new()));
+                all.len() - 1
+            }
         };
+        let ends = &mut all[at].1;
         if ends.len() <= index {
             ends.resize(index + 1, 0);
         }
@@ -52,8 +61,9 @@ impl DeliveredEnds {
     pub(super) fn get(&self, topic: &str, partition: i32) -> i64 {
         let index = usize::try_from(partition).unwrap_or(usize::MAX);
         self.lock()
-            .get(topic)
-            .and_then(|ends| ends.get(index).copied())
+            .iter()
+            .find(|(name, _)| name == topic)
+            .and_then(|(_, ends)| ends.get(index).copied())
             .unwrap_or(0)
     }
 }
@@ -89,13 +99,18 @@ impl ProducerContext for Acks {
                 batch.fail(format!("delivery to `{}` failed: {e}", message.topic()))
             }
         }
-        batch.settle_one();
+        batch.settle(1);
     }
 }
 
+/// What a batch's count starts at while `send` hands messages over: more than any batch holds,
+/// so reports arriving meanwhile cannot bring it to zero. `send` then takes away this less the
+/// messages it handed over, leaving exactly the reports still due.
+const HANDING_OVER: usize = usize::MAX / 2;
+
 /// The messages of one `send`, counted down as librdkafka reports them.
 pub(super) struct Batch {
-    /// Messages not reported yet, plus one while `send` is still handing messages over.
+    /// Reports still due, plus [`HANDING_OVER`] until `send` has handed every message over.
     unsettled: AtomicUsize,
     /// The first delivery failure.
     error: Mutex<Option<String>>,
@@ -106,7 +121,7 @@ impl Batch {
     fn new() -> (Arc<Self>, oneshot::Receiver<Result<(), TransportError>>) {
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
-            unsettled: AtomicUsize::new(1),
+            unsettled: AtomicUsize::new(HANDING_OVER),
             error: Mutex::new(None),
             done: Mutex::new(Some(tx)),
         };
@@ -120,9 +135,10 @@ impl Batch {
             .get_or_insert(message);
     }
 
-    /// One message reported (or the sender done); the last one resolves the batch.
-    fn settle_one(&self) {
-        if self.unsettled.fetch_sub(1, Ordering::AcqRel) != 1 {
+    /// Counts `settled` down: one per report, and the sender's share once every message is
+    /// handed over. Whoever reaches zero resolves the batch.
+    fn settle(&self, settled: usize) {
+        if self.unsettled.fetch_sub(settled, Ordering::AcqRel) != settled {
             return;
         }
         let result = match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -145,6 +161,7 @@ impl TopicWriter for KafkaWriter {
         let (batch, settled) = Batch::new();
         // librdkafka copies the payload, so one buffer serves every record encoded here.
         let mut buffer = Vec::with_capacity(256);
+        let mut handed_over = 0;
         for record in &records {
             let payload = match (&record.encoded_value, record.is_tombstone()) {
                 (Some(text), _) => Some(text.as_slice()),
@@ -179,10 +196,12 @@ impl TopicWriter for KafkaWriter {
                     });
                 message = message.headers(headers);
             }
-            batch.unsettled.fetch_add(1, Ordering::AcqRel);
             loop {
                 match self.producer.send(message) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        handed_over += 1;
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         message = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -196,7 +215,7 @@ impl TopicWriter for KafkaWriter {
                 }
             }
         }
-        batch.settle_one(); // every message handed over
+        batch.settle(HANDING_OVER - handed_over); // every message handed over
         Ok(async move {
             settled.await.unwrap_or_else(|_| {
                 Err(TransportError::fatal(
@@ -205,5 +224,55 @@ impl TopicWriter for KafkaWriter {
             })
         }
         .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_resolves_once_every_message_is_handed_over_and_reported() {
+        let (batch, mut settled) = Batch::new();
+        batch.settle(1); // a report arriving while `send` still hands messages over
+        batch.settle(HANDING_OVER - 3);
+        assert!(
+            settled.try_recv().is_err(),
+            "two of three reports still due"
+        );
+        batch.settle(1);
+        assert!(settled.try_recv().is_err());
+        batch.settle(1);
+        assert!(matches!(settled.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
+    fn a_failed_delivery_fails_its_batch_and_an_empty_batch_resolves_at_once() {
+        let (batch, mut settled) = Batch::new();
+        batch.settle(HANDING_OVER - 2);
+        batch.fail("delivery to `t` failed".into());
+        batch.settle(1);
+        batch.settle(1);
+        let error = settled.try_recv().unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("delivery to `t` failed"),
+            "{error}"
+        );
+
+        let (empty, mut settled) = Batch::new();
+        empty.settle(HANDING_OVER);
+        assert!(matches!(settled.try_recv(), Ok(Ok(()))));
+    }
+
+    #[test]
+    fn delivered_ends_keep_the_furthest_end_per_topic_and_partition() {
+        let ends = DeliveredEnds::default();
+        ends.advance("a", 2, 10);
+        ends.advance("a", 2, 7); // reports of one partition may come out of order across batches
+        ends.advance("b", 0, 3);
+        assert_eq!(ends.get("a", 2), 10);
+        assert_eq!(ends.get("a", 0), 0);
+        assert_eq!(ends.get("b", 0), 3);
+        assert_eq!(ends.get("c", 0), 0);
     }
 }
