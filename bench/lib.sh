@@ -29,6 +29,11 @@ measure() {
 
 rate() { python3 -c "print(int($n / max($1, 1e-9)))"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
+# median X…, range X…: of numbers (rates as integers, seconds to 2 decimals); median_ratio R…
+num='lambda v: str(int(v)) if v >= 100 else f"{v:.2f}"'
+median() { python3 -c "import statistics, sys; print(($num)(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
+range() { python3 -c "import sys; v = [float(x) for x in sys.argv[1:]]; f = $num; print(f(min(v)) + '–' + f(max(v)))" "$@"; }
+median_ratio() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}×')" "$@"; }
 mib() { python3 -c "print(f'{$1 / 1024:.0f} MiB')"; }
 
 # summary_rate COMPONENT: the rate that sluice's end-of-run summary gives COMPONENT
