@@ -46,7 +46,7 @@ fn item(
         lines.push(b'\n');
         Ok(())
     };
-    if record.value.is_null() {
+    if record.is_tombstone() {
         // A tombstone deletes the document with the record's id.
         if config.tombstones == Tombstones::Ignore || id.is_none() {
             return Ok(None);

@@ -445,7 +445,7 @@ impl Sink for MysqlSink {
                     table
                 }
             };
-            if record.value.is_null() {
+            if record.is_tombstone() {
                 if self.config.delete_on_tombstone {
                     if let Some(key) = record.key_str() {
                         deletes.push((table, key.to_string()));
