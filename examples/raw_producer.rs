@@ -82,27 +82,29 @@ fn main() -> Result<(), Failed> {
     let mut json = Vec::with_capacity(256);
     let mut sent: u64 = 0;
     while reader.read_record(&mut row)? {
-        let float = |i: usize| -> Result<Option<f64>, Failed> {
-            match &row[i] {
-                "null" => Ok(None),
-                text => Ok(Some(text.parse()?)),
+        let field = |i: usize| -> Result<Option<&str>, Failed> {
+            match row.get(i) {
+                Some("null") => Ok(None),
+                Some(text) => Ok(Some(text)),
+                None => Err(format!("row {:?} has no field {i}", row.position()).into()),
             }
         };
+        let float = |i: usize| -> Result<Option<f64>, Failed> {
+            Ok(field(i)?.map(str::parse).transpose()?)
+        };
+        let date = field(0)?.ok_or("a row without a date")?;
         let value = Row {
-            date: &row[0],
+            date,
             open: float(1)?,
             high: float(2)?,
             low: float(3)?,
             close: float(4)?,
             adj_close: float(5)?,
-            volume: match &row[6] {
-                "null" => None,
-                text => Some(text.parse()?),
-            },
+            volume: field(6)?.map(str::parse).transpose()?,
         };
         json.clear();
         serde_json::to_writer(&mut json, &value)?;
-        let mut message = BaseRecord::to(topic).key(&row[0]).payload(&json);
+        let mut message = BaseRecord::to(topic).key(date).payload(&json);
         loop {
             match producer.send(message) {
                 Ok(()) => break,
