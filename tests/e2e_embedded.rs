@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::process::Stdio;
 use std::time::Duration;
 
 #[test]
@@ -78,26 +77,17 @@ fn a_second_run_resumes_and_sends_nothing_again() {
 fn kill_9_mid_run_then_rerun_loses_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
-    let out = dir.path().join("bitcoin.jsonl");
     let slow = [
         ("SLUICE_SOURCES__YAHOO_CSV__RATE", "1500"),
         ("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "100"),
         ("SLUICE_SINKS__ARCHIVE__BATCH__LINGER", "50ms"),
     ];
-    let mut child = btc_pipeline(dir.path(), &csv, None, &slow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_lines(&out, 600, Duration::from_secs(30));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let before = count_lines(&out);
-    assert!(before < 2530, "the run was not interrupted ({before} rows)");
-    assert!(run(&mut btc_pipeline(dir.path(), &csv, None, &[]))
-        .status
-        .success());
-    let duplicates = check_every_row_arrived(&csv, &out);
-    eprintln!("killed after {before} rows; {duplicates} duplicates");
+    let first = interrupt_then_rerun(dir.path(), &csv, None, &slow, 600, Stop::Kill);
+    let duplicates = check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl"));
+    eprintln!(
+        "killed after {} rows; {duplicates} duplicates",
+        first.rows_before
+    );
     assert!(
         duplicates <= 100,
         "{duplicates} duplicates exceed one sink batch"
@@ -108,23 +98,16 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
 fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
-    let out = dir.path().join("bitcoin.jsonl");
     let slow = [("SLUICE_SOURCES__YAHOO_CSV__RATE", "1000")];
-    let mut child = btc_pipeline(dir.path(), &csv, None, &slow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_lines(&out, 300, Duration::from_secs(30));
-    let (status, took) = terminate(&mut child);
-    assert!(status.success(), "exit status {status}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    let before = count_lines(&out);
-    assert!(before < 2530, "the run was not interrupted");
-    assert!(run(&mut btc_pipeline(dir.path(), &csv, None, &[]))
-        .status
-        .success());
+    let first = interrupt_then_rerun(dir.path(), &csv, None, &slow, 300, Stop::Term);
+    assert!(first.status.success(), "exit status {}", first.status);
+    assert!(
+        first.took < Duration::from_secs(10),
+        "took {:?}",
+        first.took
+    );
     assert_eq!(
-        check_every_row_arrived(&csv, &out),
+        check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl")),
         0,
         "a graceful stop commits everything it wrote"
     );

@@ -94,7 +94,6 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
     let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
-    let out = dir.path().join("bitcoin.jsonl");
     let slow = [
         ("SLUICE_SOURCES__YAHOO_CSV__RATE", "1000"),
         ("SLUICE_SOURCES__YAHOO_CSV__BATCH_SIZE", "50"),
@@ -102,27 +101,19 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
         ("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "100"),
         ("SLUICE_SINKS__ARCHIVE__BATCH__LINGER", "50ms"),
     ];
-    let mut child = btc_pipeline(dir.path(), &csv, Some(&tansu.addr()), &slow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_lines(&out, 500, Duration::from_secs(60));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let before = count_lines(&out);
-    assert!(before < 2530, "the run was not interrupted");
-    assert!(run(&mut btc_pipeline(
+    let first = interrupt_then_rerun(
         dir.path(),
         &csv,
         Some(&tansu.addr()),
-        &[]
-    ))
-    .status
-    .success());
-    let duplicates = check_every_row_arrived(&csv, &out);
-    let in_topic = topic_layout(&tansu.addr(), "bitcoin").1 - 2530;
+        &slow,
+        500,
+        Stop::Kill,
+    );
+    let duplicates = check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl"));
+    let in_topic = topic_layout(&tansu.addr(), "bitcoin").1 - BTC_ROWS as i64;
     eprintln!(
-        "killed after {before} rows; {duplicates} duplicates in the file, {in_topic} in the topic"
+        "killed after {} rows; {duplicates} duplicates in the file, {in_topic} in the topic",
+        first.rows_before
     );
     assert!(
         in_topic <= 8 * 50,
@@ -139,33 +130,29 @@ fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
     let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
-    let out = dir.path().join("bitcoin.jsonl");
     let slow = [("SLUICE_SOURCES__YAHOO_CSV__RATE", "800")];
-    let mut child = btc_pipeline(dir.path(), &csv, Some(&tansu.addr()), &slow)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_lines(&out, 200, Duration::from_secs(60));
-    let (status, took) = terminate(&mut child);
-    assert!(status.success(), "exit status {status}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert!(count_lines(&out) < 2530, "the run was not interrupted");
-    assert!(run(&mut btc_pipeline(
+    let first = interrupt_then_rerun(
         dir.path(),
         &csv,
         Some(&tansu.addr()),
-        &[]
-    ))
-    .status
-    .success());
+        &slow,
+        200,
+        Stop::Term,
+    );
+    assert!(first.status.success(), "exit status {}", first.status);
+    assert!(
+        first.took < Duration::from_secs(10),
+        "took {:?}",
+        first.took
+    );
     assert_eq!(
-        check_every_row_arrived(&csv, &out),
+        check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl")),
         0,
         "a graceful stop commits everything it wrote"
     );
     assert_eq!(
         topic_layout(&tansu.addr(), "bitcoin").1,
-        2530,
+        BTC_ROWS as i64,
         "the source resent acknowledged rows"
     );
 }

@@ -96,6 +96,66 @@ pub fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
     (status, started.elapsed())
 }
 
+/// Rows of `tests/fixtures/BTC-USD.csv` (and of `../shared/data/BTC-USD.csv`) that are records.
+pub const BTC_ROWS: usize = 2530;
+
+/// How [`interrupt_then_rerun`] stops the first run.
+pub enum Stop {
+    /// `kill -9`: nothing flushed, nothing committed.
+    Kill,
+    /// SIGTERM: a graceful stop.
+    Term,
+}
+
+/// What the interrupted first run left behind.
+pub struct Interrupted {
+    /// Lines in the output file when the first run had exited.
+    pub rows_before: usize,
+    pub status: std::process::ExitStatus,
+    /// From the stop signal to the exit.
+    pub took: Duration,
+}
+
+/// Runs the BTC pipeline in `dir` slowed by the `slow` overrides, stops it with `stop` once the
+/// output file holds `after_rows` lines, checks that it stopped before the end, then runs the
+/// same command again, without `slow`, to a successful end.
+pub fn interrupt_then_rerun(
+    dir: &Path,
+    csv: &Path,
+    kafka: Option<&str>,
+    slow: &[(&str, &str)],
+    after_rows: usize,
+    stop: Stop,
+) -> Interrupted {
+    let out = dir.join("bitcoin.jsonl");
+    let mut child = btc_pipeline(dir, csv, kafka, slow)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sluice starts");
+    wait_for_lines(&out, after_rows, Duration::from_secs(60));
+    let (status, took) = match stop {
+        Stop::Term => terminate(&mut child),
+        Stop::Kill => {
+            let started = Instant::now();
+            child.kill().expect("kill -9 works");
+            (child.wait().expect("wait works"), started.elapsed())
+        }
+    };
+    let rows_before = count_lines(&out);
+    assert!(
+        rows_before < BTC_ROWS,
+        "the run was not interrupted ({rows_before} rows)"
+    );
+    assert!(run(&mut btc_pipeline(dir, csv, kafka, &[]))
+        .status
+        .success());
+    Interrupted {
+        rows_before,
+        status,
+        took,
+    }
+}
+
 /// Waits for `child` to exit, failing the test after `timeout`.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
