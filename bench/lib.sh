@@ -5,7 +5,7 @@ export SLUICE_LOG=warn
 
 # bench_csv ROWS: BTC-USD.csv repeated to at least ROWS rows; sets BENCH_CSV and n.
 bench_csv() {
-  local rows=$1 src=${BTC_CSV:-../shared/data/BTC-USD.csv}
+  local rows=$1 src=${BTC_CSV:-tests/fixtures/BTC-USD.csv}
   [ -f "$src" ] || src=tests/fixtures/BTC-USD.csv
   export BENCH_CSV=$work/btc-$rows.csv
   if [ ! -f "$BENCH_CSV" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks of issue #2: ../shared/data/BTC-USD.csv repeated to >= 1,000,000 rows,
+# Benchmarks of issue #2: tests/fixtures/BTC-USD.csv repeated to >= 1,000,000 rows,
 #   CSV → Kafka (tansu, memory storage), CSV → Kafka → file, CSV → embedded → file,
 # against baselines measured in the same run on the same broker: the seeds' producer
 # (kafka-python, json.dumps per row), a raw librdkafka producer doing the same job by hand

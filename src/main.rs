@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sluice_core::config::{load_pipeline, LoadOptions, PipelineConfig};
 use sluice_core::registry;
 use sluice_core::runtime::{PipelineRun, RunError, RunOptions};
+use sluice_core::transport::StateLock;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -116,6 +117,20 @@ fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            // Held until the process ends: one process per embedded pipeline and state dir.
+            let mut locks = Vec::new();
+            for (file, pipeline) in files.iter().zip(&pipelines) {
+                if pipeline.kafka.is_some() {
+                    continue;
+                }
+                match StateLock::take(&state_dir, &pipeline.name) {
+                    Ok(lock) => locks.push(lock),
+                    Err(message) => {
+                        eprintln!("error: {}: {message}", file.display());
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -126,7 +141,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
-            runtime.block_on(run(
+            let code = runtime.block_on(run(
                 pipelines,
                 files,
                 RunSettings {
@@ -134,7 +149,9 @@ fn main() -> ExitCode {
                     drain_timeout,
                     once,
                 },
-            ))
+            ));
+            drop(locks);
+            code
         }
     }
 }

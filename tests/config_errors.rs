@@ -185,3 +185,25 @@ fn plugins_lists_every_connector_with_documented_fields() {
     }
     assert!(text.contains("null_values") && text.contains("Field values that mean null"));
 }
+
+/// A source writing the dead-letter topic would dead-letter its bad records into the topic it
+/// writes, read back by the same sinks, forever.
+#[test]
+fn a_dead_letter_topic_that_a_source_writes_is_refused() {
+    let e = broken(|y| format!("{y}errors:\n  tolerance: all\n  dead_letter_topic: t\n"));
+    assert!(
+        e.contains("`src`") && e.contains("`topic`") && e.contains("dead-letter topic"),
+        "{e}"
+    );
+}
+
+/// A column type that does not exist lists the ones that do.
+#[test]
+fn an_unknown_column_type_lists_the_types() {
+    let e = broken(|y| y.replace("{ Open: float }", "{ Open: money }"));
+    assert!(e.contains("`src`") && e.contains("money"), "{e}");
+    for t in ["string", "int", "float", "bool", "date", "timestamp"] {
+        assert!(e.contains(t), "does not list `{t}`: {e}");
+    }
+    assert!(!e.contains("untagged enum"), "{e}");
+}

@@ -211,3 +211,281 @@ fn kept_null_rows_arrive_with_json_nulls() {
     }
     assert_eq!(count_lines(&dir.path().join("bitcoin-dlq.jsonl")), 0);
 }
+
+/// A CSV of `rows` days whose every 5th row has no `Open`, so a sink requiring it dead-letters.
+fn csv_with_gaps(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
+    let path = dir.join("gaps.csv");
+    let mut text = String::from("Date,Open,Close\n");
+    for i in 0..rows {
+        let open = if i % 5 == 0 {
+            "null".to_string()
+        } else {
+            format!("{i}.5")
+        };
+        text.push_str(&format!("d{i:05},{open},{i}.25\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A pipeline whose sink `archive` holds its batch until it drains (long linger) and
+/// dead-letters rows without `Open` then; `rejects` reads the dead-letter topic. `extra` adds
+/// sinks.
+fn dead_lettering_pipeline(
+    dir: &std::path::Path,
+    csv: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name: drain-dead-letters
+sources:
+  gaps:
+    type: csv
+    path: {csv}
+    topic: rows
+    key: Date
+    rate: 400
+    columns: {{ Date: string, Open: float, Close: float }}
+    null_values: ["null"]
+    all_null_rows: keep
+sinks:
+  archive:
+    type: file
+    topics: [rows]
+    path: {out}
+    batch: {{ max_records: 1000000, linger: 60s }}
+    transforms:
+      - {{ type: require_fields, fields: [Open], otherwise: reject }}
+  rejects:
+    type: file
+    topics: [rows-dlq]
+    format: envelope
+    path: {dlq}
+{extra}
+errors:
+  tolerance: all
+  dead_letter_topic: rows-dlq
+"#,
+            csv = csv.display(),
+            out = dir.join("out.jsonl").display(),
+            dlq = dir.join("dlq.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Dates found in the data file and in the dead-letter file, each once at most.
+fn dates_written(dir: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let data = read_jsonl(&dir.join("out.jsonl"))
+        .iter()
+        .map(|v| v["Date"].as_str().unwrap().to_string())
+        .collect();
+    let dead = read_jsonl(&dir.join("dlq.jsonl"))
+        .iter()
+        .map(|v| v["value"]["Date"].as_str().unwrap().to_string())
+        .collect();
+    (data, dead)
+}
+
+/// SIGTERM while a sink holds a batch it dead-letters part of when it drains: the dead-letter
+/// sink must still be reading (it was stopping with the others and the drain waited forever).
+#[test]
+fn sigterm_while_a_sink_dead_letters_during_its_drain_exits_0_within_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = csv_with_gaps(dir.path(), 4000);
+    let pipeline = dead_lettering_pipeline(dir.path(), &csv, "");
+    let state = dir.path().join("state");
+    let mut child = sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(&state)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        count_lines(&dir.path().join("out.jsonl")),
+        0,
+        "the sink is still holding its batch"
+    );
+    let (status, took) = terminate(&mut child);
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (data, dead) = dates_written(dir.path());
+    assert!(
+        !data.is_empty() && !dead.is_empty(),
+        "{} rows, {} dead letters",
+        data.len(),
+        dead.len()
+    );
+    // A second run completes the file: every row once, in the data file or as a dead letter.
+    let out = run(sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("SLUICE_SINKS__ARCHIVE__BATCH__LINGER", "100ms")
+        .env("SLUICE_SOURCES__GAPS__RATE", "100000"));
+    assert!(out.status.success());
+    let (data, dead) = dates_written(dir.path());
+    assert!(dead
+        .iter()
+        .all(|d| d[1..].parse::<usize>().unwrap() % 5 == 0));
+    let mut all: Vec<String> = data.into_iter().chain(dead).collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert!(
+        before - all.len() <= 1000,
+        "{} duplicates",
+        before - all.len()
+    );
+    assert_eq!(all.len(), 4000, "rows lost");
+}
+
+/// A sink that fails while another one dead-letters during the drain: exit 1, no hang.
+#[test]
+fn a_failing_sink_while_another_dead_letters_exits_1_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = csv_with_gaps(dir.path(), 4000);
+    // A file where the broken sink wants a folder: its first flush fails for good.
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let broken = format!(
+        "  broken:\n    type: file\n    topics: [rows]\n    path: {}\n    batch: {{ linger: 1s }}",
+        dir.path().join("not-a-dir/out.jsonl").display()
+    );
+    let pipeline = dead_lettering_pipeline(dir.path(), &csv, &broken);
+    let (status, stderr) = run_bounded(
+        sluice()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--state-dir")
+            .arg(dir.path().join("state")),
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("broken"), "{stderr}");
+}
+
+/// The dead-letter sink refuses what it reads (a transform requiring a field that dead letters
+/// of unparseable rows lack). Routing them back to the dead-letter topic looped (and, on the
+/// embedded transport, deadlocked on its own commit); they fail the run instead, or with
+/// `dead_letter_refused: log` are logged and dropped.
+#[test]
+fn a_dead_letter_the_dead_letter_sink_refuses_is_not_routed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = malformed_csv(dir.path());
+    // The example pipeline with a transform on its dead-letter sink.
+    let refusing = |dir: &std::path::Path, extra_errors: &str| {
+        let yaml = std::fs::read_to_string(root().join("pipelines/btc-history-csv-to-file.yaml"))
+            .unwrap()
+            .replace(
+                "    format: envelope\n",
+                "    format: envelope\n    transforms: [{ type: require_fields, fields: [Open], otherwise: reject }]\n",
+            )
+            .replace("  tolerance: all\n", &format!("  tolerance: all\n{extra_errors}"));
+        let file = dir.join("pipeline.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        btc_pipeline_file(&file, dir, &csv, None, &[])
+    };
+    let (status, stderr) = run_bounded(&mut refusing(dir.path(), ""), Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rejects") && stderr.contains("dead_letter_refused"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = run_bounded(
+        &mut refusing(dir.path(), "  dead_letter_refused: log\n"),
+        Duration::from_secs(20),
+    );
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("dropping dead letter").count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(count_lines(&dir.path().join("bitcoin.jsonl")), 2);
+}
+
+/// Unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The disk fills up in the middle of a flush, then space comes back: the retried flush must
+/// not leave the part written the first time as a torn line before the whole batch.
+/// (Mounts a 1 MiB tmpfs: needs root, as the tests run here and in CI.)
+#[test]
+fn a_flush_retried_after_a_full_disk_leaves_no_torn_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("mount runs");
+    assert!(
+        mounted.success(),
+        "cannot mount a tmpfs (the test needs root)"
+    );
+    let _unmount = Mounted(small.clone());
+    let filler = small.join("filler");
+    std::fs::write(&filler, vec![0u8; 900 * 1024]).unwrap();
+    let out = small.join("bitcoin.jsonl");
+    let csv = fixture("BTC-USD.csv");
+    let mut child = btc_pipeline(dir.path(), &csv, None, &[])
+        .env("BTC_OUT", &out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first flush (after the sink's 500 ms linger) fills the disk part way and fails; it
+    // is retried with backoff, and still failing a while later.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended although the disk was full"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(check_every_row_arrived(&csv, &out), 0, "duplicates");
+}
+
+/// Two processes on one embedded pipeline and state dir would both resume from the same source
+/// offsets and overwrite each other's offsets file: the second one is refused, naming the first.
+#[test]
+fn a_second_process_on_the_same_state_dir_exits_2_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let mut first = btc_pipeline(
+        dir.path(),
+        &csv,
+        None,
+        &[("SLUICE_SOURCES__YAHOO_CSV__RATE", "200")],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for_lines(
+        &dir.path().join("bitcoin.jsonl"),
+        1,
+        Duration::from_secs(20),
+    );
+    let second = run(&mut btc_pipeline(dir.path(), &csv, None, &[]));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+    let _ = terminate(&mut first);
+}

@@ -74,9 +74,12 @@ fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing(
     ))
     .status
     .success());
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM bitcoin"), 2530);
-    assert_eq!(count(&db, "SELECT COUNT(DISTINCT Date) FROM bitcoin"), 2530);
-    let sums = db.sql("SELECT SUM(Close), SUM(Volume) FROM bitcoin");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM bitcoin_kafka"), 2530);
+    assert_eq!(
+        count(&db, "SELECT COUNT(DISTINCT Date) FROM bitcoin_kafka"),
+        2530
+    );
+    let sums = db.sql("SELECT SUM(Close), SUM(Volume) FROM bitcoin_kafka");
     let sums: Vec<f64> = sums.split('\t').map(|v| v.parse().unwrap()).collect();
     let (close, volume) = (csv_sum(&csv, 3), csv_sum(&csv, 5));
     assert!(
@@ -85,7 +88,7 @@ fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing(
         sums[0]
     );
     assert_eq!(sums[1], volume, "SUM(Volume)");
-    assert_eq!(db.sql("SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME='bitcoin' AND COLUMN_NAME='Date'"), "date");
+    assert_eq!(db.sql("SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME='bitcoin_kafka' AND COLUMN_NAME='Date'"), "date");
     assert_eq!(
         count_lines(&dir.path().join("dlq.jsonl")),
         4,
@@ -103,7 +106,7 @@ fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing(
     .status
     .success());
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM bitcoin"),
+        count(&db, "SELECT COUNT(*) FROM bitcoin_kafka"),
         2530,
         "an upsert replay added rows"
     );
@@ -188,7 +191,7 @@ fn a_30_second_database_outage_is_waited_out() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_rows(&db, "bitcoin", 300);
+    wait_for_rows(&db, "bitcoin_kafka", 300);
     db.stop();
     let mut peak_kib = 0;
     let outage = Instant::now();
@@ -210,7 +213,7 @@ fn a_30_second_database_outage_is_waited_out() {
     db.start_again();
     let status = wait_exit(&mut child, Duration::from_secs(120));
     assert!(status.success(), "exit status {status}");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM bitcoin"), 2530);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM bitcoin_kafka"), 2530);
     eprintln!("peak RSS during the outage: {} MiB", peak_kib / 1024);
     assert!(
         peak_kib < 150 * 1024,

@@ -1,4 +1,8 @@
 //! `type: file` — JSON lines appended to a file; `flush` writes and fsyncs.
+//!
+//! Only whole lines stay in the file: a write that fails part way is cut back before it is
+//! retried, a last line left unfinished by a crash is cut when the file is opened (its records
+//! were not committed, so they are written again), and a new file's folder is fsynced with it.
 
 use crate::encoding::{write_line, LineFormat};
 use schemars::JsonSchema;
@@ -9,7 +13,7 @@ use sluice_core::{
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 sluice_core::register_plugin!(Sink, "file", FileSinkConfig);
 
@@ -45,22 +49,95 @@ impl SinkConfig for FileSinkConfig {
 struct FileSink {
     config: FileSinkConfig,
     /// Open files by path, with the bytes `put` but not yet written.
-    files: HashMap<PathBuf, (Option<File>, Vec<u8>)>,
+    files: HashMap<PathBuf, (Option<Output>, Vec<u8>)>,
 }
 
-impl FileSink {
-    fn open(path: &PathBuf) -> Result<File, ConnectorError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ConnectorError::external(format!("cannot create {}: {e}", dir.display()))
-            })?;
+/// An open output file.
+struct Output {
+    file: File,
+    /// Folders created with the file (the file's own first): fsynced, once, after its first
+    /// write, so that a crash cannot lose the file's name after its offsets are committed.
+    unsynced_dirs: Vec<PathBuf>,
+}
+
+impl Output {
+    /// Opens `path` for appending, creating it and its folders; cuts an unfinished last line.
+    fn open(path: &Path) -> Result<Output, ConnectorError> {
+        let cannot = |what: &str, p: &Path, e: std::io::Error| {
+            ConnectorError::external(format!("cannot {what} {}: {e}", p.display()))
+        };
+        let mut unsynced_dirs = Vec::new();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // The folders to create, deepest first; each new one must be fsynced in its parent.
+        let mut missing = dir;
+        while !missing.exists() {
+            unsynced_dirs.push(missing.parent().unwrap_or(Path::new(".")).to_path_buf());
+            match missing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => missing = p,
+                _ => break,
+            }
         }
-        OpenOptions::new()
+        std::fs::create_dir_all(dir).map_err(|e| cannot("create", dir, e))?;
+        if !path.exists() {
+            unsynced_dirs.insert(0, dir.to_path_buf());
+        }
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
-            .map_err(|e| ConnectorError::external(format!("cannot open {}: {e}", path.display())))
+            .map_err(|e| cannot("open", path, e))?;
+        cut_unfinished_line(&file).map_err(|e| cannot("repair the last line of", path, e))?;
+        Ok(Output {
+            file,
+            unsynced_dirs,
+        })
     }
+
+    /// Appends `bytes` and makes them durable; on failure the file is cut back to where it
+    /// was, so a retry does not leave a torn line.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let before = self.file.metadata()?.len();
+        let written = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.file.set_len(before)?;
+            return Err(e);
+        }
+        for dir in std::mem::take(&mut self.unsynced_dirs) {
+            File::open(&dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Cuts `file` after its last newline: what follows is a line a crash left unfinished.
+fn cut_unfinished_line(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(at) = chunk.iter().rposition(|b| *b == b'\n') {
+            end = start + at as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        tracing::warn!(cut = len - end, "the output file ended with an unfinished line (a crash while writing); cut it, its records are written again");
+        file.set_len(end)?;
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -93,19 +170,21 @@ impl Sink for FileSink {
             }
             let mut open = match file.take() {
                 Some(f) => f,
-                None => Self::open(path)?,
+                None => Output::open(path)?,
             };
             let bytes = std::mem::take(buffer);
             let path_text = path.display().to_string();
             let (result, back, bytes) = tokio::task::spawn_blocking(move || {
-                let result = open.write_all(&bytes).and_then(|()| open.sync_data());
+                let result = open.append(&bytes);
                 (result, open, bytes)
             })
             .await
             .map_err(|e| ConnectorError::internal(format!("file writer panicked: {e}")))?;
             if let Err(e) = result {
-                // Keep the bytes: a retried flush writes them again (at-least-once).
+                // Keep the bytes: a retried flush writes them again (at-least-once), over
+                // whatever part of them had reached the file (cut back by `append`).
                 *buffer = bytes;
+                *file = Some(back);
                 return Err(ConnectorError::transient(format!(
                     "cannot write {path_text}: {e}"
                 )));
@@ -139,5 +218,37 @@ mod tests {
             text,
             "{\"round\":0}\n{\"round\":0}\n{\"round\":1}\n{\"round\":1}\n"
         );
+    }
+
+    #[test]
+    fn a_line_left_unfinished_by_a_crash_is_cut_when_the_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\"").unwrap();
+        let mut output = Output::open(&path).unwrap();
+        output.append(b"{\"a\":3}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
+    }
+
+    #[test]
+    fn a_new_file_and_the_folders_created_for_it_are_synced_in_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/out.jsonl");
+        let mut output = Output::open(&path).unwrap();
+        assert_eq!(
+            output.unsynced_dirs,
+            [
+                dir.path().join("a/b"),
+                dir.path().join("a"),
+                dir.path().to_path_buf()
+            ]
+        );
+        output.append(b"x\n").unwrap();
+        assert!(output.unsynced_dirs.is_empty());
+        // An existing file in an existing folder needs nothing synced but its data.
+        assert!(Output::open(&path).unwrap().unsynced_dirs.is_empty());
     }
 }

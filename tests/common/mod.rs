@@ -29,8 +29,25 @@ pub fn sluice() -> Command {
 /// Runs the BTC history example pipeline (`pipelines/btc-history-csv-to-file.yaml`) on `csv`,
 /// writing into `dir`; `env` adds overrides such as `SLUICE_SOURCES__YAHOO_CSV__RATE`.
 pub fn btc_pipeline(dir: &Path, csv: &Path, kafka: Option<&str>, env: &[(&str, &str)]) -> Command {
+    btc_pipeline_file(
+        Path::new("pipelines/btc-history-csv-to-file.yaml"),
+        dir,
+        csv,
+        kafka,
+        env,
+    )
+}
+
+/// Like [`btc_pipeline`], with a variant of that pipeline file.
+pub fn btc_pipeline_file(
+    file: &Path,
+    dir: &Path,
+    csv: &Path,
+    kafka: Option<&str>,
+    env: &[(&str, &str)],
+) -> Command {
     let mut cmd = sluice();
-    cmd.arg("run").arg("pipelines/btc-history-csv-to-file.yaml");
+    cmd.arg("run").arg(file);
     if let Some(kafka) = kafka {
         cmd.args(["--kafka", kafka]);
     }
@@ -96,7 +113,7 @@ pub fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
     (status, started.elapsed())
 }
 
-/// Rows of `tests/fixtures/BTC-USD.csv` (and of `../shared/data/BTC-USD.csv`) that are records.
+/// Rows of `tests/fixtures/BTC-USD.csv` that are records.
 pub const BTC_ROWS: usize = 2530;
 
 /// How [`interrupt_then_rerun`] stops the first run.
@@ -154,6 +171,27 @@ pub fn interrupt_then_rerun(
         status,
         took,
     }
+}
+
+/// Runs `cmd` to its exit, failing the test if that takes longer than `timeout` (a hang);
+/// returns the exit status and stderr.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice starts");
+    // Read while it runs: a full pipe would block it.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let status = wait_exit(&mut child, timeout);
+    let stderr = reader.join().unwrap_or_default();
+    eprintln!("--- stderr ---\n{stderr}");
+    (status, stderr)
 }
 
 /// Waits for `child` to exit, failing the test after `timeout`.

@@ -311,6 +311,13 @@ impl Loader<'_> {
                 "`tolerance: all` needs a dead-letter topic, or bad records would vanish",
             ));
         }
+        if let Some(dlq) = &pipeline.errors.dead_letter_topic {
+            // Its bad records would be dead-lettered into the topic they came from, forever.
+            if let Some((id, _)) = pipeline.sources.iter().find(|(_, s)| &s.topic == dlq) {
+                return Err(fail("sources", id, vec![FieldError::new("topic",
+                    format!("`{dlq}` is the dead-letter topic (`errors.dead_letter_topic`); a source cannot write to it: give one of them another name"))]));
+            }
+        }
         if pipeline.kafka.is_none() {
             // In-process topics end with the process: whatever nobody reads is gone.
             let read: Vec<&String> = pipeline

@@ -42,7 +42,7 @@ pub struct PipelineConfig {
 }
 
 /// Connection to a Kafka cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list of brokers.
@@ -54,12 +54,57 @@ pub struct KafkaConfig {
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
-    /// Extra librdkafka producer properties, e.g. `compression.type: lz4`.
-    #[serde(default)]
+    /// Extra librdkafka producer properties, e.g. `compression.type: zstd`. Values whose name
+    /// holds `password`, `secret`, `sasl.jaas` or `token` are never shown.
+    #[serde(default, deserialize_with = "client_properties")]
     pub producer: BTreeMap<String, String>,
     /// Extra librdkafka consumer properties.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "client_properties")]
     pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for every client (producer, consumers, admin): where TLS and SASL
+    /// go, e.g. `security.protocol: SASL_SSL`, `sasl.mechanism: SCRAM-SHA-512`,
+    /// `sasl.username`, `sasl.password: "${KAFKA_PASSWORD}"`, `ssl.ca.location`.
+    #[serde(default, deserialize_with = "client_properties")]
+    pub client: BTreeMap<String, String>,
+}
+
+/// Shows client properties whose names say they are secret as `***`.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |settings: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            settings
+                .iter()
+                .map(|(k, v)| {
+                    let shown = if crate::secret::is_secret_setting(k) {
+                        "***".to_string()
+                    } else {
+                        crate::secret::redact_url(v)
+                    };
+                    (k.clone(), shown)
+                })
+                .collect()
+        };
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("offsets_topic", &self.offsets_topic)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("producer", &redacted(&self.producer))
+            .field("consumer", &redacted(&self.consumer))
+            .field("client", &redacted(&self.client))
+            .finish()
+    }
+}
+
+/// librdkafka properties: any scalar value as text (`linger.ms: 5`, a numeric password), and
+/// no error showing a value.
+fn client_properties<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, crate::Secret>::deserialize(deserializer)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| (k, v.expose().to_string()))
+        .collect())
 }
 
 fn default_offsets_topic() -> String {
@@ -142,6 +187,22 @@ pub struct ErrorsConfig {
     /// Required with `tolerance: all`, so that nothing vanishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// What happens when a sink reading the dead-letter topic refuses one of its records (it is
+    /// never sent back there, which would loop): `fail` stops the run (default); `log` writes
+    /// the record with its headers to the log at warn level and goes on without it.
+    #[serde(default)]
+    pub dead_letter_refused: DeadLetterRefused,
+}
+
+/// What to do with a dead letter that a sink of the dead-letter topic refuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterRefused {
+    /// Fail the run, naming the record; nothing after it is committed.
+    #[default]
+    Fail,
+    /// Log the record and its reason at warn level and drop it.
+    Log,
 }
 
 /// A source with the framework's fields around the connector's own.

@@ -1,7 +1,7 @@
 //! Bad records: fail the pipeline (`tolerance: none`) or become a dead-letter record whose
 //! headers say where it came from and what went wrong (Kafka Connect's `__connect.errors.*`).
 
-use crate::config::{ErrorsConfig, Tolerance};
+use crate::config::{DeadLetterRefused, ErrorsConfig, Tolerance};
 use crate::transport::TopicWriter;
 use crate::{ConnectorError, Record};
 use serde_json::Value;
@@ -44,8 +44,35 @@ impl DeadLetters {
         DeadLetters { config, writer }
     }
 
-    /// The dead-letter record for `failure`, or the pipeline error when bad records are not tolerated.
-    pub fn route(&self, failure: Failure<'_>) -> Result<Record, ConnectorError> {
+    /// The dead-letter record for `failure`, or the pipeline error when bad records are not
+    /// tolerated. A record read from the dead-letter topic is never routed back to it (that
+    /// loops): it fails the run, or with `dead_letter_refused: log` is logged and dropped
+    /// (`Ok(None)`).
+    pub fn route(&self, failure: Failure<'_>) -> Result<Option<Record>, ConnectorError> {
+        let from_dead_letters = failure.record.offset >= 0
+            && self
+                .config
+                .dead_letter_topic
+                .as_deref()
+                .is_some_and(|t| *t == *failure.record.topic);
+        if from_dead_letters {
+            let at = failure.record.coordinates();
+            if self.config.dead_letter_refused == DeadLetterRefused::Log {
+                let headers: Vec<(String, String)> = failure
+                    .record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect();
+                tracing::warn!(component = %failure.component, stage = failure.stage, error = %failure.message, value = %failure.record.value, ?headers, "dropping dead letter {at} that a sink of the dead-letter topic refused (`dead_letter_refused: log`)");
+                return Ok(None);
+            }
+            return Err(ConnectorError::user(format!(
+                "dead letter at {at} was refused ({} stage): {} — it is not sent back to the dead-letter topic it came from; fix the sink, or set `errors.dead_letter_refused: log` to log and drop such records",
+                failure.stage, failure.message
+            ))
+            .in_component(failure.component));
+        }
         let topic = match (&self.config.tolerance, &self.config.dead_letter_topic) {
             (Tolerance::All, Some(topic)) => topic,
             _ => {
@@ -98,6 +125,6 @@ impl DeadLetters {
                 .push((headers::LOCATION.into(), location.into_bytes()));
         }
         dead.topic = topic.as_str().into();
-        Ok(dead)
+        Ok(Some(dead))
     }
 }

@@ -10,10 +10,12 @@
 //! flight within a deadline, flush and commit.
 
 mod dead_letter;
+mod deadline;
 mod sink_task;
 mod source_task;
 
 pub use dead_letter::DeadLetters;
+use deadline::Deadline;
 
 use crate::config::PipelineConfig;
 use crate::metrics::ComponentMetrics;
@@ -32,10 +34,15 @@ type Tasks = tokio::task::JoinSet<Result<(), ConnectorError>>;
 struct Started {
     sources: Tasks,
     sinks: Tasks,
-    /// Sinks reading the dead-letter topic; they drain once every other task is done.
+    /// Sinks reading the dead-letter topic; they drain once every other task is done, on every
+    /// path (sources finished, shutdown, a failure), since the others may still dead-letter.
     dead_letter_sinks: Tasks,
+    /// Cancelled once sources are done or on shutdown: other sinks read what is left and end.
     drain: CancellationToken,
+    /// Cancelled once every source and every other sink has ended.
     drain_dead_letters: CancellationToken,
+    /// `drain_timeout` after shutdown; bounds every wait of every task.
+    deadline: Deadline,
 }
 
 /// How a run is driven from outside.
@@ -132,6 +139,7 @@ impl PipelineRun {
         let dead_letters = DeadLetters::new(config.errors.clone(), transport.writer());
 
         // Readers first: the embedded log keeps records for every group that exists.
+        let deadline = Deadline::after(&options.shutdown, options.drain_timeout);
         let drain = CancellationToken::new();
         let drain_dead_letters = CancellationToken::new();
         let mut sinks = tokio::task::JoinSet::new();
@@ -183,11 +191,7 @@ impl PipelineRun {
             } else {
                 (&mut sinks, &drain)
             };
-            set.spawn(task.run(
-                token.clone(),
-                options.shutdown.clone(),
-                options.drain_timeout,
-            ));
+            set.spawn(task.run(token.clone(), deadline.clone()));
         }
 
         let offsets = transport
@@ -224,7 +228,7 @@ impl PipelineRun {
                 dead_letters: dead_letters.clone(),
                 metrics: self.metrics_of(id),
             };
-            sources.spawn(task.run(options.shutdown.clone(), options.drain_timeout));
+            sources.spawn(task.run(options.shutdown.clone(), deadline.clone()));
         }
         Ok(Started {
             sources,
@@ -232,10 +236,12 @@ impl PipelineRun {
             dead_letter_sinks,
             drain,
             drain_dead_letters,
+            deadline,
         })
     }
 
-    /// Waits for the tasks: sources end (finished or stopped) → sinks drain; a failure stops all.
+    /// Waits for the tasks: sources end (finished or stopped) → sinks drain → dead-letter sinks
+    /// drain; a failure stops everything, in the same order.
     async fn wait(&self, tasks: Started, options: &RunOptions) -> Result<(), ConnectorError> {
         let Started {
             mut sources,
@@ -243,14 +249,10 @@ impl PipelineRun {
             mut dead_letter_sinks,
             drain,
             drain_dead_letters,
+            deadline,
         } = tasks;
         let pipeline = self.config.name.as_str();
-
-        // Sources end (finished or stopped) → sinks drain. A sink failing stops everything.
         let has_sources = !self.config.sources.is_empty();
-        if options.once && !has_sources {
-            drain.cancel();
-        }
         let mut first_error: Option<ConnectorError> = None;
         let mut note = |result: Result<Result<(), ConnectorError>, tokio::task::JoinError>| {
             let error = match result {
@@ -265,19 +267,24 @@ impl PipelineRun {
             first_error.get_or_insert(error);
         };
         loop {
-            tokio::select! {
-                Some(result) = sources.join_next() => note(result),
-                Some(result) = sinks.join_next() => note(result),
-                Some(result) = dead_letter_sinks.join_next() => note(result),
-                else => break,
-            }
-            if has_sources && sources.is_empty() {
+            let stopping = options.shutdown.is_cancelled();
+            if stopping || (has_sources && sources.is_empty()) || (options.once && !has_sources) {
                 drain.cancel();
             }
             if drain.is_cancelled() && sources.is_empty() && sinks.is_empty() {
                 drain_dead_letters.cancel();
             }
+            if sources.is_empty() && sinks.is_empty() && dead_letter_sinks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(result) = sources.join_next() => note(result),
+                Some(result) = sinks.join_next() => note(result),
+                Some(result) = dead_letter_sinks.join_next() => note(result),
+                _ = options.shutdown.cancelled(), if !stopping => {}
+            }
         }
+        deadline.expire();
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),

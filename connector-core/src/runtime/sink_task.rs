@@ -4,6 +4,7 @@
 //! acknowledged, so whatever is committed is in the store or in the dead-letter topic.
 
 use super::dead_letter::{DeadLetters, Failure};
+use super::deadline::Deadline;
 use super::{apply_transforms, transport_error};
 use crate::config::BatchConfig;
 use crate::metrics::ComponentMetrics;
@@ -45,21 +46,38 @@ impl Pending {
     }
 }
 
+/// Why a sink stopped before its batch was stored.
+enum Stopped {
+    /// The shutdown deadline passed: the batch stays uncommitted and is read again next run.
+    Abandoned,
+    Failed(ConnectorError),
+}
+
+impl From<ConnectorError> for Stopped {
+    fn from(e: ConnectorError) -> Self {
+        Stopped::Failed(e)
+    }
+}
+
 impl SinkTask {
-    /// Runs until `drain` (sources done) and caught up, or until shutdown plus `drain_timeout`.
+    /// Runs until `drain` is cancelled and the sink has caught up, or until `deadline`.
     pub async fn run(
         mut self,
         drain: CancellationToken,
-        shutdown: CancellationToken,
-        drain_timeout: Duration,
+        deadline: Deadline,
     ) -> Result<(), ConnectorError> {
         let mut pending = Pending::default();
-        let result = self
-            .consume(&mut pending, drain, shutdown, drain_timeout)
-            .await;
+        let result = match self.consume(&mut pending, &drain, &deadline).await {
+            Ok(()) => Ok(()),
+            Err(Stopped::Abandoned) => {
+                tracing::warn!(component = %self.id, "shutdown deadline passed while a batch was being stored; it stays uncommitted and is read again by the next run");
+                Ok(())
+            }
+            Err(Stopped::Failed(e)) => Err(e),
+        };
         if result.is_ok() {
             let flushed = std::mem::take(&mut pending.flushed);
-            self.commit(&flushed, true).await;
+            self.commit(&flushed, true, &deadline).await;
         }
         self.metrics.finish();
         result
@@ -68,16 +86,11 @@ impl SinkTask {
     async fn consume(
         &mut self,
         pending: &mut Pending,
-        drain: CancellationToken,
-        shutdown: CancellationToken,
-        drain_timeout: Duration,
-    ) -> Result<(), ConnectorError> {
-        let mut deadline: Option<Instant> = None;
+        drain: &CancellationToken,
+        deadline: &Deadline,
+    ) -> Result<(), Stopped> {
         loop {
-            if deadline.is_none() && shutdown.is_cancelled() {
-                deadline = Some(Instant::now() + drain_timeout);
-            }
-            let draining = drain.is_cancelled() || shutdown.is_cancelled();
+            let draining = drain.is_cancelled();
             let room = self
                 .batch
                 .max_records
@@ -90,7 +103,7 @@ impl SinkTask {
             .min(Duration::from_millis(500));
             let incoming = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if deadline.is_none() => Vec::new(),
+                _ = deadline.passed() => Vec::new(),
                 _ = drain.cancelled(), if !draining => Vec::new(),
                 polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
             };
@@ -101,16 +114,22 @@ impl SinkTask {
             let lingered = pending
                 .since
                 .is_some_and(|s| s.elapsed() >= self.batch.linger);
-            if !pending.is_empty() && (full || lingered || (draining && idle)) {
-                self.flush(pending).await?;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.flush(pending).await?;
+            if deadline.is_passed() {
+                if !pending.is_empty() {
+                    self.flush(pending, deadline).await?;
+                }
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
+            if !pending.is_empty() && (full || lingered || (draining && idle)) {
+                self.flush(pending, deadline).await?;
+            }
             if draining && idle && pending.is_empty() {
-                match self.reader.caught_up().await {
+                let caught_up = tokio::select! {
+                    _ = deadline.passed() => continue,
+                    caught_up = self.reader.caught_up() => caught_up,
+                };
+                match caught_up {
                     Ok(true) => {
                         tracing::info!(component = %self.id, "sink caught up");
                         return Ok(());
@@ -120,7 +139,7 @@ impl SinkTask {
                     Err(e) if e.retryable => {
                         tracing::warn!(component = %self.id, error = %e, "cannot tell whether the sink caught up yet")
                     }
-                    Err(e) => return Err(transport_error(&self.id, e)),
+                    Err(e) => return Err(transport_error(&self.id, e).into()),
                 }
             }
         }
@@ -150,7 +169,7 @@ impl SinkTask {
                             }
                             pending.records.extend(out);
                         }
-                        Err(message) => pending.dead.push(self.dead_letters.route(Failure {
+                        Err(message) => pending.dead.extend(self.dead_letters.route(Failure {
                             component: &self.id,
                             stage: "transform",
                             message,
@@ -164,7 +183,7 @@ impl SinkTask {
                     envelope,
                     raw,
                     error,
-                } => pending.dead.push(self.dead_letters.route(Failure {
+                } => pending.dead.extend(self.dead_letters.route(Failure {
                     component: &self.id,
                     stage: "deserialize",
                     message: error,
@@ -177,13 +196,19 @@ impl SinkTask {
         Ok(())
     }
 
-    /// put → dead letters acknowledged → flush → commit.
-    async fn flush(&mut self, pending: &mut Pending) -> Result<(), ConnectorError> {
+    /// put → dead letters acknowledged → flush → commit. Past `deadline`, one attempt bounded
+    /// by [`Deadline::GRACE`]; a batch not stored by then stays uncommitted.
+    async fn flush(&mut self, pending: &mut Pending, deadline: &Deadline) -> Result<(), Stopped> {
         let mut batch = std::mem::take(&mut pending.records);
         let mut stored = batch.len();
         if !batch.is_empty() {
             let outcome = self
-                .with_retries("put", |sink, batch| Box::pin(sink.put(batch)), &batch)
+                .with_retries(
+                    "put",
+                    |sink, batch| Box::pin(sink.put(batch)),
+                    &batch,
+                    deadline,
+                )
                 .await?;
             stored -= outcome.rejected.len();
             for (index, reason) in outcome.rejected.into_iter().rev() {
@@ -192,10 +217,11 @@ impl SinkTask {
                         "sink rejected record #{index} of a batch of {}",
                         batch.len()
                     ))
-                    .in_component(&self.id));
+                    .in_component(&self.id)
+                    .into());
                 }
                 let record = batch.swap_remove(index);
-                pending.dead.push(self.dead_letters.route(Failure {
+                pending.dead.extend(self.dead_letters.route(Failure {
                     component: &self.id,
                     stage: "put",
                     message: reason,
@@ -210,20 +236,21 @@ impl SinkTask {
         let dead = std::mem::take(&mut pending.dead);
         let dead_count = dead.len();
         if !dead.is_empty() {
-            let delivery = self
-                .dead_letters
-                .writer
-                .send(dead)
-                .await
-                .map_err(|e| transport_error(&self.id, e))?;
-            delivery.await.map_err(|e| transport_error(&self.id, e))?;
+            let delivered = async {
+                let delivery = self.dead_letters.writer.send(dead).await?;
+                delivery.await
+            };
+            match bounded(deadline, delivered).await {
+                Some(result) => result.map_err(|e| transport_error(&self.id, e))?,
+                None => return Err(Stopped::Abandoned),
+            }
         }
         if stored > 0 || dead_count > 0 {
-            self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[])
+            self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[], deadline)
                 .await?;
         }
         let offsets = std::mem::take(&mut pending.offsets);
-        self.commit(&offsets, false).await;
+        self.commit(&offsets, false, deadline).await;
         pending.flushed.extend(offsets);
         ComponentMetrics::add(&self.metrics.records_out, stored);
         ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
@@ -233,7 +260,12 @@ impl SinkTask {
 
     /// Commits `offsets`; `wait` for the last commit of the task. The data is stored already, so
     /// a commit that keeps failing only means reading it again (at-least-once): it is logged.
-    async fn commit(&mut self, offsets: &BTreeMap<(Arc<str>, i32), i64>, wait: bool) {
+    async fn commit(
+        &mut self,
+        offsets: &BTreeMap<(Arc<str>, i32), i64>,
+        wait: bool,
+        deadline: &Deadline,
+    ) {
         let offsets: Vec<PartitionOffset> = offsets
             .iter()
             .map(|((topic, partition), offset)| PartitionOffset {
@@ -245,11 +277,24 @@ impl SinkTask {
         let mut attempt = 0;
         while !offsets.is_empty() {
             attempt += 1;
-            match self.reader.commit(&offsets, wait).await {
+            let Some(committed) = bounded(deadline, self.reader.commit(&offsets, wait)).await
+            else {
+                tracing::warn!(component = %self.id, "shutdown deadline passed before the commit was stored; the next run reads these records again");
+                break;
+            };
+            match committed {
                 Ok(()) => break,
                 Err(e) if e.retryable && attempt < 5 => {
                     tracing::warn!(component = %self.id, error = %e, "commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    if bounded(
+                        deadline,
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)),
+                    )
+                    .await
+                    .is_none()
+                    {
+                        break;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(component = %self.id, error = %e, "commit failed; the next commit covers these offsets");
@@ -259,6 +304,8 @@ impl SinkTask {
         }
     }
 
+    /// Runs `op` until it succeeds, retrying retryable errors with backoff, each attempt and
+    /// each wait bounded by `deadline`.
     async fn with_retries<T>(
         &mut self,
         what: &str,
@@ -267,20 +314,45 @@ impl SinkTask {
             &'a [Record],
         ) -> futures::future::BoxFuture<'a, Result<T, ConnectorError>>,
         batch: &[Record],
-    ) -> Result<T, ConnectorError> {
+        deadline: &Deadline,
+    ) -> Result<T, Stopped> {
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match op(&mut self.sink, batch).await {
+            let Some(result) = bounded(deadline, op(&mut self.sink, batch)).await else {
+                return Err(Stopped::Abandoned);
+            };
+            match result {
                 Ok(value) => return Ok(value),
-                Err(e) if e.retryable && attempt < MAX_BATCH_ATTEMPTS => {
+                Err(e) if e.retryable && attempt < MAX_BATCH_ATTEMPTS && !deadline.is_passed() => {
                     tracing::warn!(component = %self.id, attempt, error = %e.message, "{what} failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
+                    if bounded(deadline, tokio::time::sleep(backoff))
+                        .await
+                        .is_none()
+                    {
+                        return Err(Stopped::Abandoned);
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                Err(e) => return Err(e.in_component(&self.id)),
+                Err(e) if deadline.is_passed() => {
+                    tracing::warn!(component = %self.id, error = %e.message, "{what} failed after the shutdown deadline");
+                    return Err(Stopped::Abandoned);
+                }
+                Err(e) => return Err(e.in_component(&self.id).into()),
             }
         }
+    }
+}
+
+/// `work`, or `None` once `deadline` has passed; past it already, `work` gets [`Deadline::GRACE`].
+async fn bounded<T>(deadline: &Deadline, work: impl std::future::Future<Output = T>) -> Option<T> {
+    if deadline.is_passed() {
+        return tokio::time::timeout(Deadline::GRACE, work).await.ok();
+    }
+    tokio::select! {
+        biased;
+        value = work => Some(value),
+        _ = deadline.passed() => None,
     }
 }

@@ -6,10 +6,12 @@
 //! slower than the source).
 
 use super::dead_letter::{DeadLetters, Failure};
+use super::deadline::Deadline;
 use super::{apply_transforms, transport_error};
 use crate::metrics::ComponentMetrics;
 use crate::transport::{Delivery, OffsetStore, TopicWriter};
 use crate::{ConnectorError, Payload, Record, Source, Transform};
+use futures::FutureExt;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,33 +44,35 @@ impl SourceTask {
     pub async fn run(
         mut self,
         shutdown: CancellationToken,
-        drain_timeout: Duration,
+        deadline: Deadline,
     ) -> Result<(), ConnectorError> {
-        // Fires once shutdown has lasted longer than sinks may drain: stop waiting for acks.
-        let give_up = CancellationToken::new();
-        {
-            let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                tokio::time::sleep(drain_timeout + Duration::from_secs(1)).await;
-                give_up.cancel();
-            });
-        }
+        // Cancelled when the acknowledger or the offset writer fails: producing more would only
+        // send records whose offsets are never stored.
+        let failed = CancellationToken::new();
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(self.max_in_flight_batches);
         let (acked_tx, acked_rx) = watch::channel(HashMap::new());
-        let acker = tokio::spawn(acknowledge(
-            sent_rx,
-            acked_tx,
-            self.metrics.clone(),
-            give_up.clone(),
+        let acker = tokio::spawn(cancel_on_error(
+            failed.clone(),
+            acknowledge(
+                sent_rx,
+                acked_tx,
+                self.metrics.clone(),
+                shutdown.clone(),
+                deadline.clone(),
+                failed.clone(),
+            ),
         ));
-        let committer = tokio::spawn(store_offsets(
-            acked_rx,
-            self.offsets.clone(),
-            self.id.clone(),
+        let committer = tokio::spawn(cancel_on_error(
+            failed.clone(),
+            store_offsets(
+                acked_rx,
+                self.offsets.clone(),
+                self.id.clone(),
+                deadline.clone(),
+            ),
         ));
 
-        let produced = self.produce(&shutdown, &give_up, sent_tx).await;
+        let produced = self.produce(&shutdown, &deadline, &failed, sent_tx).await;
         let acked = acker
             .await
             .map_err(|e| ConnectorError::internal(format!("acknowledger panicked: {e}")));
@@ -76,22 +80,25 @@ impl SourceTask {
             .await
             .map_err(|e| ConnectorError::internal(format!("offset writer panicked: {e}")));
         self.metrics.finish();
-        produced?;
-        acked??;
+        // The offset writer's failure first: it is why the others stopped.
         stored??;
+        acked??;
+        produced?;
         Ok(())
     }
 
     async fn produce(
         &mut self,
         shutdown: &CancellationToken,
-        give_up: &CancellationToken,
+        deadline: &Deadline,
+        failed: &CancellationToken,
         sent: mpsc::Sender<Sent>,
     ) -> Result<(), ConnectorError> {
         loop {
             let polled = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = failed.cancelled() => return Ok(()),
                 polled = self.source.poll(self.batch_size) => polled.map_err(|e| e.in_component(&self.id))?,
             };
             let Some(items) = polled else {
@@ -106,6 +113,8 @@ impl SourceTask {
             let mut offsets = HashMap::new();
             // Consecutive items mostly share a partition: one map insert per run of them.
             let mut last: Option<(std::sync::Arc<str>, Value)> = None;
+            // Records read from a source never come from the dead-letter topic, so every
+            // failure below becomes one dead letter.
             let mut dead = 0;
             for item in items {
                 match item.payload {
@@ -129,7 +138,7 @@ impl SourceTask {
                                 r
                             })),
                             Err(message) => {
-                                records.push(self.dead_letters.route(Failure {
+                                records.extend(self.dead_letters.route(Failure {
                                     component: &self.id,
                                     stage: "transform",
                                     message,
@@ -146,7 +155,7 @@ impl SourceTask {
                         ComponentMetrics::add(&self.metrics.skipped, 1);
                     }
                     Payload::Bad(bad) => {
-                        records.push(self.dead_letters.route(Failure {
+                        records.extend(self.dead_letters.route(Failure {
                             component: &self.id,
                             stage: "source",
                             message: bad.message,
@@ -173,22 +182,90 @@ impl SourceTask {
             if let Some((partition, offset)) = last {
                 offsets.insert(partition.to_string(), offset);
             }
-            ComponentMetrics::add(&self.metrics.dead_lettered, dead);
-            let count = records.len() - dead;
-            let delivery = tokio::select! {
-                _ = give_up.cancelled() => return Ok(()),
-                d = self.writer.send(records) => d.map_err(|e| transport_error(&self.id, e))?,
+            let mut count = records.len() - dead;
+            let (delivery, refused) = tokio::select! {
+                _ = deadline.passed() => return Ok(()),
+                _ = failed.cancelled() => return Ok(()),
+                d = self.writer.send_or_refuse(records) => d.map_err(|e| transport_error(&self.id, e))?,
             };
+            // Records larger than the topic takes: bad records, dead-lettered with a readable
+            // start of their value (the whole would be refused again) and their size.
+            let delivery = if refused.is_empty() {
+                delivery
+            } else {
+                count -= refused.len();
+                dead += refused.len();
+                let mut letters = Vec::with_capacity(refused.len());
+                for (mut record, message) in refused {
+                    shrink_value(&mut record, OVERSIZED_VALUE_KEPT);
+                    letters.extend(self.dead_letters.route(Failure {
+                        component: &self.id,
+                        stage: "produce",
+                        message,
+                        record,
+                        raw: None,
+                        location: None,
+                    })?);
+                }
+                let letters = tokio::select! {
+                    _ = deadline.passed() => return Ok(()),
+                    d = self.writer.send(letters) => d.map_err(|e| transport_error(&self.id, e))?,
+                };
+                async move {
+                    delivery.await?;
+                    letters.await
+                }
+                .boxed()
+            };
+            ComponentMetrics::add(&self.metrics.dead_lettered, dead);
             let batch = Sent {
                 delivery,
                 offsets,
                 records: count,
             };
-            if sent.send(batch).await.is_err() {
-                return Ok(()); // the acknowledger stopped; its error is reported by `run`
+            // Stops when the acknowledger did; its error is reported by `run`.
+            tokio::select! {
+                _ = deadline.passed() => return Ok(()),
+                _ = failed.cancelled() => return Ok(()),
+                sent = sent.send(batch) => if sent.is_err() { return Ok(()) },
             }
         }
     }
+}
+
+/// Bytes of an oversized record's value kept in its dead letter.
+const OVERSIZED_VALUE_KEPT: usize = 1024;
+
+/// Replaces the value of `record` by its first `keep` bytes of JSON text, as a string, when
+/// it is longer.
+fn shrink_value(record: &mut Record, keep: usize) {
+    let text = match record.encoded_value.take() {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => record.value.to_string(),
+    };
+    if text.len() <= keep {
+        if let Ok(value) = serde_json::from_str(&text) {
+            record.value = value;
+        }
+        return;
+    }
+    let mut end = keep;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    record.value = Value::String(format!("{}…", &text[..end]));
+}
+
+/// Runs `task`; cancels `failed` if it fails.
+async fn cancel_on_error(
+    failed: CancellationToken,
+    task: impl std::future::Future<Output = Result<(), ConnectorError>>,
+) -> Result<(), ConnectorError> {
+    let result = task.await;
+    if result.is_err() {
+        failed.cancel();
+    }
+    result
 }
 
 /// Awaits deliveries in send order and publishes the offsets they make safe to store.
@@ -196,17 +273,31 @@ async fn acknowledge(
     mut sent: mpsc::Receiver<Sent>,
     acked: watch::Sender<HashMap<String, Value>>,
     metrics: Arc<ComponentMetrics>,
-    give_up: CancellationToken,
+    shutdown: CancellationToken,
+    deadline: Deadline,
+    failed: CancellationToken,
 ) -> Result<(), ConnectorError> {
     let component = metrics.id.clone();
     let mut merged = HashMap::new();
     while let Some(batch) = sent.recv().await {
-        tokio::select! {
-            _ = give_up.cancelled() => {
+        let delivered = tokio::select! {
+            _ = deadline.passed() => {
                 tracing::warn!(component = %component, "shutdown deadline passed with records unacknowledged; they will be read again on restart");
                 return Ok(());
             }
-            delivered = batch.delivery => delivered.map_err(|e| transport_error(&component, e))?,
+            // The offset writer failed: its error ends the task.
+            _ = failed.cancelled() => return Ok(()),
+            delivered = batch.delivery => delivered,
+        };
+        match delivered {
+            Ok(()) => {}
+            // Stopping: a reader that left without committing fails its deliveries; the
+            // records are read from the source again next run, since no offset moves past them.
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::warn!(component = %component, error = %e, "records not acknowledged while stopping; they will be read again on restart");
+                return Ok(());
+            }
+            Err(e) => return Err(transport_error(&component, e)),
         }
         ComponentMetrics::add(&metrics.records_out, batch.records);
         merged.extend(batch.offsets);
@@ -216,10 +307,12 @@ async fn acknowledge(
 }
 
 /// Stores the latest acknowledged offsets whenever they change, and once more at the end.
+/// Retryable failures are retried a while; then, or on any other failure, the source stops.
 async fn store_offsets(
     mut acked: watch::Receiver<HashMap<String, Value>>,
     store: Arc<dyn OffsetStore>,
     component: String,
+    deadline: Deadline,
 ) -> Result<(), ConnectorError> {
     while acked.changed().await.is_ok() {
         let offsets = acked.borrow_and_update().clone();
@@ -227,14 +320,26 @@ async fn store_offsets(
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match store.store(&component, &offsets).await {
+            let stored = tokio::select! {
+                stored = store.store(&component, &offsets) => stored,
+                _ = deadline.passed() => {
+                    tracing::warn!(component = %component, "shutdown deadline passed before source offsets were stored; the last records will be read again on restart");
+                    return Ok(());
+                }
+            };
+            match stored {
                 Ok(()) => break,
                 Err(e) if e.retryable && attempt < 10 => {
                     tracing::warn!(component = %component, error = %e, "cannot store source offsets yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => return Err(transport_error(&component, e)),
+                Err(e) => {
+                    return Err(ConnectorError::external(format!(
+                        "cannot store source offsets: {e}"
+                    ))
+                    .in_component(&component))
+                }
             }
         }
     }

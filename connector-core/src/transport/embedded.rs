@@ -39,8 +39,8 @@ struct Broker {
 struct Topic {
     name: String,
     state: Mutex<TopicState>,
-    /// Per partition: offset below which every group has committed. Deliveries wait on it.
-    committed_by_all: Vec<watch::Sender<i64>>,
+    /// Per partition: what deliveries wait on.
+    committed_by_all: Vec<watch::Sender<Low>>,
     /// Woken when commits free space, for producers.
     space: Notify,
 }
@@ -52,6 +52,31 @@ struct TopicState {
     /// Records held across partitions (not yet committed by every group).
     retained: usize,
     next_unkeyed: usize,
+}
+
+/// The low mark of a partition, as deliveries see it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Low {
+    /// Offset below which every group has committed.
+    committed: i64,
+    /// Lowest offset a group that left (its reader dropped) had not committed: records from
+    /// here on were never stored by that sink, so their deliveries fail rather than let the
+    /// source store an offset past them.
+    lost_from: Option<i64>,
+}
+
+impl Low {
+    /// `Some(true)` once records below `needed` are committed by all, `Some(false)` once some
+    /// of them never will be, `None` while undecided.
+    fn settles(&self, needed: i64) -> Option<bool> {
+        if self.lost_from.is_some_and(|lost| lost < needed) {
+            Some(false)
+        } else if self.committed >= needed {
+            Some(true)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +112,7 @@ impl Broker {
                         retained: 0,
                         next_unkeyed: 0,
                     }),
-                    committed_by_all: (0..n).map(|_| watch::channel(0).0).collect(),
+                    committed_by_all: (0..n).map(|_| watch::channel(Low::default()).0).collect(),
                     space: Notify::new(),
                 })
             })
@@ -111,8 +136,8 @@ impl Topic {
                 state.retained -= 1;
             }
             self.committed_by_all[p].send_if_modified(|v| {
-                let changed = *v != low;
-                *v = low;
+                let changed = v.committed != low;
+                v.committed = low;
                 changed
             });
         }
@@ -206,7 +231,11 @@ struct EmbeddedWriter {
 
 #[async_trait]
 impl TopicWriter for EmbeddedWriter {
-    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+    /// In-process records have no size limit: nothing is refused.
+    async fn send_or_refuse(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<(Delivery, Vec<super::Refused>), TransportError> {
         let mut by_topic: IndexMap<Arc<str>, Vec<Record>> = IndexMap::new();
         for mut record in records {
             // Readers see `value`: text a source wrote anyway is parsed here.
@@ -256,20 +285,31 @@ impl TopicWriter for EmbeddedWriter {
             drop(state);
             for (p, offset) in last.into_iter().enumerate() {
                 if offset >= 0 {
-                    waits.push((topic.committed_by_all[p].subscribe(), offset + 1));
+                    waits.push((
+                        topic.name.clone(),
+                        topic.committed_by_all[p].subscribe(),
+                        offset + 1,
+                    ));
                 }
             }
         }
         self.broker.data.notify_waiters();
-        Ok(async move {
-            for (mut rx, needed) in waits {
-                rx.wait_for(|low| *low >= needed)
+        let delivery = async move {
+            for (topic, mut rx, needed) in waits {
+                let low = rx
+                    .wait_for(|low| low.settles(needed).is_some())
                     .await
                     .map_err(|_| TransportError::fatal("the embedded broker shut down"))?;
+                if low.settles(needed) == Some(false) {
+                    return Err(TransportError::transient(format!(
+                        "a sink reading `{topic}` stopped before storing these records"
+                    )));
+                }
             }
             Ok(())
         }
-        .boxed())
+        .boxed();
+        Ok((delivery, Vec::new()))
     }
 }
 
@@ -311,6 +351,28 @@ impl EmbeddedReader {
         }
         self.next_topic = (self.next_topic + 1) % count.max(1);
         out
+    }
+}
+
+/// A reader that is dropped leaves its group: records stop waiting for it, and those it had not
+/// committed fail their deliveries (see [`Low::lost_from`]).
+impl Drop for EmbeddedReader {
+    fn drop(&mut self) {
+        for (topic, _) in &self.topics {
+            let mut state = lock(&topic.state);
+            let Some(committed) = state.groups.remove(&self.group) else {
+                continue;
+            };
+            for (p, log) in state.partitions.iter().enumerate() {
+                if committed[p] < log.end() {
+                    topic.committed_by_all[p].send_modify(|low| {
+                        low.lost_from =
+                            Some(low.lost_from.map_or(committed[p], |l| l.min(committed[p])));
+                    });
+                }
+            }
+            topic.trim(&mut state);
+        }
     }
 }
 

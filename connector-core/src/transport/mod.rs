@@ -5,7 +5,7 @@ pub mod embedded;
 pub mod kafka;
 mod offsets_file;
 
-pub use offsets_file::FileOffsetStore;
+pub use offsets_file::{FileOffsetStore, StateLock};
 
 use crate::config::TopicSpec;
 use crate::Record;
@@ -107,12 +107,33 @@ pub trait Transport: Send + Sync {
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError>;
 }
 
+/// A record the transport refused at once, and why (it is larger than the topic takes).
+pub type Refused = (Record, String);
+
 /// Writes records to topics.
 #[async_trait]
 pub trait TopicWriter: Send + Sync {
     /// Hands records (each naming its `topic`) to the transport, waiting while its buffers are
-    /// full. The returned [`Delivery`] resolves once all are acknowledged.
-    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError>;
+    /// full. The returned [`Delivery`] resolves once all are acknowledged. A record the
+    /// transport refuses (see [`TopicWriter::send_or_refuse`]) fails the send.
+    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+        let (delivery, refused) = self.send_or_refuse(records).await?;
+        match refused.into_iter().next() {
+            None => Ok(delivery),
+            Some((record, reason)) => Err(TransportError::fatal(format!(
+                "cannot write to `{}`: {reason}",
+                record.topic
+            ))),
+        }
+    }
+
+    /// Like [`TopicWriter::send`], but records the transport refuses outright (over its size
+    /// limit) are handed back with the reason instead of failing the rest; the [`Delivery`]
+    /// covers the others.
+    async fn send_or_refuse(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<(Delivery, Vec<Refused>), TransportError>;
 }
 
 /// A member of a consumer group.

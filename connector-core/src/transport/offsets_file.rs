@@ -40,6 +40,57 @@ impl FileOffsetStore {
     }
 }
 
+/// An exclusive hold on a pipeline's folder of the state dir, released when dropped (or when
+/// the process ends, however it ends). Two processes running one embedded pipeline on one state
+/// dir would both read the source from the same offsets and overwrite each other's file.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes `<state_dir>/<pipeline>/lock`, or says which process holds it.
+    pub fn take(state_dir: &std::path::Path, pipeline: &str) -> Result<StateLock, String> {
+        use std::io::{Read, Seek, Write};
+        let dir = state_dir.join(pipeline);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
+        let path = dir.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    format!("another sluice process (pid {holder})")
+                };
+                return Err(format!(
+                    "pipeline `{pipeline}` is already running from state dir {} in {who}; stop it first, or give this run its own `--state-dir`",
+                    state_dir.display()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(StateLock { _file: file })
+    }
+}
+
 #[async_trait]
 impl OffsetStore for FileOffsetStore {
     async fn load(&self, component: &str) -> Result<HashMap<String, Value>, TransportError> {
@@ -96,5 +147,25 @@ mod tests {
         let reopened = FileOffsetStore::open(dir.path(), "p").unwrap();
         assert_eq!(reopened.load("src").await.unwrap(), offsets);
         assert!(reopened.load("other").await.unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_pipeline_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateLock::take(dir.path(), "p").unwrap();
+        let e = StateLock::take(dir.path(), "p").unwrap_err();
+        assert!(
+            e.contains(&format!("pid {}", std::process::id())) && e.contains("`p`"),
+            "{e}"
+        );
+        // Another pipeline in the same state dir is free.
+        let _other = StateLock::take(dir.path(), "q").unwrap();
+        drop(held);
+        StateLock::take(dir.path(), "p").unwrap();
     }
 }

@@ -34,9 +34,12 @@ pub struct ElasticsearchSinkConfig {
     /// `index` (create or replace), `create` (fail on an existing id) or `upsert` (merge fields).
     #[serde(default)]
     pub write_method: WriteMethod,
-    /// Tombstones (null value with a key): `delete` the document with that id, or `ignore` them.
-    #[serde(default)]
-    pub tombstones: Tombstones,
+    /// Tombstones (null value with a key): `delete` the document whose id is the record key
+    /// (needs `document_id: key`), `ignore` them, or `refuse` them as bad records (handled as
+    /// `behavior_on_malformed` says). Unset: `delete` with `document_id: key`, else `refuse`,
+    /// since no other id lets a tombstone name the document it deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstones: Option<Tombstones>,
     /// Documents the cluster refuses for their content (mapping or parse errors): `dlq` (to the
     /// dead-letter topic), `fail` (stop the pipeline), `warn` (log and drop), `ignore` (drop).
     #[serde(default)]
@@ -96,12 +99,12 @@ pub enum WriteMethod {
 }
 
 /// What a tombstone does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Tombstones {
-    #[default]
     Delete,
     Ignore,
+    Refuse,
 }
 
 /// What happens to a document the cluster refuses for its content.
@@ -147,16 +150,29 @@ fn default_timeout() -> Duration {
 }
 
 impl ElasticsearchSinkConfig {
+    /// What tombstones do, the default resolved.
+    pub(super) fn tombstones(&self) -> Tombstones {
+        self.tombstones
+            .unwrap_or(if self.document_id == DocumentId::Key {
+                Tombstones::Delete
+            } else {
+                Tombstones::Refuse
+            })
+    }
+
     pub(super) fn check(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         match elasticsearch::http::Url::parse(&self.url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => errors.push(FieldError::new("url", "must be an http:// or https:// URL")),
         }
-        if self.index.trim().is_empty() || self.index.chars().any(|c| c.is_ascii_uppercase()) {
+        if let Err(problem) = super::request::check_index_template(&self.index) {
+            errors.push(FieldError::new("index", problem));
+        }
+        if self.tombstones == Some(Tombstones::Delete) && self.document_id != DocumentId::Key {
             errors.push(FieldError::new(
-                "index",
-                "must be a non-empty lower-case name (Elasticsearch refuses upper case)",
+                "tombstones",
+                "`delete` needs `document_id: key`: a tombstone has no value, so only its key can name the document to delete",
             ));
         }
         if self.document_id == DocumentId::Fields && self.id_fields.is_empty() {

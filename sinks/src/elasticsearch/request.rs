@@ -4,11 +4,18 @@ use super::config::{DocumentId, ElasticsearchSinkConfig, Tombstones, WriteMethod
 use serde_json::{json, Value};
 use sluice_core::Record;
 
+/// Longest `_id` Elasticsearch accepts, in bytes.
+const MAX_ID_BYTES: usize = 512;
+/// `retry_on_conflict` of upserts.
+const RETRY_ON_CONFLICT: u32 = 3;
+
 /// One document's action (and source) lines, with its index in the batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BulkItem {
     pub position: usize,
     pub index: String,
+    /// The document id, when the sink sets one: writes to one id must keep their order.
+    pub id: Option<String>,
     pub lines: Vec<u8>,
 }
 
@@ -35,7 +42,24 @@ fn item(
     record: &Record,
 ) -> Result<Option<BulkItem>, String> {
     let index = index_name(&config.index, record);
-    let id = document_id(config, record)?;
+    let tombstone_without_key_id = record.is_tombstone() && config.document_id != DocumentId::Key;
+    let id = if tombstone_without_key_id {
+        None
+    } else {
+        document_id(config, record)?
+    };
+    if let Some(id) = &id {
+        // Elasticsearch checks every item before any: one bad id fails the whole `_bulk`.
+        if id.is_empty() {
+            return Err("the document id is empty".into());
+        }
+        if id.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "the document id is {} bytes; Elasticsearch takes at most {MAX_ID_BYTES}",
+                id.len()
+            ));
+        }
+    }
     let mut meta = json!({ "_index": index });
     if let Some(id) = &id {
         meta["_id"] = Value::String(id.clone());
@@ -47,14 +71,22 @@ fn item(
         Ok(())
     };
     if record.is_tombstone() {
-        // A tombstone deletes the document with the record's id.
-        if config.tombstones == Tombstones::Ignore || id.is_none() {
-            return Ok(None);
+        // A tombstone deletes the document whose id is its key.
+        match config.tombstones() {
+            Tombstones::Ignore => return Ok(None),
+            Tombstones::Refuse => {
+                return Err(
+                    "a tombstone (null value) cannot name a document to delete unless `document_id: key`"
+                        .into(),
+                )
+            }
+            Tombstones::Delete => {}
         }
         push(&json!({ "delete": meta }))?;
         return Ok(Some(BulkItem {
             position,
             index,
+            id,
             lines,
         }));
     }
@@ -68,6 +100,8 @@ fn item(
             push(&record.value)?;
         }
         WriteMethod::Upsert => {
+            // Two updates of one id at once may conflict (409); Elasticsearch retries them.
+            meta["retry_on_conflict"] = json!(RETRY_ON_CONFLICT);
             push(&json!({ "update": meta }))?;
             push(&json!({ "doc": record.value, "doc_as_upsert": true }))?;
         }
@@ -75,14 +109,19 @@ fn item(
     Ok(Some(BulkItem {
         position,
         index,
+        id,
         lines,
     }))
 }
 
 /// `{topic}`, `{date}` (`YYYY.MM.DD` of the record time) and `{date:FORMAT}` filled in.
+/// The template is checked by [`check_index_template`] first; a format it would refuse is
+/// left as written rather than panicking.
 pub fn index_name(template: &str, record: &Record) -> String {
     let mut name = template.replace("{topic}", &record.topic.to_lowercase());
-    while let Some(start) = name.find("{date") {
+    let mut from = 0;
+    while let Some(found) = name[from..].find("{date") {
+        let start = from + found;
         let Some(len) = name[start..].find('}') else {
             break;
         };
@@ -94,9 +133,75 @@ pub fn index_name(template: &str, record: &Record) -> String {
             .timestamp
             .and_then(chrono::DateTime::from_timestamp_millis)
             .unwrap_or_else(chrono::Utc::now);
-        name.replace_range(start..=start + len, &time.format(&format).to_string());
+        let mut text = String::new();
+        if std::fmt::Write::write_fmt(&mut text, format_args!("{}", time.format(&format))).is_err()
+        {
+            from = start + len + 1;
+            continue;
+        }
+        name.replace_range(start..=start + len, &text);
+        from = start + text.len();
     }
     name
+}
+
+/// Checks an `index` template against Elasticsearch's rules for index names, with `{topic}`
+/// and each `{date…}` standing for a valid part: lower case; not starting with `_`, `-` or
+/// `+`; none of `\ / * ? " < > | , # :` or spaces; not `.` or `..`; at most 255 bytes.
+pub fn check_index_template(template: &str) -> Result<(), String> {
+    let mut sample = template.replace("{topic}", "t");
+    while let Some(start) = sample.find("{date") {
+        let Some(len) = sample[start..].find('}') else {
+            return Err(format!("`{template}`: `{{date` is not closed by `}}`"));
+        };
+        let inner = &sample[start + 5..start + len];
+        let format = match inner.strip_prefix(':') {
+            Some(f) if !f.is_empty() => f.to_string(),
+            None if inner.is_empty() => "%Y.%m.%d".into(),
+            _ => {
+                return Err(format!(
+                    "`{template}`: write `{{date}}` or `{{date:%Y.%m}}`"
+                ))
+            }
+        };
+        use chrono::format::{Item, StrftimeItems};
+        if StrftimeItems::new(&format).any(|i| matches!(i, Item::Error)) {
+            return Err(format!(
+                "`{template}`: `{format}` is not a valid date format (see chrono's strftime: %Y, %m, %d…)"
+            ));
+        }
+        let example = chrono::DateTime::from_timestamp(0, 0)
+            .unwrap_or_default()
+            .format(&format)
+            .to_string();
+        sample.replace_range(start..=start + len, &example);
+    }
+    if sample.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if sample.chars().any(|c| c.is_uppercase()) {
+        return Err(format!("`{template}`: index names must be lower case"));
+    }
+    if sample.starts_with(['_', '-', '+']) {
+        return Err(format!(
+            "`{template}`: index names must not start with `_`, `-` or `+`"
+        ));
+    }
+    if let Some(c) = sample.chars().find(|c| {
+        matches!(
+            c,
+            '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ':'
+        ) || c.is_whitespace()
+    }) {
+        return Err(format!("`{template}`: index names must not contain `{c}`"));
+    }
+    if sample == "." || sample == ".." {
+        return Err(format!("`{template}` is not a valid index name"));
+    }
+    if sample.len() > 255 {
+        return Err(format!("`{template}`: index names are at most 255 bytes"));
+    }
+    Ok(())
 }
 
 fn document_id(
@@ -193,7 +298,74 @@ mod tests {
             String::from_utf8(items[0].lines.clone()).unwrap(),
             "{\"delete\":{\"_index\":\"bitcoin\",\"_id\":\"2014-09-17\"}}\n"
         );
-        let (items, _) = bulk_items(&config("document_id: key\ntombstones: ignore"), &[t]);
+        let (items, _) = bulk_items(
+            &config("document_id: key\ntombstones: ignore"),
+            &[t.clone()],
+        );
         assert!(items.is_empty());
+        // With ids from coordinates or fields, a tombstone names no document: refused.
+        for yaml in ["", "document_id: fields\nid_fields: [Date]"] {
+            let (items, refused) = bulk_items(&config(yaml), &[t.clone()]);
+            assert!(items.is_empty(), "{yaml}");
+            assert!(
+                refused[0].1.contains("document_id: key"),
+                "{yaml}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_or_too_long_id_refuses_only_its_record() {
+        let mut long = record();
+        long.key = Some(vec![b'k'; 513]);
+        let mut empty = record();
+        empty.key = Some(Vec::new());
+        let (items, refused) = bulk_items(&config("document_id: key"), &[record(), long, empty]);
+        assert_eq!(items.len(), 1);
+        assert_eq!(refused.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+        assert!(refused[0].1.contains("513 bytes"), "{refused:?}");
+    }
+
+    #[test]
+    fn upserts_ask_elasticsearch_to_retry_conflicts() {
+        let (items, _) = bulk_items(
+            &config("document_id: key\nwrite_method: upsert"),
+            &[record()],
+        );
+        let text = String::from_utf8(items[0].lines.clone()).unwrap();
+        assert!(text.contains(r#""retry_on_conflict":3"#), "{text}");
+    }
+
+    #[test]
+    fn index_templates_follow_elasticsearch_naming_rules() {
+        for good in [
+            "{topic}",
+            "bitcoin_kafka",
+            "btc-{date}",
+            "btc-{date:%Y.%m}",
+            ".hidden",
+        ] {
+            assert_eq!(check_index_template(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("Bitcoin", "lower case"),
+            ("_btc", "start"),
+            ("-btc", "start"),
+            ("btc data", "contain"),
+            ("btc:1", "contain"),
+            ("btc*", "contain"),
+            ("btc-{date:%Q}", "not a valid date format"),
+            ("btc-{date", "not closed"),
+            ("btc-{date:}", "write"),
+            ("..", "not a valid index name"),
+        ] {
+            let e = check_index_template(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(check_index_template(&"a".repeat(256))
+            .unwrap_err()
+            .contains("255"));
+        // Even unchecked, a bad format is no panic.
+        assert_eq!(index_name("x-{date:%Q}", &record()), "x-{date:%Q}");
     }
 }

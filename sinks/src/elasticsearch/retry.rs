@@ -9,13 +9,25 @@ pub enum Verdict {
     Done,
     /// Overloaded or unavailable (429, `es_rejected_execution_exception`, 5xx): send it again.
     Retry(String),
-    /// Refused for its content (mapping or parse error, version conflict…).
+    /// Refused for its content (mapping or parse error…).
     Refused(String),
+    /// Refused because of how the sink is set up (credentials, privileges, a missing or
+    /// read-only index): no document is at fault, so the batch fails with the message.
+    Setup(String),
 }
+
+/// Error types of `_bulk` items that are about the cluster or the credentials, not the document.
+const SETUP_ERRORS: &[&str] = &[
+    "security_exception",
+    "cluster_block_exception",
+    "index_not_found_exception",
+    "index_closed_exception",
+    "authorization_exception",
+];
 
 /// Reads one item of a `_bulk` response (`{"index": {"status": 201, …}}`).
 pub fn item_verdict(item: &Value) -> Verdict {
-    let Some(result) = item.as_object().and_then(|o| o.values().next()) else {
+    let Some((action, result)) = item.as_object().and_then(|o| o.iter().next()) else {
         return Verdict::Retry("malformed bulk item in the response".into());
     };
     let status = result.get("status").and_then(Value::as_u64).unwrap_or(0);
@@ -36,8 +48,14 @@ pub fn item_verdict(item: &Value) -> Verdict {
         .and_then(Value::as_str)
         .map(|r| format!("{kind}: {r}"))
         .unwrap_or_else(|| format!("status {status}"));
+    // `create` of an id that exists: the document was written before (a replay).
+    if action == "create" && status == 409 {
+        return Verdict::Done;
+    }
     if status == 429 || kind == "es_rejected_execution_exception" || status >= 500 {
         Verdict::Retry(reason)
+    } else if matches!(status, 401 | 403) || SETUP_ERRORS.contains(&kind) {
+        Verdict::Setup(format!("{reason} (status {status})"))
     } else {
         Verdict::Refused(format!("{reason} (status {status})"))
     }
@@ -83,6 +101,32 @@ mod tests {
             item_verdict(&json!({"delete": {"status": 404, "result": "not_found"}})),
             Verdict::Done
         );
+    }
+
+    #[test]
+    fn a_create_conflict_is_a_document_already_written() {
+        let conflict = json!({"create": {"status": 409, "error": {"type": "version_conflict_engine_exception", "reason": "[x]: version conflict, document already exists"}}});
+        assert_eq!(item_verdict(&conflict), Verdict::Done);
+        // On `index` or `update` a 409 is not expected to mean the same.
+        let update = json!({"update": {"status": 409, "error": {"type": "version_conflict_engine_exception", "reason": "conflict"}}});
+        assert!(matches!(item_verdict(&update), Verdict::Refused(_)));
+    }
+
+    #[test]
+    fn errors_about_the_setup_are_not_bad_documents() {
+        for (status, kind) in [
+            (403, "security_exception"),
+            (401, "security_exception"),
+            (403, "cluster_block_exception"),
+            (404, "index_not_found_exception"),
+        ] {
+            let item =
+                json!({"index": {"status": status, "error": {"type": kind, "reason": "no"}}});
+            assert!(
+                matches!(item_verdict(&item), Verdict::Setup(_)),
+                "{status} {kind}"
+            );
+        }
     }
 
     #[test]

@@ -5,13 +5,15 @@ use super::request::{bulk_items, BulkItem};
 use super::retry::{backoff, item_verdict, status_retryable, Verdict};
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
 use elasticsearch::http::{Method, Url};
 use futures::StreamExt;
 use serde_json::Value;
-use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
-use std::collections::HashSet;
+use sluice_core::{
+    async_trait, redact_url, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext,
+};
+use std::collections::{HashMap, HashSet};
 
 pub(super) struct ElasticsearchSink {
     config: ElasticsearchSinkConfig,
@@ -31,8 +33,10 @@ impl ElasticsearchSink {
         config: ElasticsearchSinkConfig,
         ctx: &SinkBuildContext,
     ) -> Result<Self, ConnectorError> {
-        let url = Url::parse(&config.url)
-            .map_err(|e| ConnectorError::user(format!("bad `url`: {e}")).with_field("url"))?;
+        let url = Url::parse(&config.url).map_err(|e| {
+            ConnectorError::user(format!("bad `url`: {}", redact_url(&e.to_string())))
+                .with_field("url")
+        })?;
         let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(config.request_timeout)
             .request_body_compression(config.gzip)
@@ -71,16 +75,22 @@ impl ElasticsearchSink {
         let info = sink.call(Method::Get, "/", None).await?;
         match info.status {
             200 => {}
-            401 | 403 => {
+            // `GET /` needs the `monitor` cluster privilege, which a least-privilege writer
+            // may lack: the credentials themselves were accepted.
+            403 => {
+                tracing::warn!(component = %ctx.component, url = %redact_url(&sink.config.url), "Elasticsearch refused `GET /` (403: no `monitor` privilege); going on without the cluster's version")
+            }
+            401 => {
                 return Err(ConnectorError::external(format!(
                     "Elasticsearch at {} refused the credentials ({})",
-                    sink.config.url, info.status
+                    redact_url(&sink.config.url),
+                    info.status
                 )))
             }
             s => {
                 return Err(ConnectorError::external(format!(
                     "Elasticsearch at {} answered {s} to `GET /`",
-                    sink.config.url
+                    redact_url(&sink.config.url)
                 )))
             }
         }
@@ -94,12 +104,20 @@ impl ElasticsearchSink {
             .get("cluster_name")
             .and_then(Value::as_str)
             .unwrap_or("?");
-        tracing::info!(component = %ctx.component, url = %sink.config.url, %cluster, %version, "connected to Elasticsearch");
+        tracing::info!(component = %ctx.component, url = %redact_url(&sink.config.url), %cluster, %version, "connected to Elasticsearch");
         if !sink.config.index.contains('{') {
             let index = sink.config.index.clone();
             sink.ensure_index(&index).await?;
         }
         Ok(sink)
+    }
+
+    /// A failed request as a retryable error, credentials in URLs redacted.
+    fn unreachable(&self, e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::transient(redact_url(&format!(
+            "Elasticsearch at {}: {e}",
+            self.config.url
+        )))
     }
 
     /// One request; connection failures become retryable errors.
@@ -115,18 +133,16 @@ impl ElasticsearchSink {
         } else {
             "application/json"
         };
+        // Both set here, so that no update of the client changes the media types sent.
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let response = self
             .transport
             .send(method, path, headers, None::<&()>, body, None)
             .await
-            .map_err(|e| {
-                ConnectorError::transient(format!("Elasticsearch at {}: {e}", self.config.url))
-            })?;
+            .map_err(|e| self.unreachable(e))?;
         let status = response.status_code().as_u16();
-        let text = response.text().await.map_err(|e| {
-            ConnectorError::transient(format!("Elasticsearch at {}: {e}", self.config.url))
-        })?;
+        let text = response.text().await.map_err(|e| self.unreachable(e))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Answer { status, body })
     }
@@ -153,6 +169,23 @@ impl ElasticsearchSink {
         match created.status {
             200 | 201 => tracing::info!(%index, "created index"),
             400 if exists => self.check_mapping(index).await?,
+            // No `create_index` privilege: fine if the index exists already.
+            403 => {
+                let head = self.call(Method::Head, &format!("/{index}"), None).await?;
+                match head.status {
+                    200 => self.check_mapping(index).await?,
+                    404 => {
+                        return Err(ConnectorError::external(format!(
+                            "index `{index}` does not exist and these credentials may not create it (403); create it, or grant `create_index` on it"
+                        )))
+                    }
+                    s => {
+                        return Err(ConnectorError::external(format!(
+                            "could not create index `{index}` (403), and checking that it exists answered {s}"
+                        )))
+                    }
+                }
+            }
             s => {
                 let reason = created
                     .body
@@ -185,6 +218,10 @@ impl ElasticsearchSink {
         let answer = self
             .call(Method::Get, &format!("/{index}/_mapping"), None)
             .await?;
+        if answer.status == 403 {
+            tracing::warn!(%index, "cannot read the index's mapping (403: no `view_index_metadata` privilege); not checking it against `mappings`");
+            return Ok(());
+        }
         let have = answer
             .body
             .as_object()
@@ -210,7 +247,8 @@ impl ElasticsearchSink {
         Ok(())
     }
 
-    /// Sends `items` with `_bulk` until each is done or refused; returns the refused ones.
+    /// Sends `items` with `_bulk` until each is done or refused; returns the refused ones. A
+    /// request too large for the cluster (413) is split; a single document too large is refused.
     async fn send(
         &self,
         mut pending: Vec<BulkItem>,
@@ -238,6 +276,23 @@ impl ElasticsearchSink {
                     continue;
                 }
             };
+            if answer.status == 413 {
+                if pending.len() == 1 {
+                    let item = &pending[0];
+                    refused.push((
+                        item.position,
+                        format!(
+                            "document is {} bytes; Elasticsearch refused it as too large (413, over `http.max_content_length`)",
+                            item.lines.len()
+                        ),
+                    ));
+                    return Ok(refused);
+                }
+                let second = pending.split_off(pending.len() / 2);
+                refused.extend(Box::pin(self.send(pending)).await?);
+                refused.extend(Box::pin(self.send(second)).await?);
+                return Ok(refused);
+            }
             if answer.status != 200 {
                 let reason = answer
                     .body
@@ -278,6 +333,11 @@ impl ElasticsearchSink {
                         again.push(item);
                     }
                     Verdict::Refused(reason) => refused.push((item.position, reason)),
+                    Verdict::Setup(reason) => {
+                        return Err(ConnectorError::external(format!(
+                            "Elasticsearch refused a document for the sink's setup, not its content: {reason}"
+                        )))
+                    }
                 }
             }
             pending = again;
@@ -294,6 +354,29 @@ impl ElasticsearchSink {
     }
 }
 
+/// `items` in rounds where each document id appears once: requests of a round go out at once
+/// and their 429'd items are retried alone, so two writes to one id never race; a later write
+/// to an id waits for the next round.
+fn rounds(items: Vec<BulkItem>) -> Vec<Vec<BulkItem>> {
+    let mut rounds: Vec<Vec<BulkItem>> = vec![Vec::new()];
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for item in items {
+        let round = match &item.id {
+            Some(id) => {
+                let n = seen.entry((item.index.clone(), id.clone())).or_insert(0);
+                *n += 1;
+                *n - 1
+            }
+            None => 0,
+        };
+        if rounds.len() <= round {
+            rounds.resize_with(round + 1, Vec::new);
+        }
+        rounds[round].push(item);
+    }
+    rounds
+}
+
 #[async_trait]
 impl Sink for ElasticsearchSink {
     async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
@@ -302,28 +385,30 @@ impl Sink for ElasticsearchSink {
         for index in indices {
             self.ensure_index(&index).await?;
         }
-        // Requests below `max_request_bytes`, `max_in_flight` of them at once.
-        let mut chunks: Vec<Vec<BulkItem>> = Vec::new();
-        let mut size = 0;
-        for item in items {
-            if chunks.is_empty() || size + item.lines.len() > self.config.max_request_bytes {
-                chunks.push(Vec::new());
-                size = 0;
+        for round in rounds(items) {
+            // Requests below `max_request_bytes`, `max_in_flight` of them at once.
+            let mut chunks: Vec<Vec<BulkItem>> = Vec::new();
+            let mut size = 0;
+            for item in round {
+                if chunks.is_empty() || size + item.lines.len() > self.config.max_request_bytes {
+                    chunks.push(Vec::new());
+                    size = 0;
+                }
+                size += item.lines.len();
+                if let Some(last) = chunks.last_mut() {
+                    last.push(item);
+                }
             }
-            size += item.lines.len();
-            if let Some(last) = chunks.last_mut() {
-                last.push(item);
+            let this = &*self;
+            let results: Vec<Result<Vec<(usize, String)>, ConnectorError>> =
+                futures::stream::iter(chunks)
+                    .map(|chunk| this.send(chunk))
+                    .buffer_unordered(self.config.max_in_flight)
+                    .collect()
+                    .await;
+            for result in results {
+                refused.extend(result?);
             }
-        }
-        let this = &*self;
-        let results: Vec<Result<Vec<(usize, String)>, ConnectorError>> =
-            futures::stream::iter(chunks)
-                .map(|chunk| this.send(chunk))
-                .buffer_unordered(self.config.max_in_flight)
-                .collect()
-                .await;
-        for result in results {
-            refused.extend(result?);
         }
         refused.sort_by_key(|(i, _)| *i);
         let mut outcome = PutOutcome::default();
@@ -350,5 +435,35 @@ impl Sink for ElasticsearchSink {
     /// `_bulk` answers once documents are durable in the translog: nothing more to do.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(position: usize, id: &str) -> BulkItem {
+        BulkItem {
+            position,
+            index: "i".into(),
+            id: Some(id.into()),
+            lines: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_second_write_to_an_id_waits_for_the_next_round() {
+        let rounds = rounds(vec![
+            item(0, "a"),
+            item(1, "b"),
+            item(2, "a"),
+            item(3, "c"),
+            item(4, "a"),
+        ]);
+        let positions: Vec<Vec<usize>> = rounds
+            .iter()
+            .map(|r| r.iter().map(|i| i.position).collect())
+            .collect();
+        assert_eq!(positions, [vec![0, 1, 3], vec![2], vec![4]]);
     }
 }

@@ -45,6 +45,31 @@ pub struct MysqlSinkConfig {
     /// Length of VARCHAR primary-key columns created for text keys.
     #[serde(default = "default_key_length")]
     pub key_length: u32,
+    /// TLS to the server (managed MySQL services require it): `disabled` (default, unless the
+    /// URL says `?require_ssl=true`), `required` (encrypted, the certificate not checked),
+    /// `verify_ca` (signed by `ca_file` or a public root) or `verify_identity` (also issued
+    /// for the host name in `url`).
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// PEM file of the certificate authority that signed the server's certificate, for
+    /// `verify_ca` and `verify_identity` (e.g. the bundle a cloud provider publishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// How the connection to the server is encrypted and checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SslMode {
+    /// No TLS (unless the URL asks for it with `require_ssl=true`).
+    #[default]
+    Disabled,
+    /// TLS, without checking the server's certificate.
+    Required,
+    /// TLS, with a certificate signed by `ca_file` (or a public root), for any host name.
+    VerifyCa,
+    /// TLS, with a certificate signed by `ca_file` (or a public root) for the host in `url`.
+    VerifyIdentity,
 }
 
 /// How records become rows.
@@ -92,12 +117,41 @@ fn default_key_length() -> u32 {
 }
 
 impl MysqlSinkConfig {
+    /// The TLS options of `ssl_mode`; `None` leaves the URL's own.
+    pub(super) fn ssl_opts(
+        &self,
+    ) -> Result<Option<mysql_async::SslOpts>, sluice_core::ConnectorError> {
+        let base = mysql_async::SslOpts::default();
+        let with_ca = |opts: mysql_async::SslOpts| -> Result<_, sluice_core::ConnectorError> {
+            let Some(ca) = &self.ca_file else {
+                return Ok(opts);
+            };
+            let pem = std::fs::read(ca).map_err(|e| {
+                sluice_core::ConnectorError::user(format!("cannot read `{ca}`: {e}"))
+                    .with_field("ca_file")
+            })?;
+            Ok(opts.with_root_certs(vec![pem.into()]))
+        };
+        Ok(match self.ssl_mode {
+            SslMode::Disabled => None,
+            SslMode::Required => Some(
+                base.with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            ),
+            SslMode::VerifyCa => Some(with_ca(base.with_danger_skip_domain_validation(true))?),
+            SslMode::VerifyIdentity => Some(with_ca(base)?),
+        })
+    }
+
     pub(super) fn check(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Err(e) = mysql_async::Opts::from_url(&self.url) {
             errors.push(FieldError::new(
                 "url",
-                format!("not a MySQL URL (`mysql://user@host:3306/database`): {e}"),
+                format!(
+                    "not a MySQL URL (`mysql://user@host:3306/database`): {}",
+                    sluice_core::redact_url(&e.to_string())
+                ),
             ));
         } else if mysql_async::Opts::from_url(&self.url).is_ok_and(|o| o.db_name().is_none()) {
             errors.push(FieldError::new(
@@ -136,6 +190,21 @@ impl MysqlSinkConfig {
             errors.push(FieldError::new(
                 "delete_on_tombstone",
                 "needs `primary_key.mode: record_key`",
+            ));
+        }
+        // A replay (the normal way of recovering after a crash) sends rows already written; in
+        // plain `insert` mode their key is a duplicate (1062) on every restart.
+        if self.insert_mode == InsertMode::Insert && pk.mode != KeyMode::None && !self.exactly_once
+        {
+            errors.push(FieldError::new(
+                "insert_mode",
+                "`insert` with a `primary_key` fails on rows written again after a restart (duplicate key); use `insert_mode: upsert`, or `exactly_once: true` (Kafka transport)",
+            ));
+        }
+        if self.ca_file.is_some() && self.ssl_mode == SslMode::Disabled {
+            errors.push(FieldError::new(
+                "ca_file",
+                "is used with `ssl_mode: verify_ca` or `verify_identity`",
             ));
         }
         if self.key_length == 0 || self.key_length > 768 {

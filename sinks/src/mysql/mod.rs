@@ -3,10 +3,11 @@
 //! exactly-once through offsets stored in the same transaction.
 
 mod config;
+mod plan;
 mod schema;
 mod sink;
 
-pub use config::{InsertMode, KeyMode, MysqlSinkConfig, PrimaryKey};
+pub use config::{InsertMode, KeyMode, MysqlSinkConfig, PrimaryKey, SslMode};
 
 /// Caps the packet buffers mysql_async keeps for reuse. By default it keeps up to 128 freed
 /// buffers of up to 4 MiB each; statements of thousands of rows fill them, and a sink ended up

@@ -120,7 +120,11 @@ pub fn infer_type(values: &[&Value], is_key: bool, key_length: u32) -> String {
         });
     }
     match kind.unwrap_or("TEXT") {
-        "TEXT" | "JSON" if is_key => format!("VARCHAR({key_length})"),
+        // Binary collation: keys compare byte for byte, so `BTC` and `btc` stay two rows (the
+        // default `utf8mb4_0900_ai_ci` of MySQL 8 and MariaDB's `utf8mb4_general_ci` merge them).
+        "TEXT" | "JSON" if is_key => {
+            format!("VARCHAR({key_length}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        }
         t => t.to_string(),
     }
 }
@@ -137,6 +141,9 @@ fn is_timestamp(s: &str) -> bool {
 pub fn to_sql(value: &Value, sql_type: &str) -> Sql {
     match value {
         Value::Null => Sql::NULL,
+        // A JSON column takes JSON text, whatever the value: MySQL's native JSON refuses a bare
+        // number or an unquoted string (MariaDB's alias for LONGTEXT accepted them).
+        other if sql_type == "json" => Sql::Bytes(other.to_string().into_bytes()),
         Value::Bool(b) => Sql::Int(i64::from(*b)),
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Sql::Int(i),
@@ -199,7 +206,10 @@ mod tests {
         );
         assert_eq!(infer_type(&[&v(json!({"a": 1}))], false, 255), "JSON");
         assert_eq!(infer_type(&[&v(json!("BTC"))], false, 255), "TEXT");
-        assert_eq!(infer_type(&[&v(json!("BTC"))], true, 100), "VARCHAR(100)");
+        assert_eq!(
+            infer_type(&[&v(json!("BTC"))], true, 100),
+            "VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        );
         assert_eq!(infer_type(&[&v(json!(null))], false, 255), "TEXT");
     }
 
@@ -214,5 +224,16 @@ mod tests {
             to_sql(&json!({"a": [1]}), "json"),
             Sql::Bytes(br#"{"a":[1]}"#.to_vec())
         );
+    }
+
+    #[test]
+    fn json_columns_receive_json_text_for_every_value() {
+        assert_eq!(to_sql(&json!(12), "json"), Sql::Bytes(b"12".to_vec()));
+        assert_eq!(
+            to_sql(&json!("abc"), "json"),
+            Sql::Bytes(br#""abc""#.to_vec())
+        );
+        assert_eq!(to_sql(&json!(true), "json"), Sql::Bytes(b"true".to_vec()));
+        assert_eq!(to_sql(&json!(null), "json"), Sql::NULL);
     }
 }

@@ -1,14 +1,14 @@
 //! The running MySQL sink: one connection, reconnected after failures; a transaction per batch.
 
-use super::config::{InsertMode, MysqlSinkConfig};
-use super::schema::{infer_type, key_columns, quote, row, table_name, to_sql};
+use super::config::MysqlSinkConfig;
+use super::plan::{plan, Op, Plan, Row, Server};
+use super::schema::{infer_type, key_columns, quote, row, table_name};
 use indexmap::IndexMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
 use sluice_core::transport::PartitionOffset;
 use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -22,20 +22,17 @@ const ROW_ERRORS: &[u16] = &[
     1406, // data too long
     1452, // foreign key
     3140, // invalid JSON (MySQL)
+    3819, // CHECK constraint (MySQL)
     4025, // CHECK constraint (MariaDB JSON)
 ];
 /// Server errors that pass: deadlock, lock wait timeout, too many connections, shutting down.
 const TRANSIENT: &[u16] = &[1205, 1213, 1040, 1053, 1927];
-/// A record as columns.
-/// Column → value, borrowed from the record where it can be.
-type Row<'a> = IndexMap<Cow<'a, str>, Cow<'a, Value>>;
-/// Table → rows, each with its index in the batch.
-type RowsByTable<'a> = IndexMap<String, Vec<(usize, Row<'a>)>>;
-/// Statements of one transaction: the batch index of the row a statement writes alone, SQL, parameters.
-type Plan = Vec<(Option<usize>, String, Vec<mysql_async::Value>)>;
-
-/// Most `?` in one statement.
-const MAX_PLACEHOLDERS: usize = 65_535;
+/// Errors of `CREATE TABLE` on servers that require a primary key: MySQL's
+/// `sql_require_primary_key` (3750), MariaDB's `innodb_force_primary_key` (1173).
+const PRIMARY_KEY_REQUIRED: &[u16] = &[3750, 1173];
+/// The session's SQL mode: strict, so a value that does not fit is an error (dead-lettered),
+/// never silently cut or turned into a zero date.
+const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
 
 pub(super) struct MysqlSink {
     config: MysqlSinkConfig,
@@ -47,6 +44,8 @@ pub(super) struct MysqlSink {
     tables: HashMap<String, IndexMap<String, String>>,
     group: String,
     target: String,
+    /// What the server accepts, read once connected.
+    server: Server,
 }
 
 /// A failed statement: the row's fault, or the batch's.
@@ -60,8 +59,13 @@ impl MysqlSink {
         config: MysqlSinkConfig,
         ctx: SinkBuildContext,
     ) -> Result<Self, ConnectorError> {
-        let url = Opts::from_url(&config.url)
-            .map_err(|e| ConnectorError::user(format!("bad `url`: {e}")).with_field("url"))?;
+        let url = Opts::from_url(&config.url).map_err(|e| {
+            ConnectorError::user(format!(
+                "bad `url`: {}",
+                sluice_core::redact_url(&e.to_string())
+            ))
+            .with_field("url")
+        })?;
         let target = format!(
             "{}@{}:{}/{}",
             url.user().unwrap_or(""),
@@ -69,10 +73,11 @@ impl MysqlSink {
             url.tcp_port(),
             url.db_name().unwrap_or("")
         );
-        let mut builder = OptsBuilder::from_opts(url).init(vec![
-            // Strict: a value that does not fit is an error (dead-lettered), never silently cut.
-            "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-        ]);
+        let mut builder =
+            OptsBuilder::from_opts(url).init(vec![format!("SET SESSION sql_mode = '{SQL_MODE}'")]);
+        if let Some(ssl) = config.ssl_opts()? {
+            builder = builder.ssl_opts(ssl);
+        }
         if let Some(password) = &config.password {
             builder = builder.pass(Some(password.expose()));
         }
@@ -84,14 +89,19 @@ impl MysqlSink {
             tables: HashMap::new(),
             group: ctx.group,
             target,
+            server: Server::new("", 4 << 20),
         };
-        let version: Option<String> = sink
-            .conn()
-            .await?
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(|e| sink.error(e))?;
-        tracing::info!(component = %ctx.component, server = %sink.target, version = version.as_deref().unwrap_or("?"), "connected to MySQL");
+        let about: Option<(String, u64)> = {
+            let result = sink
+                .conn()
+                .await?
+                .query_first("SELECT VERSION(), @@max_allowed_packet")
+                .await;
+            result.map_err(|e| sink.error(e))?
+        };
+        let (version, max_packet) = about.unwrap_or_else(|| ("?".into(), 4 << 20));
+        sink.server = Server::new(&version, max_packet);
+        tracing::info!(component = %ctx.component, server = %sink.target, %version, max_packet, "connected to MySQL");
         Ok(sink)
     }
 
@@ -169,15 +179,11 @@ impl MysqlSink {
     }
 
     /// Creates or evolves `table` so that every column of `rows` exists.
-    async fn ensure_table(
-        &mut self,
-        table: &str,
-        rows: &[(usize, Row<'_>)],
-    ) -> Result<(), ConnectorError> {
+    async fn ensure_table(&mut self, table: &str, rows: &[&Row<'_>]) -> Result<(), ConnectorError> {
         if let Some(known) = self.tables.get(table) {
             if rows
                 .iter()
-                .all(|(_, row)| row.keys().all(|c| known.contains_key(c.as_ref())))
+                .all(|row| row.keys().all(|c| known.contains_key(c.as_ref())))
             {
                 return Ok(());
             }
@@ -187,8 +193,8 @@ impl MysqlSink {
             None => self.describe(table).await?,
         };
         let mut wanted: IndexMap<&str, Vec<&Value>> = IndexMap::new();
-        for (_, row) in rows {
-            for (column, value) in row {
+        for row in rows {
+            for (column, value) in row.iter() {
                 wanted
                     .entry(column.as_ref())
                     .or_default()
@@ -232,7 +238,18 @@ impl MysqlSink {
                 quote(table),
                 defs.join(", ")
             );
-            self.execute(sql).await?;
+            let created = self.conn().await?.query_drop(&sql).await;
+            match created {
+                Ok(()) => {}
+                Err(mysql_async::Error::Server(e)) if PRIMARY_KEY_REQUIRED.contains(&e.code) => {
+                    return Err(ConnectorError::user(format!(
+                        "cannot create table `{table}`: the server requires a primary key ({}, {}); set `primary_key` (e.g. `mode: record_value` with the fields forming the key), or create the table yourself with one",
+                        e.message, e.code
+                    ))
+                    .with_field("primary_key"))
+                }
+                Err(e) => return Err(self.error(e)),
+            }
             tracing::info!(%table, "created table");
             known = self.describe(table).await?;
         }
@@ -264,128 +281,24 @@ impl MysqlSink {
         Ok(())
     }
 
-    /// The statement and parameters writing `rows` (all with the same columns order: `columns`).
-    fn statement(
-        &self,
-        table: &str,
-        columns: &[&str],
-        rows: &[&Row<'_>],
-    ) -> (String, Vec<mysql_async::Value>) {
-        let types = &self.tables[table];
-        let sql_type = |c: &str| types.get(c).map(String::as_str).unwrap_or("");
-        let keys = key_columns(&self.config);
-        let mut params = Vec::with_capacity(rows.len() * columns.len());
-        if self.config.insert_mode == InsertMode::Update {
-            let (sets, wheres): (Vec<&str>, Vec<&str>) = (
-                columns
-                    .iter()
-                    .copied()
-                    .filter(|c| !keys.iter().any(|k| k == c))
-                    .collect(),
-                keys.iter().map(String::as_str).collect(),
-            );
-            let row = rows[0];
-            for c in sets.iter().chain(&wheres) {
-                params.push(to_sql(row.get(*c).map_or(&Value::Null, |v| v), sql_type(c)));
-            }
-            let sql = format!(
-                "UPDATE {} SET {} WHERE {}",
-                quote(table),
-                sets.iter()
-                    .map(|c| format!("{} = ?", quote(c)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                wheres
-                    .iter()
-                    .map(|c| format!("{} = ?", quote(c)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            );
-            return (sql, params);
-        }
-        let placeholders = format!("({})", vec!["?"; columns.len()].join(","));
-        let mut sql = format!(
-            "INSERT INTO {} ({}) VALUES {}",
-            quote(table),
-            columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(","),
-            vec![placeholders.as_str(); rows.len()].join(",")
-        );
-        for row in rows {
-            for c in columns {
-                params.push(to_sql(row.get(*c).map_or(&Value::Null, |v| v), sql_type(c)));
-            }
-        }
-        if self.config.insert_mode == InsertMode::Upsert {
-            let updates: Vec<String> = columns
-                .iter()
-                .filter(|c| !keys.iter().any(|k| k == *c))
-                .map(|c| format!("{0} = VALUES({0})", quote(c)))
-                .collect();
-            let first_key = quote(&keys[0]);
-            sql.push_str(" ON DUPLICATE KEY UPDATE ");
-            sql.push_str(&if updates.is_empty() {
-                format!("{first_key} = {first_key}")
-            } else {
-                updates.join(", ")
-            });
-        }
-        (sql, params)
-    }
-
-    /// Writes every table's rows and (exactly once) the offsets in one transaction. With
-    /// `one_by_one`, each row is its own statement and a row the server refuses is reported.
+    /// Writes `ops` and (exactly once) the offsets in one transaction. With `one_by_one`, each
+    /// row is its own statement and a row the server refuses is reported. Rows too large for a
+    /// packet are reported either way.
     async fn write(
         &mut self,
-        tables: &RowsByTable<'_>,
-        deletes: &[(String, String)],
+        ops: &[(String, Op<'_>)],
         offsets: &BTreeMap<(Arc<str>, i32), i64>,
         one_by_one: bool,
     ) -> Result<Vec<(usize, String)>, Failure> {
-        let mut plan: Plan = Vec::new();
-        for (table, rows) in tables {
-            let columns: Vec<&str> = {
-                let mut all: IndexMap<&str, ()> = IndexMap::new();
-                for (_, row) in rows {
-                    all.extend(row.keys().map(|k| (k.as_ref(), ())));
-                }
-                all.into_keys().collect()
-            };
-            let per_statement = if one_by_one || self.config.insert_mode == InsertMode::Update {
-                1
-            } else {
-                (MAX_PLACEHOLDERS / columns.len().max(1)).max(1)
-            };
-            for chunk in rows.chunks(per_statement) {
-                let refs: Vec<&Row<'_>> = chunk.iter().map(|(_, r)| r).collect();
-                let (sql, params) = self.statement(table, &columns, &refs);
-                plan.push((one_by_one.then_some(chunk[0].0), sql, params));
-            }
-        }
-        let key_column = key_columns(&self.config)
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        for (table, key) in deletes {
-            let sql = format!(
-                "DELETE FROM {} WHERE {} = ?",
-                quote(table),
-                quote(&key_column)
-            );
-            plan.push((
-                None,
-                sql,
-                vec![mysql_async::Value::Bytes(key.clone().into_bytes())],
-            ));
-        }
+        let (mut plan, oversized): (Plan, _) =
+            plan(&self.config, &self.tables, self.server, ops, one_by_one);
         if self.config.exactly_once && !offsets.is_empty() {
             let sql = format!(
-                "INSERT INTO sluice_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES {} \
-                 ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, VALUES(next_offset))",
-                vec!["(?,?,?,?)"; offsets.len()].join(",")
+                "INSERT INTO sluice_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES {}{} \
+                 ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, {})",
+                vec!["(?,?,?,?)"; offsets.len()].join(","),
+                self.server.alias_clause(),
+                self.server.inserted("next_offset")
             );
             let mut params = Vec::new();
             for ((topic, partition), next) in offsets {
@@ -409,7 +322,9 @@ impl MysqlSink {
         let result = run_in_transaction(&mut conn, plan, self.config.exactly_once).await;
         self.open_transaction = self.config.exactly_once && result.is_ok();
         self.conn = Some(conn);
-        result.map_err(|e| self.classify(e))
+        let mut rejected = result.map_err(|e| self.classify(e))?;
+        rejected.extend(oversized);
+        Ok(rejected)
     }
 
     async fn ensure_offsets_table(&mut self) -> Result<(), ConnectorError> {
@@ -427,8 +342,7 @@ impl MysqlSink {
 impl Sink for MysqlSink {
     async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
         let mut outcome = PutOutcome::default();
-        let mut tables: RowsByTable = IndexMap::new();
-        let mut deletes = Vec::new();
+        let mut ops: Vec<(String, Op)> = Vec::with_capacity(batch.len());
         let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
         // Records of a batch mostly share a topic: its table name is worked out once.
         let mut last_table: Option<(&Arc<str>, String)> = None;
@@ -448,24 +362,35 @@ impl Sink for MysqlSink {
             if record.is_tombstone() {
                 if self.config.delete_on_tombstone {
                     if let Some(key) = record.key_str() {
-                        deletes.push((table, key.to_string()));
+                        ops.push((
+                            table,
+                            Op::Delete {
+                                key: key.to_string(),
+                            },
+                        ));
                     }
                 }
                 continue;
             }
             match row(&self.config, record) {
-                Ok(row) => tables.entry(table).or_default().push((i, row)),
+                Ok(row) => ops.push((table, Op::Write { index: i, row })),
                 Err(reason) => outcome.rejected.push((i, reason)),
             }
         }
-        for (table, rows) in &tables {
-            self.ensure_table(table, rows).await?;
+        let mut by_table: IndexMap<&str, Vec<&Row>> = IndexMap::new();
+        for (table, op) in &ops {
+            if let Op::Write { row, .. } = op {
+                by_table.entry(table.as_str()).or_default().push(row);
+            }
         }
-        match self.write(&tables, &deletes, &offsets, false).await {
-            Ok(_) => {}
+        for (table, rows) in by_table {
+            self.ensure_table(table, &rows).await?;
+        }
+        match self.write(&ops, &offsets, false).await {
+            Ok(rejected) => outcome.rejected.extend(rejected),
             Err(Failure::Row(reason)) => {
                 tracing::debug!(%reason, "a row was refused; writing the batch row by row to find it");
-                match self.write(&tables, &deletes, &offsets, true).await {
+                match self.write(&ops, &offsets, true).await {
                     Ok(rejected) => outcome.rejected.extend(rejected),
                     Err(Failure::Row(reason)) => return Err(ConnectorError::external(reason)),
                     Err(Failure::Batch(e)) => return Err(e),

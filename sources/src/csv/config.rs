@@ -58,7 +58,7 @@ pub struct CsvSourceConfig {
 }
 
 /// Type of one column, with an optional parse format.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ColumnSpec {
     /// Just the type.
@@ -69,6 +69,49 @@ pub enum ColumnSpec {
         column_type: ColumnType,
         format: String,
     },
+}
+
+/// `columns` entries as written, before their type name is checked.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawColumnSpec {
+    Name(String),
+    WithFormat {
+        #[serde(rename = "type")]
+        column_type: String,
+        format: String,
+    },
+}
+
+/// By hand, so that a wrong type name says which types exist rather than that the value "did
+/// not match any variant of untagged enum".
+impl<'de> Deserialize<'de> for ColumnSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = RawColumnSpec::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "a column is a type name ({}) or `{{ type: date, format: \"%d/%m/%Y\" }}`",
+                ColumnType::NAMES.join(", ")
+            ))
+        })?;
+        let parse = |name: &str| {
+            ColumnType::from_name(name).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown column type `{name}`: expected one of {}",
+                    ColumnType::NAMES.join(", ")
+                ))
+            })
+        };
+        Ok(match raw {
+            RawColumnSpec::Name(name) => ColumnSpec::Type(parse(&name)?),
+            RawColumnSpec::WithFormat {
+                column_type,
+                format,
+            } => ColumnSpec::WithFormat {
+                column_type: parse(&column_type)?,
+                format,
+            },
+        })
+    }
 }
 
 impl ColumnSpec {
@@ -98,6 +141,23 @@ pub enum ColumnType {
     Date,
     /// A point in time, emitted as RFC 3339 in UTC.
     Timestamp,
+}
+
+impl ColumnType {
+    /// Every type's name, as written in `columns`.
+    pub const NAMES: [&'static str; 6] = ["string", "int", "float", "bool", "date", "timestamp"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "string" => ColumnType::String,
+            "int" => ColumnType::Int,
+            "float" => ColumnType::Float,
+            "bool" => ColumnType::Bool,
+            "date" => ColumnType::Date,
+            "timestamp" => ColumnType::Timestamp,
+            _ => return None,
+        })
+    }
 }
 
 /// What to do with rows that hold nothing but their key.

@@ -32,6 +32,8 @@ use tokio::sync::OnceCell;
 pub struct KafkaTransport {
     config: KafkaConfig,
     producer: Producer,
+    /// The producer's `message.max.bytes`.
+    max_message_bytes: usize,
 }
 
 impl KafkaTransport {
@@ -48,12 +50,20 @@ impl KafkaTransport {
         for (k, v) in &config.producer {
             client.set(k, v);
         }
-        let producer: Producer = client
-            .create_with_context(Acks::default())
-            .map_err(|e| TransportError::fatal(format!("invalid Kafka producer settings: {e}")))?;
+        let producer: Producer = client.create_with_context(Acks::default()).map_err(|e| {
+            TransportError::fatal(format!(
+                "invalid Kafka producer settings: {}",
+                redact(config, e)
+            ))
+        })?;
+        let max_message_bytes = client
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let transport = KafkaTransport {
             config: config.clone(),
             producer,
+            max_message_bytes,
         };
         transport.wait_for_cluster().await?;
         Ok(transport)
@@ -129,10 +139,14 @@ impl KafkaTransport {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 impl KafkaTransport {
     fn new_writer(&self) -> KafkaWriter {
         KafkaWriter {
             producer: self.producer.clone(),
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }
@@ -177,12 +191,33 @@ impl ClientContext for Quiet {
 
 impl ConsumerContext for Quiet {}
 
+/// Settings every client shares: the brokers, and `kafka.client` (TLS, SASL…).
 fn base_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("client.id", "sluice");
+    for (k, v) in &config.client {
+        client.set(k, v);
+    }
     client
+}
+
+/// `message` with the value of every secret client property (see
+/// [`crate::secret::is_secret_setting`]) replaced by `***`: librdkafka quotes values it refuses.
+fn redact(config: &KafkaConfig, message: impl std::fmt::Display) -> String {
+    let mut text = crate::secret::redact_url(&message.to_string());
+    for (k, v) in config
+        .client
+        .iter()
+        .chain(&config.producer)
+        .chain(&config.consumer)
+    {
+        if !v.is_empty() && crate::secret::is_secret_setting(k) {
+            text = text.replace(v.as_str(), "***");
+        }
+    }
+    text
 }
 
 /// Runs blocking librdkafka calls off the async workers.
@@ -231,7 +266,12 @@ impl Transport for KafkaTransport {
         }
         let admin: AdminClient<Quiet> = base_config(&self.config)
             .create_with_context(Quiet::default())
-            .map_err(|e| TransportError::fatal(format!("cannot create Kafka admin client: {e}")))?;
+            .map_err(|e| {
+                TransportError::fatal(format!(
+                    "cannot create Kafka admin client: {}",
+                    redact(&self.config, e)
+                ))
+            })?;
         let new_topics: Vec<NewTopic> = missing
             .iter()
             .map(|(name, spec)| {
@@ -318,9 +358,13 @@ impl Transport for KafkaTransport {
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
-        let consumer: StreamConsumer<Quiet> = client
-            .create_with_context(Quiet::default())
-            .map_err(|e| TransportError::fatal(format!("invalid Kafka consumer settings: {e}")))?;
+        let consumer: StreamConsumer<Quiet> =
+            client.create_with_context(Quiet::default()).map_err(|e| {
+                TransportError::fatal(format!(
+                    "invalid Kafka consumer settings: {}",
+                    redact(&self.config, e)
+                ))
+            })?;
         // Every partition is assigned to this one consumer, resuming at the group's committed
         // offsets: no group join, so no rebalance waiting on the member of a killed process.
         let layout = self.describe(topics.to_vec()).await?;
@@ -366,6 +410,7 @@ impl Transport for KafkaTransport {
             delivered: self.producer.context().delivered.clone(),
             watermarks: self.producer.clone(),
             last_topic: None,
+            missing_since: None,
         }))
     }
 
@@ -391,9 +436,71 @@ struct KafkaReader {
     watermarks: Producer,
     /// The topic of the last message read, shared by the records that follow from it.
     last_topic: Option<Arc<str>>,
+    /// Since when the broker reports a topic unknown (reset by the next message read).
+    missing_since: Option<Instant>,
+}
+
+/// How long a topic may be reported unknown before the sink fails: right after creation a
+/// broker may not know it yet; a topic deleted under a running sink stays unknown.
+const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(10);
+
+/// What a consumer error means for the sink reading.
+#[derive(Debug, PartialEq, Eq)]
+enum ConsumerErrorKind {
+    /// librdkafka retries by itself; log it.
+    Transient,
+    /// The topic or partition is unknown: transient for a while, then permanent.
+    UnknownTopic,
+    /// Retrying cannot help (authorization, authentication, a feature the broker refuses).
+    Permanent,
+}
+
+fn classify(error: &KafkaError) -> ConsumerErrorKind {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+            | C::InvalidTopic
+            | C::SecurityDisabled
+            | C::UnsupportedCompressionType
+            | C::UnsupportedFeature,
+        ) => ConsumerErrorKind::Permanent,
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
+            ConsumerErrorKind::UnknownTopic
+        }
+        _ => ConsumerErrorKind::Transient,
+    }
 }
 
 impl KafkaReader {
+    /// Logs a transient consumer error; a permanent one (or a topic unknown for longer than
+    /// [`UNKNOWN_TOPIC_GRACE`]) is returned with the broker's message.
+    fn consumer_error(&mut self, error: KafkaError) -> Result<(), TransportError> {
+        let fatal =
+            |e: &KafkaError| TransportError::fatal(format!("the Kafka consumer cannot go on: {e}"));
+        match classify(&error) {
+            ConsumerErrorKind::Permanent => Err(fatal(&error)),
+            ConsumerErrorKind::UnknownTopic => {
+                let since = *self.missing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNKNOWN_TOPIC_GRACE {
+                    return Err(fatal(&error));
+                }
+                tracing::warn!(error = %error, "Kafka reports a topic or partition unknown; the sink fails if it stays so");
+                Ok(())
+            }
+            ConsumerErrorKind::Transient => {
+                tracing::warn!(error = %error, "Kafka consumer error; librdkafka retries");
+                Ok(())
+            }
+        }
+    }
+
     fn decode(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
         let topic = match &self.last_topic {
             Some(topic) if **topic == *message.topic() => topic.clone(),
@@ -444,7 +551,7 @@ impl TopicReader for KafkaReader {
         match first {
             Ok(message) => out.push(self.decode(&message)),
             Err(e) => {
-                tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries");
+                self.consumer_error(e)?;
                 return Ok(out);
             }
         }
@@ -452,11 +559,14 @@ impl TopicReader for KafkaReader {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => out.push(self.decode(&message)),
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries");
+                    self.consumer_error(e)?;
                     break;
                 }
                 None => break,
             }
+        }
+        if !out.is_empty() {
+            self.missing_since = None;
         }
         Ok(out)
     }
@@ -669,5 +779,61 @@ impl OffsetStore for KafkaOffsetStore {
             })
             .collect();
         self.writer.send(records).await?.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorization_failures_are_permanent_and_network_errors_are_not() {
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+        ] {
+            assert_eq!(
+                classify(&KafkaError::MessageConsumption(code)),
+                ConsumerErrorKind::Permanent,
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            classify(&KafkaError::MessageConsumption(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+            )),
+            ConsumerErrorKind::UnknownTopic
+        );
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+        ] {
+            assert_eq!(
+                classify(&KafkaError::MessageConsumption(code)),
+                ConsumerErrorKind::Transient,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_client_properties_are_redacted_from_messages() {
+        let config: KafkaConfig = serde_yaml::from_str(
+            "bootstrap_servers: h:9092\nclient: { sasl.password: 20240917, sasl.username: bob }\n",
+        )
+        .unwrap();
+        assert_eq!(config.client["sasl.password"], "20240917");
+        let text = redact(
+            &config,
+            "Invalid value \"20240917\" for sasl.password; user bob",
+        );
+        assert!(!text.contains("20240917") && text.contains("bob"), "{text}");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("20240917") && debug.contains("bob"),
+            "{debug}"
+        );
     }
 }

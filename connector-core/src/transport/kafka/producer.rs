@@ -153,11 +153,28 @@ impl Batch {
 
 pub(super) struct KafkaWriter {
     pub(super) producer: Producer,
+    /// The producer's `message.max.bytes`, for the message of a refused record.
+    pub(super) max_message_bytes: usize,
+}
+
+/// Bytes a message takes against `message.max.bytes`: key, value and headers.
+fn message_bytes(record: &Record, payload: Option<&[u8]>) -> usize {
+    payload.map_or(0, <[u8]>::len)
+        + record.key.as_ref().map_or(0, Vec::len)
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 #[async_trait]
 impl TopicWriter for KafkaWriter {
-    async fn send(&self, records: Vec<Record>) -> Result<Delivery, TransportError> {
+    async fn send_or_refuse(
+        &self,
+        records: Vec<Record>,
+    ) -> Result<(Delivery, Vec<crate::transport::Refused>), TransportError> {
+        let mut refused = Vec::new();
         let (batch, settled) = Batch::new();
         // librdkafka copies the payload, so one buffer serves every record encoded here.
         let mut buffer = Vec::with_capacity(256);
@@ -206,6 +223,22 @@ impl TopicWriter for KafkaWriter {
                         message = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
+                    // A bad record, not a failure of the pipeline: handed back to be
+                    // dead-lettered (it would fail every run again).
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        back,
+                    )) => {
+                        let size = message_bytes(record, back.payload);
+                        refused.push((
+                            record.clone(),
+                            format!(
+                                "record is {size} bytes, over the producer's `message.max.bytes` ({} bytes)",
+                                self.max_message_bytes
+                            ),
+                        ));
+                        break;
+                    }
                     Err((e, _)) => {
                         return Err(TransportError::fatal(format!(
                             "cannot produce to `{}`: {e}",
@@ -216,14 +249,15 @@ impl TopicWriter for KafkaWriter {
             }
         }
         batch.settle(HANDING_OVER - handed_over); // every message handed over
-        Ok(async move {
+        let delivery = async move {
             settled.await.unwrap_or_else(|_| {
                 Err(TransportError::fatal(
                     "the Kafka producer shut down before delivery",
                 ))
             })
         }
-        .boxed())
+        .boxed();
+        Ok((delivery, refused))
     }
 }
 
