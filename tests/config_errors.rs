@@ -207,3 +207,54 @@ fn an_unknown_column_type_lists_the_types() {
     }
     assert!(!e.contains("untagged enum"), "{e}");
 }
+
+/// `GOOD` with its sink `out` replaced by one with the fields `body`.
+fn with_sink(yaml: &str, body: &str) -> String {
+    let (head, _) = yaml.split_once("sinks:").unwrap();
+    format!("{head}sinks:\n  out:\n{body}")
+}
+
+/// `insert` into a table with a primary key fails with a duplicate key on the first replay, and
+/// on every restart after: refused with advice, unless the sink is exactly-once.
+#[test]
+fn mysql_insert_with_a_primary_key_and_no_exactly_once_is_refused_with_advice() {
+    let e = broken(|y| {
+        with_sink(
+            y,
+            "    type: mysql\n    topics: [t]\n    url: mysql://u@127.0.0.1:1/db\n    insert_mode: insert\n    primary_key: { mode: record_value, fields: [Open] }\n",
+        )
+    });
+    assert!(
+        e.contains("`out`") && e.contains("insert_mode") && e.contains("upsert"),
+        "{e}"
+    );
+}
+
+/// Elasticsearch's rules for index names, and a date format chrono cannot read, are checked
+/// by `validate` (an invalid `{date:…}` pattern panicked on the first batch).
+#[test]
+fn elasticsearch_index_names_and_date_patterns_are_validated() {
+    for (index, says) in [
+        ("btc-{date:%Q}", "date format"),
+        ("_btc", "start"),
+        ("btc data", "contain"),
+    ] {
+        let e = broken(|y| {
+            with_sink(
+                y,
+                &format!("    type: elasticsearch\n    topics: [t]\n    url: http://127.0.0.1:1\n    document_id: key\n    index: \"{index}\"\n"),
+            )
+        });
+        assert!(e.contains("`index`") && e.contains(says), "{index}: {e}");
+    }
+    let e = broken(|y| {
+        with_sink(
+            y,
+            "    type: elasticsearch\n    topics: [t]\n    url: http://127.0.0.1:1\n    document_id: fields\n    id_fields: [Open]\n    tombstones: delete\n",
+        )
+    });
+    assert!(
+        e.contains("tombstones") && e.contains("document_id: key"),
+        "{e}"
+    );
+}

@@ -489,3 +489,53 @@ fn a_second_process_on_the_same_state_dir_exits_2_naming_the_first() {
     assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
     let _ = terminate(&mut first);
 }
+
+/// The offset store starts failing under a source that never ends (a followed CSV): the
+/// source must stop and the run fail, not go on producing with nothing stored.
+#[test]
+fn a_failing_offset_store_fails_a_followed_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("growing.csv");
+    std::fs::write(&csv, "Date,Close\nd0,1.5\n").unwrap();
+    let pipeline = dir.path().join("follow.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: follow\nsources:\n  tail:\n    type: csv\n    path: {}\n    topic: rows\n    follow: true\n    poll_interval: 50ms\n    columns: {{ Close: float }}\nsinks:\n  out:\n    type: file\n    topics: [rows]\n    path: {}\n    batch: {{ linger: 50ms }}\n",
+            csv.display(),
+            dir.path().join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let mut child = sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(&state)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_lines(&dir.path().join("out.jsonl"), 1, Duration::from_secs(20));
+    // The pipeline's state folder becomes a file: no offsets file can be written any more.
+    std::fs::remove_dir_all(state.join("follow")).unwrap();
+    std::fs::write(state.join("follow"), "").unwrap();
+    let started = std::time::Instant::now();
+    let mut appended = 0;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the source went on for a minute with its offsets not stored"
+        );
+        appended += 1;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
+        std::io::Write::write_all(&mut file, format!("d{appended},{appended}.5\n").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot store source offsets"), "{stderr}");
+}

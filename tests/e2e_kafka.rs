@@ -236,3 +236,88 @@ fn an_existing_topic_with_other_partitions_is_reported() {
         "{stderr}"
     );
 }
+
+/// A record over the producer's `message.max.bytes` is a bad record: dead-lettered with its size
+/// and the limit (it failed the run, and every run after it).
+#[test]
+fn a_record_over_the_message_size_limit_is_dead_lettered_and_the_rest_lands() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("wide.csv");
+    let wide = "x".repeat(1_500_000);
+    std::fs::write(
+        &csv,
+        format!("Date,Note\n2014-09-17,short\n2014-09-18,{wide}\n2014-09-19,short\n"),
+    )
+    .unwrap();
+    let pipeline = dir.path().join("wide.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: wide
+sources:
+  rows: {{ type: csv, path: {csv}, topic: t, key: Date }}
+sinks:
+  out: {{ type: file, topics: [t], path: {out} }}
+  rejects: {{ type: file, topics: [dlq], format: envelope, path: {dlq} }}
+errors: {{ tolerance: all, dead_letter_topic: dlq }}
+",
+            csv = csv.display(),
+            out = dir.path().join("out.jsonl").display(),
+            dlq = dir.path().join("dlq.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let out = run(sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--kafka", &tansu.addr(), "--state-dir"])
+        .arg(dir.path()));
+    assert!(out.status.success());
+    let rows = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(rows.len(), 2);
+    let dead = read_jsonl(&dir.path().join("dlq.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["key"], "2014-09-18");
+    let reason = dead[0]["headers"]["sluice.error.message"].as_str().unwrap();
+    assert!(
+        reason.contains("message.max.bytes") && reason.contains("1000000"),
+        "{reason}"
+    );
+    let kept = dead[0]["value"].as_str().unwrap();
+    assert!(
+        kept.starts_with(r#"{"Date":"2014-09-18""#) && kept.len() < 2048,
+        "{kept:.80}"
+    );
+}
+
+/// librdkafka with zstd: a topic written zstd-compressed reads back whole (without it, the
+/// producer refused `compression.type: zstd` and consumers could not read such a topic).
+#[test]
+fn a_zstd_compressed_topic_round_trips() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    // Dotted librdkafka keys cannot come through `SLUICE_…` variables (figment reads the dots
+    // as nesting): a variant of the example file sets it.
+    let yaml = std::fs::read_to_string(root().join("pipelines/btc-history-csv-to-file.yaml"))
+        .unwrap()
+        .replace(
+            "name: btc-history\n",
+            "name: btc-history\nkafka:\n  bootstrap_servers: x\n  producer: { compression.type: zstd }\n",
+        );
+    let file = dir.path().join("zstd.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = run(&mut btc_pipeline_file(
+        &file,
+        dir.path(),
+        &csv,
+        Some(&tansu.addr()),
+        &[],
+    ));
+    assert!(out.status.success());
+    assert_eq!(
+        check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl")),
+        0
+    );
+}

@@ -329,3 +329,424 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
         );
     }
 }
+
+/// A pipeline reading topic `topic` (made by the test) into MySQL with the sink settings
+/// `sink`, dead letters into `<dir>/<name>-dlq.jsonl`; run with `--once`.
+fn sink_only(
+    dir: &Path,
+    name: &str,
+    kafka: &str,
+    db: &MariaDb,
+    topic: &str,
+    sink: &str,
+) -> Command {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name: {name}
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+topics: {{ {topic}: {{ partitions: 1 }} }}
+sinks:
+  table:
+    type: mysql
+    topics: [{topic}]
+    url: {url}
+    password: pw
+{sink}
+    batch: {{ max_records: 1000, linger: 300ms }}
+  rejects: {{ type: file, topics: [{name}-dlq], format: envelope, path: {dlq} }}
+errors: {{ tolerance: all, dead_letter_topic: {name}-dlq }}
+",
+            url = db.url(),
+            dlq = dir.join(format!("{name}-dlq.jsonl")).display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = sluice();
+    cmd.args(["run", "--once"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    cmd
+}
+
+/// One batch holding an upsert, a tombstone and an upsert of the same key ends with the last
+/// upsert (tombstones ran after every upsert of the batch); keys differing only in case stay
+/// two rows (binary collation).
+#[test]
+fn one_batch_keeps_the_order_of_each_keys_upserts_and_deletes() {
+    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "    table: kv
+    insert_mode: upsert
+    primary_key: { mode: record_key, fields: [k] }
+    delete_on_tombstone: true";
+    // Topics first: the pipeline creates them.
+    let mut first = sink_only(dir.path(), "order", &tansu.addr(), &db, "kv", sink);
+    assert!(run(&mut first).status.success());
+    produce(
+        &tansu.addr(),
+        "kv",
+        &[
+            (Some("K"), Some(r#"{"v":1,"w":"a"}"#)),
+            (Some("K"), None),
+            (Some("K"), Some(r#"{"v":2}"#)),
+            (Some("J"), Some(r#"{"v":1}"#)),
+            (Some("J"), None),
+            (Some("btc"), Some(r#"{"v":10}"#)),
+            (Some("BTC"), Some(r#"{"v":20}"#)),
+        ],
+    );
+    let out = run(&mut sink_only(
+        dir.path(),
+        "order",
+        &tansu.addr(),
+        &db,
+        "kv",
+        sink,
+    ));
+    assert!(out.status.success());
+    assert_eq!(
+        db.sql(
+            "SELECT GROUP_CONCAT(CONCAT(k, '=', v, '/', IFNULL(w, '-')) ORDER BY BINARY k) FROM kv"
+        ),
+        "BTC=20/-,K=2/-,btc=10/-"
+    );
+}
+
+/// A record without a field leaves that column as it is, whatever shares its batch; an update
+/// of a record with only its key changes nothing (it generated `SET  WHERE`).
+#[test]
+fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
+    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let dir = tempfile::tempdir().unwrap();
+    let upsert = "    table: partial
+    insert_mode: upsert
+    primary_key: { mode: record_value, fields: [id] }";
+    assert!(run(&mut sink_only(
+        dir.path(),
+        "partial",
+        &tansu.addr(),
+        &db,
+        "p",
+        upsert
+    ))
+    .status
+    .success());
+    produce(
+        &tansu.addr(),
+        "p",
+        &[(None, Some(r#"{"id":1,"a":1,"b":1}"#))],
+    );
+    assert!(run(&mut sink_only(
+        dir.path(),
+        "partial",
+        &tansu.addr(),
+        &db,
+        "p",
+        upsert
+    ))
+    .status
+    .success());
+    produce(
+        &tansu.addr(),
+        "p",
+        &[
+            (None, Some(r#"{"id":1,"a":2}"#)),
+            (None, Some(r#"{"id":2,"a":2,"b":2}"#)),
+        ],
+    );
+    assert!(run(&mut sink_only(
+        dir.path(),
+        "partial",
+        &tansu.addr(),
+        &db,
+        "p",
+        upsert
+    ))
+    .status
+    .success());
+    assert_eq!(
+        db.sql(
+            "SELECT GROUP_CONCAT(CONCAT(id, ':', a, ',', IFNULL(b, '-')) ORDER BY id SEPARATOR ';') FROM partial"
+        ),
+        "1:2,1;2:2,2"
+    );
+
+    let update = "    table: partial
+    insert_mode: update
+    primary_key: { mode: record_value, fields: [id] }";
+    assert!(run(&mut sink_only(
+        dir.path(),
+        "update",
+        &tansu.addr(),
+        &db,
+        "u",
+        update
+    ))
+    .status
+    .success());
+    produce(
+        &tansu.addr(),
+        "u",
+        &[
+            (None, Some(r#"{"id":1,"b":7}"#)),
+            (None, Some(r#"{"id":2}"#)),
+        ],
+    );
+    let out = run(&mut sink_only(
+        dir.path(),
+        "update",
+        &tansu.addr(),
+        &db,
+        "u",
+        update,
+    ));
+    assert!(out.status.success());
+    assert_eq!(
+        db.sql(
+            "SELECT GROUP_CONCAT(CONCAT(id, ':', a, ',', IFNULL(b, '-')) ORDER BY id SEPARATOR ';') FROM partial"
+        ),
+        "1:2,7;2:2,2"
+    );
+}
+
+/// JSON columns receive JSON text whatever the value (a bare string was refused by MariaDB's
+/// `json_valid` check, a bare number by MySQL's JSON type); a zero date is refused
+/// (`NO_ZERO_DATE` in the session's strict mode) and dead-lettered.
+#[test]
+fn json_columns_get_json_text_and_zero_dates_are_refused() {
+    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "    table: docs
+    columns: { d: DATE, doc: JSON }";
+    assert!(run(&mut sink_only(
+        dir.path(),
+        "docs",
+        &tansu.addr(),
+        &db,
+        "docs",
+        sink
+    ))
+    .status
+    .success());
+    produce(
+        &tansu.addr(),
+        "docs",
+        &[
+            (None, Some(r#"{"n":1,"doc":{"a":1},"d":"2020-01-01"}"#)),
+            (None, Some(r#"{"n":2,"doc":"text","d":"2020-01-02"}"#)),
+            (None, Some(r#"{"n":3,"doc":12,"d":"0000-00-00"}"#)),
+            (None, Some(r#"{"n":4,"doc":12,"d":"2020-01-04"}"#)),
+        ],
+    );
+    let out = run(&mut sink_only(
+        dir.path(),
+        "docs",
+        &tansu.addr(),
+        &db,
+        "docs",
+        sink,
+    ));
+    assert!(out.status.success());
+    assert_eq!(
+        db.sql("SELECT GROUP_CONCAT(CONCAT(n, '=', doc) ORDER BY n SEPARATOR ' ') FROM docs"),
+        r#"1={"a":1} 2="text" 4=12"#
+    );
+    let dead = read_jsonl(&dir.path().join("docs-dlq.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["value"]["n"], 3);
+}
+
+/// A server that requires primary keys (MariaDB's `innodb_force_primary_key`, MySQL's
+/// `sql_require_primary_key`) refuses a table created without one: the error says what to set.
+/// A row larger than the server's `max_allowed_packet` is a bad record, dead-lettered with its
+/// size and the limit, not a batch failing on every restart.
+#[test]
+fn a_server_requiring_keys_and_a_row_over_the_packet_limit_are_explained() {
+    let db = MariaDb::start_with(&[
+        "--innodb-force-primary-key=1".into(),
+        "--max-allowed-packet=65536".into(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("wide.csv");
+    let wide = "x".repeat(100_000);
+    std::fs::write(
+        &csv,
+        format!("Date,Note\n2014-09-17,short\n2014-09-18,{wide}\n2014-09-19,short\n"),
+    )
+    .unwrap();
+    let pipeline = |name: &str, key: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}
+sources:
+  rows: {{ type: csv, path: {csv}, topic: t }}
+sinks:
+  table: {{ type: mysql, topics: [t], url: {url}, password: pw, table: {name}{key} }}
+  rejects: {{ type: file, topics: [dlq], format: envelope, path: {dlq} }}
+errors: {{ tolerance: all, dead_letter_topic: dlq }}
+",
+                csv = csv.display(),
+                url = db.url(),
+                dlq = dir.path().join(format!("{name}-dlq.jsonl")).display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = sluice();
+        cmd.arg("run")
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        cmd
+    };
+    let out = run(&mut pipeline("nokey", ""));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("requires a primary key") && stderr.contains("primary_key"),
+        "{stderr}"
+    );
+
+    let keyed = ", insert_mode: upsert, primary_key: { mode: record_value, fields: [Date] }";
+    let out = run(&mut pipeline("keyed", keyed));
+    assert!(out.status.success());
+    assert_eq!(
+        db.sql("SELECT GROUP_CONCAT(Date ORDER BY Date) FROM keyed"),
+        "2014-09-17,2014-09-19"
+    );
+    let dead = read_jsonl(&dir.path().join("keyed-dlq.jsonl"));
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]["headers"]["sluice.error.message"].as_str().unwrap();
+    assert!(
+        reason.contains("max_allowed_packet") && reason.contains("65536"),
+        "{reason}"
+    );
+}
+
+/// Managed MySQL services require TLS: `ssl_mode: required` connects to a server that refuses
+/// plain connections; `verify_ca` with a CA that did not sign the server's certificate fails
+/// clearly (before: `?require_ssl=true` panicked, "TLS support is disabled").
+#[test]
+fn tls_required_connects_and_a_wrong_ca_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(&certs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    for ca in ["ca", "other-ca"] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ]);
+    }
+    std::fs::write(certs.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    let cert = |f: &str| certs.join(f).display().to_string();
+    let db = MariaDb::start_with(&[
+        format!("--ssl-ca={}", cert("ca.pem")),
+        format!("--ssl-cert={}", cert("server.pem")),
+        format!("--ssl-key={}", cert("server.key")),
+        "--require-secure-transport=ON".into(),
+    ]);
+    let csv = fixture("btc-sample.csv");
+    let pipeline = |name: &str, tls: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}
+sources:
+  rows: {{ type: csv, path: {csv}, topic: t }}
+sinks:
+  table: {{ type: mysql, topics: [t], url: {url}, password: pw, table: {name}{tls} }}
+",
+                csv = csv.display(),
+                url = db.url(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = sluice();
+        cmd.arg("run")
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        cmd
+    };
+    let plain = run(&mut pipeline("plain", ""));
+    assert_eq!(
+        plain.status.code(),
+        Some(1),
+        "the server refuses plain connections"
+    );
+
+    let out = run(&mut pipeline("tls", ", ssl_mode: required"));
+    assert!(out.status.success());
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM tls"),
+        csv_rows(&csv).len() as i64
+    );
+
+    let verified = format!(", ssl_mode: verify_identity, ca_file: {}", cert("ca.pem"));
+    assert!(run(&mut pipeline("verified", &verified)).status.success());
+
+    let wrong = format!(", ssl_mode: verify_ca, ca_file: {}", cert("other-ca.pem"));
+    let out = run(&mut pipeline("wrong", &wrong));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`table`") && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

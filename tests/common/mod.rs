@@ -176,22 +176,46 @@ pub fn interrupt_then_rerun(
 /// Runs `cmd` to its exit, failing the test if that takes longer than `timeout` (a hang);
 /// returns the exit status and stderr.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (std::process::ExitStatus, String) {
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sluice starts");
-    // Read while it runs: a full pipe would block it.
-    let mut pipe = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
-        text
-    });
-    let status = wait_exit(&mut child, timeout);
-    let stderr = reader.join().unwrap_or_default();
-    eprintln!("--- stderr ---\n{stderr}");
-    (status, stderr)
+    let mut running = Logged::spawn(cmd);
+    running.exit(timeout)
+}
+
+/// A running `sluice` whose stderr is collected as it goes (a full pipe would block it).
+pub struct Logged {
+    pub child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Logged {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sluice starts");
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        });
+        Logged {
+            child,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits for the exit (failing the test after `timeout`); the status and all of stderr.
+    pub fn exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let status = wait_exit(&mut self.child, timeout);
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        eprintln!("--- stderr ---\n{stderr}");
+        (status, stderr)
+    }
 }
 
 /// Waits for `child` to exit, failing the test after `timeout`.
@@ -379,10 +403,16 @@ pub struct MariaDb {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    options: Vec<String>,
 }
 
 impl MariaDb {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with extra `mariadbd` options (TLS certificates, limits…).
+    pub fn start_with(options: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let status = Command::new("mariadb-install-db")
             .args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
@@ -398,6 +428,7 @@ impl MariaDb {
             child: None,
             port: free_port(),
             dir,
+            options: options.to_vec(),
         };
         db.spawn();
         db.root_sql(
@@ -422,6 +453,7 @@ impl MariaDb {
             .arg(format!("--log-error={}", d.join("error.log").display()))
             .arg(format!("--port={}", self.port))
             .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -453,6 +485,11 @@ impl MariaDb {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Runs `sql` as root outside any database (server settings).
+    pub fn admin_sql(&self, sql: &str) -> String {
+        self.root_sql(sql)
     }
 
     /// Like [`MariaDb::sql`], `None` on an error (a table not created yet).
@@ -487,4 +524,28 @@ impl Drop for MariaDb {
             let _ = child.wait();
         }
     }
+}
+
+/// Writes `messages` (key, JSON value; `None` for a tombstone) to `topic` in this order, and
+/// waits until the broker has them all.
+pub fn produce(kafka: &str, topic: &str, messages: &[(Option<&str>, Option<&str>)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("a Kafka producer");
+    for (key, value) in messages {
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("queued");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("the broker acknowledged every message");
 }

@@ -41,6 +41,8 @@ const PACKET_OVERHEAD: usize = 1_024;
 /// What the connected server accepts.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Server {
+    /// MariaDB rather than MySQL.
+    pub mariadb: bool,
     /// `INSERT … AS new ON DUPLICATE KEY UPDATE c = new.c` (MySQL 8.0.19 and later), instead of
     /// `VALUES(c)`, which MySQL deprecates since 8.0.20 (MariaDB has only `VALUES()`).
     pub row_alias: bool,
@@ -57,8 +59,10 @@ impl Server {
             .map(|n| n.parse().unwrap_or(0))
             .collect();
         let at_least_8_0_19 = numbers.as_slice() >= [8, 0, 19].as_slice();
+        let mariadb = version.contains("MariaDB");
         Server {
-            row_alias: !version.contains("MariaDB") && at_least_8_0_19,
+            mariadb,
+            row_alias: !mariadb && at_least_8_0_19,
             max_packet: usize::try_from(max_packet).unwrap_or(usize::MAX),
         }
     }
@@ -313,6 +317,7 @@ mod tests {
     }
 
     const MARIADB: Server = Server {
+        mariadb: true,
         row_alias: false,
         max_packet: 16 << 20,
     };
@@ -443,6 +448,7 @@ mod tests {
     fn a_row_over_the_packet_limit_is_refused_alone_and_statements_stay_under_it() {
         let config = config("");
         let small = Server {
+            mariadb: true,
             row_alias: false,
             max_packet: 8 * 1024,
         };

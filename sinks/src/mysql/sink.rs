@@ -154,17 +154,20 @@ impl MysqlSink {
     }
 
     /// Columns of `table` as the server has them; empty when it does not exist.
+    /// MariaDB's `JSON` is `LONGTEXT` with a `json_valid` check: reported as `json` too.
     async fn describe(&mut self, table: &str) -> Result<IndexMap<String, String>, ConnectorError> {
+        let sql = if self.server.mariadb {
+            "SELECT c.COLUMN_NAME, IF(EXISTS(SELECT 1 FROM information_schema.CHECK_CONSTRAINTS k \
+               WHERE k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME \
+               AND k.CHECK_CLAUSE LIKE CONCAT('%json_valid(`', c.COLUMN_NAME, '`)%')), 'json', c.DATA_TYPE) \
+             FROM information_schema.COLUMNS c \
+             WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION"
+        } else {
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+        };
         let columns: Vec<(String, String)> = {
-            let result = self
-                .conn()
-                .await?
-                .exec(
-                    "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
-                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                    (table,),
-                )
-                .await;
+            let result = self.conn().await?.exec(sql, (table,)).await;
             result.map_err(|e| self.error(e))?
         };
         Ok(columns

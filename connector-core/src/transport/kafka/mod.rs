@@ -818,6 +818,40 @@ mod tests {
         }
     }
 
+    /// librdkafka is built with OpenSSL and zstd: clients accept TLS, SASL (PLAIN, SCRAM) and
+    /// zstd settings (without them: "Unsupported value … OpenSSL not available at build time").
+    #[test]
+    fn clients_accept_tls_sasl_and_zstd_settings() {
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_PLAINTEXT", Some("PLAIN")),
+            ("SASL_SSL", Some("SCRAM-SHA-256")),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+        ] {
+            let mut yaml = format!(
+                "bootstrap_servers: 127.0.0.1:1\nclient: {{ security.protocol: {protocol}, ssl.endpoint.identification.algorithm: https"
+            );
+            if let Some(mechanism) = mechanism {
+                yaml.push_str(&format!(
+                    ", sasl.mechanism: {mechanism}, sasl.username: u, sasl.password: p"
+                ));
+            }
+            yaml.push_str(" }\nproducer: { compression.type: zstd }\n");
+            let config: KafkaConfig = serde_yaml::from_str(&yaml).unwrap();
+            let mut client = base_config(&config);
+            for (k, v) in &config.producer {
+                client.set(k, v);
+            }
+            let created: Result<BaseConsumer<Quiet>, _> =
+                client.create_with_context(Quiet::default());
+            assert!(
+                created.is_ok(),
+                "{protocol} {mechanism:?}: {:?}",
+                created.err()
+            );
+        }
+    }
+
     #[test]
     fn secret_client_properties_are_redacted_from_messages() {
         let config: KafkaConfig = serde_yaml::from_str(
