@@ -1,10 +1,25 @@
 //! A small in-process HTTP server that answers like Elasticsearch 8 does for what the sink uses,
 //! per the documented APIs: `GET /`, index creation with mappings (`PUT /{index}`,
 //! `resource_already_exists_exception`), `GET /{index}/_mapping`, `POST /_bulk` with per-item
-//! results (`errors: true`, `mapper_parsing_exception` for values the mapping refuses,
+//! results (`errors: true`, `document_parsing_exception` for values the mapping refuses,
 //! `es_rejected_execution_exception` 429s on demand), whole-request 429s on demand,
-//! `_refresh`, `_count`, `_search`, and basic-auth 401s. It is not Elasticsearch: the tests that
-//! use it run against a real cluster instead when `ELASTICSEARCH_URL` is set.
+//! `_refresh`, `_count`, `_search`, and basic-auth 401s. Also what real clusters do that a
+//! permissive stand-in would hide:
+//! - dynamic mapping: an unmapped field's first value decides its type (`date` for date
+//!   strings, `long`, `float`, `boolean`, else `text`), and later values must fit it;
+//! - the coercions Elasticsearch does (`"12.5"` into a `long` is 12) and what it refuses
+//!   (`NaN` or `Infinity` into numbers, `2020-13-45` as a date);
+//! - `_bulk` validates every item first: an `_id` over 512 bytes, or an empty one, fails the
+//!   whole request with 400 `action_request_validation_exception`;
+//! - request bodies over `http.max_content_length` are answered 413;
+//! - gzip request bodies (`Content-Encoding: gzip`) are decoded;
+//! - least-privilege users: `GET /` without `monitor` and `PUT /{index}` without
+//!   `create_index` are 403 `security_exception`; a read-only index answers each item 403
+//!   `cluster_block_exception`;
+//! - an outage answers every request 503.
+//!
+//! It is not Elasticsearch: the tests that use it run against a real cluster instead when
+//! `ELASTICSEARCH_URL` is set.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -26,6 +41,14 @@ pub struct Faults {
     pub busy_requests: u32,
     /// `user:password` that `Authorization: Basic` must carry.
     pub basic_auth: Option<String>,
+    /// `GET /` answers 403 (a user without the `monitor` privilege).
+    pub forbid_monitor: bool,
+    /// `PUT /{index}` answers 403 (a user without `create_index`), even for an existing index.
+    pub forbid_create_index: bool,
+    /// Every write to these indices answers 403 `cluster_block_exception` (read-only).
+    pub read_only_indices: Vec<String>,
+    /// `http.max_content_length`: larger request bodies are answered 413 (0: 100 MB).
+    pub max_content_length: usize,
 }
 
 #[derive(Default)]
@@ -44,7 +67,7 @@ struct Cluster {
     pub rejected_429: u64,
 }
 
-type Shared = Arc<(Mutex<Cluster>, Faults)>;
+type Shared = Arc<(Mutex<Cluster>, Faults, std::sync::atomic::AtomicBool)>;
 
 /// A running stand-in; stops with the test process.
 pub struct EsMock {
@@ -54,7 +77,11 @@ pub struct EsMock {
 
 impl EsMock {
     pub fn start(faults: Faults) -> Self {
-        let state: Shared = Arc::new((Mutex::new(Cluster::default()), faults));
+        let state: Shared = Arc::new((
+            Mutex::new(Cluster::default()),
+            faults,
+            std::sync::atomic::AtomicBool::new(false),
+        ));
         let app = Router::new()
             .route("/", get(info))
             .route("/_bulk", post(bulk))
@@ -66,6 +93,8 @@ impl EsMock {
             .route("/{index}/_refresh", post(ok_shards).get(ok_shards))
             .route("/{index}/_count", get(count).post(count))
             .route("/{index}/_search", get(search).post(search))
+            .route("/{index}/_doc/{id}", get(get_doc))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), outage))
             .with_state(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -87,6 +116,41 @@ impl EsMock {
     pub fn rejected_429(&self) -> u64 {
         self.state.0.lock().unwrap().rejected_429
     }
+
+    /// Creates an empty index as an administrator would (whatever the faults).
+    pub fn create_index(&self, name: &str) {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .indices
+            .insert(name.to_string(), Index::default());
+    }
+
+    /// Starts or ends an outage: every request answered 503.
+    pub fn set_down(&self, down: bool) {
+        self.state
+            .2
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// During an outage, every request is answered 503.
+async fn outage(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.2.load(std::sync::atomic::Ordering::SeqCst) {
+        let error = json!({"error": {"type": "unavailable_shards_exception", "reason": "cluster is restarting"}, "status": 503});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(error)).into_response();
+    }
+    next.run(request).await
+}
+
+fn forbidden(action: &str) -> Response {
+    let body = json!({"error": {"type": "security_exception", "reason": format!("action [{action}] is unauthorized for user [writer] with effective roles [writer]")}, "status": 403});
+    (StatusCode::FORBIDDEN, Json(body)).into_response()
 }
 
 fn authorized(state: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
@@ -131,6 +195,9 @@ async fn info(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&state, &headers) {
         return *r;
     }
+    if state.1.forbid_monitor {
+        return forbidden("cluster:monitor/main");
+    }
     Json(json!({"name": "mock", "cluster_name": "sluice-es-mock", "version": {"number": "8.15.0"}, "tagline": "You Know, for Search"})).into_response()
 }
 
@@ -142,6 +209,9 @@ async fn create_index(
 ) -> Response {
     if let Err(r) = authorized(&state, &headers) {
         return *r;
+    }
+    if state.1.forbid_create_index {
+        return forbidden("indices:admin/create");
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
     let mut cluster = state.0.lock().unwrap();
@@ -210,23 +280,132 @@ async fn search(State(state): State<Shared>, Path(name): Path<String>) -> Respon
     Json(json!({"took": 1, "timed_out": false, "hits": {"total": {"value": index.docs.len(), "relation": "eq"}, "hits": hits}})).into_response()
 }
 
+async fn get_doc(
+    State(state): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    let cluster = state.0.lock().unwrap();
+    match cluster.indices.get(&name).and_then(|i| i.docs.get(&id)) {
+        Some(source) => Json(json!({"_index": name, "_id": id, "found": true, "_source": source}))
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"_index": name, "_id": id, "found": false})),
+        )
+            .into_response(),
+    }
+}
+
+/// A date Elasticsearch's default `date` format (`strict_date_optional_time||epoch_millis`)
+/// reads: `yyyy-MM-dd`, optionally followed by a time.
+fn is_date(s: &str) -> bool {
+    let day = s.get(..10).unwrap_or("");
+    let rest = &s[day.len()..];
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok()
+        && (rest.is_empty()
+            || chrono::DateTime::parse_from_rfc3339(s).is_ok()
+            || rest.starts_with('T'))
+}
+
+/// A number as Elasticsearch reads one for a numeric field: JSON numbers, and strings it
+/// coerces (`"12.5"`); not `NaN` or infinities.
+fn finite_number(value: &Value) -> Option<f64> {
+    let n = match value {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
 /// Why `value` does not fit a field of mapping type `kind`, if it does not.
 fn refuses(kind: &str, value: &Value) -> Option<String> {
     let fits = match (kind, value) {
         (_, Value::Null) => true,
-        ("double" | "float" | "long" | "integer", Value::Number(_)) => true,
-        ("double" | "float", Value::String(s)) => s.parse::<f64>().is_ok(),
-        ("long" | "integer", Value::String(s)) => s.parse::<i64>().is_ok(),
-        ("date", Value::String(s)) => {
-            s.len() >= 10 && s.as_bytes()[4] == b'-' && s[..4].parse::<u32>().is_ok()
-        }
-        ("date", Value::Number(_)) => true,
+        ("double" | "float" | "long" | "integer", v) => finite_number(v).is_some(),
+        ("date", Value::String(s)) => is_date(s),
+        ("date", Value::Number(n)) => n.is_i64(),
         ("keyword" | "text", Value::String(_) | Value::Number(_) | Value::Bool(_)) => true,
         ("boolean", Value::Bool(_)) => true,
-        ("double" | "float" | "long" | "integer" | "date" | "boolean", _) => false,
+        ("boolean", Value::String(s)) => s == "true" || s == "false",
+        ("date" | "boolean", _) => false,
         _ => true,
     };
     (!fits).then(|| format!("failed to parse field of type [{kind}]: value [{value}]"))
+}
+
+/// The type dynamic mapping gives a field first seen with `value`.
+fn dynamic_type(value: &Value) -> Option<&'static str> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "long",
+        Value::Number(_) => "float",
+        Value::String(s) if is_date(s) => "date",
+        Value::String(_) => "text",
+        Value::Object(_) => "object",
+        Value::Array(_) => return None,
+    })
+}
+
+/// Checks `doc` against the index's mapping, mapping new fields on the way.
+fn map_document(index: &mut Index, id: &str, doc: &Value) -> Option<String> {
+    let fields = doc.as_object()?;
+    if !index.mappings.is_object() {
+        index.mappings = json!({});
+    }
+    let mappings = index.mappings.as_object_mut()?;
+    let properties = mappings
+        .entry("properties")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()?;
+    for (field, value) in fields {
+        let kind = match properties
+            .get(field)
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+        {
+            Some(kind) => kind.to_string(),
+            None => match dynamic_type(value) {
+                Some(kind) => {
+                    properties.insert(field.clone(), json!({ "type": kind }));
+                    continue;
+                }
+                None => continue,
+            },
+        };
+        if let Some(reason) = refuses(&kind, value) {
+            return Some(format!(
+                "failed to parse field [{field}] of type [{kind}] in document with id '{id}'. {reason}"
+            ));
+        }
+    }
+    None
+}
+
+/// What `_bulk` validation refuses before running any item: an id over 512 bytes, or empty.
+fn invalid_ids(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    while let Some(line) = lines.next() {
+        let action: Map<String, Value> = serde_json::from_str(line).ok()?;
+        let (op, meta) = action.into_iter().next()?;
+        if let Some(id) = meta.get("_id").and_then(Value::as_str) {
+            if id.len() > 512 {
+                return Some(format!(
+                    "id [{id}] is too long, must be no longer than 512 bytes but was: {}",
+                    id.len()
+                ));
+            }
+            if id.is_empty() {
+                return Some("an id must not be empty".into());
+            }
+        }
+        if op != "delete" {
+            lines.next();
+        }
+    }
+    None
 }
 
 fn hash(s: &str) -> u64 {
@@ -240,6 +419,35 @@ async fn bulk(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
         return *r;
     }
     let faults = &state.1;
+    let limit = if faults.max_content_length == 0 {
+        100 << 20
+    } else {
+        faults.max_content_length
+    };
+    if body.len() > limit {
+        let error = json!({"error": {"type": "content_too_long_exception", "reason": format!("request body is too large ({} > {limit})", body.len())}, "status": 413});
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(error)).into_response();
+    }
+    let gzipped = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let body = if gzipped {
+        let mut plain = Vec::new();
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .is_err()
+        {
+            let error = json!({"error": {"type": "parse_exception", "reason": "request body is not valid gzip"}, "status": 400});
+            return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+        }
+        Bytes::from(plain)
+    } else {
+        body
+    };
+    if let Some(reason) = invalid_ids(&body) {
+        let error = json!({"error": {"type": "action_request_validation_exception", "reason": format!("Validation Failed: 1: {reason};")}, "status": 400});
+        return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+    }
     let mut cluster = state.0.lock().unwrap();
     cluster.bulk_requests += 1;
     if cluster.bulk_requests <= faults.busy_requests {
@@ -281,7 +489,9 @@ async fn bulk(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
             *a += 1;
             *a
         };
-        let result = if faults.item_429_every > 0
+        let result = if faults.read_only_indices.contains(&index_name) {
+            json!({"_index": index_name, "_id": id, "status": 403, "error": {"type": "cluster_block_exception", "reason": format!("index [{index_name}] blocked by: [FORBIDDEN/8/index write (api)];")}})
+        } else if faults.item_429_every > 0
             && hash(&id).is_multiple_of(faults.item_429_every)
             && attempt <= faults.item_429_times
         {
@@ -302,13 +512,7 @@ async fn bulk(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
                 }
                 (_, s) => s.clone(),
             };
-            let refusal = doc.as_ref().and_then(|d| {
-                let props = index.mappings.get("properties")?.as_object()?;
-                props.iter().find_map(|(field, spec)| {
-                    let kind = spec.get("type")?.as_str()?;
-                    refuses(kind, d.get(field)?).map(|r| format!("failed to parse field [{field}] of type [{kind}] in document with id '{id}'. {r}"))
-                })
-            });
+            let refusal = doc.as_ref().and_then(|d| map_document(index, &id, d));
             match (op.as_str(), refusal, doc) {
                 (_, Some(reason), _) => {
                     json!({"_index": index_name, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": reason, "caused_by": {"type": "mapper_parsing_exception"}}})

@@ -33,16 +33,33 @@ impl ElasticsearchSink {
         config: ElasticsearchSinkConfig,
         ctx: &SinkBuildContext,
     ) -> Result<Self, ConnectorError> {
-        let url = Url::parse(&config.url).map_err(|e| {
+        let mut url = Url::parse(&config.url).map_err(|e| {
             ConnectorError::user(format!("bad `url`: {}", redact_url(&e.to_string())))
                 .with_field("url")
         })?;
+        // `https://user:password@host`: basic auth, unless `auth` says otherwise.
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let from_url = (!url.username().is_empty()).then(|| {
+            Credentials::Basic(
+                decode(url.username()),
+                decode(url.password().unwrap_or_default()),
+            )
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
         let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(config.request_timeout)
             .request_body_compression(config.gzip)
             .disable_proxy();
         builder = match &config.auth {
-            None => builder,
+            None => match from_url {
+                Some(credentials) => builder.auth(credentials),
+                None => builder,
+            },
             Some(Auth::Basic { username, password }) => builder.auth(Credentials::Basic(
                 username.clone(),
                 password.expose().to_string(),
@@ -54,7 +71,7 @@ impl ElasticsearchSink {
                 builder.auth(Credentials::Bearer(token.expose().to_string()))
             }
         };
-        if let Some(ca) = &config.ca_file {
+        if let Some(ca) = config.ca_file.as_ref().filter(|f| !f.is_empty()) {
             let pem = std::fs::read(ca).map_err(|e| {
                 ConnectorError::user(format!("cannot read `{ca}`: {e}")).with_field("ca_file")
             })?;
