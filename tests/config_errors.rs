@@ -168,6 +168,31 @@ fn every_example_pipeline_validates() {
     );
 }
 
+/// A fresh clone of the project has nothing outside it: no example pipeline reaches out of the
+/// project (they defaulted to `../shared/data/BTC-USD.csv`), and every input file a pipeline
+/// reads by default is in the project. (The embedded ones are run as they are by
+/// `e2e_embedded`, the Kafka/MySQL/Elasticsearch ones by `secrets`.)
+#[test]
+fn every_example_pipeline_reads_only_files_inside_the_project() {
+    for entry in std::fs::read_dir(root().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.display();
+        assert!(!text.contains("../"), "{name} reaches outside the project");
+        for default in text.split("${").skip(1).filter_map(|v| {
+            let v = &v[..v.find('}')?];
+            v.split_once(":-").map(|(_, d)| d.to_string())
+        }) {
+            if default.ends_with(".csv") {
+                assert!(
+                    root().join(&default).is_file(),
+                    "{name} reads {default} by default, which is not in the project"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn plugins_lists_every_connector_with_documented_fields() {
     let out = run(sluice().arg("plugins"));
