@@ -135,12 +135,18 @@ impl EsMock {
     }
 }
 
-/// During an outage, every request is answered 503.
+/// During an outage, every request is answered 503, but `POST /_stand_in/outage/{on|off}`,
+/// which starts and ends it from outside the process (bench/chaos.sh).
 async fn outage(
     State(state): State<Shared>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Some(switch) = request.uri().path().strip_prefix("/_stand_in/outage/") {
+        let down = switch == "on";
+        state.2.store(down, std::sync::atomic::Ordering::SeqCst);
+        return Json(json!({ "down": down })).into_response();
+    }
     if state.2.load(std::sync::atomic::Ordering::SeqCst) {
         let error = json!({"error": {"type": "unavailable_shards_exception", "reason": "cluster is restarting"}, "status": 503});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(error)).into_response();

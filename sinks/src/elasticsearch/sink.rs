@@ -374,13 +374,17 @@ impl ElasticsearchSink {
 /// `items` in rounds where each document id appears once: requests of a round go out at once
 /// and their 429'd items are retried alone, so two writes to one id never race; a later write
 /// to an id waits for the next round.
+///
+/// Ids are told apart by a hash of index and id: a collision only delays a write by a round.
 fn rounds(items: Vec<BulkItem>) -> Vec<Vec<BulkItem>> {
+    use std::hash::{BuildHasher, RandomState};
+    let hasher = RandomState::new();
     let mut rounds: Vec<Vec<BulkItem>> = vec![Vec::new()];
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    let mut seen: HashMap<u64, usize> = HashMap::new();
     for item in items {
         let round = match &item.id {
             Some(id) => {
-                let n = seen.entry((item.index.clone(), id.clone())).or_insert(0);
+                let n = seen.entry(hasher.hash_one((&item.index, id))).or_insert(0);
                 *n += 1;
                 *n - 1
             }

@@ -102,21 +102,20 @@ pub(super) fn plan(
 ) -> (Plan, Vec<(usize, String)>) {
     let keys = key_columns(config);
     let mut groups: IndexMap<GroupKey, Vec<&Op<'_>>> = IndexMap::new();
-    let mut touched: HashMap<(&str, String), usize> = HashMap::new();
+    // (table, hash of the key's values) → operations on that key so far. A collision of two
+    // keys only puts an operation in a later round than needed: the order still holds.
+    let mut touched: HashMap<(&str, u64), usize> = HashMap::new();
+    // The group of the previous op: consecutive rows mostly share table, round and columns.
+    let mut last: Option<usize> = None;
     for (table, op) in ops {
         let identity = match op {
-            Op::Write { row, .. } if !keys.is_empty() => Some(
-                keys.iter()
-                    .map(|k| {
-                        row.get(k.as_str())
-                            .map(|v| v.to_string())
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\u{1f}"),
-            ),
+            Op::Write { row, .. } if !keys.is_empty() => Some(key_hash(
+                keys.iter().map(|k| row.get(k.as_str()).map(|v| v.as_ref())),
+            )),
             Op::Write { .. } => None,
-            Op::Delete { key } => Some(Value::String(key.clone()).to_string()),
+            Op::Delete { key } => {
+                Some(key_hash(std::iter::once(Some(&Value::String(key.clone())))))
+            }
         };
         let round = match identity {
             Some(id) => {
@@ -126,14 +125,30 @@ pub(super) fn plan(
             }
             None => 0,
         };
+        if let Some(((r, t, columns), list)) = last.and_then(|i| groups.get_index_mut(i)) {
+            let same_columns = match (columns, op) {
+                (Some(columns), Op::Write { row, .. }) => {
+                    columns.len() == row.len()
+                        && columns
+                            .iter()
+                            .zip(row.keys())
+                            .all(|(a, b)| *a == b.as_ref())
+                }
+                (None, Op::Delete { .. }) => true,
+                _ => false,
+            };
+            if *r == round && *t == table.as_str() && same_columns {
+                list.push(op);
+                continue;
+            }
+        }
         let columns = match op {
             Op::Write { row, .. } => Some(row.keys().map(|k| k.as_ref()).collect()),
             Op::Delete { .. } => None,
         };
-        groups
-            .entry((round, table.as_str(), columns))
-            .or_default()
-            .push(op);
+        let entry = groups.entry((round, table.as_str(), columns));
+        last = Some(entry.index());
+        entry.or_default().push(op);
     }
     let mut groups: Vec<_> = groups.into_iter().collect();
     groups.sort_by_key(|((round, _, _), _)| *round); // stable: first appearance within a round
@@ -227,6 +242,29 @@ pub(super) fn plan(
         }
     }
     (statements, oversized)
+}
+
+/// A hash of a key's values (their JSON text), for telling keys apart within one batch.
+fn key_hash<'v>(values: impl Iterator<Item = Option<&'v Value>>) -> u64 {
+    use std::hash::Hasher;
+    struct Feed<'h>(&'h mut std::collections::hash_map::DefaultHasher);
+    impl std::fmt::Write for Feed<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for value in values {
+        match value {
+            Some(v) => {
+                let _ = std::fmt::Write::write_fmt(&mut Feed(&mut hasher), format_args!("{v}"));
+            }
+            None => hasher.write_u8(0),
+        }
+        hasher.write_u8(0x1f);
+    }
+    hasher.finish()
 }
 
 /// What `params` take in an execute packet: each value with its length prefix and type.
