@@ -700,7 +700,7 @@ fn tls_required_connects_and_a_wrong_ca_is_a_clear_error() {
         "--require-secure-transport=ON".into(),
     ]);
     let csv = fixture("btc-sample.csv");
-    let pipeline = |name: &str, tls: &str| {
+    let pipeline = |name: &str, url: &str, tls: &str| {
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &file,
@@ -712,7 +712,6 @@ sinks:
   table: {{ type: mysql, topics: [t], url: {url}, password: pw, table: {name}{tls} }}
 ",
                 csv = csv.display(),
-                url = db.url(),
             ),
         )
         .unwrap();
@@ -723,25 +722,34 @@ sinks:
             .arg(dir.path().join("state"));
         cmd
     };
-    let plain = run(&mut pipeline("plain", ""));
+    let url = db.url();
+    let plain = run(&mut pipeline("plain", &url, ""));
     assert_eq!(
         plain.status.code(),
         Some(1),
         "the server refuses plain connections"
     );
 
-    let out = run(&mut pipeline("tls", ", ssl_mode: required"));
+    let out = run(&mut pipeline("tls", &url, ", ssl_mode: required"));
     assert!(out.status.success());
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM tls"),
         csv_rows(&csv).len() as i64
     );
 
+    // The URL's own switch (it passed validation, then panicked: "TLS support is disabled").
+    let in_url = format!("\"{url}?require_ssl=true&verify_ca=false\"");
+    let out = run(&mut pipeline("inurl", &in_url, ""));
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+
     let verified = format!(", ssl_mode: verify_identity, ca_file: {}", cert("ca.pem"));
-    assert!(run(&mut pipeline("verified", &verified)).status.success());
+    assert!(run(&mut pipeline("verified", &url, &verified))
+        .status
+        .success());
 
     let wrong = format!(", ssl_mode: verify_ca, ca_file: {}", cert("other-ca.pem"));
-    let out = run(&mut pipeline("wrong", &wrong));
+    let out = run(&mut pipeline("wrong", &url, &wrong));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

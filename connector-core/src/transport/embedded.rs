@@ -611,6 +611,44 @@ mod tests {
                 .unwrap();
     }
 
+    /// A sink that stops (its reader dropped) leaves its group: records it had committed are
+    /// delivered, those it had not fail their delivery (never acknowledged, so the source reads
+    /// them again), and nothing waits for it any more.
+    #[tokio::test]
+    async fn a_dropped_reader_leaves_its_group_and_fails_what_it_never_committed() {
+        let t = transport(100);
+        let mut stays = t.reader("stays", &["t".into()]).await.unwrap();
+        let mut leaves = t.reader("leaves", &["t".into()]).await.unwrap();
+        let w = t.writer();
+        let first = w
+            .send((0..3).map(|n| record("t", "k", n)).collect())
+            .await
+            .unwrap();
+        let second = w
+            .send((3..5).map(|n| record("t", "k", n)).collect())
+            .await
+            .unwrap();
+        let upto = |offset| {
+            vec![PartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            }]
+        };
+        assert_eq!(read_all(&mut stays).await.len(), 5);
+        stays.commit(&upto(5), true).await.unwrap();
+        assert_eq!(read_all(&mut leaves).await.len(), 5);
+        leaves.commit(&upto(3), true).await.unwrap();
+        drop(leaves);
+        let within = |d| tokio::time::timeout(Duration::from_secs(1), d);
+        assert!(within(first).await.unwrap().is_ok(), "committed by both");
+        let error = within(second).await.unwrap().unwrap_err();
+        assert!(error.message.contains("stopped before storing"), "{error}");
+        // Later writes no longer wait for the group that left, but fail too: it never reads them.
+        let later = w.send(vec![record("t", "k", 5)]).await.unwrap();
+        assert!(within(later).await.unwrap().is_err());
+    }
+
     #[tokio::test]
     async fn a_declared_layout_that_differs_is_reported() {
         let t = transport(10);
