@@ -4,16 +4,23 @@
 # - tansu (a Kafka-protocol broker) is built from crates.io if missing; each Kafka test starts
 #   and stops its own private broker on a free loopback port (memory or sqlite storage).
 # - MariaDB comes from Debian's mariadb-server (installed if missing); each MySQL test creates
-#   its own data folder and server on a free loopback port.
+#   its own data folder and server on a free loopback port. The MySQL TLS test makes its
+#   certificates with the openssl command (installed if missing).
+# - One test mounts a 1 MiB tmpfs to fill a disk: the tests run as root (as CI does).
 # - Nothing is left running: every service a test starts is stopped when the test ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/tansu.sh install
-if ! command -v mariadb-install-db >/dev/null 2>&1; then
-  echo "installing mariadb-server from Debian's packages…" >&2
+missing=""
+command -v mariadb-install-db >/dev/null 2>&1 || missing="$missing mariadb-server mariadb-client"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+if [ -n "$missing" ]; then
+  echo "installing$missing from Debian's packages…" >&2
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y --no-install-recommends mariadb-server mariadb-client >&2
+  install_() { DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y --no-install-recommends $missing >&2; }
+  # A new machine may not have fetched the package lists yet.
+  install_ || { $sudo_ apt-get update >&2 && install_; }
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
