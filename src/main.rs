@@ -150,6 +150,9 @@ fn main() -> ExitCode {
                     once,
                 },
             ));
+            // Blocking client calls still running (a synchronous commit to a broker that is
+            // gone) do not hold the exit beyond this.
+            runtime.shutdown_timeout(Duration::from_secs(2));
             drop(locks);
             code
         }

@@ -526,3 +526,25 @@ fn a_failing_offset_store_fails_a_followed_source() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot store source offsets"), "{stderr}");
 }
+
+/// A bad row's dead letter is the row as it was written, quotes and all, so that a fixed copy
+/// can be replayed (it was re-joined from the parsed fields: `x,extra, field,3`).
+#[test]
+fn a_bad_rows_dead_letter_keeps_its_bytes_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("quoted.csv");
+    std::fs::write(
+        &csv,
+        "Date,Open,High,Low,Close,Adj Close,Volume\r\n\
+         2014-09-17,465.8,468.1,452.4,457.3,457.3,21056800\r\n\
+         \"x\",\"extra, field\",3\r\n\
+         2014-09-20,394.6,423.2,389.8,408.9,408.9,36863600\r\n",
+    )
+    .unwrap();
+    assert!(run(&mut btc_pipeline(dir.path(), &csv, None, &[]))
+        .status
+        .success());
+    let dead = read_jsonl(&dir.path().join("bitcoin-dlq.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["value"], "\"x\",\"extra, field\",3");
+}

@@ -778,7 +778,14 @@ impl OffsetStore for KafkaOffsetStore {
                 r
             })
             .collect();
-        self.writer.send(records).await?.await
+        // Storing offsets again is harmless (the latest wins), so a failed delivery is one
+        // more retryable failure: a broker answering an error while it stops must not end
+        // the source.
+        self.writer
+            .send(records)
+            .await?
+            .await
+            .map_err(|e| TransportError::transient(e.message))
     }
 }
 
