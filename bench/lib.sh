@@ -42,3 +42,28 @@ mib() { python3 -c "print(f'{$1 / 1024:.0f} MiB')"; }
 summary_rate() {
   awk -v c="$1" '$1 == c { for (i = NF; i > 0; i--) if ($i ~ /^[0-9]+$/) { print $i; exit } }' "$work/last.err"
 }
+
+# fresh_mariadb PORT: a new private MariaDB server (scripts/mariadb.sh) on PORT; sql SQL runs a
+# statement in its database `sluice`.
+fresh_mariadb() {
+  mysql_port=$1
+  scripts/mariadb.sh stop "$mysql_port"
+  rm -rf "${SLUICE_SERVICES_DIR:-${TMPDIR:-/tmp}/sluice-services}/mariadb-$mysql_port"
+  scripts/mariadb.sh start "$mysql_port"
+}
+sql() { mariadb -h127.0.0.1 -P"$mysql_port" -usluice -psluice -N -B sluice -e "$1"; }
+
+# start_es_mock: the tests' Elasticsearch stand-in as a server; exports BENCH_ES_URL.
+es_pid=""
+start_es_mock() {
+  target/release/examples/es_mock > "$work/es.url" & es_pid=$!
+  for _ in $(seq 100); do [ -s "$work/es.url" ] && break; sleep 0.1; done
+  export BENCH_ES_URL=$(cat "$work/es.url")
+}
+
+# stop_services KAFKA_PORT MYSQL_PORT: stops what the script started.
+stop_services() {
+  scripts/tansu.sh stop "$1"
+  scripts/mariadb.sh stop "$2"
+  [ -z "$es_pid" ] || kill "$es_pid" 2>/dev/null || true
+}

@@ -21,17 +21,9 @@ cargo build --release --quiet --bin sluice --example es_mock
 scripts/tansu.sh install
 bench_csv "$rows"
 
-es_pid=""
-cleanup() {
-  scripts/tansu.sh stop "$kport"
-  scripts/mariadb.sh stop "$mport"
-  [ -z "$es_pid" ] || kill "$es_pid" 2>/dev/null || true
-}
-trap cleanup EXIT
+trap 'stop_services "$kport" "$mport"' EXIT
 fresh_broker "$kport"
-rm -rf "${SLUICE_SERVICES_DIR:-${TMPDIR:-/tmp}/sluice-services}/mariadb-$mport"
-scripts/mariadb.sh start "$mport"
-sql() { mariadb -h127.0.0.1 -P"$mport" -usluice -psluice -N -B sluice -e "$1"; }
+fresh_mariadb "$mport"
 
 rm -rf "$work/state"
 target/release/sluice run bench/csv-to-kafka.yaml --state-dir "$work/state" 2>/dev/null
@@ -49,9 +41,7 @@ my_s=$secs; my_r=$(rate "$secs"); my_rss=$rss; my_a=$(summary_rate bench-mysql/r
 written=$(sql "SELECT COUNT(*) FROM bench_sluice")
 [ "$written" -eq "$n" ] || { echo "Kafka → MySQL wrote $written of $n rows" >&2; exit 1; }
 
-target/release/examples/es_mock > "$work/es.url" & es_pid=$!
-for _ in $(seq 100); do [ -s "$work/es.url" ] && break; sleep 0.1; done
-export BENCH_ES_URL=$(cat "$work/es.url")
+start_es_mock
 measure target/release/sluice run --once bench/kafka-to-elasticsearch.yaml --state-dir "$work/state"
 es_s=$secs; es_r=$(rate "$secs"); es_rss=$rss; es_cpu=$cpu; es_a=$(summary_rate bench-es/docs)
 indexed=$(curl -s "$BENCH_ES_URL/bench/_count" | python3 -c "import json,sys; print(json.load(sys.stdin)['count'])")
