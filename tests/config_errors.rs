@@ -27,11 +27,7 @@ fn broken(edit: impl Fn(&str) -> String) -> String {
         .replace("OUT", &dir.path().join("out.jsonl").display().to_string());
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(&file, edit(&yaml)).unwrap();
-    let out = run(sluice()
-        .arg("run")
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(dir.path()));
+    let out = run(&mut sluice_run(&file, dir.path()));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("pipeline.yaml"), "names the file: {stderr}");

@@ -171,13 +171,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
         ),
     )
     .unwrap();
-    assert!(run(sluice()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--state-dir")
-        .arg(dir.path()))
-    .status
-    .success());
+    assert!(run(&mut sluice_run(&pipeline, dir.path())).status.success());
     let dead = read_jsonl(&dir.path().join("dlq.jsonl"));
     let indexed = doc_count(&url, &index);
     assert_eq!(dead.len(), bad, "every mapping error is dead-lettered");
@@ -234,11 +228,7 @@ sinks:
             ),
         )
         .unwrap();
-        run(sluice()
-            .arg("run")
-            .arg(&pipeline)
-            .arg("--state-dir")
-            .arg(dir.path()))
+        run(&mut sluice_run(&pipeline, dir.path()))
     };
     let out = write(&mock.url, "sekrit-wrong");
     assert_eq!(out.status.code(), Some(1));
@@ -307,12 +297,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
         ),
     )
     .unwrap();
-    let mut cmd = sluice();
-    cmd.arg("run")
-        .arg(&pipeline)
-        .arg("--state-dir")
-        .arg(dir.join("state"));
-    cmd
+    sluice_run(&pipeline, dir.join("state"))
 }
 
 fn source_of(url: &str, index: &str, id: &str) -> Value {

@@ -300,11 +300,7 @@ fn sigterm_while_a_sink_dead_letters_during_its_drain_exits_0_within_the_deadlin
     let csv = csv_with_gaps(dir.path(), rows);
     let pipeline = dead_lettering_pipeline(dir.path(), &csv, "");
     let state = dir.path().join("state");
-    let mut child = sluice()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--state-dir")
-        .arg(&state)
+    let mut child = sluice_run(&pipeline, &state)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -318,12 +314,8 @@ fn sigterm_while_a_sink_dead_letters_during_its_drain_exits_0_within_the_deadlin
         "the run was not interrupted"
     );
     // A second run completes the file: every row in the data file or as a dead letter.
-    let out = run(sluice()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "5000"));
+    let out =
+        run(sluice_run(&pipeline, &state).env("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "5000"));
     assert!(out.status.success());
     let (data, dead) = dates_written(dir.path());
     assert!(dead
@@ -348,11 +340,7 @@ fn a_failing_sink_while_another_dead_letters_exits_1_without_hanging() {
     );
     let pipeline = dead_lettering_pipeline(dir.path(), &csv, &broken);
     let (status, stderr) = run_bounded(
-        sluice()
-            .arg("run")
-            .arg(&pipeline)
-            .arg("--state-dir")
-            .arg(dir.path().join("state")),
+        &mut sluice_run(&pipeline, dir.path().join("state")),
         Duration::from_secs(20),
     );
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -495,11 +483,7 @@ fn a_failing_offset_store_fails_a_followed_source() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let mut child = sluice()
-        .arg("run")
-        .arg(&pipeline)
-        .arg("--state-dir")
-        .arg(&state)
+    let mut child = sluice_run(&pipeline, &state)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

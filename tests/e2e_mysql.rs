@@ -298,11 +298,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
         ),
     )
     .unwrap();
-    let mut cmd = sluice();
-    cmd.arg("run")
-        .arg(&pipeline)
-        .arg("--state-dir")
-        .arg(dir.path());
+    let mut cmd = sluice_run(&pipeline, dir.path());
     if let Some(kafka) = kafka {
         cmd.args(["--kafka", kafka]);
     }
@@ -363,11 +359,8 @@ errors: {{ tolerance: all, dead_letter_topic: {name}-dlq }}
         ),
     )
     .unwrap();
-    let mut cmd = sluice();
-    cmd.args(["run", "--once"])
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(dir.join("state"));
+    let mut cmd = sluice_run(&file, dir.join("state"));
+    cmd.arg("--once");
     cmd
 }
 
@@ -596,12 +589,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
             ),
         )
         .unwrap();
-        let mut cmd = sluice();
-        cmd.arg("run")
-            .arg(&file)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"));
-        cmd
+        sluice_run(&file, dir.path().join("state"))
     };
     let out = run(&mut pipeline("nokey", ""));
     assert_eq!(out.status.code(), Some(1));
@@ -715,12 +703,7 @@ sinks:
             ),
         )
         .unwrap();
-        let mut cmd = sluice();
-        cmd.arg("run")
-            .arg(&file)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"));
-        cmd
+        sluice_run(&file, dir.path().join("state"))
     };
     let url = db.url();
     let plain = run(&mut pipeline("plain", &url, ""));

@@ -5,5 +5,6 @@ pub mod elasticsearch;
 mod encoding;
 pub mod file;
 pub mod mysql;
+mod rounds;
 
 pub use encoding::LineFormat;

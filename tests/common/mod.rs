@@ -26,6 +26,16 @@ pub fn sluice() -> Command {
     cmd
 }
 
+/// `sluice run PIPELINE --state-dir STATE`.
+pub fn sluice_run(
+    pipeline: impl AsRef<std::ffi::OsStr>,
+    state: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    let mut cmd = sluice();
+    cmd.arg("run").arg(pipeline).arg("--state-dir").arg(state);
+    cmd
+}
+
 /// Runs the BTC history example pipeline (`pipelines/btc-history-csv-to-file.yaml`) on `csv`,
 /// writing into `dir`; `env` adds overrides such as `SLUICE_SOURCES__YAHOO_CSV__RATE`.
 pub fn btc_pipeline(dir: &Path, csv: &Path, kafka: Option<&str>, env: &[(&str, &str)]) -> Command {

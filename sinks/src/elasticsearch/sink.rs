@@ -3,6 +3,7 @@
 use super::config::{Auth, ElasticsearchSinkConfig, OnMalformed};
 use super::request::{bulk_items, BulkItem};
 use super::retry::{backoff, item_verdict, status_retryable, Verdict};
+use crate::rounds::Rounds;
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
@@ -13,7 +14,7 @@ use serde_json::Value;
 use sluice_core::{
     async_trait, redact_url, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 pub(super) struct ElasticsearchSink {
     config: ElasticsearchSinkConfig,
@@ -374,20 +375,12 @@ impl ElasticsearchSink {
 /// `items` in rounds where each document id appears once: requests of a round go out at once
 /// and their 429'd items are retried alone, so two writes to one id never race; a later write
 /// to an id waits for the next round.
-///
-/// Ids are told apart by a hash of index and id: a collision only delays a write by a round.
 fn rounds(items: Vec<BulkItem>) -> Vec<Vec<BulkItem>> {
-    use std::hash::{BuildHasher, RandomState};
-    let hasher = RandomState::new();
+    let mut seen = Rounds::default();
     let mut rounds: Vec<Vec<BulkItem>> = vec![Vec::new()];
-    let mut seen: HashMap<u64, usize> = HashMap::new();
     for item in items {
         let round = match &item.id {
-            Some(id) => {
-                let n = seen.entry(hasher.hash_one((&item.index, id))).or_insert(0);
-                *n += 1;
-                *n - 1
-            }
+            Some(id) => seen.of((&item.index, id)),
             None => 0,
         };
         if rounds.len() <= round {

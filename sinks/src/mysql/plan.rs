@@ -10,6 +10,7 @@
 
 use super::config::{InsertMode, MysqlSinkConfig};
 use super::schema::{key_column, key_columns, quote, to_sql};
+use crate::rounds::Rounds;
 use indexmap::IndexMap;
 use mysql_async::Value as Sql;
 use serde_json::Value;
@@ -102,28 +103,23 @@ pub(super) fn plan(
 ) -> (Plan, Vec<(usize, String)>) {
     let keys = key_columns(config);
     let mut groups: IndexMap<GroupKey, Vec<&Op<'_>>> = IndexMap::new();
-    // (table, hash of the key's values) → operations on that key so far. A collision of two
-    // keys only puts an operation in a later round than needed: the order still holds.
-    let mut touched: HashMap<(&str, u64), usize> = HashMap::new();
+    let mut rounds = Rounds::default();
     // The group of the previous op: consecutive rows mostly share table, round and columns.
     let mut last: Option<usize> = None;
     for (table, op) in ops {
-        let identity = match op {
-            Op::Write { row, .. } if !keys.is_empty() => Some(key_hash(
-                keys.iter().map(|k| row.get(k.as_str()).map(|v| v.as_ref())),
+        let round = match op {
+            Op::Write { row, .. } if !keys.is_empty() => rounds.of((
+                table,
+                KeyText(
+                    keys.iter()
+                        .map(|k| row.get(k.as_str()).map(|v| v.as_ref()))
+                        .collect(),
+                ),
             )),
-            Op::Write { .. } => None,
+            Op::Write { .. } => 0,
             Op::Delete { key } => {
-                Some(key_hash(std::iter::once(Some(&Value::String(key.clone())))))
+                rounds.of((table, KeyText(vec![Some(&Value::String(key.clone()))])))
             }
-        };
-        let round = match identity {
-            Some(id) => {
-                let seen = touched.entry((table.as_str(), id)).or_insert(0);
-                *seen += 1;
-                *seen - 1
-            }
-            None => 0,
         };
         if let Some(((r, t, columns), list)) = last.and_then(|i| groups.get_index_mut(i)) {
             let same_columns = match (columns, op) {
@@ -244,27 +240,26 @@ pub(super) fn plan(
     (statements, oversized)
 }
 
-/// A hash of a key's values (their JSON text), for telling keys apart within one batch.
-fn key_hash<'v>(values: impl Iterator<Item = Option<&'v Value>>) -> u64 {
-    use std::hash::Hasher;
-    struct Feed<'h>(&'h mut std::collections::hash_map::DefaultHasher);
-    impl std::fmt::Write for Feed<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0.write(s.as_bytes());
-            Ok(())
-        }
-    }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for value in values {
-        match value {
-            Some(v) => {
-                let _ = std::fmt::Write::write_fmt(&mut Feed(&mut hasher), format_args!("{v}"));
+/// A key's values, hashed as their JSON text (JSON values are not `Hash`): a delete of key
+/// `K` and a write of the row whose key column holds `"K"` are the same key.
+struct KeyText<'v>(Vec<Option<&'v Value>>);
+
+impl std::hash::Hash for KeyText<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        struct Feed<'h, H>(&'h mut H);
+        impl<H: std::hash::Hasher> std::fmt::Write for Feed<'_, H> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
             }
-            None => hasher.write_u8(0),
         }
-        hasher.write_u8(0x1f);
+        for value in &self.0 {
+            if let Some(v) = value {
+                let _ = std::fmt::Write::write_fmt(&mut Feed(state), format_args!("{v}"));
+            }
+            state.write_u8(0x1f);
+        }
     }
-    hasher.finish()
 }
 
 /// What `params` take in an execute packet: each value with its length prefix and type.

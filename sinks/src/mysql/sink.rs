@@ -30,6 +30,9 @@ const TRANSIENT: &[u16] = &[1205, 1213, 1040, 1053, 1927];
 /// Errors of `CREATE TABLE` on servers that require a primary key: MySQL's
 /// `sql_require_primary_key` (3750), MariaDB's `innodb_force_primary_key` (1173).
 const PRIMARY_KEY_REQUIRED: &[u16] = &[3750, 1173];
+/// `max_allowed_packet` assumed until the server says (MySQL 8's default is 64 MiB, older
+/// servers' 4 MiB).
+const DEFAULT_MAX_PACKET: u64 = 4 << 20;
 /// The session's SQL mode: strict, so a value that does not fit is an error (dead-lettered),
 /// never silently cut or turned into a zero date.
 const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
@@ -89,7 +92,7 @@ impl MysqlSink {
             tables: HashMap::new(),
             group: ctx.group,
             target,
-            server: Server::new("", 4 << 20),
+            server: Server::new("", DEFAULT_MAX_PACKET),
         };
         let about: Option<(String, u64)> = {
             let result = sink
@@ -99,7 +102,7 @@ impl MysqlSink {
                 .await;
             result.map_err(|e| sink.error(e))?
         };
-        let (version, max_packet) = about.unwrap_or_else(|| ("?".into(), 4 << 20));
+        let (version, max_packet) = about.unwrap_or_else(|| ("?".into(), DEFAULT_MAX_PACKET));
         sink.server = Server::new(&version, max_packet);
         tracing::info!(component = %ctx.component, server = %sink.target, %version, max_packet, "connected to MySQL");
         Ok(sink)

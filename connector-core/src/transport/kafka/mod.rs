@@ -410,7 +410,7 @@ impl Transport for KafkaTransport {
             delivered: self.producer.context().delivered.clone(),
             watermarks: self.producer.clone(),
             last_topic: None,
-            missing_since: None,
+            missing: None,
         }))
     }
 
@@ -436,8 +436,8 @@ struct KafkaReader {
     watermarks: Producer,
     /// The topic of the last message read, shared by the records that follow from it.
     last_topic: Option<Arc<str>>,
-    /// Since when the broker reports a topic unknown (reset by the next message read).
-    missing_since: Option<Instant>,
+    /// Since when the broker reports a topic unknown, and when it last did (see [`missing_for`]).
+    missing: Option<(Instant, Instant)>,
 }
 
 /// How long a topic may be reported unknown before the sink fails: right after creation a
@@ -478,6 +478,18 @@ fn classify(error: &KafkaError) -> ConsumerErrorKind {
     }
 }
 
+/// How long a topic has been reported unknown, given one more report at `now`. A report more
+/// than [`UNKNOWN_TOPIC_GRACE`] after the previous one starts a new episode: a topic missing
+/// for a moment long ago must not fail the sink at its next moment.
+fn missing_for(missing: &mut Option<(Instant, Instant)>, now: Instant) -> Duration {
+    let since = match *missing {
+        Some((since, last)) if now.duration_since(last) < UNKNOWN_TOPIC_GRACE => since,
+        _ => now,
+    };
+    *missing = Some((since, now));
+    now.duration_since(since)
+}
+
 impl KafkaReader {
     /// Logs a transient consumer error; a permanent one (or a topic unknown for longer than
     /// [`UNKNOWN_TOPIC_GRACE`]) is returned with the broker's message.
@@ -487,8 +499,7 @@ impl KafkaReader {
         match classify(&error) {
             ConsumerErrorKind::Permanent => Err(fatal(&error)),
             ConsumerErrorKind::UnknownTopic => {
-                let since = *self.missing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= UNKNOWN_TOPIC_GRACE {
+                if missing_for(&mut self.missing, Instant::now()) >= UNKNOWN_TOPIC_GRACE {
                     return Err(fatal(&error));
                 }
                 tracing::warn!(error = %error, "Kafka reports a topic or partition unknown; the sink fails if it stays so");
@@ -566,7 +577,7 @@ impl TopicReader for KafkaReader {
             }
         }
         if !out.is_empty() {
-            self.missing_since = None;
+            self.missing = None;
         }
         Ok(out)
     }
@@ -823,6 +834,19 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_topic_is_missing_for_as_long_as_the_reports_keep_coming() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut missing = None;
+        assert_eq!(missing_for(&mut missing, at(0)), Duration::ZERO);
+        assert_eq!(missing_for(&mut missing, at(4)), Duration::from_secs(4));
+        assert_eq!(missing_for(&mut missing, at(8)), Duration::from_secs(8));
+        assert!(missing_for(&mut missing, at(12)) >= UNKNOWN_TOPIC_GRACE);
+        // A report long after the last one is a new episode.
+        assert_eq!(missing_for(&mut missing, at(100)), Duration::ZERO);
     }
 
     /// librdkafka is built with OpenSSL and zstd: clients accept TLS, SASL (PLAIN, SCRAM) and
