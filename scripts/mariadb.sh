@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops a private MariaDB server on loopback (data in $SLUICE_SERVICES_DIR), with
 # database `sluice` and user `sluice`/`sluice` for 127.0.0.1. Installs mariadb-server if missing.
+# Each server has its own tmpdir: a starting server deletes every `#sql*` file in its tmpdir.
 #   scripts/mariadb.sh start [PORT]   # default 3306
 #   scripts/mariadb.sh stop [PORT]
 set -euo pipefail
@@ -22,7 +23,7 @@ case "$cmd" in
       fresh=1
     fi
     /usr/sbin/mariadbd --user="$(id -un)" --datadir="$state/data" --socket="$sock" --pid-file="$state/pid" \
-      --log-error="$state/error.log" --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
+      --log-error="$state/error.log" --tmpdir="$state" --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
       --local-infile=1 >/dev/null 2>&1 &
     for _ in $(seq 200); do [ -S "$sock" ] && mariadb -S "$sock" -uroot -e "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
     if [ "$fresh" = 1 ]; then

@@ -741,3 +741,51 @@ sinks:
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Every test server keeps its temporary files to itself: a server starting deletes every
+/// `#sql*` file of its `tmpdir`, so with a shared `/tmp` it removed the on-disk temporary tables
+/// of servers already running in other tests (seen in CI as "Error on delete of
+/// '/tmp/#sql-temptable-….MAI'" failing a sink's statement).
+#[test]
+fn a_server_starting_leaves_the_temporary_tables_of_running_servers_alone() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let db = MariaDb::start();
+    let mut session = Command::new("mariadb")
+        .arg(format!("--socket={}", db.socket().display()))
+        .args(["-uroot", "-N", "-B", "--unbuffered", "sluice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mariadb client");
+    let mut input = session.stdin.take().expect("stdin");
+    let mut output = BufReader::new(session.stdout.take().expect("stdout"));
+    writeln!(
+        input,
+        "CREATE TEMPORARY TABLE held (a INT) ENGINE=Aria; INSERT INTO held VALUES (1); SELECT 'ready';"
+    )
+    .expect("write to the session");
+    input.flush().expect("flush the session");
+    let mut line = String::new();
+    output.read_line(&mut line).expect("read from the session");
+    assert_eq!(line.trim(), "ready");
+
+    let _other = MariaDb::start();
+
+    // Its open files still read after the other server unlinked them: dropping the table is
+    // what fails.
+    writeln!(
+        input,
+        "SELECT COUNT(*) FROM held; DROP TEMPORARY TABLE held;"
+    )
+    .expect("write to the session");
+    drop(input);
+    let out = session.wait_with_output().expect("session ends");
+    let mut rest = String::new();
+    output.read_to_string(&mut rest).expect("read the session");
+    assert!(
+        out.status.success() && rest.trim() == "1",
+        "the temporary table of the first server is gone: {rest} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

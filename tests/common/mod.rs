@@ -461,6 +461,9 @@ impl MariaDb {
             .arg(format!("--socket={}", d.join("sock").display()))
             .arg(format!("--pid-file={}", d.join("pid").display()))
             .arg(format!("--log-error={}", d.join("error.log").display()))
+            // A starting server deletes every `#sql*` file of its tmpdir: a shared `/tmp`
+            // would lose the temporary tables of the servers other tests are running.
+            .arg(format!("--tmpdir={}", d.display()))
             .arg(format!("--port={}", self.port))
             .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
             .args(&self.options)
@@ -474,6 +477,11 @@ impl MariaDb {
 
     pub fn url(&self) -> String {
         format!("mysql://sluice@127.0.0.1:{}/sluice", self.port)
+    }
+
+    /// The server's socket, for the `mariadb` client as root.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("sock")
     }
 
     fn root_sql(&self, sql: &str) -> String {
