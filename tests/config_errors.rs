@@ -279,3 +279,19 @@ fn elasticsearch_index_names_and_date_patterns_are_validated() {
         "{e}"
     );
 }
+
+/// On the embedded transport the topics die with the process, so an exactly-once sink can only
+/// tell what an earlier run wrote by the sources' numbering: without it, refused with advice.
+#[test]
+fn an_embedded_exactly_once_sink_needs_numbered_sources() {
+    let e = broken(|y| {
+        with_sink(
+            y,
+            "    type: mysql\n    topics: [t]\n    url: mysql://u@127.0.0.1:1/db\n    exactly_once: true\n",
+        )
+    });
+    assert!(
+        e.contains("`out`") && e.contains("exactly_once") && e.contains("`src`"),
+        "{e}"
+    );
+}

@@ -321,3 +321,65 @@ fn a_zstd_compressed_topic_round_trips() {
         0
     );
 }
+
+/// A finished source run again sends nothing: start-up reads the source offsets stored last,
+/// although tansu's high watermark stops at the base offset of the last batch (reading up to it
+/// missed the offsets stored after the first record of the last batch: with the files of a
+/// glob stored together in an order that varies, the last file was mostly read again, and
+/// every restart re-sent what runs before had stored past).
+#[test]
+fn a_rerun_resumes_at_the_source_offsets_stored_last() {
+    for storage in ["memory://tansu/", "sqlite://tansu.db"] {
+        rerun_case(&Tansu::start_with_storage(storage), storage);
+    }
+}
+
+fn rerun_case(tansu: &Tansu, storage: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for file in 0..8 {
+        let mut text = String::from("id,value\n");
+        for row in 0..1000 {
+            text.push_str(&format!("{file}-{row},{row}\n"));
+        }
+        std::fs::write(input.join(format!("{file}.csv")), text).unwrap();
+    }
+    let out = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: rerun
+kafka: {{ bootstrap_servers: \"{}\" }}
+topics:
+  rows: {{ partitions: 3 }}
+sources:
+  files:
+    type: csv
+    path: {}/*.csv
+    key: id
+    topic: rows
+    batch_size: 100
+sinks:
+  out:
+    type: file
+    topics: [rows]
+    path: {}
+",
+            tansu.addr(),
+            input.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    for run_number in 1..=3 {
+        let output = run(sluice_run(&pipeline, dir.path().join("state")).arg("--once"));
+        assert!(output.status.success(), "{storage}: run {run_number}");
+        assert_eq!(
+            count_lines(&out),
+            8000,
+            "{storage}: lines after run {run_number}"
+        );
+    }
+}

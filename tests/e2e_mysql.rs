@@ -34,6 +34,35 @@ fn mysql_pipeline(
     cmd
 }
 
+/// The BTC history CSV into table `eo` with `exactly_once`; `top`, `source` and `sink` add
+/// lines to the pipeline, to the source and to the sink.
+fn eo_pipeline(csv: &Path, db: &MariaDb, top: &str, source: &str, sink: &str) -> String {
+    format!(
+        "name: eo
+{top}topics: {{ bitcoin: {{ partitions: 10 }} }}
+sources:
+  yahoo_csv:
+    type: csv
+    path: {csv}
+    topic: bitcoin
+    key: Date
+    columns: {{ Date: date, Open: float, High: float, Low: float, Close: float, \"Adj Close\": float, Volume: int }}
+    null_values: [\"null\"]
+    all_null_rows: skip
+{source}sinks:
+  rows:
+    type: mysql
+    topics: [bitcoin]
+    url: {url}
+    password: pw
+    table: eo
+    exactly_once: true
+{sink}",
+        csv = csv.display(),
+        url = db.url()
+    )
+}
+
 fn count(db: &MariaDb, sql: &str) -> i64 {
     db.sql(sql).parse().unwrap_or(0)
 }
@@ -126,30 +155,12 @@ fn exactly_once_survives_kill_9_in_insert_mode_without_a_duplicate() {
     let pipeline = dir.path().join("eo.yaml");
     std::fs::write(
         &pipeline,
-        format!(
-            "name: eo
-topics: {{ bitcoin: {{ partitions: 10 }} }}
-sources:
-  yahoo_csv:
-    type: csv
-    path: {csv}
-    topic: bitcoin
-    key: Date
-    columns: {{ Date: date, Open: float, High: float, Low: float, Close: float, \"Adj Close\": float, Volume: int }}
-    null_values: [\"null\"]
-    all_null_rows: skip
-sinks:
-  rows:
-    type: mysql
-    topics: [bitcoin]
-    url: {url}
-    password: pw
-    table: eo
-    exactly_once: true
-    batch: {{ max_records: 5, linger: 10ms }}
-",
-            csv = csv.display(),
-            url = db.url()
+        eo_pipeline(
+            &csv,
+            &db,
+            "",
+            "",
+            "    batch: { max_records: 5, linger: 10ms }\n",
         ),
     )
     .unwrap();
@@ -787,5 +798,72 @@ fn a_server_starting_leaves_the_temporary_tables_of_running_servers_alone() {
         out.status.success() && rest.trim() == "1",
         "the temporary table of the first server is gone: {rest} {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With `exactly_once` on the pipeline, kill -9 while the source is still sending (so restarts
+/// send again what runs before had sent since their offsets were last stored), three times,
+/// then a run to the end: every CSV row is in the table once, on Kafka and on the embedded
+/// transport (where the in-process topics are lost with each kill).
+#[test]
+fn exactly_once_sources_and_sink_survive_kills_mid_source_without_a_duplicate() {
+    let tansu = Tansu::start();
+    kills_mid_source_case(Some(&tansu.addr()));
+    kills_mid_source_case(None);
+}
+
+fn kills_mid_source_case(kafka: Option<&str>) {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let pipeline = dir.path().join("eo.yaml");
+    let transport = kafka.map_or(String::new(), |k| {
+        format!("kafka: {{ bootstrap_servers: \"{k}\" }}\n")
+    });
+    // Slow enough that each run is killed while the source still sends (the embedded
+    // transport starts at once, Kafka's takes most of a second).
+    let rate = if kafka.is_some() { 1500 } else { 500 };
+    std::fs::write(
+        &pipeline,
+        eo_pipeline(
+            &csv,
+            &db,
+            &format!("{transport}exactly_once: true\n"),
+            &format!("    rate: {rate}\n    batch_size: 50\n"),
+            "    batch: { max_records: 20, linger: 10ms }\n",
+        ),
+    )
+    .unwrap();
+    let command = || {
+        let mut cmd = sluice_run(&pipeline, dir.path().join("state"));
+        cmd.arg("--once");
+        cmd
+    };
+    let label = if kafka.is_some() { "kafka" } else { "embedded" };
+    for kill in 1..=3 {
+        let mut child = command().stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let rows = db
+            .try_sql("SELECT COUNT(*) FROM eo")
+            .and_then(|c| c.parse::<i64>().ok())
+            .unwrap_or(0);
+        eprintln!("{label}: {rows} rows after kill {kill}");
+        assert!(
+            rows < 2530,
+            "{label}: the source finished before kill {kill}"
+        );
+    }
+    assert!(run(&mut command()).status.success(), "{label}: final run");
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM eo"),
+        2530,
+        "{label}: rows in the table"
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(DISTINCT Date) FROM eo"),
+        2530,
+        "{label}: distinct dates"
     );
 }

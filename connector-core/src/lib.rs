@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod exactly_once;
 pub mod metrics;
 pub mod record;
 pub mod registry;

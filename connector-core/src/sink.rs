@@ -20,6 +20,9 @@ pub struct SinkBuildContext {
     pub topics: Vec<String>,
     /// Consumer group the sink reads as (`sluice-<pipeline>-<component>`).
     pub group: String,
+    /// True when topic offsets stay the same across runs (Kafka); the embedded transport's
+    /// restart at 0 in each process, so a sink must not resume from offsets it stored.
+    pub durable_offsets: bool,
 }
 
 /// The result of one `put`.
@@ -27,6 +30,8 @@ pub struct SinkBuildContext {
 pub struct PutOutcome {
     /// Records the store refused for their content: index into the batch, and the store's reason.
     pub rejected: Vec<(usize, String)>,
+    /// Records not written because an earlier run wrote them (exactly once); counted as skipped.
+    pub skipped: usize,
 }
 
 /// The YAML config of a sink; `type:` picks the implementation.
@@ -43,6 +48,12 @@ pub trait SinkConfig: Debug + Send + Sync {
     /// made of them, offsets stored with the data), if any. The embedded transport's offsets
     /// restart at 0 with each process, so such a sink needs Kafka.
     fn needs_durable_offsets(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The config field that makes the sink skip records an earlier run wrote, by their
+    /// `sluice.position` headers (see [`crate::exactly_once`]), if it is on.
+    fn exactly_once(&self) -> Option<&'static str> {
         None
     }
 }

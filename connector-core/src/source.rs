@@ -22,6 +22,10 @@ pub struct SourceRecord {
     pub partition: Arc<str>,
     /// Where this source partition resumes once this item is delivered.
     pub offset: Value,
+    /// The item's place in its partition for `exactly_once`: grows from item to item and is
+    /// the same for the same input on every run (a byte offset, a row number, an event time).
+    /// `None` when the source cannot say; such a source cannot run with `exactly_once`.
+    pub position: Option<u64>,
     /// What the input became.
     pub payload: Payload,
 }

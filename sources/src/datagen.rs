@@ -210,6 +210,7 @@ impl Source for DatagenSource {
                 SourceRecord {
                     partition: self.partition.clone(),
                     offset: Value::from(self.generator.index),
+                    position: Some(self.generator.index),
                     payload: Payload::Record(record),
                 }
             })

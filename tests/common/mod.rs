@@ -339,11 +339,16 @@ pub struct Tansu {
 impl Tansu {
     /// SQLite storage in a temporary folder; it also survives a broker restart.
     pub fn start() -> Self {
+        Self::start_with_storage("sqlite://tansu.db")
+    }
+
+    /// A broker on `storage`, e.g. `memory://tansu/` (the default of `scripts/tansu.sh`).
+    pub fn start_with_storage(storage: &str) -> Self {
         let port = free_port();
         let mut tansu = Tansu {
             child: None,
             port,
-            storage: "sqlite://tansu.db".into(),
+            storage: storage.into(),
             dir: tempfile::tempdir().expect("temp dir"),
         };
         tansu.spawn();

@@ -336,6 +336,17 @@ impl Loader<'_> {
                     return Err(fail("sinks", id, vec![FieldError::new(field,
                         "relies on topic offsets, which the embedded transport restarts at 0 in each run (rows would be overwritten or skipped); add a `kafka:` section or choose another setting")]));
                 }
+                // In-process topics are gone after a crash: only the sources' numbering tells
+                // what an earlier run wrote.
+                if let Some(field) = sink.inner.exactly_once() {
+                    let unnumbered = pipeline.sources.iter().find(|(source_id, s)| {
+                        sink.topics.contains(&s.topic) && !pipeline.source_exactly_once(source_id)
+                    });
+                    if let Some((source_id, _)) = unnumbered {
+                        return Err(fail("sinks", id, vec![FieldError::new(field,
+                            format!("on the embedded transport this needs the sources of its topics to number their records: set `exactly_once: true` on the pipeline (or on source `{source_id}`)"))]));
+                    }
+                }
             }
             for (id, source) in &pipeline.sources {
                 if !read.contains(&&source.topic) {

@@ -39,6 +39,23 @@ pub struct PipelineConfig {
     /// What happens to records that cannot be parsed, transformed or stored.
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// Every source numbers its records (headers `sluice.source` and `sluice.position`), so
+    /// that sinks with `exactly_once: true` skip what a restarted source sends again: each
+    /// input lands in the store once, across crashes and restarts. Without it a crash makes a
+    /// source send again what it sent since its offsets were last stored (at most its
+    /// unacknowledged batches and one second of records). A source may override it.
+    #[serde(default)]
+    pub exactly_once: bool,
+}
+
+impl PipelineConfig {
+    /// Whether the source `id` numbers its records for exactly-once sinks.
+    pub fn source_exactly_once(&self, id: &str) -> bool {
+        self.sources
+            .get(id)
+            .and_then(|s| s.exactly_once)
+            .unwrap_or(self.exactly_once)
+    }
 }
 
 /// Connection to a Kafka cluster.
@@ -223,6 +240,10 @@ pub struct SourceOuter {
     /// sinks' commits anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_batches: Option<usize>,
+    /// Number this source's records for exactly-once sinks; unset follows the pipeline's
+    /// `exactly_once`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exactly_once: Option<bool>,
     /// The connector's own config.
     #[serde(flatten)]
     pub inner: Box<dyn SourceConfig>,

@@ -156,6 +156,7 @@ impl PipelineRun {
                     component: id.clone(),
                     topics: sink.topics.clone(),
                     group: group.clone(),
+                    durable_offsets: config.kafka.is_some(),
                 })
                 .await
                 .map_err(|e| e.in_component(id))?;
@@ -227,6 +228,9 @@ impl PipelineRun {
                 offsets: offsets.clone(),
                 dead_letters: dead_letters.clone(),
                 metrics: self.metrics_of(id),
+                numbering: config
+                    .source_exactly_once(id)
+                    .then(|| source_task::Numbering::new(pipeline)),
             };
             sources.spawn(task.run(options.shutdown.clone(), deadline.clone()));
         }

@@ -200,8 +200,9 @@ impl SinkTask {
     /// by [`Deadline::GRACE`]; a batch not stored by then stays uncommitted.
     async fn flush(&mut self, pending: &mut Pending, deadline: &Deadline) -> Result<(), Stopped> {
         let mut batch = std::mem::take(&mut pending.records);
+        let put = !batch.is_empty();
         let mut stored = batch.len();
-        if !batch.is_empty() {
+        if put {
             let outcome = self
                 .with_retries(
                     "put",
@@ -210,7 +211,8 @@ impl SinkTask {
                     deadline,
                 )
                 .await?;
-            stored -= outcome.rejected.len();
+            stored -= outcome.rejected.len() + outcome.skipped;
+            ComponentMetrics::add(&self.metrics.skipped, outcome.skipped);
             for (index, reason) in outcome.rejected.into_iter().rev() {
                 if index >= batch.len() {
                     return Err(ConnectorError::internal(format!(
@@ -245,7 +247,7 @@ impl SinkTask {
                 None => return Err(Stopped::Abandoned),
             }
         }
-        if stored > 0 || dead_count > 0 {
+        if put || dead_count > 0 {
             self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[], deadline)
                 .await?;
         }

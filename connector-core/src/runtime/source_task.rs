@@ -8,6 +8,7 @@
 use super::dead_letter::{DeadLetters, Failure};
 use super::deadline::Deadline;
 use super::{apply_transforms, transport_error};
+use crate::exactly_once::{self, Position};
 use crate::metrics::ComponentMetrics;
 use crate::transport::{Delivery, OffsetStore, TopicWriter};
 use crate::{ConnectorError, Payload, Record, Source, Transform};
@@ -31,6 +32,57 @@ pub(super) struct SourceTask {
     pub offsets: Arc<dyn OffsetStore>,
     pub dead_letters: DeadLetters,
     pub metrics: Arc<ComponentMetrics>,
+    /// With `exactly_once`: how records are numbered.
+    pub numbering: Option<Numbering>,
+}
+
+/// Stamps records with their source partition and position (see [`crate::exactly_once`]).
+pub(super) struct Numbering {
+    pipeline: String,
+    /// The last source partition seen and its name in the header: consecutive items mostly
+    /// share it.
+    last: Option<(Arc<str>, String)>,
+}
+
+impl Numbering {
+    pub(super) fn new(pipeline: &str) -> Self {
+        Numbering {
+            pipeline: pipeline.to_string(),
+            last: None,
+        }
+    }
+
+    /// Stamps `records`, all made from the item at `position` of `partition`.
+    fn stamp(
+        &mut self,
+        component: &str,
+        partition: &Arc<str>,
+        position: Option<u64>,
+        records: &mut [Record],
+    ) -> Result<(), ConnectorError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let Some(input) = position else {
+            return Err(ConnectorError::user(
+                "this source does not number its records, so it cannot run with `exactly_once` (set `exactly_once: false` on it)",
+            )
+            .with_field("exactly_once")
+            .in_component(component));
+        };
+        let name = match &self.last {
+            Some((last, name)) if Arc::ptr_eq(last, partition) || last == partition => name,
+            _ => {
+                let name = exactly_once::source_name(&self.pipeline, component, partition);
+                &self.last.insert((partition.clone(), name)).1
+            }
+        };
+        for (index, record) in records.iter_mut().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            exactly_once::stamp(record, name, Position { input, index });
+        }
+        Ok(())
+    }
 }
 
 struct Sent {
@@ -51,17 +103,28 @@ impl SourceTask {
         let failed = CancellationToken::new();
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(self.max_in_flight_batches);
         let (acked_tx, acked_rx) = watch::channel(HashMap::new());
-        let acker = tokio::spawn(cancel_on_error(
-            failed.clone(),
-            acknowledge(
-                sent_rx,
-                acked_tx,
-                self.metrics.clone(),
-                shutdown.clone(),
-                deadline.clone(),
+        // Cancelled once the acknowledger is done: the offset writer stores the last offsets
+        // without waiting out its interval.
+        let acknowledged_all = CancellationToken::new();
+        let acker = tokio::spawn({
+            let acknowledged_all = acknowledged_all.clone();
+            let acknowledging = cancel_on_error(
                 failed.clone(),
-            ),
-        ));
+                acknowledge(
+                    sent_rx,
+                    acked_tx,
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                    deadline.clone(),
+                    failed.clone(),
+                ),
+            );
+            async move {
+                let result = acknowledging.await;
+                acknowledged_all.cancel();
+                result
+            }
+        });
         let committer = tokio::spawn(cancel_on_error(
             failed.clone(),
             store_offsets(
@@ -69,6 +132,7 @@ impl SourceTask {
                 self.offsets.clone(),
                 self.id.clone(),
                 deadline.clone(),
+                acknowledged_all,
             ),
         ));
 
@@ -117,6 +181,7 @@ impl SourceTask {
             // failure below becomes one dead letter.
             let mut dead = 0;
             for item in items {
+                let made_from = records.len();
                 match item.payload {
                     Payload::Record(mut record) if self.transforms.is_empty() => {
                         record.topic.clone_from(&self.topic);
@@ -165,6 +230,14 @@ impl SourceTask {
                         })?);
                         dead += 1;
                     }
+                }
+                if let Some(numbering) = &mut self.numbering {
+                    numbering.stamp(
+                        &self.id,
+                        &item.partition,
+                        item.position,
+                        &mut records[made_from..],
+                    )?;
                 }
                 match &mut last {
                     Some((partition, offset)) if *partition == item.partition => {
@@ -306,15 +379,30 @@ async fn acknowledge(
     Ok(())
 }
 
-/// Stores the latest acknowledged offsets whenever they change, and once more at the end.
-/// Retryable failures are retried a while; then, or on any other failure, the source stops.
+/// Least time between two stores of a source's offsets: bounds what the offsets topic grows by
+/// (one record per store), at the price of reading up to this much again after a crash.
+const OFFSETS_STORE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Stores the latest acknowledged offsets when they change, at most once per
+/// [`OFFSETS_STORE_INTERVAL`], and once more when everything is acknowledged. Retryable
+/// failures are retried a while; then, or on any other failure, the source stops.
 async fn store_offsets(
     mut acked: watch::Receiver<HashMap<String, Value>>,
     store: Arc<dyn OffsetStore>,
     component: String,
     deadline: Deadline,
+    acknowledged_all: CancellationToken,
 ) -> Result<(), ConnectorError> {
+    let mut last_store: Option<tokio::time::Instant> = None;
     while acked.changed().await.is_ok() {
+        if let Some(last) = last_store {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last + OFFSETS_STORE_INTERVAL) => {}
+                _ = acknowledged_all.cancelled() => {}
+                _ = deadline.passed() => {}
+            }
+        }
+        last_store = Some(tokio::time::Instant::now());
         let offsets = acked.borrow_and_update().clone();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0;

@@ -41,12 +41,10 @@ impl SinkConfig for MysqlSinkConfig {
     }
 
     fn needs_durable_offsets(&self) -> Option<&'static str> {
-        if self.exactly_once {
-            Some("exactly_once")
-        } else if self.primary_key.mode == KeyMode::Kafka {
-            Some("primary_key.mode")
-        } else {
-            None
-        }
+        (self.primary_key.mode == KeyMode::Kafka).then_some("primary_key.mode")
+    }
+
+    fn exactly_once(&self) -> Option<&'static str> {
+        self.exactly_once.then_some("exactly_once")
     }
 }

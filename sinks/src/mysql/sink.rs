@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
+use sluice_core::exactly_once::{Position, PositionKey, WrittenPositions};
 use sluice_core::transport::PartitionOffset;
 use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
 use std::collections::{BTreeMap, HashMap};
@@ -49,7 +50,23 @@ pub(super) struct MysqlSink {
     target: String,
     /// What the server accepts, read once connected.
     server: Server,
+    /// Exactly once: consumer offsets are stored with the rows and resumed from (Kafka; the
+    /// embedded transport's offsets restart with each process).
+    store_offsets: bool,
+    /// Exactly once: the highest source position written, as committed in
+    /// `sluice_source_positions`.
+    positions: WrittenPositions,
+    /// The positions the open transaction stores; taken into `positions` once committed.
+    uncommitted_positions: HashMap<PositionKey, Position>,
 }
+
+/// Table of the highest source position written per consumer group, topic partition and source
+/// partition (see `sluice_core::exactly_once`). Binary columns keep the key within InnoDB's limit.
+const POSITIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_source_positions (\
+     consumer_group VARBINARY(255) NOT NULL, topic VARBINARY(255) NOT NULL, \
+     kafka_partition INT NOT NULL, source VARBINARY(512) NOT NULL, \
+     input_position BIGINT UNSIGNED NOT NULL, record_index INT UNSIGNED NOT NULL, \
+     PRIMARY KEY (consumer_group, topic, kafka_partition, source)) ENGINE=InnoDB";
 
 /// A failed statement: the row's fault, or the batch's.
 enum Failure {
@@ -93,7 +110,11 @@ impl MysqlSink {
             group: ctx.group,
             target,
             server: Server::new("", DEFAULT_MAX_PACKET),
+            store_offsets: false,
+            positions: WrittenPositions::default(),
+            uncommitted_positions: HashMap::new(),
         };
+        sink.store_offsets = sink.config.exactly_once && ctx.durable_offsets;
         let about: Option<(String, u64)> = {
             let result = sink
                 .conn()
@@ -105,6 +126,9 @@ impl MysqlSink {
         let (version, max_packet) = about.unwrap_or_else(|| ("?".into(), DEFAULT_MAX_PACKET));
         sink.server = Server::new(&version, max_packet);
         tracing::info!(component = %ctx.component, server = %sink.target, %version, max_packet, "connected to MySQL");
+        if sink.config.exactly_once {
+            sink.load_positions().await?;
+        }
         Ok(sink)
     }
 
@@ -298,7 +322,29 @@ impl MysqlSink {
     ) -> Result<Vec<(usize, String)>, Failure> {
         let (mut plan, oversized): (Plan, _) =
             plan(&self.config, &self.tables, self.server, ops, one_by_one);
-        if self.config.exactly_once && !offsets.is_empty() {
+        if !self.uncommitted_positions.is_empty() {
+            let sql = format!(
+                "INSERT INTO sluice_source_positions (consumer_group, topic, kafka_partition, source, input_position, record_index) VALUES {}{} \
+                 ON DUPLICATE KEY UPDATE input_position = {}, record_index = {}",
+                vec!["(?,?,?,?,?,?)"; self.uncommitted_positions.len()].join(","),
+                self.server.alias_clause(),
+                self.server.inserted("input_position"),
+                self.server.inserted("record_index")
+            );
+            let mut params = Vec::with_capacity(6 * self.uncommitted_positions.len());
+            for ((topic, partition, source), position) in &self.uncommitted_positions {
+                params.extend([
+                    mysql_async::Value::from(self.group.as_str()),
+                    mysql_async::Value::from(&**topic),
+                    mysql_async::Value::from(*partition),
+                    mysql_async::Value::from(source.as_str()),
+                    mysql_async::Value::from(position.input),
+                    mysql_async::Value::from(position.index),
+                ]);
+            }
+            plan.push((None, sql, params));
+        }
+        if self.store_offsets && !offsets.is_empty() {
             let sql = format!(
                 "INSERT INTO sluice_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES {}{} \
                  ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, {})",
@@ -333,6 +379,35 @@ impl MysqlSink {
         Ok(rejected)
     }
 
+    /// Reads back the positions earlier runs committed.
+    async fn load_positions(&mut self) -> Result<(), ConnectorError> {
+        self.execute(POSITIONS_TABLE.into()).await?;
+        let group = self.group.clone();
+        // topic, partition, source, input position, record index
+        type PositionRow = (Vec<u8>, i32, Vec<u8>, u64, u32);
+        let rows: Vec<PositionRow> = {
+            let result = self
+                .conn()
+                .await?
+                .exec(
+                    "SELECT topic, kafka_partition, source, input_position, record_index \
+                     FROM sluice_source_positions WHERE consumer_group = ?",
+                    (group,),
+                )
+                .await;
+            result.map_err(|e| self.error(e))?
+        };
+        for (topic, partition, source, input, index) in rows {
+            let topic = String::from_utf8_lossy(&topic);
+            let source = String::from_utf8_lossy(&source).into_owned();
+            self.positions.insert(
+                (topic.as_ref().into(), partition, source),
+                Position { input, index },
+            );
+        }
+        Ok(())
+    }
+
     async fn ensure_offsets_table(&mut self) -> Result<(), ConnectorError> {
         self.execute(
             "CREATE TABLE IF NOT EXISTS sluice_offsets (consumer_group VARCHAR(255) NOT NULL, \
@@ -350,6 +425,15 @@ impl Sink for MysqlSink {
         let mut outcome = PutOutcome::default();
         let mut ops: Vec<(String, Op)> = Vec::with_capacity(batch.len());
         let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
+        // Exactly once: records an earlier run wrote are skipped.
+        let fresh = if self.config.exactly_once {
+            let screened = self.positions.screen(batch);
+            outcome.skipped = screened.duplicates;
+            self.uncommitted_positions = screened.advanced;
+            Some(screened.fresh)
+        } else {
+            None
+        };
         // Records of a batch mostly share a topic: its table name is worked out once.
         let mut last_table: Option<(&Arc<str>, String)> = None;
         for (i, record) in batch.iter().enumerate() {
@@ -357,6 +441,9 @@ impl Sink for MysqlSink {
                 .entry((record.topic.clone(), record.partition))
                 .or_default();
             *next = (*next).max(record.offset + 1);
+            if fresh.as_ref().is_some_and(|fresh| !fresh[i]) {
+                continue;
+            }
             let table = match &last_table {
                 Some((topic, table)) if **topic == record.topic => table.clone(),
                 _ => {
@@ -414,6 +501,10 @@ impl Sink for MysqlSink {
             return Ok(());
         }
         let result = self.conn().await?.query_drop("COMMIT").await;
+        if result.is_ok() {
+            self.positions
+                .commit(std::mem::take(&mut self.uncommitted_positions));
+        }
         result.map_err(|e| {
             let e = self.error(e);
             // The transaction is gone with the connection: only a restart, resuming at the
@@ -426,7 +517,7 @@ impl Sink for MysqlSink {
     }
 
     async fn stored_offsets(&mut self) -> Result<Option<Vec<PartitionOffset>>, ConnectorError> {
-        if !self.config.exactly_once {
+        if !self.store_offsets {
             return Ok(None);
         }
         self.ensure_offsets_table().await?;

@@ -127,7 +127,7 @@ impl Head {
         input.read_exact_at(&mut buf, 0)?;
         Ok(Head {
             len,
-            hash: fnv1a(&buf),
+            hash: sluice_core::exactly_once::fnv1a(&buf),
         })
     }
 
@@ -140,13 +140,6 @@ impl Head {
             }
         }
     }
-}
-
-/// FNV-1a, 64 bits: stable across builds, unlike std's hasher, since it is stored.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The position a stored source offset gives: a byte number, or an object with the head's
@@ -361,13 +354,15 @@ impl CsvReader {
                     let end = reader.position().clone();
                     let raw = raw_row(&input, row_start, end.byte())?;
                     let offset = Head::offset(None, end.byte());
-                    batch.push(bad(
+                    let mut unreadable = bad(
                         &partition,
                         line,
                         offset,
                         raw,
                         format!("unreadable row: {e}"),
-                    ));
+                    );
+                    unreadable.position = Some(end.byte());
+                    batch.push(unreadable);
                     continue;
                 }
             };
@@ -396,6 +391,8 @@ impl CsvReader {
             if let Payload::Bad(bad) = &mut record.payload {
                 bad.raw = raw_row(&input, row_start, end.byte())?;
             }
+            // The row's end: the same row ends at the same byte on every run.
+            record.position = Some(end.byte());
             batch.push(record);
             reached = FilePosition {
                 byte: end.byte(),
@@ -503,6 +500,7 @@ impl CsvReader {
                     return SourceRecord {
                         partition,
                         offset,
+                        position: None,
                         payload: Payload::Skipped {
                             reason: format!("{path} line {line}: every field is null"),
                         },
@@ -533,6 +531,7 @@ impl CsvReader {
         SourceRecord {
             partition,
             offset,
+            position: None,
             payload: Payload::Record(record),
         }
     }
@@ -542,6 +541,7 @@ fn bad(path: &Arc<str>, line: u64, offset: Value, raw: Vec<u8>, message: String)
     SourceRecord {
         partition: path.clone(),
         offset,
+        position: None,
         payload: Payload::Bad(BadInput {
             raw,
             message,

@@ -26,7 +26,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 /// Transport over a Kafka cluster.
 pub struct KafkaTransport {
@@ -420,7 +419,7 @@ impl Transport for KafkaTransport {
             producer: self.producer.clone(),
             pipeline: pipeline.to_string(),
             writer: self.new_writer(),
-            loaded: OnceCell::new(),
+            state: tokio::sync::Mutex::new(None),
         }))
     }
 }
@@ -661,70 +660,166 @@ impl TopicReader for KafkaReader {
     }
 }
 
-/// Source offsets as records keyed `[pipeline, component, source partition]` in a compacted topic.
+/// Every component's source offsets of one pipeline: component → source partition → offset.
+type PipelineOffsets = HashMap<String, HashMap<String, Value>>;
+
+/// Source offsets of a pipeline as snapshots: each store writes every component's offsets as
+/// one record keyed `[pipeline]` to the pipeline's own partition of the compacted offsets
+/// topic, so its latest record alone is the state (and all compaction keeps of it).
+///
+/// Start-up does not trust the broker's high watermark (tansu 0.6's stops at the base offset
+/// of the last batch, which made restarts read stale offsets): it writes a marker keyed
+/// `[pipeline, "start"]` to the same partition, learns the marker's offset from its delivery
+/// report, and reads back from there in growing windows until it meets the last snapshot
+/// before it. That is the true end, read in time bound by what was written since the last
+/// snapshot, not by the pipeline's age.
 struct KafkaOffsetStore {
     config: KafkaConfig,
-    /// Already connected: asked for the topic's layout, so an empty topic needs no consumer.
     producer: Producer,
     pipeline: String,
     writer: KafkaWriter,
-    /// component → partition → offset, read once from the whole topic.
-    loaded: OnceCell<HashMap<String, HashMap<String, Value>>>,
+    /// Read once, then what the last store wrote. Held through a store's hand-over, so the
+    /// snapshots reach the partition in the order they were made.
+    state: tokio::sync::Mutex<Option<Loaded>>,
 }
 
+struct Loaded {
+    /// The pipeline's partition of the offsets topic.
+    partition: i32,
+    offsets: PipelineOffsets,
+}
+
+/// Records read back from the marker at first; each further window is 8 times larger.
+const FIRST_WINDOW: i64 = 64;
+
+/// How long reading the offsets at start may take.
+const OFFSETS_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl KafkaOffsetStore {
-    fn read_topic(
-        config: KafkaConfig,
-        producer: Producer,
-        pipeline: String,
-    ) -> Result<HashMap<String, HashMap<String, Value>>, TransportError> {
-        let topic = &config.offsets_topic;
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| {
-                TransportError::transient(format!("cannot read metadata of `{topic}`: {e}"))
-            })?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut remaining = HashMap::new();
+    fn snapshot_key(pipeline: &str) -> Vec<u8> {
+        serde_json::to_vec(&[pipeline]).unwrap_or_default()
+    }
+
+    async fn state(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Loaded>>, TransportError> {
+        let mut state = self.state.lock().await;
+        if state.is_none() {
+            *state = Some(self.read_latest().await?);
+        }
+        Ok(state)
+    }
+
+    /// Writes the start marker, then reads back from it to the last snapshot.
+    async fn read_latest(&self) -> Result<Loaded, TransportError> {
+        let topic = self.config.offsets_topic.clone();
+        let producer = self.producer.clone();
+        let pipeline = self.pipeline.clone();
+        let partition = blocking(move || partition_of(&producer, &topic, &pipeline)).await??;
+
+        let topic = self.config.offsets_topic.clone();
+        let started = serde_json::json!({
+            "started_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "pid": std::process::id(),
+        });
+        let mut marker = Record::new(started)
+            .with_key(serde_json::to_vec(&(&self.pipeline, "start")).unwrap_or_default());
+        marker.topic = topic.as_str().into();
+        let (delivery, refused) = self.writer.hand_over(vec![marker], Some(partition)).await?;
+        if let Some((_, reason)) = refused.into_iter().next() {
+            return Err(TransportError::fatal(format!(
+                "cannot write the start marker to `{topic}`: {reason}"
+            )));
+        }
+        delivery.await.map_err(|e| {
+            TransportError::transient(format!(
+                "cannot write the start marker to `{topic}`: {}",
+                e.message
+            ))
+        })?;
+        // Nothing else of this pipeline is written there before the state is loaded, so the
+        // end this producer saw acknowledged is just after the marker.
+        let marker_at = self.producer.context().delivered.get(&topic, partition) - 1;
+        let (config, producer, pipeline) = (
+            self.config.clone(),
+            self.producer.clone(),
+            self.pipeline.clone(),
+        );
+        let offsets =
+            blocking(move || read_back(&config, &producer, &pipeline, partition, marker_at))
+                .await??;
+        Ok(Loaded { partition, offsets })
+    }
+}
+
+/// The partition of the offsets topic that holds `pipeline`'s records.
+fn partition_of(producer: &Producer, topic: &str, pipeline: &str) -> Result<i32, TransportError> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| {
+            TransportError::transient(format!("cannot read metadata of `{topic}`: {e}"))
+        })?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .map(|t| t.partitions().len())
+        .sum::<usize>();
+    if partitions == 0 {
+        return Err(TransportError::transient(format!(
+            "topic `{topic}` has no partitions yet"
+        )));
+    }
+    Ok(super::partition_for_key(
+        pipeline.as_bytes(),
+        partitions as i32,
+    ))
+}
+
+/// The last snapshot of `pipeline` before offset `upto` of `partition`, read back in windows
+/// of growing size; empty when there is none.
+fn read_back(
+    config: &KafkaConfig,
+    producer: &Producer,
+    pipeline: &str,
+    partition: i32,
+    mut upto: i64,
+) -> Result<PipelineOffsets, TransportError> {
+    let topic = &config.offsets_topic;
+    let (low, _) = producer
+        .client()
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| {
+            TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
+        })?;
+    if upto <= low {
+        return Ok(PipelineOffsets::new());
+    }
+    let mut client = base_config(config);
+    client
+        .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer<Quiet> = client
+        .create_with_context(Quiet::default())
+        .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
+    let key = KafkaOffsetStore::snapshot_key(pipeline);
+    let deadline = Instant::now() + OFFSETS_READ_TIMEOUT;
+    let mut window = FIRST_WINDOW;
+    while upto > low {
+        let from = upto.saturating_sub(window).max(low);
         let mut list = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = producer
-                .client()
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_err(|e| {
-                    TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
-                })?;
-            if high > low {
-                remaining.insert(p, high);
-                // From the known low watermark: `Beginning` would wait on librdkafka's 500 ms
-                // offset-query timer.
-                list.add_partition_offset(topic, p, Offset::Offset(low))
-                    .map_err(|e| TransportError::fatal(e.to_string()))?;
-            }
-        }
-        let mut all: HashMap<String, HashMap<String, Value>> = HashMap::new();
-        if remaining.is_empty() {
-            return Ok(all);
-        }
-        let mut client = base_config(&config);
-        client
-            .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "10");
-        let consumer: BaseConsumer<Quiet> = client
-            .create_with_context(Quiet::default())
-            .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
+        list.add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(|e| TransportError::fatal(e.to_string()))?;
         consumer
             .assign(&list)
             .map_err(|e| TransportError::fatal(format!("cannot read `{topic}`: {e}")))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !remaining.is_empty() {
+        // The payload of the window's last snapshot: `Some(None)` for a tombstone (offsets
+        // deleted).
+        let mut latest: Option<Option<Vec<u8>>> = None;
+        loop {
             if Instant::now() > deadline {
                 return Err(TransportError::transient(format!(
                     "timed out reading source offsets from `{topic}`"
@@ -735,43 +830,42 @@ impl KafkaOffsetStore {
             };
             let message = message
                 .map_err(|e| TransportError::transient(format!("cannot read `{topic}`: {e}")))?;
-            if message.offset() + 1 >= remaining.get(&message.partition()).copied().unwrap_or(0) {
-                remaining.remove(&message.partition());
+            // Past the window: what was left of it is compacted away.
+            if message.offset() >= upto {
+                break;
             }
-            let key: Option<(String, String, String)> =
-                message.key().and_then(|k| serde_json::from_slice(k).ok());
-            let Some((p, component, partition)) = key else {
-                continue;
-            };
-            if p != pipeline {
-                continue;
+            if message.key() == Some(key.as_slice()) {
+                latest = Some(message.payload().map(<[u8]>::to_vec));
             }
-            let entry = all.entry(component).or_default();
-            match message.payload().map(serde_json::from_slice::<Value>) {
-                Some(Ok(offset)) => {
-                    entry.insert(partition, offset);
-                }
-                _ => {
-                    entry.remove(&partition);
-                }
+            if message.offset() + 1 >= upto {
+                break;
             }
         }
-        Ok(all)
+        match latest {
+            Some(Some(payload)) => {
+                return serde_json::from_slice(&payload).map_err(|e| {
+                    TransportError::fatal(format!(
+                        "the stored source offsets of pipeline `{pipeline}` in `{topic}` are not readable: {e}"
+                    ))
+                })
+            }
+            Some(None) => return Ok(PipelineOffsets::new()),
+            None => {}
+        }
+        upto = from;
+        window = window.saturating_mul(8);
     }
+    Ok(PipelineOffsets::new())
 }
 
 #[async_trait]
 impl OffsetStore for KafkaOffsetStore {
     async fn load(&self, component: &str) -> Result<HashMap<String, Value>, TransportError> {
-        let all = self
-            .loaded
-            .get_or_try_init(|| {
-                let (config, pipeline) = (self.config.clone(), self.pipeline.clone());
-                let producer = self.producer.clone();
-                async move { blocking(move || Self::read_topic(config, producer, pipeline)).await? }
-            })
-            .await?;
-        Ok(all.get(component).cloned().unwrap_or_default())
+        let state = self.state().await?;
+        Ok(state
+            .as_ref()
+            .and_then(|s| s.offsets.get(component).cloned())
+            .unwrap_or_default())
     }
 
     async fn store(
@@ -779,22 +873,34 @@ impl OffsetStore for KafkaOffsetStore {
         component: &str,
         offsets: &HashMap<String, Value>,
     ) -> Result<(), TransportError> {
-        let records = offsets
-            .iter()
-            .map(|(partition, offset)| {
-                let key =
-                    serde_json::to_vec(&(&self.pipeline, component, partition)).unwrap_or_default();
-                let mut r = Record::new(offset.clone()).with_key(key);
-                r.topic = self.config.offsets_topic.as_str().into();
-                r
-            })
-            .collect();
+        let mut state = self.state().await?;
+        let Some(loaded) = state.as_mut() else {
+            return Err(TransportError::fatal("source offsets were not loaded"));
+        };
+        loaded
+            .offsets
+            .entry(component.to_string())
+            .or_default()
+            .extend(offsets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let snapshot = serde_json::to_value(&loaded.offsets)
+            .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
+        let mut record = Record::new(snapshot).with_key(Self::snapshot_key(&self.pipeline));
+        record.topic = self.config.offsets_topic.as_str().into();
+        let (delivery, refused) = self
+            .writer
+            .hand_over(vec![record], Some(loaded.partition))
+            .await?;
+        drop(state);
+        if let Some((_, reason)) = refused.into_iter().next() {
+            return Err(TransportError::fatal(format!(
+                "cannot store the source offsets of pipeline `{}`: {reason}",
+                self.pipeline
+            )));
+        }
         // Storing offsets again is harmless (the latest wins), so a failed delivery is one
         // more retryable failure: a broker answering an error while it stops must not end
         // the source.
-        self.writer
-            .send(records)
-            .await?
+        delivery
             .await
             .map_err(|e| TransportError::transient(e.message))
     }

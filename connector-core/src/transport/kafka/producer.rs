@@ -174,6 +174,17 @@ impl TopicWriter for KafkaWriter {
         &self,
         records: Vec<Record>,
     ) -> Result<(Delivery, Vec<crate::transport::Refused>), TransportError> {
+        self.hand_over(records, None).await
+    }
+}
+
+impl KafkaWriter {
+    /// [`TopicWriter::send_or_refuse`], every record to `partition` when it is set (else by key).
+    pub(super) async fn hand_over(
+        &self,
+        records: Vec<Record>,
+        partition: Option<i32>,
+    ) -> Result<(Delivery, Vec<crate::transport::Refused>), TransportError> {
         let mut refused = Vec::new();
         let (batch, settled) = Batch::new();
         // librdkafka copies the payload, so one buffer serves every record encoded here.
@@ -200,6 +211,9 @@ impl TopicWriter for KafkaWriter {
             }
             if let Some(ts) = record.timestamp {
                 message = message.timestamp(ts);
+            }
+            if let Some(partition) = partition {
+                message = message.partition(partition);
             }
             if !record.headers.is_empty() {
                 let headers = record
