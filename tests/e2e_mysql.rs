@@ -867,3 +867,82 @@ fn kills_mid_source_case(kafka: Option<&str>) {
         "{label}: distinct dates"
     );
 }
+
+/// `load_data: true` appends through `LOAD DATA LOCAL INFILE` streamed from memory: text with
+/// tabs, newlines, backslashes and `\N`, nulls, JSON and dates arrive exactly as written; a row
+/// the server refuses is dead-lettered alone; with `exactly_once` the offsets are stored with
+/// the rows, so a second run adds nothing.
+#[test]
+fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() {
+    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let dir = tempfile::tempdir().unwrap();
+    db.sql(
+        "CREATE TABLE loads (id BIGINT NOT NULL, note TEXT NULL, n DOUBLE NULL, tags JSON NULL, day DATE NULL)",
+    );
+    let sink = "    table: loads
+    exactly_once: true
+    load_data: true";
+    // Creates the topic.
+    assert!(run(&mut sink_only(
+        dir.path(),
+        "loads",
+        &tansu.addr(),
+        &db,
+        "loads",
+        sink
+    ))
+    .status
+    .success());
+    produce(
+        &tansu.addr(),
+        "loads",
+        &[
+            (
+                None,
+                Some(
+                    r#"{"id":1,"note":"tab\there\nnew line \\ back \\N","n":1.5,"tags":["a"],"day":"2014-09-17"}"#,
+                ),
+            ),
+            (
+                None,
+                Some(r#"{"id":2,"note":null,"n":-2,"tags":{"k":"v"},"day":"2014-09-18"}"#),
+            ),
+            (
+                None,
+                Some(r#"{"id":"three","note":"bad id","n":3,"tags":[],"day":"2014-09-19"}"#),
+            ),
+            (
+                None,
+                Some(r#"{"id":4,"note":"été ✓","n":4,"tags":null,"day":"2014-09-20"}"#),
+            ),
+        ],
+    );
+    for round in 1..=2 {
+        let out = run(&mut sink_only(
+            dir.path(),
+            "loads",
+            &tansu.addr(),
+            &db,
+            "loads",
+            sink,
+        ));
+        assert!(out.status.success(), "round {round}");
+        assert_eq!(
+            db.sql("SELECT COUNT(*) FROM loads"),
+            "3",
+            "rows after round {round}"
+        );
+    }
+    assert_eq!(
+        db.sql("SELECT HEX(note) FROM loads WHERE id = 1"),
+        db.sql("SELECT HEX('tab\\there\\nnew line \\\\ back \\\\N')")
+    );
+    assert_eq!(
+        db.sql("SELECT CONCAT_WS('|', id, IFNULL(note, 'NULL'), n, IFNULL(tags, 'NULL'), day) FROM loads ORDER BY id"),
+        "1|tab\\there\\nnew line \\\\ back \\\\N|1.5|[\"a\"]|2014-09-17\n2|NULL|-2|{\"k\": \"v\"}|2014-09-18\n4|été ✓|4|NULL|2014-09-20"
+            .replace("{\"k\": \"v\"}", &db.sql("SELECT JSON_COMPACT('{\"k\":\"v\"}')"))
+    );
+    let dead = read_jsonl(&dir.path().join("loads-dlq.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["value"]["id"], "three");
+}

@@ -28,9 +28,17 @@ pub(super) enum Op<'a> {
     Delete { key: String },
 }
 
-/// Statements of one transaction: the batch index of the row a statement writes alone, SQL,
-/// parameters.
-pub(super) type Plan = Vec<(Option<usize>, String, Vec<Sql>)>;
+/// One step of a batch's transaction.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// A statement: the batch index of the row it writes alone (if so), SQL, parameters.
+    Execute(Option<usize>, String, Vec<Sql>),
+    /// `LOAD DATA LOCAL INFILE` SQL and the rows it reads, as tab-separated text.
+    Load(String, Vec<u8>),
+}
+
+/// The steps of one transaction.
+pub(super) type Plan = Vec<Step>;
 
 /// Most `?` in one statement.
 const MAX_PLACEHOLDERS: usize = 65_535;
@@ -168,7 +176,7 @@ pub(super) fn plan(
                     quote(table),
                     vec!["?"; params.len()].join(",")
                 );
-                statements.push((None, sql, params));
+                statements.push(Step::Execute(None, sql, params));
             }
             continue;
         };
@@ -191,16 +199,11 @@ pub(super) fn plan(
         } else {
             columns.clone()
         };
-        let per_statement = if one_by_one || config.insert_mode == InsertMode::Update {
-            1
-        } else {
-            (MAX_PLACEHOLDERS / ordered.len().max(1)).max(1)
-        };
-        let mut chunk: Vec<(usize, Vec<Sql>)> = Vec::new();
-        let mut chunk_bytes = 0;
-        for op in ops {
+        // The rows' parameters in `ordered` order, with their size; rows too large for a
+        // packet are refused here.
+        let rows = ops.iter().filter_map(|op| {
             let Op::Write { index, row } = op else {
-                continue;
+                return None;
             };
             let params: Vec<Sql> = ordered
                 .iter()
@@ -208,15 +211,30 @@ pub(super) fn plan(
                 .collect();
             let bytes = params_bytes(&params);
             if bytes > limit {
-                oversized.push((
-                    *index,
-                    format!(
-                        "row is {bytes} bytes, over the server's max_allowed_packet ({} bytes)",
-                        server.max_packet
-                    ),
-                ));
-                continue;
+                oversized.push((*index, oversized_reason(bytes, server)));
+                return None;
             }
+            Some((*index, params, bytes))
+        });
+        // Appends: one LOAD DATA per table and column set, streamed from memory.
+        if config.load_data && !one_by_one && config.insert_mode == InsertMode::Insert {
+            let mut data = Vec::new();
+            for (_, params, _) in rows {
+                write_load_line(&params, &mut data);
+            }
+            if !data.is_empty() {
+                statements.push(Step::Load(load_statement(table, &ordered), data));
+            }
+            continue;
+        }
+        let per_statement = if one_by_one || config.insert_mode == InsertMode::Update {
+            1
+        } else {
+            (MAX_PLACEHOLDERS / ordered.len().max(1)).max(1)
+        };
+        let mut chunk: Vec<(usize, Vec<Sql>)> = Vec::new();
+        let mut chunk_bytes = 0;
+        for (index, params, bytes) in rows {
             if !chunk.is_empty() && (chunk.len() == per_statement || chunk_bytes + bytes > limit) {
                 statements.push(statement(
                     config,
@@ -229,7 +247,7 @@ pub(super) fn plan(
                 chunk_bytes = 0;
             }
             chunk_bytes += bytes;
-            chunk.push((*index, params));
+            chunk.push((index, params));
         }
         if !chunk.is_empty() {
             statements.push(statement(
@@ -262,6 +280,61 @@ impl std::hash::Hash for KeyText<'_> {
     }
 }
 
+fn oversized_reason(bytes: usize, server: Server) -> String {
+    format!(
+        "row is {bytes} bytes, over the server's max_allowed_packet ({} bytes)",
+        server.max_packet
+    )
+}
+
+/// `LOAD DATA LOCAL INFILE` into `columns` of `table`, reading what [`write_load_line`] writes.
+fn load_statement(table: &str, columns: &[&str]) -> String {
+    format!(
+        "LOAD DATA LOCAL INFILE 'sluice-batch' INTO TABLE {} CHARACTER SET utf8mb4 \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        quote(table),
+        columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+/// One row as a line of `LOAD DATA` text: fields separated by tabs, `\N` for NULL, and
+/// backslash, tab, newline, carriage return and NUL escaped.
+fn write_load_line(params: &[Sql], out: &mut Vec<u8>) {
+    use std::io::Write;
+    for (i, param) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = match param {
+            Sql::NULL => out.write_all(b"\\N"),
+            Sql::Int(v) => write!(out, "{v}"),
+            Sql::UInt(v) => write!(out, "{v}"),
+            Sql::Double(v) => write!(out, "{v}"),
+            Sql::Float(v) => write!(out, "{v}"),
+            Sql::Bytes(bytes) => {
+                for &b in bytes {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        0 => out.extend_from_slice(b"\\0"),
+                        b => out.push(b),
+                    }
+                }
+                Ok(())
+            }
+            other => out.write_all(other.as_sql(true).trim_matches('\'').as_bytes()),
+        };
+    }
+    out.push(b'\n');
+}
+
 /// What `params` take in an execute packet: each value with its length prefix and type.
 fn params_bytes(params: &[Sql]) -> usize {
     params
@@ -281,7 +354,7 @@ fn statement(
     columns: &[&str],
     rows: Vec<(usize, Vec<Sql>)>,
     one_by_one: bool,
-) -> (Option<usize>, String, Vec<Sql>) {
+) -> Step {
     let index = one_by_one.then(|| rows[0].0);
     let keys = key_columns(config);
     let is_key = |c: &str| keys.iter().any(|k| k == c);
@@ -301,7 +374,7 @@ fn statement(
                 .join(" AND ")
         );
         let params = rows.into_iter().flat_map(|(_, p)| p).collect();
-        return (index, sql, params);
+        return Step::Execute(index, sql, params);
     }
     let placeholders = format!("({})", vec!["?"; columns.len()].join(","));
     let mut sql = format!(
@@ -330,7 +403,7 @@ fn statement(
         });
     }
     let params = rows.into_iter().flat_map(|(_, p)| p).collect();
-    (index, sql, params)
+    Step::Execute(index, sql, params)
 }
 
 #[cfg(test)]
@@ -355,8 +428,19 @@ mod tests {
         max_packet: 16 << 20,
     };
 
+    fn params(step: &Step) -> &[Sql] {
+        match step {
+            Step::Execute(_, _, params) => params,
+            Step::Load(..) => &[],
+        }
+    }
+
     fn sqls(plan: &Plan) -> Vec<String> {
-        plan.iter().map(|(_, sql, _)| sql.clone()).collect()
+        plan.iter()
+            .map(|step| match step {
+                Step::Execute(_, sql, _) | Step::Load(sql, _) => sql.clone(),
+            })
+            .collect()
     }
 
     #[test]
@@ -396,7 +480,7 @@ mod tests {
                 "INSERT INTO `t` (`k`,`v`) VALUES (?,?) ON DUPLICATE KEY UPDATE `v` = VALUES(`v`)",
             ]
         );
-        assert_eq!(plan[2].2, [Sql::Bytes(b"K".to_vec()), Sql::Int(2)]);
+        assert_eq!(params(&plan[2]), [Sql::Bytes(b"K".to_vec()), Sql::Int(2)]);
     }
 
     #[test]
@@ -451,7 +535,7 @@ mod tests {
         ];
         let (plan, _) = plan(&config, &HashMap::new(), MARIADB, &ops, false);
         assert_eq!(sqls(&plan), ["UPDATE `t` SET `a` = ? WHERE `id` = ?"]);
-        assert_eq!(plan[0].2, [Sql::Int(5), Sql::Int(1)]);
+        assert_eq!(params(&plan[0]), [Sql::Int(5), Sql::Int(1)]);
     }
 
     #[test]
@@ -526,8 +610,60 @@ mod tests {
             oversized[0].1
         );
         assert_eq!(plan.len(), 2, "{:?}", sqls(&plan));
-        for (_, _, params) in &plan {
+        for step in &plan {
+            let params = params(step);
             assert!(params_bytes(params) <= 8 * 1024 - PACKET_OVERHEAD);
         }
+    }
+
+    #[test]
+    fn load_data_lines_escape_what_the_format_reserves() {
+        let mut out = Vec::new();
+        write_load_line(
+            &[
+                Sql::Int(-3),
+                Sql::UInt(7),
+                Sql::Double(1.5),
+                Sql::NULL,
+                Sql::Bytes(b"a\tb\nc\\d\re\0f\\N".to_vec()),
+            ],
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"-3\t7\t1.5\t\\N\ta\\tb\\nc\\\\d\\re\\0f\\\\N\n".to_vec()
+        );
+        let config = config("load_data: true");
+        let ops = vec![
+            (
+                "t".to_string(),
+                Op::Write {
+                    index: 0,
+                    row: row(json!({"a": 1, "b": "x"})),
+                },
+            ),
+            (
+                "t".to_string(),
+                Op::Write {
+                    index: 1,
+                    row: row(json!({"a": 2, "b": null})),
+                },
+            ),
+        ];
+        let (loads, oversized) = plan(&config, &HashMap::new(), MARIADB, &ops, false);
+        assert!(oversized.is_empty());
+        match &loads[..] {
+            [Step::Load(sql, data)] => {
+                assert!(
+                    sql.starts_with("LOAD DATA LOCAL INFILE") && sql.ends_with("(`a`,`b`)"),
+                    "{sql}"
+                );
+                assert_eq!(data, b"1\tx\n2\t\\N\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Row by row (to find a refused row) it writes statements.
+        let (statements, _) = plan(&config, &HashMap::new(), MARIADB, &ops, true);
+        assert!(sqls(&statements).iter().all(|s| s.starts_with("INSERT")));
     }
 }

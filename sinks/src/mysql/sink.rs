@@ -1,8 +1,9 @@
 //! The running MySQL sink: one connection, reconnected after failures; a transaction per batch.
 
 use super::config::MysqlSinkConfig;
-use super::plan::{plan, Op, Plan, Row, Server};
+use super::plan::{plan, Op, Plan, Row, Server, Step};
 use super::schema::{infer_type, key_columns, quote, row, table_name};
+use futures::StreamExt;
 use indexmap::IndexMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
@@ -34,6 +35,8 @@ const PRIMARY_KEY_REQUIRED: &[u16] = &[3750, 1173];
 /// `max_allowed_packet` assumed until the server says (MySQL 8's default is 64 MiB, older
 /// servers' 4 MiB).
 const DEFAULT_MAX_PACKET: u64 = 4 << 20;
+/// Bytes per packet of `LOAD DATA LOCAL INFILE` data.
+const LOAD_CHUNK: usize = 64 << 10;
 /// The session's SQL mode: strict, so a value that does not fit is an error (dead-lettered),
 /// never silently cut or turned into a zero date.
 const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
@@ -342,7 +345,7 @@ impl MysqlSink {
                     mysql_async::Value::from(position.index),
                 ]);
             }
-            plan.push((None, sql, params));
+            plan.push(Step::Execute(None, sql, params));
         }
         if self.store_offsets && !offsets.is_empty() {
             let sql = format!(
@@ -361,7 +364,7 @@ impl MysqlSink {
                     mysql_async::Value::from(*next),
                 ]);
             }
-            plan.push((None, sql, params));
+            plan.push(Step::Execute(None, sql, params));
         }
 
         self.conn().await.map_err(Failure::Batch)?;
@@ -552,7 +555,31 @@ async fn run_in_transaction(
 ) -> Result<Vec<(usize, String)>, mysql_async::Error> {
     let mut rejected = Vec::new();
     conn.query_drop("START TRANSACTION").await?;
-    for (row_index, sql, params) in plan {
+    for step in plan {
+        let (row_index, sql, params) = match step {
+            Step::Execute(row_index, sql, params) => (row_index, sql, params),
+            Step::Load(sql, data) => {
+                let data = bytes::Bytes::from(data);
+                conn.set_infile_handler(async move {
+                    let chunks = (0..data.len())
+                        .step_by(LOAD_CHUNK)
+                        .map(move |at| Ok(data.slice(at..data.len().min(at + LOAD_CHUNK))));
+                    Ok(futures::stream::iter(chunks).boxed())
+                });
+                // With LOCAL the server turns what would be errors (a value that does not fit
+                // its column, a duplicate key) into warnings and loads the rest: any warning
+                // fails the load, so the batch is written again row by row (or fails).
+                let loaded = match conn.query_drop(sql).await {
+                    Ok(()) if conn.get_warnings() > 0 => Err(first_warning(conn).await),
+                    other => other,
+                };
+                if let Err(e) = loaded {
+                    let _ = conn.query_drop("ROLLBACK").await;
+                    return Err(e);
+                }
+                continue;
+            }
+        };
         match conn.exec_drop(sql, params).await {
             Ok(()) => {}
             // In MySQL a failed statement leaves the transaction open.
@@ -574,4 +601,21 @@ async fn run_in_transaction(
         conn.query_drop("COMMIT").await?;
     }
     Ok(rejected)
+}
+
+/// The first warning of the last statement, as the error it stands for.
+async fn first_warning(conn: &mut Conn) -> mysql_async::Error {
+    let warning: Result<Option<(String, u16, String)>, _> =
+        conn.query_first("SHOW WARNINGS LIMIT 1").await;
+    match warning {
+        Ok(Some((_level, code, message))) => mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message,
+            state: "HY000".into(),
+        }),
+        Ok(None) => {
+            mysql_async::Error::Other("LOAD DATA reported warnings it does not list".into())
+        }
+        Err(e) => e,
+    }
 }
