@@ -1,13 +1,14 @@
 //! Exactly-once delivery without broker transactions.
 //!
-//! With `exactly_once`, every record a source writes carries where it came from
-//! ([`SOURCE_HEADER`]: pipeline, component and source partition) and its place there
-//! ([`POSITION_HEADER`]: the source's position of the input it was made from, and its index
-//! among the records made from that input). Within one topic partition the records of one
-//! source partition arrive in the order they were sent (idempotent producer; the embedded log
-//! keeps order too), so a store sink keeps, per (topic, partition, source), the highest
-//! position it wrote — in the same store transaction as the data — and skips every record at
-//! or below it: those are a restarted source sending again what an earlier run had written.
+//! With `exactly_once`, every record a source writes carries, in one header
+//! ([`POSITION_HEADER`], `input:index:source`), its source partition (pipeline, component and
+//! partition) and its place there (the source's position of the input it was made from, and
+//! its index among the records made from that input). Within one topic partition the records
+//! of one source partition arrive in the order they were sent (idempotent producer; the
+//! embedded log keeps order too), so a store sink keeps, per (topic, partition, source), the
+//! highest position it wrote — in the same store transaction as the data — and skips every
+//! record at or below it: those are a restarted source sending again what an earlier run had
+//! written. One header, not two: some brokers (tansu) store each header as a row of its own.
 //!
 //! Kafka's own transactions (KIP-98/KIP-618) would need a broker that serves `EndTxn`; this
 //! needs only the idempotent producer every broker has.
@@ -16,9 +17,8 @@ use crate::Record;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Header naming the source partition a record comes from: `pipeline/component/partition`.
-pub const SOURCE_HEADER: &str = "sluice.source";
-/// Header giving the record's [`Position`] in its source partition, as `input:index`.
+/// Header giving the record's [`Position`] and source partition, as `input:index:source` with
+/// source `pipeline/component/partition`.
 pub const POSITION_HEADER: &str = "sluice.position";
 
 /// Longest source name in bytes; a longer one keeps its start and ends in a hash of the whole,
@@ -36,17 +36,17 @@ pub struct Position {
 }
 
 impl Position {
-    fn encode(self) -> Vec<u8> {
-        format!("{}:{}", self.input, self.index).into_bytes()
+    fn encode(self, source: &str) -> Vec<u8> {
+        format!("{}:{}:{source}", self.input, self.index).into_bytes()
     }
 
-    fn parse(bytes: &[u8]) -> Option<Self> {
+    /// A header value: the position and the source name.
+    fn parse(bytes: &[u8]) -> Option<(Self, &str)> {
         let text = std::str::from_utf8(bytes).ok()?;
-        let (input, index) = text.split_once(':')?;
-        Some(Position {
-            input: input.parse().ok()?,
-            index: index.parse().ok()?,
-        })
+        let mut parts = text.splitn(3, ':');
+        let input = parts.next()?.parse().ok()?;
+        let index = parts.next()?.parse().ok()?;
+        Some((Position { input, index }, parts.next()?))
     }
 }
 
@@ -57,7 +57,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The name of a source partition in [`SOURCE_HEADER`], at most [`MAX_SOURCE_NAME`] bytes.
+/// The name of a source partition in [`POSITION_HEADER`], at most [`MAX_SOURCE_NAME`] bytes.
 pub fn source_name(pipeline: &str, component: &str, partition: &str) -> String {
     let name = format!("{pipeline}/{component}/{partition}");
     if name.len() <= MAX_SOURCE_NAME {
@@ -71,32 +71,23 @@ pub fn source_name(pipeline: &str, component: &str, partition: &str) -> String {
     format!("{}{hash}", &name[..keep])
 }
 
-/// Adds the exactly-once headers to a record a source made.
+/// Adds the exactly-once header to a record a source made.
 pub fn stamp(record: &mut Record, source: &str, position: Position) {
     record
         .headers
-        .push((SOURCE_HEADER.to_string(), source.as_bytes().to_vec()));
-    record
-        .headers
-        .push((POSITION_HEADER.to_string(), position.encode()));
+        .push((POSITION_HEADER.to_string(), position.encode(source)));
 }
 
 /// The source partition and position a record carries, if it was written with
-/// `exactly_once` (the last of each header counts).
+/// `exactly_once` (the last such header counts).
 pub fn position_of(record: &Record) -> Option<(&str, Position)> {
-    let mut source = None;
-    let mut position = None;
-    for (name, value) in record.headers.iter().rev() {
-        if source.is_none() && name == SOURCE_HEADER {
-            source = std::str::from_utf8(value).ok();
-        } else if position.is_none() && name == POSITION_HEADER {
-            position = Position::parse(value);
-        }
-        if source.is_some() && position.is_some() {
-            break;
-        }
-    }
-    Some((source?, position?))
+    let (_, value) = record
+        .headers
+        .iter()
+        .rev()
+        .find(|(name, _)| name == POSITION_HEADER)?;
+    let (position, source) = Position::parse(value)?;
+    Some((source, position))
 }
 
 /// Where a sink keeps a highest position: topic, topic partition, source partition.
@@ -126,7 +117,7 @@ impl WrittenPositions {
     }
 
     /// Sorts a batch (in topic order) into records to write and records already written.
-    /// Records without the headers are always written.
+    /// Records without the header are always written.
     pub fn screen(&self, batch: &[Record]) -> Screened {
         let mut screened = Screened {
             fresh: Vec::with_capacity(batch.len()),

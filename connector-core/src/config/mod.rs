@@ -39,7 +39,7 @@ pub struct PipelineConfig {
     /// What happens to records that cannot be parsed, transformed or stored.
     #[serde(default)]
     pub errors: ErrorsConfig,
-    /// Every source numbers its records (headers `sluice.source` and `sluice.position`), so
+    /// Every source numbers its records (header `sluice.position`), so
     /// that sinks with `exactly_once: true` skip what a restarted source sends again: each
     /// input lands in the store once, across crashes and restarts. Without it a crash makes a
     /// source send again what it sent since its offsets were last stored (at most its
