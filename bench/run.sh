@@ -29,7 +29,7 @@ trap 'scripts/tansu.sh stop "$port"' EXIT
 fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-seeds
 measure python3 bench/producers.py seeds "$BENCH_CSV" "$BENCH_KAFKA" bench-seeds
 seeds_s=$secs; seeds_r=$(rate "$secs")
-raw_rs=() rust_rs=() prod_as=() prod_ss=() prod_rss=0 vs_raw=() vs_rust=()
+raw_rs=() rust_rs=() prod_as=() prod_ss=() prod_rss=0 vs_raw=() vs_rust=() eo_as=() eo_rss=0 vs_plain=() vs_rust_eo=()
 for round in $(seq "$rounds"); do
   fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-raw
   measure python3 bench/producers.py raw "$BENCH_CSV" "$BENCH_KAFKA" bench-raw
@@ -46,7 +46,12 @@ for round in $(seq "$rounds"); do
   prod_ss+=("$secs"); prod_as+=("$(summary_rate bench-produce/rows)"); prod_rss=$(( rss > prod_rss ? rss : prod_rss ))
   vs_raw+=("$(python3 -c "print(${prod_as[-1]} / ${raw_rs[-1]})")")
   vs_rust+=("$(python3 -c "print(${prod_as[-1]} / ${rust_rs[-1]})")")
-  echo "round $round: raw ceiling ${raw_rs[-1]}/s, by hand ${rust_rs[-1]}/s, sluice ${prod_as[-1]}/s active (${secs} s whole)" >&2
+  fresh_broker "$port"; rm -rf "$work/state"
+  BENCH_EXACTLY_ONCE=true measure target/release/sluice run bench/csv-to-kafka.yaml --state-dir "$work/state"
+  eo_as+=("$(summary_rate bench-produce/rows)"); eo_rss=$(( rss > eo_rss ? rss : eo_rss ))
+  vs_plain+=("$(python3 -c "print(${eo_as[-1]} / ${prod_as[-1]})")")
+  vs_rust_eo+=("$(python3 -c "print(${eo_as[-1]} / ${rust_rs[-1]})")")
+  echo "round $round: raw ceiling ${raw_rs[-1]}/s, by hand ${rust_rs[-1]}/s, sluice ${prod_as[-1]}/s active (${secs} s whole), exactly_once ${eo_as[-1]}/s" >&2
 done
 prod_s=$(median "${prod_ss[@]}"); prod_r=$(rate "$prod_s")
 fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-lines
@@ -77,6 +82,7 @@ $rounds interleaved rounds [range]; ratios: the median of each round's ratio.
 | ceiling: raw librdkafka, the same messages encoded before the clock starts (confluent-kafka; produce + flush timed) | | | $(median "${raw_rs[@]}") [$(range "${raw_rs[@]}")] | | | 1.00× | |
 | reference: raw librdkafka, CSV lines as is (smaller messages; produce + flush timed) | | | $lines_r | | | $(ratio "$lines_r" "$(median "${raw_rs[@]}")") | |
 | **sluice CSV → Kafka** (typed JSON, 10 partitions) | $prod_s | $prod_r | $(median "${prod_as[@]}") [$(range "${prod_as[@]}")] | $(ratio "$prod_r" "$seeds_r") | **$(median_ratio "${vs_rust[@]}")** | $(median_ratio "${vs_raw[@]}") | $(mib "$prod_rss") |
+| sluice CSV → Kafka with \`exactly_once\` (records numbered in a header; vs the plain sluice run, same round: $(median_ratio "${vs_plain[@]}")) | | | $(median "${eo_as[@]}") [$(range "${eo_as[@]}")] | | $(median_ratio "${vs_rust_eo[@]}") | | $(mib "$eo_rss") |
 | ceiling: raw consume of those messages (confluent-kafka, nothing done with them; read loop timed) | | | $consume_r | | | | |
 | sluice CSV → Kafka → file (end to end; file sink active rate vs raw consume: $(ratio "$thru_a" "$consume_r")) | $thru_s | $thru_r | $thru_a | $(ratio "$thru_r" "$seeds_r") | | | $(mib "$thru_rss") |
 | sluice CSV → embedded → file | $emb_s | $emb_r | $emb_a | | | | $(mib "$emb_rss") |

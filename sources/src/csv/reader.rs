@@ -107,6 +107,9 @@ struct FilePosition {
     /// The file's first bytes as they were read, when known: if they differ now, the file was
     /// replaced or truncated and rewritten (copytruncate rotation), and is read from the start.
     head: Option<Head>,
+    /// Bytes read from earlier versions of the file (before it was replaced): added to the
+    /// byte position in the exactly-once position, which thus keeps growing across versions.
+    base: u64,
 }
 
 /// A fingerprint of a file's first `len` bytes.
@@ -131,20 +134,24 @@ impl Head {
         })
     }
 
-    /// A source offset: the byte position alone, or with the fingerprint (follow mode).
-    fn offset(head: Option<Head>, byte: u64) -> Value {
+    /// A source offset: the byte position alone, or with the fingerprint and the bytes of
+    /// earlier versions (follow mode).
+    fn offset(head: Option<Head>, byte: u64, base: u64) -> Value {
         match head {
             None => Value::from(byte),
-            Some(head) => {
+            Some(head) if base == 0 => {
                 serde_json::json!({ "byte": byte, "head_len": head.len, "head": head.hash })
             }
+            Some(head) => serde_json::json!({
+                "byte": byte, "head_len": head.len, "head": head.hash, "base": base
+            }),
         }
     }
 }
 
 /// The position a stored source offset gives: a byte number, or an object with the head's
-/// fingerprint.
-fn stored_position(offset: &Value) -> (u64, Option<Head>) {
+/// fingerprint and the bytes of earlier versions.
+fn stored_position(offset: &Value) -> (u64, Option<Head>, u64) {
     match offset {
         Value::Object(map) => {
             let number = |k: &str| map.get(k).and_then(Value::as_u64);
@@ -152,9 +159,13 @@ fn stored_position(offset: &Value) -> (u64, Option<Head>) {
                 (Some(len), Some(hash)) => Some(Head { len, hash }),
                 _ => None,
             };
-            (number("byte").unwrap_or(0), head)
+            (
+                number("byte").unwrap_or(0),
+                head,
+                number("base").unwrap_or(0),
+            )
         }
-        other => (other.as_u64().unwrap_or(0), None),
+        other => (other.as_u64().unwrap_or(0), None, 0),
     }
 }
 
@@ -184,9 +195,17 @@ impl CsvReader {
             .offsets
             .iter()
             .map(|(file, offset)| {
-                let (byte, head) = stored_position(offset);
+                let (byte, head, base) = stored_position(offset);
                 let line = lines_before(file, byte).unwrap_or(0) + 1;
-                (file.clone(), FilePosition { byte, line, head })
+                (
+                    file.clone(),
+                    FilePosition {
+                        byte,
+                        line,
+                        head,
+                        base,
+                    },
+                )
             })
             .collect();
         CsvReader {
@@ -244,6 +263,7 @@ impl CsvReader {
                     byte: end.byte(),
                     line: end.line(),
                     head: None,
+                    base: 0,
                 },
             )
         } else {
@@ -254,6 +274,7 @@ impl CsvReader {
                     byte: 0,
                     line: 1,
                     head: None,
+                    base: 0,
                 },
             )
         };
@@ -311,8 +332,11 @@ impl CsvReader {
             }
             _ => None,
         };
+        // Exactly-once positions go on growing from where the earlier version ended.
+        let mut base = stored.map_or(0, |p| p.base);
         if let Some(why) = replaced {
             tracing::warn!(file = %path, stored = stored.map(|p| p.byte), len, "{why}; reading it from the start");
+            base += stored.map_or(0, |p| p.byte);
             self.positions.remove(path);
             self.layouts.remove(path);
         } else if stored.is_some_and(|p| p.byte == len) {
@@ -324,7 +348,9 @@ impl CsvReader {
             let Some(data_start) = self.layout(path, first)? else {
                 return Ok(Ok(())); // no row yet
             };
-            self.positions.entry(path.to_string()).or_insert(data_start);
+            self.positions
+                .entry(path.to_string())
+                .or_insert(FilePosition { base, ..data_start });
         }
         let start = self.positions[path];
         let mut reader = self.settings.builder.from_reader(input);
@@ -353,7 +379,7 @@ impl CsvReader {
                 Err(e) => {
                     let end = reader.position().clone();
                     let raw = raw_row(&input, row_start, end.byte())?;
-                    let offset = Head::offset(None, end.byte());
+                    let offset = Head::offset(None, end.byte(), start.base);
                     let mut unreadable = bad(
                         &partition,
                         line,
@@ -361,7 +387,7 @@ impl CsvReader {
                         raw,
                         format!("unreadable row: {e}"),
                     );
-                    unreadable.position = Some(end.byte());
+                    unreadable.position = Some(start.base + end.byte());
                     batch.push(unreadable);
                     continue;
                 }
@@ -385,19 +411,21 @@ impl CsvReader {
             } else {
                 None
             };
-            let offset = Head::offset(fingerprint, end.byte());
+            let offset = Head::offset(fingerprint, end.byte(), start.base);
             let mut record =
                 Self::to_record(&self.settings, layout, &partition, line, offset, &row, now);
             if let Payload::Bad(bad) = &mut record.payload {
                 bad.raw = raw_row(&input, row_start, end.byte())?;
             }
-            // The row's end: the same row ends at the same byte on every run.
-            record.position = Some(end.byte());
+            // The row's end: the same row ends at the same byte on every run (plus the bytes
+            // of the file's earlier versions).
+            record.position = Some(start.base + end.byte());
             batch.push(record);
             reached = FilePosition {
                 byte: end.byte(),
                 line: end.line(),
                 head: fingerprint,
+                base: start.base,
             };
             if batch.len() == BATCH {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -814,9 +842,13 @@ mod input_tests {
         let again = items(&mut rx);
         assert_eq!(again.len(), 4, "the new head was skipped");
         // The offsets carry the fingerprint, so a restart checks it too.
-        let (byte, head) = stored_position(&again[3].offset);
+        let (byte, head, base) = stored_position(&again[3].offset);
         assert_eq!(byte, second.len() as u64);
         assert!(head.is_some());
+        // Exactly-once positions go on growing past the first version's end.
+        assert_eq!(base, first.len() as u64);
+        assert_eq!(again[0].position, Some(first.len() as u64 + 19));
+        assert!(again.iter().all(|i| i.position > Some(first.len() as u64)));
         // Appending keeps the head: only the new row is read.
         let mut third = second.clone();
         third.extend_from_slice(b"n5,50.5\n");
