@@ -88,7 +88,7 @@ fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
 }
 
 /// `kill -9` mid-run, then the same command: nothing missing; duplicates at most the sink batch
-/// flushed but not committed plus the source batches sent but not acknowledged.
+/// flushed but not committed plus what the source sent since it last stored its offsets.
 #[test]
 fn kill_9_mid_run_then_rerun_loses_no_row() {
     let tansu = Tansu::start();
@@ -115,9 +115,11 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
         "killed after {} rows; {duplicates} duplicates in the file, {in_topic} in the topic",
         first.rows_before
     );
+    // The bound the README states: the batches in flight, plus one second of records (source
+    // offsets are stored on Kafka at most once a second).
     assert!(
-        in_topic <= 8 * 50,
-        "{in_topic} source duplicates exceed the in-flight batches"
+        in_topic <= 8 * 50 + 1000,
+        "{in_topic} source duplicates exceed the in-flight batches and a second of records"
     );
     assert!(
         duplicates as i64 <= 100 + in_topic,

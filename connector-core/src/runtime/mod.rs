@@ -226,6 +226,7 @@ impl PipelineRun {
                 transforms: build_transforms(id, &source.transforms)?,
                 writer: transport.writer(),
                 offsets: offsets.clone(),
+                offsets_store_interval: transport.offsets_store_interval(),
                 dead_letters: dead_letters.clone(),
                 metrics: self.metrics_of(id),
                 numbering: config

@@ -30,6 +30,8 @@ pub(super) struct SourceTask {
     pub transforms: Vec<Box<dyn Transform>>,
     pub writer: Arc<dyn TopicWriter>,
     pub offsets: Arc<dyn OffsetStore>,
+    /// Least time between two stores of the offsets.
+    pub offsets_store_interval: Duration,
     pub dead_letters: DeadLetters,
     pub metrics: Arc<ComponentMetrics>,
     /// With `exactly_once`: how records are numbered.
@@ -132,7 +134,7 @@ impl SourceTask {
                 self.offsets.clone(),
                 self.id.clone(),
                 deadline.clone(),
-                acknowledged_all,
+                (self.offsets_store_interval, acknowledged_all),
             ),
         ));
 
@@ -379,25 +381,22 @@ async fn acknowledge(
     Ok(())
 }
 
-/// Least time between two stores of a source's offsets: bounds what the offsets topic grows by
-/// (one record per store), at the price of reading up to this much again after a crash.
-const OFFSETS_STORE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Stores the latest acknowledged offsets when they change, at most once per
-/// [`OFFSETS_STORE_INTERVAL`], and once more when everything is acknowledged. Retryable
-/// failures are retried a while; then, or on any other failure, the source stops.
+/// Stores the latest acknowledged offsets when they change, at most once per `interval`
+/// (the transport's [`offsets_store_interval`](crate::transport::Transport::offsets_store_interval)),
+/// and once more when everything is acknowledged. Retryable failures are retried a while;
+/// then, or on any other failure, the source stops.
 async fn store_offsets(
     mut acked: watch::Receiver<HashMap<String, Value>>,
     store: Arc<dyn OffsetStore>,
     component: String,
     deadline: Deadline,
-    acknowledged_all: CancellationToken,
+    (interval, acknowledged_all): (Duration, CancellationToken),
 ) -> Result<(), ConnectorError> {
     let mut last_store: Option<tokio::time::Instant> = None;
     while acked.changed().await.is_ok() {
-        if let Some(last) = last_store {
+        if let Some(last) = last_store.filter(|_| !interval.is_zero()) {
             tokio::select! {
-                _ = tokio::time::sleep_until(last + OFFSETS_STORE_INTERVAL) => {}
+                _ = tokio::time::sleep_until(last + interval) => {}
                 _ = acknowledged_all.cancelled() => {}
                 _ = deadline.passed() => {}
             }

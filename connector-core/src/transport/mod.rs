@@ -105,6 +105,13 @@ pub trait Transport: Send + Sync {
 
     /// Storage of source offsets for the pipeline `pipeline`.
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError>;
+
+    /// Least time between two stores of a source's offsets: each store is a record on Kafka,
+    /// so this bounds what the offsets topic grows by, at the price of reading up to this much
+    /// again after a crash. Zero where a store costs nothing that grows.
+    fn offsets_store_interval(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// A record the transport refused at once, and why (it is larger than the topic takes).

@@ -413,6 +413,10 @@ impl Transport for KafkaTransport {
         }))
     }
 
+    fn offsets_store_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
         Ok(Box::new(KafkaOffsetStore {
             config: self.config.clone(),
