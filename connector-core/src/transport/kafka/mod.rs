@@ -235,21 +235,27 @@ impl Transport for KafkaTransport {
         topics: &IndexMap<String, TopicSpec>,
     ) -> Result<(), TransportError> {
         let mut all = topics.clone();
+        // Spread over partitions like Kafka Connect's `connect-offsets` (25), so that a
+        // pipeline reading back to its last snapshot at start-up passes few records of others.
         all.entry(self.config.offsets_topic.clone())
             .or_insert_with(|| TopicSpec {
+                partitions: OFFSETS_TOPIC_PARTITIONS,
                 config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
                 ..TopicSpec::default()
             });
         let existing = self.describe(all.keys().cloned().collect()).await?;
         for (name, (partitions, replicas)) in &existing {
             let spec = &all[name];
-            if *partitions != spec.partitions {
+            // An existing offsets topic is used as it is: each pipeline picks its partition
+            // from the count the broker reports.
+            let declared = topics.contains_key(name);
+            if *partitions != spec.partitions && declared {
                 return Err(TransportError::fatal(format!(
                     "topic `{name}` exists with {partitions} partitions, the pipeline declares {}",
                     spec.partitions
                 )));
             }
-            if *replicas != spec.replication_factor && topics.contains_key(name) {
+            if *replicas != spec.replication_factor && declared {
                 return Err(TransportError::fatal(format!(
                     "topic `{name}` exists with replication factor {replicas}, the pipeline declares {}",
                     spec.replication_factor
@@ -692,6 +698,9 @@ struct Loaded {
     partition: i32,
     offsets: PipelineOffsets,
 }
+
+/// Partitions of an offsets topic Sluice creates.
+const OFFSETS_TOPIC_PARTITIONS: i32 = 25;
 
 /// Records read back from the marker at first; each further window is 8 times larger.
 const FIRST_WINDOW: i64 = 64;
