@@ -103,6 +103,11 @@ impl DeadLetters {
         dead.timestamp = record.timestamp;
         dead.headers = record.headers;
         if record.offset >= 0 {
+            // Dead letters of sinks reach the dead-letter topic in no order of their source
+            // partition, so its position would make an exactly-once sink of that topic skip
+            // earlier-numbered ones: it is dropped (the record's coordinates say where it was).
+            dead.headers
+                .retain(|(name, _)| name != crate::exactly_once::POSITION_HEADER);
             dead.headers
                 .push((headers::TOPIC.into(), record.topic.as_bytes().to_vec()));
             dead.headers.push((
@@ -126,5 +131,51 @@ impl DeadLetters {
         }
         dead.topic = topic.as_str().into();
         Ok(Some(dead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exactly_once::{position_of, stamp, Position};
+    use crate::transport::embedded::EmbeddedTransport;
+    use crate::transport::Transport;
+
+    fn failure(record: Record) -> Failure<'static> {
+        Failure {
+            component: "c",
+            stage: "put",
+            message: "refused".into(),
+            record,
+            raw: None,
+            location: None,
+        }
+    }
+
+    /// A sink's dead letter loses its exactly-once position (dead letters of several sinks and
+    /// partitions reach the dead-letter topic out of their source order); a source's keeps it.
+    #[test]
+    fn only_dead_letters_made_at_the_source_keep_their_position() {
+        let config = ErrorsConfig {
+            tolerance: Tolerance::All,
+            dead_letter_topic: Some("dlq".into()),
+            ..ErrorsConfig::default()
+        };
+        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
+        let letters = DeadLetters::new(config, transport.writer());
+        let mut read = Record::new(serde_json::json!(1));
+        stamp(&mut read, "p/c/f", Position { input: 9, index: 0 });
+        read.topic = "t".into();
+        read.partition = 0;
+        read.offset = 4;
+        let mut made = read.clone();
+        made.offset = -1;
+        let dead = letters.route(failure(read)).unwrap().unwrap();
+        assert_eq!(position_of(&dead), None);
+        let dead = letters.route(failure(made)).unwrap().unwrap();
+        assert_eq!(
+            position_of(&dead),
+            Some(("p/c/f", Position { input: 9, index: 0 }))
+        );
     }
 }
