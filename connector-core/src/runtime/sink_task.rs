@@ -8,7 +8,7 @@ use super::deadline::Deadline;
 use super::{apply_transforms, transport_error};
 use crate::config::BatchConfig;
 use crate::metrics::ComponentMetrics;
-use crate::transport::{Incoming, PartitionOffset, TopicReader};
+use crate::transport::{Incoming, PartitionOffset, TopicReader, TransportError};
 use crate::{ConnectorError, Record, Sink, Transform};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Attempts at a batch whose `put`/`flush` fails with a retryable error, before the task fails.
 const MAX_BATCH_ATTEMPTS: u32 = 12;
+
+/// Records per poll while reading ahead: decoding one poll's worth delays the batch being
+/// stored by at most that long.
+const READ_AHEAD_POLL: usize = 500;
 
 pub(super) struct SinkTask {
     pub id: String,
@@ -89,6 +93,8 @@ impl SinkTask {
         drain: &CancellationToken,
         deadline: &Deadline,
     ) -> Result<(), Stopped> {
+        // Read while the last batch was being stored, not yet taken.
+        let mut ahead: Vec<Incoming> = Vec::new();
         loop {
             let draining = drain.is_cancelled();
             let room = self
@@ -101,11 +107,15 @@ impl SinkTask {
                 None => self.batch.linger.max(Duration::from_millis(100)),
             }
             .min(Duration::from_millis(500));
-            let incoming = tokio::select! {
-                biased;
-                _ = deadline.passed() => Vec::new(),
-                _ = drain.cancelled(), if !draining => Vec::new(),
-                polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
+            let incoming = if !ahead.is_empty() {
+                std::mem::take(&mut ahead)
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = deadline.passed() => Vec::new(),
+                    _ = drain.cancelled(), if !draining => Vec::new(),
+                    polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
+                }
             };
             let idle = incoming.is_empty();
             self.take(incoming, pending)?;
@@ -116,13 +126,13 @@ impl SinkTask {
                 .is_some_and(|s| s.elapsed() >= self.batch.linger);
             if deadline.is_passed() {
                 if !pending.is_empty() {
-                    self.flush(pending, deadline).await?;
+                    self.flush(pending, &mut ahead, deadline).await?;
                 }
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
             if !pending.is_empty() && (full || lingered || (draining && idle)) {
-                self.flush(pending, deadline).await?;
+                self.flush(pending, &mut ahead, deadline).await?;
             }
             if draining && idle && pending.is_empty() {
                 let caught_up = tokio::select! {
@@ -197,67 +207,41 @@ impl SinkTask {
     }
 
     /// put → dead letters acknowledged → flush → commit. Past `deadline`, one attempt bounded
-    /// by [`Deadline::GRACE`]; a batch not stored by then stays uncommitted.
-    async fn flush(&mut self, pending: &mut Pending, deadline: &Deadline) -> Result<(), Stopped> {
-        let mut batch = std::mem::take(&mut pending.records);
-        let put = !batch.is_empty();
-        let mut stored = batch.len();
-        if put {
-            let outcome = self
-                .with_retries(
-                    "put",
-                    |sink, batch| Box::pin(sink.put(batch)),
-                    &batch,
-                    deadline,
-                )
-                .await?;
-            stored -= outcome.rejected.len() + outcome.skipped;
-            ComponentMetrics::add(&self.metrics.skipped, outcome.skipped);
-            for (index, reason) in outcome.rejected.into_iter().rev() {
-                if index >= batch.len() {
-                    return Err(ConnectorError::internal(format!(
-                        "sink rejected record #{index} of a batch of {}",
-                        batch.len()
-                    ))
-                    .in_component(&self.id)
-                    .into());
-                }
-                let record = batch.swap_remove(index);
-                pending.dead.extend(self.dead_letters.route(Failure {
-                    component: &self.id,
-                    stage: "put",
-                    message: reason,
-                    record,
-                    raw: None,
-                    location: None,
-                })?);
-            }
-        }
-        // Dead letters are delivered before the flush: a sink that makes its batch (and its own
-        // offsets) durable in `flush` never gets past a record that is nowhere yet.
+    /// by [`Deadline::GRACE`]; a batch not stored by then stays uncommitted. While the batch is
+    /// being stored, up to a batch of what follows is read (and decoded) into `ahead`, so that
+    /// work overlaps the store's round trips instead of waiting for them.
+    async fn flush(
+        &mut self,
+        pending: &mut Pending,
+        ahead: &mut Vec<Incoming>,
+        deadline: &Deadline,
+    ) -> Result<(), Stopped> {
+        let batch = std::mem::take(&mut pending.records);
         let dead = std::mem::take(&mut pending.dead);
-        let dead_count = dead.len();
-        if !dead.is_empty() {
-            let delivered = async {
-                let delivery = self.dead_letters.writer.send(dead).await?;
-                delivery.await
-            };
-            match bounded(deadline, delivered).await {
-                Some(result) => result.map_err(|e| transport_error(&self.id, e))?,
-                None => return Err(Stopped::Abandoned),
-            }
-        }
-        if put || dead_count > 0 {
-            self.with_retries("flush", |sink, _| Box::pin(sink.flush()), &[], deadline)
-                .await?;
-        }
+        let SinkTask {
+            id,
+            sink,
+            reader,
+            batch: batch_config,
+            dead_letters,
+            metrics,
+            ..
+        } = self;
+        let storing = store(id, sink, dead_letters, metrics, batch, dead, deadline);
+        let (stored, read_error) =
+            while_reading_ahead(reader.as_mut(), batch_config.max_records, ahead, storing).await;
+        let (stored, dead_count) = stored?;
         let offsets = std::mem::take(&mut pending.offsets);
         self.commit(&offsets, false, deadline).await;
         pending.flushed.extend(offsets);
         ComponentMetrics::add(&self.metrics.records_out, stored);
         ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
         pending.since = None;
-        Ok(())
+        match read_error {
+            // The batch is stored and committed; the read failure fails the task as a poll's does.
+            Some(e) => Err(transport_error(&self.id, e).into()),
+            None => Ok(()),
+        }
     }
 
     /// Commits `offsets`; `wait` for the last commit of the task. The data is stored already, so
@@ -305,44 +289,149 @@ impl SinkTask {
             }
         }
     }
+}
 
-    /// Runs `op` until it succeeds, retrying retryable errors with backoff, each attempt and
-    /// each wait bounded by `deadline`.
-    async fn with_retries<T>(
-        &mut self,
-        what: &str,
-        op: impl for<'a> Fn(
-            &'a mut Box<dyn Sink>,
-            &'a [Record],
-        ) -> futures::future::BoxFuture<'a, Result<T, ConnectorError>>,
-        batch: &[Record],
-        deadline: &Deadline,
-    ) -> Result<T, Stopped> {
-        let mut backoff = Duration::from_millis(200);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let Some(result) = bounded(deadline, op(&mut self.sink, batch)).await else {
-                return Err(Stopped::Abandoned);
-            };
-            match result {
-                Ok(value) => return Ok(value),
-                Err(e) if e.retryable && attempt < MAX_BATCH_ATTEMPTS && !deadline.is_passed() => {
-                    tracing::warn!(component = %self.id, attempt, error = %e.message, "{what} failed; retrying in {backoff:?}");
-                    if bounded(deadline, tokio::time::sleep(backoff))
-                        .await
-                        .is_none()
-                    {
-                        return Err(Stopped::Abandoned);
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+/// Stores one batch: put → dead letters (with the records the sink refused) acknowledged →
+/// flush. Returns how many records were stored and how many became dead letters.
+async fn store(
+    id: &str,
+    sink: &mut Box<dyn Sink>,
+    dead_letters: &DeadLetters,
+    metrics: &ComponentMetrics,
+    mut batch: Vec<Record>,
+    mut dead: Vec<Record>,
+    deadline: &Deadline,
+) -> Result<(usize, usize), Stopped> {
+    let put = !batch.is_empty();
+    let mut stored = batch.len();
+    if put {
+        let outcome = with_retries(
+            id,
+            sink,
+            "put",
+            |sink, batch| Box::pin(sink.put(batch)),
+            &batch,
+            deadline,
+        )
+        .await?;
+        stored -= outcome.rejected.len() + outcome.skipped;
+        ComponentMetrics::add(&metrics.skipped, outcome.skipped);
+        for (index, reason) in outcome.rejected.into_iter().rev() {
+            if index >= batch.len() {
+                return Err(ConnectorError::internal(format!(
+                    "sink rejected record #{index} of a batch of {}",
+                    batch.len()
+                ))
+                .in_component(id)
+                .into());
+            }
+            let record = batch.swap_remove(index);
+            dead.extend(dead_letters.route(Failure {
+                component: id,
+                stage: "put",
+                message: reason,
+                record,
+                raw: None,
+                location: None,
+            })?);
+        }
+    }
+    // Dead letters are delivered before the flush: a sink that makes its batch (and its own
+    // offsets) durable in `flush` never gets past a record that is nowhere yet.
+    let dead_count = dead.len();
+    if !dead.is_empty() {
+        let delivered = async {
+            let delivery = dead_letters.writer.send(dead).await?;
+            delivery.await
+        };
+        match bounded(deadline, delivered).await {
+            Some(result) => result.map_err(|e| transport_error(id, e))?,
+            None => return Err(Stopped::Abandoned),
+        }
+    }
+    if put || dead_count > 0 {
+        with_retries(
+            id,
+            sink,
+            "flush",
+            |sink, _| Box::pin(sink.flush()),
+            &[],
+            deadline,
+        )
+        .await?;
+    }
+    Ok((stored, dead_count))
+}
+
+/// Runs `work` while reading from `reader` into `ahead`, up to `max` records; stops reading at
+/// the first poll that finds nothing (or fails: the error is returned with `work`'s result).
+async fn while_reading_ahead<T>(
+    reader: &mut dyn TopicReader,
+    max: usize,
+    ahead: &mut Vec<Incoming>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<TransportError>) {
+    tokio::pin!(work);
+    loop {
+        // In small polls: the store's task resumes between them.
+        let room = max.saturating_sub(ahead.len()).min(READ_AHEAD_POLL);
+        if room == 0 {
+            return (work.await, None);
+        }
+        tokio::select! {
+            biased;
+            done = &mut work => return (done, None),
+            polled = reader.poll(room, Duration::from_millis(500)) => match polled {
+                Ok(items) if items.is_empty() => return (work.await, None),
+                Ok(items) => {
+                    ahead.extend(items);
+                    // A poll that finds records waiting never suspends: let tasks the store
+                    // spawned onto this worker run.
+                    tokio::task::yield_now().await;
                 }
-                Err(e) if deadline.is_passed() => {
-                    tracing::warn!(component = %self.id, error = %e.message, "{what} failed after the shutdown deadline");
+                Err(e) => return (work.await, Some(e)),
+            }
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, retrying retryable errors with backoff, each attempt and each
+/// wait bounded by `deadline`.
+async fn with_retries<T>(
+    id: &str,
+    sink: &mut Box<dyn Sink>,
+    what: &str,
+    op: impl for<'a> Fn(
+        &'a mut Box<dyn Sink>,
+        &'a [Record],
+    ) -> futures::future::BoxFuture<'a, Result<T, ConnectorError>>,
+    batch: &[Record],
+    deadline: &Deadline,
+) -> Result<T, Stopped> {
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(result) = bounded(deadline, op(sink, batch)).await else {
+            return Err(Stopped::Abandoned);
+        };
+        match result {
+            Ok(value) => return Ok(value),
+            Err(e) if e.retryable && attempt < MAX_BATCH_ATTEMPTS && !deadline.is_passed() => {
+                tracing::warn!(component = %id, attempt, error = %e.message, "{what} failed; retrying in {backoff:?}");
+                if bounded(deadline, tokio::time::sleep(backoff))
+                    .await
+                    .is_none()
+                {
                     return Err(Stopped::Abandoned);
                 }
-                Err(e) => return Err(e.in_component(&self.id).into()),
+                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
+            Err(e) if deadline.is_passed() => {
+                tracing::warn!(component = %id, error = %e.message, "{what} failed after the shutdown deadline");
+                return Err(Stopped::Abandoned);
+            }
+            Err(e) => return Err(e.in_component(id).into()),
         }
     }
 }

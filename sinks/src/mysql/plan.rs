@@ -17,8 +17,64 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Column → value, borrowed from the record where it can be.
-pub(super) type Row<'a> = IndexMap<Cow<'a, str>, Cow<'a, Value>>;
+/// A record's columns in order, each name once, values borrowed from the record where they can
+/// be. Found by a scan: a row has a handful of columns, and comparing them costs less than
+/// hashing each name (this runs for every value of every record).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Row<'a> {
+    columns: Vec<(Cow<'a, str>, Cow<'a, Value>)>,
+}
+
+impl<'a> Row<'a> {
+    pub fn with_capacity(columns: usize) -> Self {
+        Row {
+            columns: Vec::with_capacity(columns),
+        }
+    }
+
+    /// Appends `column` unless one of the first `among` columns has its name already.
+    pub fn push_unless_among(&mut self, among: usize, column: Cow<'a, str>, value: Cow<'a, Value>) {
+        let among = among.min(self.columns.len());
+        if !self.columns[..among].iter().any(|(c, _)| *c == column) {
+            self.columns.push((column, value));
+        }
+    }
+
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|(c, _)| c.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.columns.iter().map(|(c, v)| (c.as_ref(), v.as_ref()))
+    }
+
+    /// The value of the column at `index` (in [`Row::keys`] order).
+    fn value_at(&self, index: usize) -> &Value {
+        self.columns.get(index).map_or(&Value::Null, |(_, v)| v)
+    }
+}
+
+impl<'a> FromIterator<(Cow<'a, str>, Cow<'a, Value>)> for Row<'a> {
+    /// Later columns of a name already present are left out.
+    fn from_iter<I: IntoIterator<Item = (Cow<'a, str>, Cow<'a, Value>)>>(iter: I) -> Self {
+        let mut row = Row::default();
+        for (column, value) in iter {
+            row.push_unless_among(usize::MAX, column, value);
+        }
+        row
+    }
+}
 
 /// What a batch does to a table, in batch order.
 pub(super) enum Op<'a> {
@@ -118,11 +174,7 @@ pub(super) fn plan(
         let round = match op {
             Op::Write { row, .. } if !keys.is_empty() => rounds.of((
                 table,
-                KeyText(
-                    keys.iter()
-                        .map(|k| row.get(k.as_str()).map(|v| v.as_ref()))
-                        .collect(),
-                ),
+                KeyText(keys.iter().map(|k| row.get(k.as_str())).collect()),
             )),
             Op::Write { .. } => 0,
             Op::Delete { key } => {
@@ -133,10 +185,7 @@ pub(super) fn plan(
             let same_columns = match (columns, op) {
                 (Some(columns), Op::Write { row, .. }) => {
                     columns.len() == row.len()
-                        && columns
-                            .iter()
-                            .zip(row.keys())
-                            .all(|(a, b)| *a == b.as_ref())
+                        && columns.iter().zip(row.keys()).all(|(a, b)| *a == b)
                 }
                 (None, Op::Delete { .. }) => true,
                 _ => false,
@@ -147,7 +196,7 @@ pub(super) fn plan(
             }
         }
         let columns = match op {
-            Op::Write { row, .. } => Some(row.keys().map(|k| k.as_ref()).collect()),
+            Op::Write { row, .. } => Some(row.keys().collect()),
             Op::Delete { .. } => None,
         };
         let entry = groups.entry((round, table.as_str(), columns));
@@ -181,12 +230,6 @@ pub(super) fn plan(
             continue;
         };
         let table_types = types.get(table);
-        let sql_type = |c: &str| {
-            table_types
-                .and_then(|t| t.get(c))
-                .map(String::as_str)
-                .unwrap_or("")
-        };
         // Update: key columns go last, into the WHERE clause.
         let ordered: Vec<&str> = if config.insert_mode == InsertMode::Update {
             let (mut sets, wheres): (Vec<&str>, Vec<&str>) =
@@ -199,15 +242,27 @@ pub(super) fn plan(
         } else {
             columns.clone()
         };
+        // Every row of the group has `columns` in that order: each of `ordered` is found at
+        // its position there, its SQL type looked up once.
+        let positions: Vec<(usize, &str)> = ordered
+            .iter()
+            .map(|c| {
+                let position = columns.iter().position(|k| k == c).unwrap_or(usize::MAX);
+                let sql_type = table_types
+                    .and_then(|t| t.get(*c))
+                    .map_or("", String::as_str);
+                (position, sql_type)
+            })
+            .collect();
         // The rows' parameters in `ordered` order, with their size; rows too large for a
         // packet are refused here.
         let rows = ops.iter().filter_map(|op| {
             let Op::Write { index, row } = op else {
                 return None;
             };
-            let params: Vec<Sql> = ordered
+            let params: Vec<Sql> = positions
                 .iter()
-                .map(|c| to_sql(row.get(*c).map_or(&Value::Null, |v| v), sql_type(c)))
+                .map(|(position, sql_type)| to_sql(row.value_at(*position), sql_type))
                 .collect();
             let bytes = params_bytes(&params);
             if bytes > limit {
@@ -216,11 +271,21 @@ pub(super) fn plan(
             }
             Some((*index, params, bytes))
         });
-        // Appends: one LOAD DATA per table and column set, streamed from memory.
+        // Appends: one LOAD DATA per table and column set, streamed from memory, its text
+        // written straight from the records' values.
         if config.load_data && !one_by_one && config.insert_mode == InsertMode::Insert {
             let mut data = Vec::new();
-            for (_, params, _) in rows {
-                write_load_line(&params, &mut data);
+            for op in &ops {
+                let Op::Write { index, row } = op else {
+                    continue;
+                };
+                let start = data.len();
+                write_load_line(row, &positions, &mut data);
+                let bytes = data.len() - start;
+                if bytes > limit {
+                    data.truncate(start);
+                    oversized.push((*index, oversized_reason(bytes, server)));
+                }
             }
             if !data.is_empty() {
                 statements.push(Step::Load(load_statement(table, &ordered), data));
@@ -301,38 +366,62 @@ fn load_statement(table: &str, columns: &[&str]) -> String {
     )
 }
 
-/// One row as a line of `LOAD DATA` text: fields separated by tabs, `\N` for NULL, and
-/// backslash, tab, newline, carriage return and NUL escaped.
-fn write_load_line(params: &[Sql], out: &mut Vec<u8>) {
-    use std::io::Write;
-    for (i, param) in params.iter().enumerate() {
+/// One row as a line of `LOAD DATA` text: the values at `positions` (each with its column's
+/// SQL type), separated by tabs, `\N` for NULL, and backslash, tab, newline, carriage return
+/// and NUL escaped. Strings and numbers are written from the JSON value; other values as
+/// [`to_sql`] binds them.
+fn write_load_line(row: &Row<'_>, positions: &[(usize, &str)], out: &mut Vec<u8>) {
+    for (i, (position, sql_type)) in positions.iter().enumerate() {
         if i > 0 {
             out.push(b'\t');
         }
-        // Writing into a Vec cannot fail.
-        let _ = match param {
-            Sql::NULL => out.write_all(b"\\N"),
-            Sql::Int(v) => write!(out, "{v}"),
-            Sql::UInt(v) => write!(out, "{v}"),
-            Sql::Double(v) => write!(out, "{v}"),
-            Sql::Float(v) => write!(out, "{v}"),
-            Sql::Bytes(bytes) => {
-                for &b in bytes {
-                    match b {
-                        b'\\' => out.extend_from_slice(b"\\\\"),
-                        b'\t' => out.extend_from_slice(b"\\t"),
-                        b'\n' => out.extend_from_slice(b"\\n"),
-                        b'\r' => out.extend_from_slice(b"\\r"),
-                        0 => out.extend_from_slice(b"\\0"),
-                        b => out.push(b),
-                    }
+        let value = row.value_at(*position);
+        let plain = *sql_type != "json"
+            && !sql_type.starts_with("datetime")
+            && !sql_type.starts_with("timestamp");
+        match value {
+            Value::String(text) if plain => write_load_text(text.as_bytes(), out),
+            Value::Number(n) if plain => {
+                if let Some(v) = n.as_i64() {
+                    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+                } else if let Some(v) = n.as_u64() {
+                    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+                } else {
+                    write_load_param(&to_sql(value, sql_type), out);
                 }
-                Ok(())
             }
-            other => out.write_all(other.as_sql(true).trim_matches('\'').as_bytes()),
-        };
+            _ => write_load_param(&to_sql(value, sql_type), out),
+        }
     }
     out.push(b'\n');
+}
+
+/// One bound value as a `LOAD DATA` field.
+fn write_load_param(param: &Sql, out: &mut Vec<u8>) {
+    match param {
+        Sql::NULL => out.extend_from_slice(b"\\N"),
+        Sql::Int(v) => out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+        Sql::UInt(v) => out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes()),
+        Sql::Double(v) if v.is_finite() => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(*v).as_bytes())
+        }
+        Sql::Bytes(bytes) => write_load_text(bytes, out),
+        other => write_load_text(other.as_sql(true).trim_matches('\'').as_bytes(), out),
+    }
+}
+
+/// Text as a `LOAD DATA` field, escaped.
+fn write_load_text(bytes: &[u8], out: &mut Vec<u8>) {
+    for &b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0 => out.extend_from_slice(b"\\0"),
+            b => out.push(b),
+        }
+    }
 }
 
 /// What `params` take in an execute packet: each value with its length prefix and type.
@@ -619,19 +708,19 @@ mod tests {
     #[test]
     fn load_data_lines_escape_what_the_format_reserves() {
         let mut out = Vec::new();
-        write_load_line(
-            &[
-                Sql::Int(-3),
-                Sql::UInt(7),
-                Sql::Double(1.5),
-                Sql::NULL,
-                Sql::Bytes(b"a\tb\nc\\d\re\0f\\N".to_vec()),
-            ],
-            &mut out,
-        );
+        let values = row(json!({
+            "i": -3, "u": u64::MAX, "f": 1.5, "n": null, "s": "a\tb\nc\\d\re\u{0}f\\N",
+            "b": true, "big": 1e20, "j": {"k": "v\tw"}, "t": "2021-01-02T03:04:05Z"
+        }));
+        let positions: Vec<(usize, &str)> = ["", "", "", "", "", "", "", "json", "datetime(6)"]
+            .into_iter()
+            .enumerate()
+            .collect();
+        write_load_line(&values, &positions, &mut out);
         assert_eq!(
-            out,
-            b"-3\t7\t1.5\t\\N\ta\\tb\\nc\\\\d\\re\\0f\\\\N\n".to_vec()
+            String::from_utf8_lossy(&out),
+            "-3\t18446744073709551615\t1.5\t\\N\ta\\tb\\nc\\\\d\\re\\0f\\\\N\t1\t1e20\t\
+             {\"k\":\"v\\\\tw\"}\t2021-01-02 03:04:05.000000\n"
         );
         let config = config("load_data: true");
         let ops = vec![

@@ -1,7 +1,7 @@
 //! Table names, column types inferred from records, and JSON values as MySQL values.
 
 use super::config::{KeyMode, MysqlSinkConfig};
-use indexmap::IndexMap;
+use super::plan::Row;
 use mysql_async::Value as Sql;
 use serde_json::Value;
 use sluice_core::Record;
@@ -29,26 +29,24 @@ pub fn quote(name: &str) -> String {
 
 /// The columns of a record: primary-key columns first (for `record_key`/`kafka`), then fields.
 /// `Err` when the record cannot be a row.
-pub fn row<'a>(
-    config: &MysqlSinkConfig,
-    record: &'a Record,
-) -> Result<IndexMap<Cow<'a, str>, Cow<'a, Value>>, String> {
+pub fn row<'a>(config: &MysqlSinkConfig, record: &'a Record) -> Result<Row<'a>, String> {
     let Value::Object(fields) = &record.value else {
         return Err(format!(
             "the value is not a JSON object: {}",
             truncate(&record.value.to_string())
         ));
     };
-    let mut row = IndexMap::with_capacity(fields.len() + 3);
+    let mut row = Row::with_capacity(fields.len() + 3);
     let mut put = |column: &'static str, value: Value| {
-        row.insert(Cow::Borrowed(column), Cow::Owned(value));
+        row.push_unless_among(usize::MAX, Cow::Borrowed(column), Cow::Owned(value));
     };
     match config.primary_key.mode {
         KeyMode::RecordKey => {
             let key = record
                 .key_str()
                 .ok_or("the record has no UTF-8 key for the primary key")?;
-            row.insert(
+            row.push_unless_among(
+                0,
                 Cow::Owned(key_column(config)),
                 Cow::Owned(Value::String(key.to_string())),
             );
@@ -60,9 +58,14 @@ pub fn row<'a>(
         }
         KeyMode::RecordValue | KeyMode::None => {}
     }
+    // A record's fields have distinct names: only the key columns above can repeat one.
+    let key_columns = row.len();
     for (name, value) in fields {
-        row.entry(Cow::Borrowed(name.as_str()))
-            .or_insert(Cow::Borrowed(value));
+        row.push_unless_among(
+            key_columns,
+            Cow::Borrowed(name.as_str()),
+            Cow::Borrowed(value),
+        );
     }
     if config.primary_key.mode == KeyMode::RecordValue {
         if let Some(missing) = config

@@ -214,10 +214,14 @@ impl MysqlSink {
     /// Creates or evolves `table` so that every column of `rows` exists.
     async fn ensure_table(&mut self, table: &str, rows: &[&Row<'_>]) -> Result<(), ConnectorError> {
         if let Some(known) = self.tables.get(table) {
-            if rows
-                .iter()
-                .all(|row| row.keys().all(|c| known.contains_key(c.as_ref())))
-            {
+            // Consecutive rows mostly have the same columns: those are checked once.
+            let mut last: Option<&Row<'_>> = None;
+            let all_known = rows.iter().all(|row| {
+                let same = last.is_some_and(|last| last.keys().eq(row.keys()));
+                last = Some(row);
+                same || row.keys().all(|c| known.contains_key(c))
+            });
+            if all_known {
                 return Ok(());
             }
         }
@@ -228,10 +232,7 @@ impl MysqlSink {
         let mut wanted: IndexMap<&str, Vec<&Value>> = IndexMap::new();
         for row in rows {
             for (column, value) in row.iter() {
-                wanted
-                    .entry(column.as_ref())
-                    .or_default()
-                    .push(value.as_ref());
+                wanted.entry(column).or_default().push(value);
             }
         }
         let keys = key_columns(&self.config);
@@ -374,7 +375,18 @@ impl MysqlSink {
             .ok_or_else(|| Failure::Batch(ConnectorError::internal("no MySQL connection")))?;
         // Exactly once: committed in `flush`, after the refused rows are in the dead-letter
         // topic, since the offsets stored with the rows pass them.
-        let result = run_in_transaction(&mut conn, plan, self.config.exactly_once).await;
+        // Its own task: the statements and their round trips go on while the runtime reads
+        // and decodes the next batch on this one.
+        let leave_open = self.config.exactly_once;
+        let transaction = tokio::spawn(async move {
+            let result = run_in_transaction(&mut conn, plan, leave_open).await;
+            (conn, result)
+        });
+        let (conn, result) = transaction.await.map_err(|e| {
+            Failure::Batch(ConnectorError::internal(format!(
+                "the MySQL transaction's task ended: {e}"
+            )))
+        })?;
         self.open_transaction = self.config.exactly_once && result.is_ok();
         self.conn = Some(conn);
         let mut rejected = result.map_err(|e| self.classify(e))?;
