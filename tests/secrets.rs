@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::api_mock::{ApiFaults, ApiMock};
 use common::es_mock::{EsMock, Faults};
 use common::*;
 use std::process::Command;
@@ -12,6 +13,45 @@ use std::process::Command;
 const MYSQL_SENTINEL: &str = "20240917";
 const ES_SENTINEL: &str = "es-sentinel-7Kq2";
 const SASL_SENTINEL: &str = "sasl-sentinel-9Zx4";
+/// The Messari API key and the bearer token of the HTTP sources.
+const API_SENTINEL: &str = "api-sentinel-3Wd8";
+
+/// Fails the test if `text` shows any sentinel.
+fn shows_no_secret(what: &str, text: &str) {
+    for sentinel in [MYSQL_SENTINEL, ES_SENTINEL, SASL_SENTINEL, API_SENTINEL] {
+        if let Some(at) = text.find(sentinel) {
+            let from = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let to = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            panic!("{what}: output shows a secret: {}", &text[from..to]);
+        }
+    }
+    assert!(!text.trim().is_empty(), "{what}: no output at all");
+}
+
+/// Runs `cmd` (a pipeline that polls until stopped) at trace level for `running`, stops it with
+/// SIGTERM, and fails the test if any sentinel shows in what it printed; the exit status.
+fn stopped_without_secrets(
+    what: &str,
+    cmd: &mut Command,
+    running: std::time::Duration,
+) -> std::process::ExitStatus {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = cmd
+        .env("SLUICE_LOG", "trace")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("sluice runs");
+    std::thread::sleep(running);
+    let status = match child.try_wait().unwrap() {
+        Some(status) => status,
+        None => terminate(&mut child).0,
+    };
+    let text = std::fs::read_to_string(&out).unwrap() + &std::fs::read_to_string(&err).unwrap();
+    shows_no_secret(what, &text);
+    status
+}
 
 /// Runs `cmd` at trace level; fails the test if any sentinel shows in what it printed.
 fn runs_without_secrets(what: &str, cmd: &mut Command) -> std::process::Output {
@@ -24,14 +64,7 @@ fn runs_without_secrets(what: &str, cmd: &mut Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for sentinel in [MYSQL_SENTINEL, ES_SENTINEL, SASL_SENTINEL] {
-        if let Some(at) = text.find(sentinel) {
-            let from = text[..at].rfind('\n').map_or(0, |i| i + 1);
-            let to = text[at..].find('\n').map_or(text.len(), |i| at + i);
-            panic!("{what}: output shows a secret: {}", &text[from..to]);
-        }
-    }
-    assert!(!text.trim().is_empty(), "{what}: no output at all");
+    shows_no_secret(what, &text);
     out
 }
 
@@ -49,6 +82,16 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
     let es_url = es
         .url
         .replace("http://", &format!("http://elastic:{ES_SENTINEL}@"));
+    let messari = ApiMock::start(ApiFaults {
+        required_header: Some(("x-messari-api-key".into(), API_SENTINEL.into())),
+        ..ApiFaults::default()
+    });
+    let items = ApiMock::start(ApiFaults {
+        records: 250,
+        page_size: 100,
+        required_header: Some(("authorization".into(), format!("Bearer {API_SENTINEL}"))),
+        ..ApiFaults::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let base = |file: &str| {
         let mut cmd = sluice();
@@ -72,6 +115,39 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
         let mut cmd = base(&format!("pipelines/{name}"));
         if name == "quickstart.yaml" {
             cmd.env("SLUICE_SINKS__ARCHIVE__PATH", dir.path().join("q.jsonl"));
+        }
+        // HTTP sources poll until stopped: their pipelines run against the local API stand-in
+        // for a few seconds, then get SIGTERM.
+        if name.starts_with("messari") || name.starts_with("http-") {
+            cmd.env("MESSARI_URL", &messari.url)
+                .env("MESSARI_API_KEY", API_SENTINEL)
+                .env("MESSARI_INTERVAL", "100ms")
+                .env("MESSARI_DLQ_OUT", dir.path().join("messari-dlq.jsonl"))
+                .env("API_URL", &items.url)
+                .env("API_TOKEN", API_SENTINEL)
+                .env("API_INTERVAL", "100ms")
+                .env("ITEMS_OUT", dir.path().join("items.jsonl"))
+                .env("ITEMS_DLQ_OUT", dir.path().join("items-dlq.jsonl"));
+            let status =
+                stopped_without_secrets(&name, &mut cmd, std::time::Duration::from_secs(4));
+            assert!(status.success(), "{name}: {status}");
+            // The same with credentials the API refuses (another sentinel-bearing value).
+            let mut cmd = base(&format!("pipelines/{name}"));
+            cmd.env("SLUICE_NAME", format!("refused-{}", name.len()))
+                .env("MESSARI_URL", &messari.url)
+                .env("MESSARI_API_KEY", format!("x{API_SENTINEL}"))
+                .env("API_URL", &items.url)
+                .env("API_TOKEN", format!("x{API_SENTINEL}"))
+                .env("ITEMS_OUT", dir.path().join("items-refused.jsonl"))
+                .env("ITEMS_DLQ_OUT", dir.path().join("items-dlq-refused.jsonl"))
+                .env(
+                    "MESSARI_DLQ_OUT",
+                    dir.path().join("messari-dlq-refused.jsonl"),
+                );
+            let status =
+                stopped_without_secrets(&name, &mut cmd, std::time::Duration::from_secs(4));
+            assert_eq!(status.code(), Some(1), "{name} with refused credentials");
+            continue;
         }
         let out = runs_without_secrets(&name, &mut cmd);
         assert!(

@@ -96,19 +96,7 @@ impl EsMock {
             .route("/{index}/_doc/{id}", get(get_doc))
             .layer(axum::middleware::from_fn_with_state(state.clone(), outage))
             .with_state(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
+        let url = serve(app);
         EsMock { url, state }
     }
 
@@ -547,4 +535,22 @@ async fn bulk(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
         items.push(json!({ op: result }));
     }
     Json(json!({"took": 3, "errors": errors, "items": items})).into_response()
+}
+
+/// Serves `app` on a free loopback port from a thread of its own; its `http://` URL.
+pub fn serve(app: axum::Router) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    url
 }

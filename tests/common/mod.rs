@@ -2,6 +2,7 @@
 //! tansu broker on a free loopback port, and check what arrived, record by record.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod api_mock;
 pub mod es_mock;
 
 use serde_json::Value;

@@ -1,0 +1,361 @@
+//! What every HTTP source shares: timeouts, retries with backoff and jitter, `Retry-After` and
+//! `x-rate-limit-reset`, a request budget, and statuses checked before any body is read.
+//!
+//! - 2xx: the body is returned.
+//! - 401/403: the run fails at once with one message naming the source, the endpoint and what
+//!   to check; it is never retried (a loop printing `403` forever helps nobody).
+//! - 408, 429, 5xx and network errors: retried after the server's `Retry-After` (seconds or an
+//!   HTTP date) or `x-rate-limit-reset` (Unix seconds) when it sends one, else after an
+//!   exponential backoff with jitter; every wait is bounded by `backoff.max` and logged.
+//! - Any other status: the run fails, with an excerpt of the body.
+
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, StatusCode};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sluice_core::ConnectorError;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Connection, retry and rate settings of an HTTP source.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Longest wait for a connection to be set up.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Longest wait for a whole response (headers and body) once connected.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Attempts at one request before the run fails (network errors, 408, 429, 5xx); `0`
+    /// retries for as long as the run lasts, which suits a source left running for weeks.
+    #[serde(default)]
+    pub max_retries: u32,
+    /// Waits between retries when the server does not say how long to wait.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Most requests per minute this source sends, retries included, so a catch-up (backfill,
+    /// pagination) stays within an API quota; unset sends as fast as the answers come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_minute: Option<u32>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            connect_timeout: default_connect_timeout(),
+            timeout: default_timeout(),
+            max_retries: 0,
+            backoff: Backoff::default(),
+            max_requests_per_minute: None,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: the n-th wait is random in [base·2ⁿ / 2, base·2ⁿ],
+/// at most `max`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// First wait.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub initial: Duration,
+    /// Longest wait, also the longest a `Retry-After` or `x-rate-limit-reset` is obeyed.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry number `attempt` (1 for the first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let full = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max);
+        full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// An answered request: status 2xx, headers, body.
+#[derive(Debug)]
+pub struct Fetched {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A client for one source: its settings, request budget and what to call it in messages.
+pub struct HttpClient {
+    client: reqwest::Client,
+    settings: HttpSettings,
+    /// When the last requests were sent, for `max_requests_per_minute`.
+    sent: VecDeque<Instant>,
+    /// What to check when the API refuses the credentials (names the config fields).
+    auth_hint: String,
+}
+
+impl HttpClient {
+    pub fn new(
+        settings: HttpSettings,
+        auth_hint: impl Into<String>,
+    ) -> Result<Self, ConnectorError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConnectorError::internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(HttpClient {
+            client,
+            settings,
+            sent: VecDeque::new(),
+            auth_hint: auth_hint.into(),
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends the request `build` makes (again for each attempt) to `endpoint` (a description
+    /// for messages: method and URL without query or credentials) and returns a 2xx answer.
+    pub async fn fetch(
+        &mut self,
+        endpoint: &str,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Fetched, ConnectorError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            self.spend_budget().await;
+            let failure = match build(&self.client).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    if status.is_success() {
+                        match response.bytes().await {
+                            Ok(body) => {
+                                return Ok(Fetched {
+                                    headers,
+                                    body: body.to_vec(),
+                                })
+                            }
+                            Err(e) => Failure::Network(describe(e)),
+                        }
+                    } else {
+                        let body = response.bytes().await.unwrap_or_default();
+                        self.refusal(endpoint, status, &headers, &body)?
+                    }
+                }
+                Err(e) => Failure::Network(describe(e)),
+            };
+            let (reason, told) = match failure {
+                Failure::Network(reason) => (reason, None),
+                Failure::Status(reason, told) => (reason, told),
+            };
+            if self.settings.max_retries > 0 && attempt >= self.settings.max_retries {
+                return Err(ConnectorError::transient(format!(
+                    "{endpoint}: {reason}; gave up after {attempt} attempts (`max_retries`)"
+                )));
+            }
+            let wait = told
+                .unwrap_or_else(|| self.settings.backoff.delay(attempt))
+                .min(self.settings.backoff.max);
+            tracing::warn!(%endpoint, attempt, "{reason}; retrying in {wait:?}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// What a non-2xx answer means: retry (with the wait the server asked for), or fail.
+    fn refusal(
+        &self,
+        endpoint: &str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Failure, ConnectorError> {
+        let code = status.as_u16();
+        if code == 401 || code == 403 {
+            return Err(ConnectorError::user(format!(
+                "{endpoint} answered {status}: the credentials were refused; check {} ({})",
+                self.auth_hint,
+                excerpt(body)
+            )));
+        }
+        if code == 408 || code == 429 || status.is_server_error() {
+            return Ok(Failure::Status(
+                format!("{endpoint} answered {status}"),
+                server_wait(headers, SystemTime::now()),
+            ));
+        }
+        Err(ConnectorError::external(format!(
+            "{endpoint} answered {status}: {}",
+            excerpt(body)
+        )))
+    }
+
+    /// Waits until sending one more request keeps within `max_requests_per_minute`.
+    async fn spend_budget(&mut self) {
+        let Some(per_minute) = self.settings.max_requests_per_minute.filter(|n| *n > 0) else {
+            return;
+        };
+        let window = Duration::from_secs(60);
+        while let Some(first) = self.sent.front() {
+            if first.elapsed() >= window {
+                self.sent.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.sent.len() >= per_minute as usize {
+            if let Some(first) = self.sent.front() {
+                let wait = window.saturating_sub(first.elapsed());
+                tracing::debug!(?wait, "request budget spent; waiting");
+                tokio::time::sleep(wait).await;
+            }
+            self.sent.pop_front();
+        }
+        self.sent.push_back(Instant::now());
+    }
+}
+
+enum Failure {
+    Network(String),
+    /// The reason, and the wait the server asked for.
+    Status(String, Option<Duration>),
+}
+
+/// The wait a server asks for: `Retry-After` (seconds or an HTTP date), else
+/// `x-rate-limit-reset` (Unix seconds, as X sends it).
+pub fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = text("retry-after") {
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(Duration::from_secs(seconds));
+        }
+        if let Ok(at) = httpdate::parse_http_date(value) {
+            return Some(at.duration_since(now).unwrap_or_default());
+        }
+    }
+    let reset = text("x-rate-limit-reset")?.parse::<u64>().ok()?;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// A network error's message with its causes, without the URL (it may carry a query key).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// The start of a body, for messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None if text.is_empty() => "empty body".into(),
+        None => text.to_string(),
+    }
+}
+
+/// `METHOD scheme://host/path` of a URL: no query, no credentials.
+pub fn endpoint(method: &str, url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    format!("{method} {shown}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date_and_x_rate_limit_reset_give_the_wait() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        assert_eq!(server_wait(&headers, now), None);
+        headers.insert("x-rate-limit-reset", HeaderValue::from_static("1700000042"));
+        assert_eq!(server_wait(&headers, now), Some(Duration::from_secs(42)));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_str(&httpdate::fmt_http_date(now + Duration::from_secs(7))).unwrap(),
+        );
+        assert_eq!(server_wait(&headers, now), Some(Duration::from_secs(7)));
+        headers.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(server_wait(&headers, now), Some(Duration::from_secs(3)));
+        // A date already past: no wait.
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        assert_eq!(server_wait(&headers, now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_max() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (30, 1000),
+        ] {
+            for _ in 0..50 {
+                let d = backoff.delay(attempt).as_millis();
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d} ms");
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints_shown_in_messages_carry_no_query_and_no_credentials() {
+        let url = reqwest::Url::parse("https://u:p@api.example.com/v1/x?api_key=s3cret").unwrap();
+        assert_eq!(endpoint("GET", &url), "GET https://api.example.com/v1/x");
+    }
+}

@@ -1,0 +1,750 @@
+//! `type: http` — polls a JSON API, follows its pagination, and keeps its place across restarts.
+//!
+//! **Offset** (one source partition, the source's `url` as written): `{first, url, after, next,
+//! last_id, fields, delivered}` — the request of the page the last delivered record came from
+//! (and the first page of its request), how many of that page's records were delivered, the
+//! next page's request (if the page had one), that record's id, the `cursor` fields taken from
+//! it, and how many records were delivered in all (the position for `exactly_once`). A restart asks for that page again and
+//! skips what was delivered: through the record with `last_id` when `id` is set and it is still
+//! there, else the first `after`; then goes on to `next`.
+//!
+//! **Polls**: pages are followed one after another; after the last one the source waits
+//! `interval` and asks for the last page again (new records on it are picked up), or, when the
+//! request uses `{offset.NAME}` and a cursor field moved, for the first page of the new request.
+//! With `id`, a record whose id was delivered before (the last one stored, or any of the last
+//! 100,000 of this run) is skipped and counted: an inclusive `since` bound repeats its boundary
+//! record without duplicating it.
+//!
+//! **Records**: each element of the array at `records` (a JSON pointer; the body itself when
+//! empty; an object there is one record); key = the value at `key`, else at `id`; time = the
+//! value at `time` (RFC 3339, or epoch seconds/milliseconds), else the time of reading. A page
+//! that is not JSON, or has no array or object at `records`, is a bad record (dead-letter topic
+//! with an excerpt of the body, or fatal per `errors.tolerance`).
+
+use super::client::{endpoint, excerpt, HttpClient, HttpSettings};
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::{
+    async_trait, record::now_millis, BadInput, ConnectorError, FieldError, Payload, Record, Secret,
+    Source, SourceBuildContext, SourceConfig, SourceRecord,
+};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+sluice_core::register_plugin!(Source, "http", HttpSourceConfig);
+
+/// Polls a JSON HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// URL to request. `{offset.NAME}` is replaced by the `cursor` field NAME (URL-encoded).
+    pub url: String,
+    /// `GET` or `POST`.
+    #[serde(default)]
+    pub method: Method,
+    /// Request headers.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    /// Query parameters, added to those of `url`; values may use `{offset.NAME}`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub query: IndexMap<String, String>,
+    /// JSON body (with `POST`); string values may use `{offset.NAME}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// Credentials: `{ bearer: TOKEN }`, `{ basic: { username, password } }`, or
+    /// `{ api_key: { header: NAME, value: KEY } }`. Never logged or stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    /// Wait between polls once the last page is read.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// JSON pointer to the records in a page (`/data`); empty for the body itself.
+    #[serde(default)]
+    pub records: String,
+    /// How to get from a page to the next; unset: one page per poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+    /// JSON pointer to a record's id (`/id`): records are de-duplicated by it, and a restart
+    /// finds its place by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// JSON pointer to the value that becomes the record key; default: `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// JSON pointer to the record time (RFC 3339 text, or epoch seconds or milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Fields kept in the source offset from the last delivered record, usable in `url`,
+    /// `query` and `body` as `{offset.NAME}`: NAME → `{ field: POINTER, initial: VALUE }`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub cursor: IndexMap<String, CursorField>,
+    /// Timeouts, retries, backoff and the request budget.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// HTTP method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+}
+
+/// Credentials of a request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// `Authorization: Bearer TOKEN`.
+    Bearer(Secret),
+    /// `Authorization: Basic …`.
+    Basic { username: String, password: Secret },
+    /// A header carrying an API key, e.g. `X-Messari-API-Key`.
+    ApiKey { header: String, value: Secret },
+}
+
+impl Auth {
+    pub fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::Bearer(token) => request.bearer_auth(token.expose()),
+            Auth::Basic { username, password } => {
+                request.basic_auth(username, Some(password.expose()))
+            }
+            Auth::ApiKey { header, value } => request.header(header.as_str(), value.expose()),
+        }
+    }
+}
+
+/// From one page to the next.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// A token in the page (JSON pointer `field`) sent back as query parameter `param`; no
+    /// token (missing, null or empty) means the last page.
+    NextToken { field: String, param: String },
+    /// The URL in the `Link: <…>; rel="next"` header.
+    LinkHeader,
+    /// Page numbers in query parameter `param`, from `start`; an empty page is past the end.
+    Page {
+        param: String,
+        #[serde(default = "one")]
+        start: u64,
+    },
+    /// Record offsets in query parameter `param`, from `start`, advanced by each page's
+    /// record count; an empty page is past the end.
+    Offset {
+        param: String,
+        #[serde(default)]
+        start: u64,
+    },
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A field of the source offset taken from the last delivered record.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CursorField {
+    /// JSON pointer into the record.
+    pub field: String,
+    /// Value before any record was delivered.
+    #[serde(default)]
+    pub initial: String,
+}
+
+#[async_trait]
+#[typetag::serde(name = "http")]
+impl SourceConfig for HttpSourceConfig {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if let Err(e) = reqwest::Url::parse(&fill(&self.url, &self.initial_cursor(), false)) {
+            errors.push(FieldError::new("url", format!("not a URL: {e}")));
+        }
+        let pointers = [
+            ("records", Some(&self.records)),
+            ("id", self.id.as_ref()),
+            ("key", self.key.as_ref()),
+            ("time", self.time.as_ref()),
+        ];
+        for (field, pointer) in pointers {
+            if let Some(p) = pointer.filter(|p| !p.is_empty() && !p.starts_with('/')) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("`{p}` is not a JSON pointer (they start with `/`, e.g. `/data`)"),
+                ));
+            }
+        }
+        for (name, field) in &self.cursor {
+            if !field.field.starts_with('/') {
+                errors.push(FieldError::new(
+                    format!("cursor.{name}.field"),
+                    "must be a JSON pointer (e.g. `/updated_at`)",
+                ));
+            }
+        }
+        for text in self.templates() {
+            for name in placeholders(text) {
+                if !self.cursor.contains_key(name) {
+                    errors.push(FieldError::new(
+                        "cursor",
+                        format!("`{{offset.{name}}}` is used but `cursor` has no field `{name}`"),
+                    ));
+                }
+            }
+        }
+        if self.body.is_some() && self.method == Method::Get {
+            errors.push(FieldError::new("body", "needs `method: POST`"));
+        }
+        if self.interval.is_zero() {
+            errors.push(FieldError::new("interval", "must be longer than 0"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        let client = HttpClient::new(self.http.clone(), "`auth` and the API's access rules")?;
+        let partition: Arc<str> = self.url.as_str().into();
+        let stored = ctx
+            .offsets
+            .get(&*partition)
+            .map(|v| serde_json::from_value::<Cursor>(v.clone()))
+            .transpose()
+            .map_err(|e| {
+                ConnectorError::user(format!(
+                    "the stored offset of `{}` is not this source's: {e}",
+                    self.url
+                ))
+            })?;
+        let cursor = stored.unwrap_or_else(|| Cursor {
+            fields: self.initial_cursor(),
+            ..Cursor::default()
+        });
+        Ok(Box::new(HttpSource {
+            config: self.clone(),
+            client,
+            partition,
+            chain: cursor.first.clone().unwrap_or_default(),
+            cursor,
+            next: None,
+            due: None,
+            buffered: VecDeque::new(),
+            recent: Recent::default(),
+        }))
+    }
+}
+
+impl HttpSourceConfig {
+    fn initial_cursor(&self) -> IndexMap<String, String> {
+        self.cursor
+            .iter()
+            .map(|(name, f)| (name.clone(), f.initial.clone()))
+            .collect()
+    }
+
+    /// Every text that may hold `{offset.NAME}`.
+    fn templates(&self) -> Vec<&str> {
+        let mut texts = vec![self.url.as_str()];
+        texts.extend(self.query.values().map(String::as_str));
+        if let Some(body) = &self.body {
+            collect_strings(body, &mut texts);
+        }
+        texts
+    }
+
+    /// The first page's URL for the cursor fields `fields`.
+    fn first_page(&self, fields: &IndexMap<String, String>) -> Result<String, ConnectorError> {
+        let mut url = reqwest::Url::parse(&fill(&self.url, fields, true)).map_err(|e| {
+            ConnectorError::user(format!("`url` is not a URL: {e}")).with_field("url")
+        })?;
+        if !self.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, value) in &self.query {
+                pairs.append_pair(name, &fill(value, fields, false));
+            }
+        }
+        match &self.pagination {
+            Some(Pagination::Page { param, start }) | Some(Pagination::Offset { param, start }) => {
+                Ok(with_param(&url, param, &start.to_string()))
+            }
+            _ => Ok(url.to_string()),
+        }
+    }
+}
+
+fn collect_strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Names used as `{offset.NAME}` in `text`.
+fn placeholders(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("{offset.") {
+        rest = &rest[at + "{offset.".len()..];
+        match rest.find('}') {
+            Some(end) => {
+                names.push(&rest[..end]);
+                rest = &rest[end..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
+/// `text` with each `{offset.NAME}` replaced by the field's value (URL-encoded if `encode`).
+fn fill(text: &str, fields: &IndexMap<String, String>, encode: bool) -> String {
+    let mut out = text.to_string();
+    for (name, value) in fields {
+        let value = if encode {
+            url_encode(value)
+        } else {
+            value.clone()
+        };
+        out = out.replace(&format!("{{offset.{name}}}"), &value);
+    }
+    out
+}
+
+fn url_encode(text: &str) -> String {
+    reqwest::Url::parse_with_params("http://x/", [("v", text)])
+        .ok()
+        .and_then(|u| u.query().map(|q| q.trim_start_matches("v=").to_string()))
+        .unwrap_or_else(|| text.to_string())
+}
+
+/// `url` with query parameter `param` set to `value`.
+fn with_param(url: &reqwest::Url, param: &str, value: &str) -> String {
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != param)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut url = url.clone();
+    url.set_query(None);
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in &kept {
+            pairs.append_pair(k, v);
+        }
+        pairs.append_pair(param, value);
+    }
+    url.to_string()
+}
+
+/// Where the source is: the source offset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Cursor {
+    /// The first page of the request (its query filled from the cursor fields of then) that
+    /// the last delivered record's page belongs to.
+    #[serde(default)]
+    first: Option<String>,
+    /// The page the last delivered record came from.
+    #[serde(default)]
+    url: Option<String>,
+    /// How many of its records were delivered.
+    #[serde(default)]
+    after: usize,
+    /// That page's next page, if it had one.
+    #[serde(default)]
+    next: Option<String>,
+    /// The id of the last delivered record.
+    #[serde(default)]
+    last_id: Option<Value>,
+    /// `cursor` fields from the last delivered record.
+    #[serde(default)]
+    fields: IndexMap<String, String>,
+    /// Records delivered since the first run: the next one's position for `exactly_once`
+    /// (a resumed run numbers what it sends again as the first run did).
+    #[serde(default)]
+    delivered: u64,
+}
+
+/// Ids delivered during this run, the last [`Recent::CAPACITY`] of them.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Recent {
+    const CAPACITY: usize = 100_000;
+
+    /// False when `id` was seen already.
+    fn insert(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        if self.order.len() == Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.clone());
+        self.set.insert(id);
+        true
+    }
+}
+
+struct HttpSource {
+    config: HttpSourceConfig,
+    client: HttpClient,
+    partition: Arc<str>,
+    cursor: Cursor,
+    /// The page to ask for next, when the last one had a next page.
+    next: Option<String>,
+    /// The first page of the request being read.
+    chain: String,
+    /// When the next poll is due (after the last page).
+    due: Option<tokio::time::Instant>,
+    buffered: VecDeque<SourceRecord>,
+    recent: Recent,
+}
+
+/// One page, read.
+struct Page {
+    records: Vec<Value>,
+    next: Option<String>,
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+        while self.buffered.is_empty() {
+            if let Some(due) = self.due {
+                tokio::time::sleep_until(due).await;
+                self.due = None;
+            }
+            self.read_page().await?;
+        }
+        let take = max.min(self.buffered.len());
+        Ok(Some(self.buffered.drain(..take).collect()))
+    }
+}
+
+impl HttpSource {
+    /// Asks for the next page and buffers its new records (or a bad record).
+    async fn read_page(&mut self) -> Result<(), ConnectorError> {
+        let (url, skip_through) = match self.next.take() {
+            Some(next) => (next, Skip::None),
+            None => self.page_to_ask_again()?,
+        };
+        let body = self.fetch(&url).await?;
+        let page = match self.parse(&body.0, &body.1) {
+            Ok(page) => page,
+            Err(message) => {
+                self.buffered.push_back(SourceRecord {
+                    partition: self.partition.clone(),
+                    offset: serde_json::to_value(&self.cursor).unwrap_or(Value::Null),
+                    position: None,
+                    payload: Payload::Bad(BadInput {
+                        raw: body.1,
+                        message,
+                        location: url_without_query(&url),
+                    }),
+                });
+                self.due = Some(tokio::time::Instant::now() + self.config.interval);
+                return Ok(());
+            }
+        };
+        let skip = match skip_through {
+            Skip::None => 0,
+            Skip::First(n) => n,
+            Skip::Through { id, or_first } => self
+                .config
+                .id
+                .as_deref()
+                .and_then(|p| page.records.iter().position(|r| r.pointer(p) == Some(&id)))
+                .map_or(or_first, |at| at + 1),
+        };
+        let count = page.records.len();
+        let next = match &self.config.pagination {
+            Some(Pagination::Page { param, .. }) => step(&url, param, 1).filter(|_| count > 0),
+            Some(Pagination::Offset { param, .. }) => {
+                step(&url, param, count as u64).filter(|_| count > 0)
+            }
+            _ => page.next,
+        };
+        for (i, value) in page.records.into_iter().enumerate() {
+            if i < skip {
+                continue;
+            }
+            self.emit(&url, i, value, next.clone());
+        }
+        match &next {
+            Some(next) if count > 0 => self.next = Some(next.clone()),
+            _ => {
+                // The last page (or past it): wait, then ask for the last page again.
+                self.due = Some(tokio::time::Instant::now() + self.config.interval);
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last page or on a restart: the cursor's page again (skipping what was
+    /// delivered), or the first page of the request when a cursor field it uses moved.
+    fn page_to_ask_again(&mut self) -> Result<(String, Skip), ConnectorError> {
+        let first = self.config.first_page(&self.cursor.fields)?;
+        let Some(url) = self.cursor.url.clone().filter(|_| self.chain == first) else {
+            // A first run, or a new request: its boundary record (an inclusive bound) is
+            // skipped by id.
+            self.chain = first.clone();
+            let skip = match &self.cursor.last_id {
+                Some(id) => Skip::Through {
+                    id: id.clone(),
+                    or_first: 0,
+                },
+                None => Skip::None,
+            };
+            return Ok((first, skip));
+        };
+        let delivered = match &self.cursor.last_id {
+            Some(id) => Skip::Through {
+                id: id.clone(),
+                or_first: self.cursor.after,
+            },
+            None => Skip::First(self.cursor.after),
+        };
+        Ok((url, delivered))
+    }
+
+    async fn fetch(
+        &mut self,
+        url: &str,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), ConnectorError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ConnectorError::user(format!("not a URL: {e}")).with_field("url"))?;
+        let method = match self.config.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+        };
+        let shown = endpoint(method.as_str(), &parsed);
+        let body = self
+            .config
+            .body
+            .as_ref()
+            .map(|b| fill_json(b, &self.cursor.fields));
+        let (config, headers) = (&self.config, &self.config.headers);
+        let fetched = self
+            .client
+            .fetch(&shown, |client| {
+                let mut request = client.request(method.clone(), parsed.clone());
+                for (name, value) in headers {
+                    request = request.header(name.as_str(), value.as_str());
+                }
+                if let Some(body) = &body {
+                    request = request.json(body);
+                }
+                match &config.auth {
+                    Some(auth) => auth.apply(request),
+                    None => request,
+                }
+            })
+            .await?;
+        Ok((fetched.headers, fetched.body))
+    }
+
+    /// The records of a page and its next page, or why the body is not a page.
+    fn parse(&self, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Result<Page, String> {
+        let document: Value = serde_json::from_slice(body)
+            .map_err(|e| format!("the response is not JSON ({e}): {}", excerpt(body)))?;
+        let at = if self.config.records.is_empty() {
+            Some(&document)
+        } else {
+            document.pointer(&self.config.records)
+        };
+        let records = match at {
+            Some(Value::Array(items)) => items.clone(),
+            Some(object @ Value::Object(_)) => vec![object.clone()],
+            Some(Value::Null) | None if !self.config.records.is_empty() => {
+                return Err(format!(
+                    "no records at `{}` in the response: {}",
+                    self.config.records,
+                    excerpt(body)
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "the records are neither an array nor an object: {}",
+                    excerpt(body)
+                ))
+            }
+        };
+        let next = match &self.config.pagination {
+            None => None,
+            Some(Pagination::NextToken { field, param }) => {
+                let token = match document.pointer(field) {
+                    Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                    Some(Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                };
+                let first = reqwest::Url::parse(&self.chain).map_err(|e| e.to_string())?;
+                token.map(|t| with_param(&first, param, &t))
+            }
+            Some(Pagination::LinkHeader) => headers
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(next_link),
+            Some(Pagination::Page { .. }) | Some(Pagination::Offset { .. }) => None,
+        };
+        Ok(Page { records, next })
+    }
+
+    fn emit(&mut self, url: &str, index: usize, value: Value, next: Option<String>) {
+        let id = self
+            .config
+            .id
+            .as_deref()
+            .and_then(|p| value.pointer(p))
+            .cloned();
+        if let Some(id) = &id {
+            if !self.recent.insert(id_text(id)) {
+                self.buffered.push_back(SourceRecord {
+                    partition: self.partition.clone(),
+                    offset: serde_json::to_value(&self.cursor).unwrap_or(Value::Null),
+                    position: None,
+                    payload: Payload::Skipped {
+                        reason: format!("id {} was delivered already", id_text(id)),
+                    },
+                });
+                return;
+            }
+        }
+        for (name, field) in &self.config.cursor {
+            if let Some(v) = value.pointer(&field.field) {
+                self.cursor.fields.insert(name.clone(), id_text(v));
+            }
+        }
+        self.cursor.first = Some(self.chain.clone());
+        self.cursor.url = Some(url.to_string());
+        self.cursor.after = index + 1;
+        self.cursor.next = next;
+        self.cursor.last_id = id.clone();
+        let key_pointer = self.config.key.as_deref().or(self.config.id.as_deref());
+        let key = key_pointer.and_then(|p| value.pointer(p)).map(id_text);
+        let time = self
+            .config
+            .time
+            .as_deref()
+            .and_then(|p| value.pointer(p))
+            .and_then(time_millis)
+            .unwrap_or_else(now_millis);
+        let mut record = Record::new(value);
+        record.key = key.map(String::into_bytes);
+        record.timestamp = Some(time);
+        let position = self.cursor.delivered;
+        self.cursor.delivered += 1;
+        self.buffered.push_back(SourceRecord {
+            partition: self.partition.clone(),
+            offset: serde_json::to_value(&self.cursor).unwrap_or(Value::Null),
+            position: Some(position),
+            payload: Payload::Record(record),
+        });
+    }
+}
+
+/// What of a page asked for again was delivered already.
+enum Skip {
+    None,
+    First(usize),
+    /// Through the record with this id; its first `or_first` when it is not on the page.
+    Through {
+        id: Value,
+        or_first: usize,
+    },
+}
+
+/// A JSON value as text: strings as they are, anything else as JSON.
+fn id_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Epoch milliseconds of a record time: RFC 3339 text, or epoch seconds (below 10¹¹) or
+/// milliseconds.
+pub fn time_millis(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        Value::Number(n) => {
+            let v = n.as_f64()?;
+            Some(if v.abs() < 1e11 {
+                (v * 1000.0) as i64
+            } else {
+                v as i64
+            })
+        }
+        _ => None,
+    }
+}
+
+fn fill_json(value: &Value, fields: &IndexMap<String, String>) -> Value {
+    match value {
+        Value::String(s) => Value::String(fill(s, fields, false)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill_json(v, fields)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), fill_json(v, fields)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The `rel="next"` URL of one `Link` header value.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+fn url_without_query(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| endpoint("GET", &u).trim_start_matches("GET ").to_string())
+        .unwrap_or_default()
+}
+
+/// `url` with the number in query parameter `param` advanced by `by`.
+fn step(url: &str, param: &str, by: u64) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let now: u64 = url
+        .query_pairs()
+        .find(|(k, _)| k == param)
+        .and_then(|(_, v)| v.parse().ok())?;
+    Some(with_param(&url, param, &(now + by).to_string()))
+}

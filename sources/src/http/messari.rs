@@ -1,0 +1,501 @@
+//! `type: messari` — crypto asset prices from Messari, one flat record per asset per poll.
+//!
+//! **Record** (the seed's fields, flat; `null` where Messari has no value): `asset` (as listed
+//! in `assets`), `symbol`, `name`, `slug`, `time` (the price's time, RFC 3339), `price_usd`,
+//! `price_btc`, `price_eth`, `volume_24h`, `percent_change_usd_1h`, `percent_change_usd_24h`,
+//! `percent_change_btc_24h`, `percent_change_eth_24h`, `ohlcv_1h_{open,high,low,close,volume}`,
+//! `ohlcv_24h_{open,high,low,close,volume}`. **Key**: the symbol (`BTC`). **Record time**: the
+//! price's time.
+//!
+//! **Offset**: per asset (source partition `messari:{asset}`), the price time of the last
+//! delivered record. A poll whose price time did not move past it is skipped and counted, so a
+//! 3 s poll of a price that changes every minute makes no duplicates, and neither does a restart.
+
+use super::client::{excerpt, HttpClient, HttpSettings};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sluice_core::{
+    async_trait, BadInput, ConnectorError, FieldError, Payload, Record, Secret, Source,
+    SourceBuildContext, SourceConfig, SourceRecord,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+sluice_core::register_plugin!(Source, "messari", MessariSourceConfig);
+
+/// Polls Messari for the market data of some assets.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessariSourceConfig {
+    /// Assets by Messari slug or id (`bitcoin`, `ethereum`); with `api: v1` also symbols (`btc`).
+    pub assets: Vec<String>,
+    /// `v2`: `GET /metrics/v2/assets/details?assets=…`, every asset in one request (Messari's
+    /// current API). `v1`: the retired `GET /api/v1/assets/{asset}/metrics/market-data`, one
+    /// request per asset, as the seed used it (self-hosted mirrors and recordings still serve it).
+    #[serde(default)]
+    pub api: Api,
+    /// Messari API key, sent as `X-Messari-API-Key`. Never logged or stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// Where the API is (a mirror, a proxy, a test server).
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Wait between polls (the seed polled every 3 s).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Requests per minute your Messari plan allows: start-up warns when `interval` and the
+    /// assets ask for more. Default: Messari's documented limits for the v1 API, 20 per minute
+    /// without a key and 30 with a free key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_requests_per_minute: Option<u32>,
+    /// Timeouts, retries, backoff and the request budget.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// Messari API version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    #[default]
+    V2,
+    V1,
+}
+
+fn default_base_url() -> String {
+    "https://api.messari.io".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[async_trait]
+#[typetag::serde(name = "messari")]
+impl SourceConfig for MessariSourceConfig {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if self.assets.is_empty() || self.assets.iter().any(|a| a.trim().is_empty()) {
+            errors.push(FieldError::new(
+                "assets",
+                "must name at least one asset, none empty",
+            ));
+        }
+        if let Err(e) = reqwest::Url::parse(&self.base_url) {
+            errors.push(FieldError::new("base_url", format!("not a URL: {e}")));
+        }
+        if self.interval.is_zero() {
+            errors.push(FieldError::new("interval", "must be longer than 0"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+        let per_poll = match self.api {
+            Api::V2 => 1,
+            Api::V1 => self.assets.len(),
+        };
+        let wanted = 60.0 / self.interval.as_secs_f64() * per_poll as f64;
+        let allowed = self
+            .plan_requests_per_minute
+            .unwrap_or(if self.api_key.is_some() { 30 } else { 20 });
+        if wanted > f64::from(allowed) {
+            tracing::warn!(
+                component = %ctx.component,
+                "polling every {:?} for {} asset(s) sends {wanted:.0} requests per minute, over the {allowed} per minute of the plan (`plan_requests_per_minute`): Messari will answer 429 and the source will wait as it is told",
+                self.interval,
+                self.assets.len()
+            );
+        }
+        let last_time = self
+            .assets
+            .iter()
+            .filter_map(|asset| {
+                let time = ctx.offsets.get(&partition(asset))?.as_str()?;
+                Some((asset.clone(), time.to_string()))
+            })
+            .collect();
+        Ok(Box::new(MessariSource {
+            client: HttpClient::new(self.http.clone(), "`api_key` (sent as X-Messari-API-Key)")?,
+            config: self.clone(),
+            last_time,
+            due: None,
+            buffered: VecDeque::new(),
+        }))
+    }
+}
+
+fn partition(asset: &str) -> String {
+    format!("messari:{asset}")
+}
+
+struct MessariSource {
+    config: MessariSourceConfig,
+    client: HttpClient,
+    /// Asset → price time of the last record delivered (or stored by an earlier run).
+    last_time: HashMap<String, String>,
+    due: Option<tokio::time::Instant>,
+    buffered: VecDeque<SourceRecord>,
+}
+
+#[async_trait]
+impl Source for MessariSource {
+    async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+        if self.buffered.is_empty() {
+            if let Some(due) = self.due {
+                tokio::time::sleep_until(due).await;
+            }
+            self.due = Some(tokio::time::Instant::now() + self.config.interval);
+            match self.config.api {
+                Api::V2 => self.poll_v2().await?,
+                Api::V1 => {
+                    for asset in self.config.assets.clone() {
+                        self.poll_v1(&asset).await?;
+                    }
+                }
+            }
+        }
+        let take = max.min(self.buffered.len());
+        Ok(Some(self.buffered.drain(..take).collect()))
+    }
+}
+
+impl MessariSource {
+    async fn get(&mut self, url: reqwest::Url) -> Result<Vec<u8>, ConnectorError> {
+        let shown = super::client::endpoint("GET", &url);
+        let key = self.config.api_key.clone();
+        let fetched = self
+            .client
+            .fetch(&shown, |client| {
+                let request = client.get(url.clone()).header("Accept", "application/json");
+                match &key {
+                    Some(key) => request.header("X-Messari-API-Key", key.expose()),
+                    None => request,
+                }
+            })
+            .await?;
+        Ok(fetched.body)
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url, ConnectorError> {
+        let base = self.config.base_url.trim_end_matches('/');
+        reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
+            ConnectorError::user(format!("`base_url` makes no URL: {e}")).with_field("base_url")
+        })
+    }
+
+    async fn poll_v2(&mut self) -> Result<(), ConnectorError> {
+        let mut url = self.url("/metrics/v2/assets/details")?;
+        url.query_pairs_mut()
+            .append_pair("assets", &self.config.assets.join(","));
+        let body = self.get(url).await?;
+        let details =
+            serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|doc| match doc.get("data") {
+                    Some(Value::Array(items)) => Some(items.clone()),
+                    _ => None,
+                });
+        let Some(details) = details else {
+            let bad = format!(
+                "the response is not Messari's asset details (`data`: [..]): {}",
+                excerpt(&body)
+            );
+            let first = self.config.assets[0].clone();
+            self.bad(&first, bad, body);
+            return Ok(());
+        };
+        for asset in self.config.assets.clone() {
+            let found = details.iter().find(|d| {
+                ["slug", "id", "symbol"].iter().any(|f| {
+                    d.get(*f)
+                        .and_then(Value::as_str)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(&asset))
+                })
+            });
+            match found {
+                Some(detail) => match flat_v2(&asset, detail) {
+                    Ok(record) => self.offer(&asset, record),
+                    Err(message) => {
+                        let raw = detail.to_string().into_bytes();
+                        self.bad(&asset, message, raw)
+                    }
+                },
+                None => tracing::warn!(%asset, "Messari's answer has no asset `{asset}`"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll_v1(&mut self, asset: &str) -> Result<(), ConnectorError> {
+        let url = self.url(&format!("/api/v1/assets/{asset}/metrics/market-data"))?;
+        let body = self.get(url).await?;
+        let flat = serde_json::from_slice::<Value>(&body)
+            .map_err(|e| format!("the response is not JSON ({e}): {}", excerpt(&body)))
+            .and_then(|doc| flat_v1(asset, &doc).map_err(|m| format!("{m}: {}", excerpt(&body))));
+        match flat {
+            Ok(record) => self.offer(asset, record),
+            Err(message) => self.bad(asset, message, body),
+        }
+        Ok(())
+    }
+
+    /// Buffers `value` unless its price time did not move past the last one delivered.
+    fn offer(&mut self, asset: &str, value: Value) {
+        let time = value["time"].as_str().unwrap_or_default().to_string();
+        let partition: Arc<str> = partition(asset).into();
+        if let Some(last) = self.last_time.get(asset) {
+            if later(&time, last) != Some(true) {
+                self.buffered.push_back(SourceRecord {
+                    partition,
+                    offset: Value::String(last.clone()),
+                    position: None,
+                    payload: Payload::Skipped {
+                        reason: format!("the price time of `{asset}` did not move past {last}"),
+                    },
+                });
+                return;
+            }
+        }
+        let mut record = Record::new(value);
+        record.key = record.value["symbol"]
+            .as_str()
+            .map(|s| s.as_bytes().to_vec());
+        record.timestamp = super::generic::time_millis(&Value::String(time.clone()));
+        self.last_time.insert(asset.to_string(), time.clone());
+        // Price times grow per asset and are the same on every run: the position for
+        // `exactly_once`.
+        let position = record.timestamp.and_then(|t| u64::try_from(t).ok());
+        self.buffered.push_back(SourceRecord {
+            partition,
+            offset: Value::String(time),
+            position,
+            payload: Payload::Record(record),
+        });
+    }
+
+    fn bad(&mut self, asset: &str, message: String, raw: Vec<u8>) {
+        let offset = self
+            .last_time
+            .get(asset)
+            .map_or(Value::Null, |t| Value::String(t.clone()));
+        self.buffered.push_back(SourceRecord {
+            partition: partition(asset).into(),
+            offset,
+            position: None,
+            payload: Payload::Bad(BadInput {
+                raw,
+                message: format!("messari `{asset}`: {message}"),
+                location: format!("{} ({asset})", self.config.base_url),
+            }),
+        });
+    }
+}
+
+/// True when RFC 3339 time `a` is later than `b`; `None` when either is not a time.
+fn later(a: &str, b: &str) -> Option<bool> {
+    let a = chrono::DateTime::parse_from_rfc3339(a).ok()?;
+    let b = chrono::DateTime::parse_from_rfc3339(b).ok()?;
+    Some(a > b)
+}
+
+/// A number, or null.
+fn number(value: Option<&Value>) -> Value {
+    match value {
+        Some(v @ Value::Number(_)) => v.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// `ohlcv_{window}_{open,…}` from an `{open,high,low,close,volume}` object (or null).
+fn ohlcv(out: &mut Map<String, Value>, window: &str, candle: Option<&Value>) {
+    for part in ["open", "high", "low", "close", "volume"] {
+        out.insert(
+            format!("ohlcv_{window}_{part}"),
+            number(candle.and_then(|c| c.get(part))),
+        );
+    }
+}
+
+/// The time as RFC 3339 in UTC, or why it is not one.
+fn utc(time: Option<&Value>, field: &str) -> Result<String, String> {
+    let text = time
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no price time (`{field}`)"))?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        })
+        .map_err(|e| format!("`{field}` is not an RFC 3339 time ({e}): {text}"))
+}
+
+/// Where one API version keeps the record's fields.
+struct Layout {
+    /// The market data object's name (in the asset's object, or `data` for v1).
+    market: &'static str,
+    time: &'static str,
+    price_usd: &'static str,
+    /// (our field, theirs) for the other numbers of the market data.
+    numbers: [(&'static str, &'static str); 7],
+    ohlcv_1h: &'static str,
+    ohlcv_24h: &'static str,
+}
+
+const V2: Layout = Layout {
+    market: "marketData",
+    time: "priceAt",
+    price_usd: "priceUsd",
+    numbers: [
+        ("price_btc", "priceBtc"),
+        ("price_eth", "priceEth"),
+        ("volume_24h", "volume24Hour"),
+        ("percent_change_usd_1h", "percentChange1HourUsd"),
+        ("percent_change_usd_24h", "percentChange24HourUsd"),
+        ("percent_change_btc_24h", "percentChange24HourBtc"),
+        ("percent_change_eth_24h", "percentChange24HourEth"),
+    ],
+    ohlcv_1h: "ohlcv1HourUsd",
+    ohlcv_24h: "ohlcv24HourUsd",
+};
+
+const V1: Layout = Layout {
+    market: "market_data",
+    time: "last_trade_at",
+    price_usd: "price_usd",
+    numbers: [
+        ("price_btc", "price_btc"),
+        ("price_eth", "price_eth"),
+        ("volume_24h", "volume_last_24_hours"),
+        ("percent_change_usd_1h", "percent_change_usd_last_1_hour"),
+        ("percent_change_usd_24h", "percent_change_usd_last_24_hours"),
+        ("percent_change_btc_24h", "percent_change_btc_last_24_hours"),
+        ("percent_change_eth_24h", "percent_change_eth_last_24_hours"),
+    ],
+    ohlcv_1h: "ohlcv_last_1_hour",
+    ohlcv_24h: "ohlcv_last_24_hour",
+};
+
+/// The flat record of one v2 asset detail (`marketData` in camelCase).
+fn flat_v2(asset: &str, detail: &Value) -> Result<Value, String> {
+    flat(asset, detail, detail, &V2, "marketData")
+}
+
+/// The flat record of a v1 market-data answer: `data{symbol,…,market_data}` or the seed's
+/// `data{Asset{symbol,…}, market_data}`.
+fn flat_v1(asset: &str, doc: &Value) -> Result<Value, String> {
+    let data = doc
+        .get("data")
+        .filter(|d| d.is_object())
+        .ok_or("no `data` object")?;
+    let about = data.get("Asset").filter(|a| a.is_object()).unwrap_or(data);
+    flat(asset, about, data, &V1, "data.market_data")
+}
+
+/// The seed's flat record from `about` (symbol, name, slug) and the market data in `holder`,
+/// laid out as `layout` says; `path` names the market data in messages.
+fn flat(
+    asset: &str,
+    about: &Value,
+    holder: &Value,
+    layout: &Layout,
+    path: &str,
+) -> Result<Value, String> {
+    let market = holder
+        .get(layout.market)
+        .filter(|m| m.is_object())
+        .ok_or_else(|| format!("no `{path}` object"))?;
+    let time = utc(market.get(layout.time), &format!("{path}.{}", layout.time))?;
+    let price = number(market.get(layout.price_usd));
+    if price.is_null() {
+        return Err(format!("no `{path}.{}`", layout.price_usd));
+    }
+    let mut out = Map::new();
+    out.insert("asset".into(), json!(asset));
+    for field in ["symbol", "name", "slug"] {
+        out.insert(
+            field.into(),
+            about.get(field).cloned().unwrap_or(Value::Null),
+        );
+    }
+    out.insert("time".into(), json!(time));
+    out.insert("price_usd".into(), price);
+    for (ours, theirs) in layout.numbers {
+        out.insert(ours.into(), number(market.get(theirs)));
+    }
+    ohlcv(&mut out, "1h", market.get(layout.ohlcv_1h));
+    ohlcv(&mut out, "24h", market.get(layout.ohlcv_24h));
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/../tests/fixtures/api/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).expect(&path)
+    }
+
+    #[test]
+    fn both_v1_layouts_become_the_same_flat_record() {
+        let flat = flat_v1("btc", &fixture("messari-v1-market-data-btc.json")).unwrap();
+        let seed = flat_v1(
+            "btc",
+            &fixture("messari-v1-market-data-btc.seed-variant.json"),
+        )
+        .unwrap();
+        assert_eq!(flat, seed);
+        assert_eq!(flat["symbol"], "BTC");
+        assert_eq!(flat["time"], "2023-01-09T09:18:16Z");
+        assert_eq!(flat["price_usd"], json!(17202.845721661743));
+        assert_eq!(flat["volume_24h"], json!(4775661151.531321));
+        assert_eq!(flat["ohlcv_1h_open"], Value::Null);
+        assert_eq!(flat["ohlcv_24h_close"], json!(16948.43577849905));
+        assert_eq!(flat["percent_change_usd_24h"], json!(1.5010821440255844));
+    }
+
+    #[test]
+    fn a_v2_detail_becomes_the_same_fields_and_a_missing_price_is_refused() {
+        let doc = fixture("messari-v2-assets-details.json");
+        let flat = flat_v2("bitcoin", &doc["data"][0]).unwrap();
+        assert_eq!(flat["symbol"], "BTC");
+        assert_eq!(flat["asset"], "bitcoin");
+        assert!(flat["price_usd"].is_f64());
+        assert!(flat["ohlcv_24h_volume"].is_number());
+        let keys: Vec<&String> = flat.as_object().unwrap().keys().collect();
+        let v1 = flat_v1("btc", &fixture("messari-v1-market-data-btc.json")).unwrap();
+        assert_eq!(keys, v1.as_object().unwrap().keys().collect::<Vec<_>>());
+        let mut broken = doc["data"][0].clone();
+        broken["marketData"]
+            .as_object_mut()
+            .unwrap()
+            .remove("priceUsd");
+        assert_eq!(
+            flat_v2("bitcoin", &broken).unwrap_err(),
+            "no `marketData.priceUsd`"
+        );
+    }
+
+    #[test]
+    fn price_times_compare_as_times() {
+        assert_eq!(
+            later("2023-01-09T09:18:17Z", "2023-01-09T09:18:16Z"),
+            Some(true)
+        );
+        assert_eq!(
+            later("2023-01-09T10:18:16+01:00", "2023-01-09T09:18:16Z"),
+            Some(false)
+        );
+        assert_eq!(later("soon", "2023-01-09T09:18:16Z"), None);
+    }
+}

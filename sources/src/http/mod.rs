@@ -1,0 +1,6 @@
+//! HTTP sources: `http` (any JSON API) and `messari`, on a shared client
+//! ([`client`]: timeouts, retries, `Retry-After`, request budget, credential errors).
+
+pub mod client;
+pub mod generic;
+pub mod messari;
