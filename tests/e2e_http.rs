@@ -263,3 +263,112 @@ fn messari_polls_make_one_record_per_new_price_time_in_both_apis_and_resume_afte
         assert!(last["time"].as_str().unwrap() > "2023-01-09T09:18:16Z");
     }
 }
+
+/// `pipelines/yahoo-btc-to-mysql.yaml` against `api`, its table swapped for a file, for `symbol`.
+fn yahoo_pipeline(api: &ApiMock, dir: &Path, symbol: &str) -> Command {
+    let yaml = std::fs::read_to_string(root().join("pipelines/yahoo-btc-to-mysql.yaml")).unwrap();
+    let sinks_at = yaml.find("sinks:").unwrap();
+    let errors_at = yaml.find("errors:").unwrap();
+    let file = format!(
+        "{}sinks:\n  bars:\n    type: file\n    topics: [bitcoin]\n    path: {}\n  rejects:\n    type: file\n    topics: [yahoo-dlq]\n    format: envelope\n    path: {}\n{}",
+        yaml[..sinks_at].replace("symbols: [BTC-USD]", &format!("symbols: [{symbol}]")),
+        dir.join("bars.jsonl").display(),
+        dir.join("dlq.jsonl").display(),
+        &yaml[errors_at..]
+    );
+    let path = dir.join("yahoo.yaml");
+    std::fs::write(&path, file).unwrap();
+    let mut cmd = sluice_run(&path, dir.join("state"));
+    cmd.env("YAHOO_URL", &api.url)
+        .env("YAHOO_CONSENT_URL", format!("{}/consent", api.url))
+        .env("YAHOO_POLL", "200ms");
+    cmd
+}
+
+#[test]
+fn yahoo_backfills_final_bars_once_updates_the_live_bar_and_renews_the_crumb() {
+    let api = ApiMock::start(ApiFaults {
+        crumb_lasts: 1,
+        live_bar: true,
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bars.jsonl");
+    let mut run = Logged::spawn(&mut yahoo_pipeline(&api, dir.path(), "BTC-USD"));
+    // 30 final bars, then the live bar and at least two changes of it.
+    wait_for_lines(&out, 33, Duration::from_secs(60));
+    terminate(&mut run.child);
+    run.exit(Duration::from_secs(10));
+
+    let bars = read_jsonl(&out);
+    // Bars are keyed by date and spread over the topic's partitions: compared in date order.
+    let mut finals: Vec<&Value> = bars.iter().filter(|b| b["final"] == true).collect();
+    finals.sort_by_key(|b| b["Date"].as_str().unwrap_or_default().to_string());
+    finals.dedup_by_key(|b| b["Date"].clone());
+    assert_eq!(finals.len(), 30, "{bars:?}");
+    assert_eq!(
+        bars.iter().filter(|b| b["final"] == true).count(),
+        30,
+        "a final bar arrived twice"
+    );
+    assert_eq!(finals[0]["Date"], "2014-09-17");
+    assert_eq!(finals[0]["Open"], serde_json::json!(465.864014));
+    assert_eq!(finals[0]["Volume"], serde_json::json!(21056800));
+    assert_eq!(finals[0]["symbol"], "BTC-USD");
+    assert_eq!(finals[29]["Date"], "2014-10-16");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let live: Vec<&Value> = bars.iter().filter(|b| b["final"] == false).collect();
+    assert!(live.len() >= 3, "{live:?}");
+    assert!(live.iter().all(|b| b["Date"] == today.as_str()));
+    let closes: Vec<f64> = live.iter().map(|b| b["Close"].as_f64().unwrap()).collect();
+    assert!(
+        closes.windows(2).all(|w| w[0] != w[1]),
+        "an unchanged live bar was sent again: {closes:?}"
+    );
+
+    // The crumb served one chart: every later chart was refused once, then a new crumb was got.
+    let requests = api.requests();
+    let crumbs = requests
+        .iter()
+        .filter(|r| r.2 == "/v1/test/getcrumb")
+        .count();
+    let refused = requests
+        .iter()
+        .filter(|r| r.2.starts_with("/v8/") && r.1.as_u16() == 401)
+        .count();
+    assert!(
+        crumbs >= 3 && refused >= 2,
+        "{crumbs} crumbs, {refused} refusals"
+    );
+
+    // A restart sends no final bar again.
+    let mut again = Logged::spawn(&mut yahoo_pipeline(&api, dir.path(), "BTC-USD"));
+    std::thread::sleep(Duration::from_secs(2));
+    terminate(&mut again.child);
+    again.exit(Duration::from_secs(10));
+    let after = read_jsonl(&out);
+    let finals_after = after.iter().filter(|b| b["final"] == true).count();
+    assert_eq!(finals_after, 30, "a restart repeated final bars");
+    assert!(
+        after.len() > bars.len(),
+        "the restart did not send the live bar"
+    );
+}
+
+#[test]
+fn yahoo_says_clearly_when_a_symbol_has_no_chart() {
+    let api = ApiMock::start(ApiFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = run_bounded(
+        &mut yahoo_pipeline(&api, dir.path(), "NOPE-USD"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Yahoo has no chart for `NOPE-USD`: Not Found — No data found, symbol may be delisted"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("yahoo"), "the source is named: {stderr}");
+}

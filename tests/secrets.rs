@@ -118,8 +118,13 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
         }
         // HTTP sources poll until stopped: their pipelines run against the local API stand-in
         // for a few seconds, then get SIGTERM.
-        if name.starts_with("messari") || name.starts_with("http-") {
+        if name.starts_with("messari") || name.starts_with("http-") || name.starts_with("yahoo") {
             cmd.env("MESSARI_URL", &messari.url)
+                .env("YAHOO_URL", &items.url)
+                .env("YAHOO_CONSENT_URL", format!("{}/consent", items.url))
+                .env("YAHOO_POLL", "100ms")
+                .env("YAHOO_TABLE", "yahoo_bars")
+                .env("YAHOO_DLQ_OUT", dir.path().join("yahoo-dlq.jsonl"))
                 .env("MESSARI_API_KEY", API_SENTINEL)
                 .env("MESSARI_INTERVAL", "100ms")
                 .env("MESSARI_DLQ_OUT", dir.path().join("messari-dlq.jsonl"))
@@ -131,6 +136,9 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
             let status =
                 stopped_without_secrets(&name, &mut cmd, std::time::Duration::from_secs(4));
             assert!(status.success(), "{name}: {status}");
+            if name.starts_with("yahoo") {
+                continue; // Yahoo takes no credentials
+            }
             // The same with credentials the API refuses (another sentinel-bearing value).
             let mut cmd = base(&format!("pipelines/{name}"));
             cmd.env("SLUICE_NAME", format!("refused-{}", name.len()))
@@ -157,6 +165,11 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
         );
     }
     assert_eq!(db.sql("SELECT COUNT(*) FROM bitcoin_kafka"), "2530");
+    // yahoo-btc-to-mysql.yaml upserted the stand-in's 30 daily bars.
+    assert_eq!(
+        db.sql("SELECT COUNT(*), MIN(`Date`), MAX(`Date`) FROM yahoo_bars"),
+        "30\t2014-09-17\t2014-10-16"
+    );
 
     // The numeric password through a `SLUICE_…` override too.
     let mut cmd = base("pipelines/btc-history-to-mysql.yaml");

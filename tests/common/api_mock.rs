@@ -7,7 +7,11 @@
 //!   one second forward every `price_every` requests;
 //! - every request must carry `required_header` (401 otherwise, with a JSON error body);
 //! - the first `busy_first` requests are answered 429 with `Retry-After: 1`;
-//! - the page starting at record `malformed_at` is answered once with a body that is not JSON.
+//! - the page starting at record `malformed_at` is answered once with a body that is not JSON;
+//! - Yahoo: `GET /consent` sets the cookie (answering 404, as Yahoo's consent host does),
+//!   `GET /v1/test/getcrumb` gives a crumb for it, `GET /v8/finance/chart/{symbol}` answers the
+//!   BTC-USD fixture's bars in `[period1, period2)` (401 "Invalid Crumb" once the crumb has
+//!   served `crumb_lasts` charts; 404 with Yahoo's error body for other symbols).
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -34,6 +38,10 @@ pub struct ApiFaults {
     pub price_every: u32,
     /// Milliseconds to wait before answering a page of `/items`.
     pub page_delay_ms: u64,
+    /// Yahoo: the crumb stops being valid after this many chart requests (0: never).
+    pub crumb_lasts: u32,
+    /// Yahoo: a bar for today is added to BTC-USD's chart, its close moving every 2 requests.
+    pub live_bar: bool,
 }
 
 #[derive(Default)]
@@ -41,6 +49,9 @@ struct Log {
     requests: Vec<(Instant, StatusCode, String)>,
     malformed_sent: bool,
     price_requests: u32,
+    /// Yahoo: crumbs handed out, and chart requests with the current one.
+    crumbs: u32,
+    charts_with_crumb: u32,
 }
 
 type Shared = Arc<(Mutex<Log>, ApiFaults)>;
@@ -60,6 +71,9 @@ impl ApiMock {
                 get(messari_v1),
             )
             .route("/metrics/v2/assets/details", get(messari_v2))
+            .route("/consent", get(yahoo_consent))
+            .route("/v1/test/getcrumb", get(yahoo_crumb))
+            .route("/v8/finance/chart/{symbol}", get(yahoo_chart))
             .with_state(state.clone());
         let url = super::es_mock::serve(app);
         ApiMock { url, state }
@@ -188,5 +202,146 @@ async fn messari_v2(
         "messari-v2-assets-details.json",
         "/data/0/marketData/priceAt",
     );
+    axum::Json(doc).into_response()
+}
+
+const YAHOO_COOKIE: &str = "A3=d=sluice-test";
+
+async fn yahoo_consent(State(state): State<Shared>) -> Response {
+    state.0.lock().unwrap().requests.push((
+        Instant::now(),
+        StatusCode::NOT_FOUND,
+        "/consent".into(),
+    ));
+    (
+        StatusCode::NOT_FOUND,
+        [(
+            "set-cookie",
+            format!(
+                "{YAHOO_COOKIE}; Expires=Fri, 01 Jan 2100 00:00:00 GMT; Path=/; Domain=.yahoo.com"
+            ),
+        )],
+        "<html>not here</html>",
+    )
+        .into_response()
+}
+
+fn has_cookie(headers: &HeaderMap) -> bool {
+    headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.split("; ").any(|part| part == YAHOO_COOKIE))
+}
+
+async fn yahoo_crumb(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let mut log = state.0.lock().unwrap();
+    if !has_cookie(&headers) {
+        log.requests.push((
+            Instant::now(),
+            StatusCode::UNAUTHORIZED,
+            "/v1/test/getcrumb".into(),
+        ));
+        return (StatusCode::UNAUTHORIZED, "{\"error\": \"no cookie\"}").into_response();
+    }
+    log.crumbs += 1;
+    log.charts_with_crumb = 0;
+    log.requests
+        .push((Instant::now(), StatusCode::OK, "/v1/test/getcrumb".into()));
+    format!("crumb-{}", log.crumbs).into_response()
+}
+
+async fn yahoo_chart(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(symbol): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let what = format!("/v8/finance/chart/{symbol}");
+    let mut log = state.0.lock().unwrap();
+    let current = format!("crumb-{}", log.crumbs);
+    let expired = state.1.crumb_lasts > 0 && log.charts_with_crumb >= state.1.crumb_lasts;
+    if !has_cookie(&headers) || query.get("crumb") != Some(&current) || expired {
+        log.requests
+            .push((Instant::now(), StatusCode::UNAUTHORIZED, what));
+        let body = json!({"finance": {"result": null, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}});
+        return (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+    }
+    log.charts_with_crumb += 1;
+    let path = format!("{}/tests/fixtures/api", env!("CARGO_MANIFEST_DIR"));
+    if symbol != "BTC-USD" {
+        log.requests
+            .push((Instant::now(), StatusCode::NOT_FOUND, what));
+        let body = std::fs::read_to_string(format!("{path}/yahoo-chart-v8-error.json")).unwrap();
+        return (StatusCode::NOT_FOUND, body).into_response();
+    }
+    let chart_requests = log
+        .requests
+        .iter()
+        .filter(|r| r.2.starts_with("/v8/") && r.1 == StatusCode::OK)
+        .count();
+    log.requests.push((Instant::now(), StatusCode::OK, what));
+    drop(log);
+    let mut doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{path}/yahoo-chart-v8-BTC-USD-2014-09-17..2014-10-16.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let number = |name: &str| {
+        query
+            .get(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let (from, to) = (number("period1"), number("period2"));
+    let result = &mut doc["chart"]["result"][0];
+    let mut timestamps: Vec<i64> = result["timestamp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect();
+    let quote = result["indicators"]["quote"][0].clone();
+    let mut series: Vec<(String, Vec<Value>)> = ["open", "high", "low", "close", "volume"]
+        .iter()
+        .map(|k| (k.to_string(), quote[*k].as_array().unwrap().clone()))
+        .collect();
+    let mut adjclose = result["indicators"]["adjclose"][0]["adjclose"]
+        .as_array()
+        .unwrap()
+        .clone();
+    if state.1.live_bar {
+        let today = chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp();
+        let close = 100.0 + (chart_requests / 2) as f64;
+        timestamps.push(today);
+        for (name, values) in &mut series {
+            values.push(if name == "volume" {
+                json!(1000)
+            } else {
+                json!(close)
+            });
+        }
+        adjclose.push(json!(close));
+    }
+    let keep: Vec<usize> = (0..timestamps.len())
+        .filter(|i| timestamps[*i] >= from && timestamps[*i] < to)
+        .collect();
+    let pick = |values: &[Value]| Value::Array(keep.iter().map(|i| values[*i].clone()).collect());
+    if keep.is_empty() {
+        result.as_object_mut().unwrap().remove("timestamp");
+        result["indicators"] = json!({"quote": [{}], "adjclose": [{}]});
+    } else {
+        result["timestamp"] = json!(keep.iter().map(|i| timestamps[*i]).collect::<Vec<_>>());
+        for (name, values) in &series {
+            result["indicators"]["quote"][0][name.as_str()] = pick(values);
+        }
+        result["indicators"]["adjclose"][0]["adjclose"] = pick(&adjclose);
+    }
     axum::Json(doc).into_response()
 }

@@ -102,9 +102,10 @@ fn default_backoff_max() -> Duration {
     Duration::from_secs(300)
 }
 
-/// An answered request: status 2xx, headers, body.
+/// An answered request: status (2xx, or one the caller takes itself), headers, body.
 #[derive(Debug)]
 pub struct Fetched {
+    pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -149,6 +150,17 @@ impl HttpClient {
         endpoint: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Fetched, ConnectorError> {
+        self.fetch_taking(endpoint, &[], build).await
+    }
+
+    /// Like [`HttpClient::fetch`], but answers with a status in `taken` are returned as they
+    /// are, for the caller to handle (Yahoo's 401 "Invalid Crumb" asks for a new crumb).
+    pub async fn fetch_taking(
+        &mut self,
+        endpoint: &str,
+        taken: &[u16],
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Fetched, ConnectorError> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -157,10 +169,11 @@ impl HttpClient {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    if status.is_success() {
+                    if status.is_success() || taken.contains(&status.as_u16()) {
                         match response.bytes().await {
                             Ok(body) => {
                                 return Ok(Fetched {
+                                    status,
                                     headers,
                                     body: body.to_vec(),
                                 })

@@ -1,6 +1,7 @@
-//! HTTP sources: `http` (any JSON API) and `messari`, on a shared client
+//! HTTP sources: `http` (any JSON API), `messari` and `yahoo_finance`, on a shared client
 //! ([`client`]: timeouts, retries, `Retry-After`, request budget, credential errors).
 
 pub mod client;
 pub mod generic;
 pub mod messari;
+pub mod yahoo;
