@@ -15,7 +15,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_core::ConnectorError;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// Connection, retry and rate settings of an HTTP source.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -111,11 +113,13 @@ pub struct Fetched {
 }
 
 /// A client for one source: its settings, request budget and what to call it in messages.
+/// Clones share the budget.
+#[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
     settings: HttpSettings,
-    /// When the last requests were sent, for `max_requests_per_minute`.
-    sent: VecDeque<Instant>,
+    /// When the last requests were (or will be) sent, for `max_requests_per_minute`.
+    sent: Arc<Mutex<VecDeque<Instant>>>,
     /// What to check when the API refuses the credentials (names the config fields).
     auth_hint: String,
 }
@@ -134,7 +138,7 @@ impl HttpClient {
         Ok(HttpClient {
             client,
             settings,
-            sent: VecDeque::new(),
+            sent: Arc::default(),
             auth_hint: auth_hint.into(),
         })
     }
@@ -146,7 +150,7 @@ impl HttpClient {
     /// Sends the request `build` makes (again for each attempt) to `endpoint` (a description
     /// for messages: method and URL without query or credentials) and returns a 2xx answer.
     pub async fn fetch(
-        &mut self,
+        &self,
         endpoint: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Fetched, ConnectorError> {
@@ -156,7 +160,7 @@ impl HttpClient {
     /// Like [`HttpClient::fetch`], but answers with a status in `taken` are returned as they
     /// are, for the caller to handle (Yahoo's 401 "Invalid Crumb" asks for a new crumb).
     pub async fn fetch_taking(
-        &mut self,
+        &self,
         endpoint: &str,
         taken: &[u16],
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
@@ -232,28 +236,35 @@ impl HttpClient {
         )))
     }
 
-    /// Waits until sending one more request keeps within `max_requests_per_minute`.
-    async fn spend_budget(&mut self) {
-        let Some(per_minute) = self.settings.max_requests_per_minute.filter(|n| *n > 0) else {
+    /// Waits until sending one more request keeps within `max_requests_per_minute`: at most
+    /// that many in any minute.
+    async fn spend_budget(&self) {
+        let Some(per_minute) = self
+            .settings
+            .max_requests_per_minute
+            .filter(|n| *n > 0)
+            .map(|n| n as usize)
+        else {
             return;
         };
         let window = Duration::from_secs(60);
-        while let Some(first) = self.sent.front() {
-            if first.elapsed() >= window {
-                self.sent.pop_front();
-            } else {
-                break;
+        let wait = {
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            while sent.front().is_some_and(|t| *t + window <= now) {
+                sent.pop_front();
             }
+            let at = match sent.len().checked_sub(per_minute) {
+                Some(i) => (sent[i] + window).max(now),
+                None => now,
+            };
+            sent.push_back(at);
+            at - now
+        };
+        if !wait.is_zero() {
+            tracing::debug!(?wait, "request budget spent; waiting");
+            tokio::time::sleep(wait).await;
         }
-        if self.sent.len() >= per_minute as usize {
-            if let Some(first) = self.sent.front() {
-                let wait = window.saturating_sub(first.elapsed());
-                tracing::debug!(?wait, "request budget spent; waiting");
-                tokio::time::sleep(wait).await;
-            }
-            self.sent.pop_front();
-        }
-        self.sent.push_back(Instant::now());
     }
 }
 
@@ -364,6 +375,25 @@ mod tests {
                 assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d} ms");
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_budget_spaces_requests_to_at_most_n_in_any_minute() {
+        let client = HttpClient::new(
+            HttpSettings {
+                max_requests_per_minute: Some(2),
+                ..HttpSettings::default()
+            },
+            "",
+        )
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut sent_at = Vec::new();
+        for _ in 0..5 {
+            client.spend_budget().await;
+            sent_at.push(started.elapsed().as_secs());
+        }
+        assert_eq!(sent_at, [0, 0, 60, 60, 120]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::client::{endpoint, excerpt, HttpClient, HttpSettings};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sluice_core::{
     async_trait, record::now_millis, BadInput, ConnectorError, FieldError, Payload, Record, Secret,
     Source, SourceBuildContext, SourceConfig, SourceRecord,
@@ -82,6 +82,10 @@ pub struct HttpSourceConfig {
     /// `query` and `body` as `{offset.NAME}`: NAME → `{ field: POINTER, initial: VALUE }`.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub cursor: IndexMap<String, CursorField>,
+    /// Finish once the last page is read, instead of polling every `interval`: a one-off
+    /// backfill (the run ends when every source has finished and the sinks caught up).
+    #[serde(default)]
+    pub stop_after_last_page: bool,
     /// Timeouts, retries, backoff and the request budget.
     #[serde(default)]
     pub http: HttpSettings,
@@ -235,7 +239,8 @@ impl SourceConfig for HttpSourceConfig {
             ..Cursor::default()
         });
         Ok(Box::new(HttpSource {
-            config: self.clone(),
+            config: Arc::new(self.clone()),
+            prefetched: None,
             client,
             partition,
             chain: cursor.first.clone().unwrap_or_default(),
@@ -380,19 +385,46 @@ struct Cursor {
     delivered: u64,
 }
 
+impl Cursor {
+    /// The cursor as a source offset (by hand: this runs for every record).
+    fn to_offset(&self) -> Value {
+        let text =
+            |t: &Option<String>| t.as_ref().map_or(Value::Null, |t| Value::String(t.clone()));
+        let mut offset = Map::with_capacity(7);
+        offset.insert("first".into(), text(&self.first));
+        offset.insert("url".into(), text(&self.url));
+        offset.insert("after".into(), Value::from(self.after));
+        offset.insert("next".into(), text(&self.next));
+        offset.insert(
+            "last_id".into(),
+            self.last_id.clone().unwrap_or(Value::Null),
+        );
+        if !self.fields.is_empty() {
+            let fields = self
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            offset.insert("fields".into(), Value::Object(fields));
+        }
+        offset.insert("delivered".into(), Value::from(self.delivered));
+        Value::Object(offset)
+    }
+}
+
 /// Ids delivered during this run, the last [`Recent::CAPACITY`] of them.
 #[derive(Default)]
 struct Recent {
-    order: VecDeque<String>,
-    set: HashSet<String>,
+    order: VecDeque<Arc<str>>,
+    set: HashSet<Arc<str>>,
 }
 
 impl Recent {
     const CAPACITY: usize = 100_000;
 
     /// False when `id` was seen already.
-    fn insert(&mut self, id: String) -> bool {
-        if self.set.contains(&id) {
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
             return false;
         }
         if self.order.len() == Self::CAPACITY {
@@ -400,6 +432,7 @@ impl Recent {
                 self.set.remove(&old);
             }
         }
+        let id: Arc<str> = id.into();
         self.order.push_back(id.clone());
         self.set.insert(id);
         true
@@ -407,7 +440,7 @@ impl Recent {
 }
 
 struct HttpSource {
-    config: HttpSourceConfig,
+    config: Arc<HttpSourceConfig>,
     client: HttpClient,
     partition: Arc<str>,
     cursor: Cursor,
@@ -419,6 +452,8 @@ struct HttpSource {
     due: Option<tokio::time::Instant>,
     buffered: VecDeque<SourceRecord>,
     recent: Recent,
+    /// The next page, asked for while this one's records are sent.
+    prefetched: Option<Prefetch>,
 }
 
 /// One page, read.
@@ -432,6 +467,9 @@ impl Source for HttpSource {
     async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
         while self.buffered.is_empty() {
             if let Some(due) = self.due {
+                if self.config.stop_after_last_page {
+                    return Ok(None);
+                }
                 tokio::time::sleep_until(due).await;
                 self.due = None;
             }
@@ -449,13 +487,13 @@ impl HttpSource {
             Some(next) => (next, Skip::None),
             None => self.page_to_ask_again()?,
         };
-        let body = self.fetch(&url).await?;
+        let body = self.page(&url).await?;
         let page = match self.parse(&body.0, &body.1) {
             Ok(page) => page,
             Err(message) => {
                 self.buffered.push_back(SourceRecord {
                     partition: self.partition.clone(),
-                    offset: serde_json::to_value(&self.cursor).unwrap_or(Value::Null),
+                    offset: self.cursor.to_offset(),
                     position: None,
                     payload: Payload::Bad(BadInput {
                         raw: body.1,
@@ -478,6 +516,8 @@ impl HttpSource {
                 .map_or(or_first, |at| at + 1),
         };
         let count = page.records.len();
+        // The record time of records without `time`: read once per page.
+        let now = now_millis();
         let next = match &self.config.pagination {
             Some(Pagination::Page { param, .. }) => step(&url, param, 1).filter(|_| count > 0),
             Some(Pagination::Offset { param, .. }) => {
@@ -489,10 +529,13 @@ impl HttpSource {
             if i < skip {
                 continue;
             }
-            self.emit(&url, i, value, next.clone());
+            self.emit(&url, i, value, &next, now);
         }
         match &next {
-            Some(next) if count > 0 => self.next = Some(next.clone()),
+            Some(next) if count > 0 => {
+                self.prefetch(next);
+                self.next = Some(next.clone());
+            }
             _ => {
                 // The last page (or past it): wait, then ask for the last page again.
                 self.due = Some(tokio::time::Instant::now() + self.config.interval);
@@ -528,68 +571,43 @@ impl HttpSource {
         Ok((url, delivered))
     }
 
-    async fn fetch(
-        &mut self,
-        url: &str,
-    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), ConnectorError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| ConnectorError::user(format!("not a URL: {e}")).with_field("url"))?;
-        let method = match self.config.method {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-        };
-        let shown = endpoint(method.as_str(), &parsed);
-        let body = self
-            .config
-            .body
-            .as_ref()
-            .map(|b| fill_json(b, &self.cursor.fields));
-        let (config, headers) = (&self.config, &self.config.headers);
-        let fetched = self
-            .client
-            .fetch(&shown, |client| {
-                let mut request = client.request(method.clone(), parsed.clone());
-                for (name, value) in headers {
-                    request = request.header(name.as_str(), value.as_str());
-                }
-                if let Some(body) = &body {
-                    request = request.json(body);
-                }
-                match &config.auth {
-                    Some(auth) => auth.apply(request),
-                    None => request,
-                }
-            })
-            .await?;
-        Ok((fetched.headers, fetched.body))
+    /// Starts asking for page `url` on a task of its own, so that it arrives while this
+    /// page's records are being sent.
+    fn prefetch(&mut self, url: &str) {
+        let fetching = fetch(
+            self.client.clone(),
+            self.config.clone(),
+            self.cursor.fields.clone(),
+            url.to_string(),
+        );
+        self.prefetched = Some(Prefetch {
+            url: url.to_string(),
+            task: tokio::spawn(fetching),
+        });
+    }
+
+    /// Page `url`: the one fetched ahead if it is that one, else asked for now.
+    async fn page(&mut self, url: &str) -> Result<Answer, ConnectorError> {
+        if let Some(mut ahead) = self.prefetched.take() {
+            if ahead.url == url {
+                return (&mut ahead.task).await.map_err(|e| {
+                    ConnectorError::internal(format!("the page request's task ended: {e}"))
+                })?;
+            }
+        }
+        fetch(
+            self.client.clone(),
+            self.config.clone(),
+            self.cursor.fields.clone(),
+            url.to_string(),
+        )
+        .await
     }
 
     /// The records of a page and its next page, or why the body is not a page.
     fn parse(&self, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Result<Page, String> {
-        let document: Value = serde_json::from_slice(body)
+        let mut document: Value = serde_json::from_slice(body)
             .map_err(|e| format!("the response is not JSON ({e}): {}", excerpt(body)))?;
-        let at = if self.config.records.is_empty() {
-            Some(&document)
-        } else {
-            document.pointer(&self.config.records)
-        };
-        let records = match at {
-            Some(Value::Array(items)) => items.clone(),
-            Some(object @ Value::Object(_)) => vec![object.clone()],
-            Some(Value::Null) | None if !self.config.records.is_empty() => {
-                return Err(format!(
-                    "no records at `{}` in the response: {}",
-                    self.config.records,
-                    excerpt(body)
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "the records are neither an array nor an object: {}",
-                    excerpt(body)
-                ))
-            }
-        };
         let next = match &self.config.pagination {
             None => None,
             Some(Pagination::NextToken { field, param }) => {
@@ -608,24 +626,50 @@ impl HttpSource {
                 .find_map(next_link),
             Some(Pagination::Page { .. }) | Some(Pagination::Offset { .. }) => None,
         };
+        // The records are taken out of the document, not copied.
+        let at = if self.config.records.is_empty() {
+            Some(std::mem::take(&mut document))
+        } else {
+            document
+                .pointer_mut(&self.config.records)
+                .map(std::mem::take)
+        };
+        let records = match at {
+            Some(Value::Array(items)) => items,
+            Some(object @ Value::Object(_)) => vec![object],
+            Some(Value::Null) | None if !self.config.records.is_empty() => {
+                return Err(format!(
+                    "no records at `{}` in the response: {}",
+                    self.config.records,
+                    excerpt(body)
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "the records are neither an array nor an object: {}",
+                    excerpt(body)
+                ))
+            }
+        };
         Ok(Page { records, next })
     }
 
-    fn emit(&mut self, url: &str, index: usize, value: Value, next: Option<String>) {
+    fn emit(&mut self, url: &str, index: usize, value: Value, next: &Option<String>, now: i64) {
         let id = self
             .config
             .id
             .as_deref()
             .and_then(|p| value.pointer(p))
             .cloned();
-        if let Some(id) = &id {
-            if !self.recent.insert(id_text(id)) {
+        let id_as_text = id.as_ref().map(id_text);
+        if let Some(text) = &id_as_text {
+            if !self.recent.insert(text) {
                 self.buffered.push_back(SourceRecord {
                     partition: self.partition.clone(),
-                    offset: serde_json::to_value(&self.cursor).unwrap_or(Value::Null),
+                    offset: self.cursor.to_offset(),
                     position: None,
                     payload: Payload::Skipped {
-                        reason: format!("id {} was delivered already", id_text(id)),
+                        reason: format!("id {text} was delivered already"),
                     },
                 });
                 return;
@@ -636,20 +680,28 @@ impl HttpSource {
                 self.cursor.fields.insert(name.clone(), id_text(v));
             }
         }
-        self.cursor.first = Some(self.chain.clone());
-        self.cursor.url = Some(url.to_string());
+        if self.cursor.first.as_deref() != Some(self.chain.as_str()) {
+            self.cursor.first = Some(self.chain.clone());
+        }
+        if self.cursor.url.as_deref() != Some(url) {
+            self.cursor.url = Some(url.to_string());
+        }
         self.cursor.after = index + 1;
-        self.cursor.next = next;
-        self.cursor.last_id = id.clone();
-        let key_pointer = self.config.key.as_deref().or(self.config.id.as_deref());
-        let key = key_pointer.and_then(|p| value.pointer(p)).map(id_text);
+        if self.cursor.next != *next {
+            self.cursor.next = next.clone();
+        }
+        self.cursor.last_id = id;
+        let key = match self.config.key.as_deref() {
+            Some(pointer) => value.pointer(pointer).map(id_text),
+            None => id_as_text,
+        };
         let time = self
             .config
             .time
             .as_deref()
             .and_then(|p| value.pointer(p))
             .and_then(time_millis)
-            .unwrap_or_else(now_millis);
+            .unwrap_or(now);
         let mut record = Record::new(value);
         record.key = key.map(String::into_bytes);
         record.timestamp = Some(time);
@@ -657,11 +709,59 @@ impl HttpSource {
         self.cursor.delivered += 1;
         self.buffered.push_back(SourceRecord {
             partition: self.partition.clone(),
-            offset: serde_json::to_value(&self.cursor).unwrap_or(Value::Null),
+            offset: self.cursor.to_offset(),
             position: Some(position),
             payload: Payload::Record(record),
         });
     }
+}
+
+/// A page's headers and body.
+type Answer = (reqwest::header::HeaderMap, Vec<u8>);
+
+/// A page being fetched ahead; the request is dropped with it.
+struct Prefetch {
+    url: String,
+    task: tokio::task::JoinHandle<Result<Answer, ConnectorError>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Asks for page `url` as `config` says, the body filled from the cursor `fields`.
+async fn fetch(
+    client: HttpClient,
+    config: Arc<HttpSourceConfig>,
+    fields: IndexMap<String, String>,
+    url: String,
+) -> Result<Answer, ConnectorError> {
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| ConnectorError::user(format!("not a URL: {e}")).with_field("url"))?;
+    let method = match config.method {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+    };
+    let shown = endpoint(method.as_str(), &parsed);
+    let body = config.body.as_ref().map(|b| fill_json(b, &fields));
+    let fetched = client
+        .fetch(&shown, |client| {
+            let mut request = client.request(method.clone(), parsed.clone());
+            for (name, value) in &config.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            match &config.auth {
+                Some(auth) => auth.apply(request),
+                None => request,
+            }
+        })
+        .await?;
+    Ok((fetched.headers, fetched.body))
 }
 
 /// What of a page asked for again was delivered already.

@@ -506,7 +506,7 @@ impl YahooSource {
     }
 }
 
-/// A symbol as one URL path segment (`^GSPC` → `%5EGSPC`).
+/// A symbol as one URL path segment (`/`, spaces and the like escaped).
 fn url_path_segment(symbol: &str) -> String {
     let mut url = reqwest::Url::parse("http://x/").expect("a constant URL");
     if let Ok(mut segments) = url.path_segments_mut() {
@@ -608,7 +608,8 @@ mod tests {
     #[test]
     fn symbols_are_one_path_segment() {
         assert_eq!(url_path_segment("BTC-USD"), "BTC-USD");
-        assert_eq!(url_path_segment("^GSPC"), "%5EGSPC");
+        assert_eq!(url_path_segment("^GSPC"), "^GSPC");
+        assert_eq!(url_path_segment("A B"), "A%20B");
         assert_eq!(url_path_segment("A/B"), "A%2FB");
     }
 }
