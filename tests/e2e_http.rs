@@ -372,3 +372,20 @@ fn yahoo_says_clearly_when_a_symbol_has_no_chart() {
     );
     assert!(stderr.contains("yahoo"), "the source is named: {stderr}");
 }
+
+#[test]
+fn a_backfill_that_stops_after_the_last_page_reads_past_a_malformed_page() {
+    let api = ApiMock::start(ApiFaults {
+        malformed_at: Some(200),
+        ..faults(500)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = items_pipeline(&api, dir.path(), None);
+    cmd.env("SLUICE_SOURCES__ITEMS__STOP_AFTER_LAST_PAGE", "true");
+    let (status, stderr) = run_bounded(&mut cmd, Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    let seen = arrivals(&dir.path().join("items.jsonl"));
+    assert_eq!(seen.len(), 500, "the run ended at the malformed page");
+    assert!(seen.values().all(|c| *c == 1));
+    assert_eq!(read_jsonl(&dir.path().join("items-dlq.jsonl")).len(), 1);
+}

@@ -241,6 +241,7 @@ impl SourceConfig for HttpSourceConfig {
         Ok(Box::new(HttpSource {
             config: Arc::new(self.clone()),
             prefetched: None,
+            read_last_page: false,
             client,
             partition,
             chain: cursor.first.clone().unwrap_or_default(),
@@ -454,6 +455,9 @@ struct HttpSource {
     recent: Recent,
     /// The next page, asked for while this one's records are sent.
     prefetched: Option<Prefetch>,
+    /// A page without a next one was read (a page that was not a page does not count: it is
+    /// asked for again after `interval`).
+    read_last_page: bool,
 }
 
 /// One page, read.
@@ -467,7 +471,7 @@ impl Source for HttpSource {
     async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
         while self.buffered.is_empty() {
             if let Some(due) = self.due {
-                if self.config.stop_after_last_page {
+                if self.config.stop_after_last_page && self.read_last_page {
                     return Ok(None);
                 }
                 tokio::time::sleep_until(due).await;
@@ -538,6 +542,7 @@ impl HttpSource {
             }
             _ => {
                 // The last page (or past it): wait, then ask for the last page again.
+                self.read_last_page = true;
                 self.due = Some(tokio::time::Instant::now() + self.config.interval);
             }
         }
