@@ -840,15 +840,27 @@ fn kills_mid_source_case(kafka: Option<&str>) {
         cmd
     };
     let label = if kafka.is_some() { "kafka" } else { "embedded" };
+    let rows_now = || {
+        db.try_sql("SELECT COUNT(*) FROM eo")
+            .and_then(|c| c.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
     for kill in 1..=3 {
+        // Killed once 300 more rows are in, so that every run is killed while the source still
+        // sends, however fast the run starts (a fixed 1.3 s let a quick second run finish).
+        let before = rows_now();
         let mut child = command().stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(1300));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while rows_now() < before + 300 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: no progress in run {kill}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         child.kill().unwrap();
         child.wait().unwrap();
-        let rows = db
-            .try_sql("SELECT COUNT(*) FROM eo")
-            .and_then(|c| c.parse::<i64>().ok())
-            .unwrap_or(0);
+        let rows = rows_now();
         eprintln!("{label}: {rows} rows after kill {kill}");
         assert!(
             rows < 2530,
