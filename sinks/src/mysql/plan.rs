@@ -254,23 +254,6 @@ pub(super) fn plan(
                 (position, sql_type)
             })
             .collect();
-        // The rows' parameters in `ordered` order, with their size; rows too large for a
-        // packet are refused here.
-        let rows = ops.iter().filter_map(|op| {
-            let Op::Write { index, row } = op else {
-                return None;
-            };
-            let params: Vec<Sql> = positions
-                .iter()
-                .map(|(position, sql_type)| to_sql(row.value_at(*position), sql_type))
-                .collect();
-            let bytes = params_bytes(&params);
-            if bytes > limit {
-                oversized.push((*index, oversized_reason(bytes, server)));
-                return None;
-            }
-            Some((*index, params, bytes))
-        });
         // Appends: one LOAD DATA per table and column set, streamed from memory, its text
         // written straight from the records' values.
         if config.load_data && !one_by_one && config.insert_mode == InsertMode::Insert {
@@ -292,6 +275,23 @@ pub(super) fn plan(
             }
             continue;
         }
+        // The rows' parameters in `ordered` order, with their size; rows too large for a
+        // packet are refused here.
+        let rows = ops.iter().filter_map(|op| {
+            let Op::Write { index, row } = op else {
+                return None;
+            };
+            let params: Vec<Sql> = positions
+                .iter()
+                .map(|(position, sql_type)| to_sql(row.value_at(*position), sql_type))
+                .collect();
+            let bytes = params_bytes(&params);
+            if bytes > limit {
+                oversized.push((*index, oversized_reason(bytes, server)));
+                return None;
+            }
+            Some((*index, params, bytes))
+        });
         let per_statement = if one_by_one || config.insert_mode == InsertMode::Update {
             1
         } else {

@@ -143,10 +143,6 @@ impl HttpClient {
         })
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
     /// Sends the request `build` makes (again for each attempt) to `endpoint` (a description
     /// for messages: method and URL without query or credentials) and returns a 2xx answer.
     pub async fn fetch(
@@ -322,11 +318,24 @@ pub fn excerpt(body: &[u8]) -> String {
 
 /// `METHOD scheme://host/path` of a URL: no query, no credentials.
 pub fn endpoint(method: &str, url: &reqwest::Url) -> String {
+    format!("{method} {}", shown(url))
+}
+
+/// `scheme://host/path` of a URL, for messages: no query, no credentials.
+pub fn shown(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     shown.set_query(None);
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
-    format!("{method} {shown}")
+    shown.to_string()
+}
+
+/// `path` under a source's `base_url`.
+pub fn at_base(base_url: &str, path: &str) -> Result<reqwest::Url, ConnectorError> {
+    let base = base_url.trim_end_matches('/');
+    reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
+        ConnectorError::user(format!("`base_url` makes no URL: {e}")).with_field("base_url")
+    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //! that is not JSON, or has no array or object at `records`, is a bad record (dead-letter topic
 //! with an excerpt of the body, or fatal per `errors.tolerance`).
 
-use super::client::{endpoint, excerpt, HttpClient, HttpSettings};
+use super::client::{endpoint, excerpt, shown, HttpClient, HttpSettings};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -840,7 +840,7 @@ fn next_link(header: &str) -> Option<String> {
 
 fn url_without_query(url: &str) -> String {
     reqwest::Url::parse(url)
-        .map(|u| endpoint("GET", &u).trim_start_matches("GET ").to_string())
+        .map(|u| shown(&u))
         .unwrap_or_default()
 }
 

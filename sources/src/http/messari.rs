@@ -11,7 +11,7 @@
 //! delivered record. A poll whose price time did not move past it is skipped and counted, so a
 //! 3 s poll of a price that changes every minute makes no duplicates, and neither does a restart.
 
-use super::client::{excerpt, HttpClient, HttpSettings};
+use super::client::{at_base, excerpt, HttpClient, HttpSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -183,15 +183,8 @@ impl MessariSource {
         Ok(fetched.body)
     }
 
-    fn url(&self, path: &str) -> Result<reqwest::Url, ConnectorError> {
-        let base = self.config.base_url.trim_end_matches('/');
-        reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
-            ConnectorError::user(format!("`base_url` makes no URL: {e}")).with_field("base_url")
-        })
-    }
-
     async fn poll_v2(&mut self) -> Result<(), ConnectorError> {
-        let mut url = self.url("/metrics/v2/assets/details")?;
+        let mut url = at_base(&self.config.base_url, "/metrics/v2/assets/details")?;
         url.query_pairs_mut()
             .append_pair("assets", &self.config.assets.join(","));
         let body = self.get(url).await?;
@@ -234,7 +227,10 @@ impl MessariSource {
     }
 
     async fn poll_v1(&mut self, asset: &str) -> Result<(), ConnectorError> {
-        let url = self.url(&format!("/api/v1/assets/{asset}/metrics/market-data"))?;
+        let url = at_base(
+            &self.config.base_url,
+            &format!("/api/v1/assets/{asset}/metrics/market-data"),
+        )?;
         let body = self.get(url).await?;
         let flat = serde_json::from_slice::<Value>(&body)
             .map_err(|e| format!("the response is not JSON ({e}): {}", excerpt(&body)))

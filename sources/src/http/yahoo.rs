@@ -19,7 +19,7 @@
 //! crumb handshake Yahoo requires (a cookie from `consent_url`, the crumb from
 //! `/v1/test/getcrumb`), renewed once when Yahoo answers 401 "Invalid Crumb".
 
-use super::client::{endpoint, excerpt, Fetched, HttpClient, HttpSettings};
+use super::client::{at_base, endpoint, excerpt, Fetched, HttpClient, HttpSettings};
 use crate::csv::NullRows;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -292,7 +292,7 @@ impl YahooSource {
             .filter_map(|v| v.split(';').next())
             .collect::<Vec<_>>()
             .join("; ");
-        let crumb_url = self.url("/v1/test/getcrumb")?;
+        let crumb_url = at_base(&self.config.base_url, "/v1/test/getcrumb")?;
         let sent_cookie = cookie.clone();
         let answer = self
             .client
@@ -313,13 +313,6 @@ impl YahooSource {
         Ok(())
     }
 
-    fn url(&self, path: &str) -> Result<reqwest::Url, ConnectorError> {
-        let base = self.config.base_url.trim_end_matches('/');
-        reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
-            ConnectorError::user(format!("`base_url` makes no URL: {e}")).with_field("base_url")
-        })
-    }
-
     /// The chart of `symbol` from `from` (inclusive) to `to` (exclusive), with a crumb renewed
     /// once if Yahoo refuses it.
     async fn chart(&mut self, symbol: &str, from: i64, to: i64) -> Result<Fetched, ConnectorError> {
@@ -332,7 +325,7 @@ impl YahooSource {
             let Some(session) = &self.session else {
                 return Err(ConnectorError::internal("no Yahoo session"));
             };
-            let mut url = self.url(&path)?;
+            let mut url = at_base(&self.config.base_url, &path)?;
             url.query_pairs_mut()
                 .append_pair("period1", &from.to_string())
                 .append_pair("period2", &to.to_string())
