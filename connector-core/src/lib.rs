@@ -20,7 +20,7 @@ pub mod transport;
 pub use error::{BadInput, ConnectorError, ErrorKind, FieldError};
 pub use record::{Headers, Record};
 pub use secret::{redact_url, Secret};
-pub use sink::{PutOutcome, Sink, SinkBuildContext, SinkConfig};
+pub use sink::{PrepareBatch, Prepared, PutOutcome, Sink, SinkBuildContext, SinkConfig};
 pub use source::{Payload, Source, SourceBuildContext, SourceConfig, SourceOffsets, SourceRecord};
 pub use transform::{Transform, TransformConfig};
 

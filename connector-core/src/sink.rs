@@ -9,7 +9,9 @@
 use crate::transport::PartitionOffset;
 use crate::{ConnectorError, FieldError, Record};
 use async_trait::async_trait;
+use std::any::Any;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// What a sink is given when it is built.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,18 @@ pub struct PutOutcome {
     pub rejected: Vec<(usize, String)>,
     /// Records not written because an earlier run wrote them (exactly once); counted as skipped.
     pub skipped: usize,
+}
+
+/// A batch's store-ready form (statements, a request body), as a sink's [`PrepareBatch`] made it.
+pub type Prepared = Box<dyn Any + Send>;
+
+/// The part of writing a batch that needs nothing from the store: turning records into
+/// statements or a request body. The runtime runs it on the next batch while the current one is
+/// being stored, so the store does not wait for it between batches (Vector splits its sinks into
+/// a request builder and a service the same way).
+pub trait PrepareBatch: Send + Sync {
+    /// Prepares `batch`; [`Sink::put_prepared`] receives the result with the same batch.
+    fn prepare(&self, batch: &[Record]) -> Prepared;
 }
 
 /// The YAML config of a sink; `type:` picks the implementation.
@@ -64,6 +78,22 @@ pub trait Sink: Send {
     /// Writes a batch. Transient failures of the store should be retried inside, with backoff;
     /// an `Err` with `retryable: true` makes the runtime retry the whole batch.
     async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError>;
+
+    /// What prepares batches ahead of `put_prepared`, for sinks that split the two.
+    fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        None
+    }
+
+    /// `put` with what the sink's [`Sink::preparer`] made of this very batch. A sink may find it
+    /// stale (e.g. its tables changed since) and prepare the batch again.
+    async fn put_prepared(
+        &mut self,
+        batch: &[Record],
+        prepared: Prepared,
+    ) -> Result<PutOutcome, ConnectorError> {
+        let _ = prepared;
+        self.put(batch).await
+    }
 
     /// Makes everything `put` so far durable. Consumer offsets are committed after it returns.
     async fn flush(&mut self) -> Result<(), ConnectorError>;

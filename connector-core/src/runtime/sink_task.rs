@@ -8,8 +8,8 @@ use super::deadline::Deadline;
 use super::{apply_transforms, transport_error};
 use crate::config::BatchConfig;
 use crate::metrics::ComponentMetrics;
-use crate::transport::{Incoming, PartitionOffset, TopicReader, TransportError};
-use crate::{ConnectorError, Record, Sink, Transform};
+use crate::transport::{Incoming, PartitionOffset, TopicReader};
+use crate::{ConnectorError, PrepareBatch, Prepared, Record, Sink, Transform};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,9 @@ const MAX_BATCH_ATTEMPTS: u32 = 12;
 /// Records per poll while reading ahead: decoding one poll's worth delays the batch being
 /// stored by at most that long.
 const READ_AHEAD_POLL: usize = 500;
+
+/// Batches of at least this many records are freed on a blocking thread.
+const DROP_APART: usize = 1_000;
 
 pub(super) struct SinkTask {
     pub id: String,
@@ -40,8 +43,21 @@ struct Pending {
     /// (topic, partition) → next offset to commit.
     offsets: BTreeMap<(Arc<str>, i32), i64>,
     since: Option<Instant>,
-    /// Everything flushed so far, committed once more, waiting, when the task stops.
-    flushed: BTreeMap<(Arc<str>, i32), i64>,
+    /// What the sink's preparer made of `records` while the batch before was being stored;
+    /// dropped when more records join.
+    prepared: Option<Prepared>,
+}
+
+/// (topic, partition) → next offset, of everything flushed so far: committed once more,
+/// waiting, when the task stops.
+type Flushed = BTreeMap<(Arc<str>, i32), i64>;
+
+/// What turns records read into a batch: decoding failures and transforms.
+struct Intake<'a> {
+    id: &'a str,
+    transforms: &'a [Box<dyn Transform>],
+    dead_letters: &'a DeadLetters,
+    metrics: &'a ComponentMetrics,
 }
 
 impl Pending {
@@ -70,8 +86,8 @@ impl SinkTask {
         drain: CancellationToken,
         deadline: Deadline,
     ) -> Result<(), ConnectorError> {
-        let mut pending = Pending::default();
-        let result = match self.consume(&mut pending, &drain, &deadline).await {
+        let mut flushed = Flushed::new();
+        let result = match self.consume(&mut flushed, &drain, &deadline).await {
             Ok(()) => Ok(()),
             Err(Stopped::Abandoned) => {
                 tracing::warn!(component = %self.id, "shutdown deadline passed while a batch was being stored; it stays uncommitted and is read again by the next run");
@@ -80,7 +96,6 @@ impl SinkTask {
             Err(Stopped::Failed(e)) => Err(e),
         };
         if result.is_ok() {
-            let flushed = std::mem::take(&mut pending.flushed);
             self.commit(&flushed, true, &deadline).await;
         }
         self.metrics.finish();
@@ -89,12 +104,12 @@ impl SinkTask {
 
     async fn consume(
         &mut self,
-        pending: &mut Pending,
+        flushed: &mut Flushed,
         drain: &CancellationToken,
         deadline: &Deadline,
     ) -> Result<(), Stopped> {
-        // Read while the last batch was being stored, not yet taken.
-        let mut ahead: Vec<Incoming> = Vec::new();
+        let preparer = self.sink.preparer();
+        let pending = &mut Pending::default();
         loop {
             let draining = drain.is_cancelled();
             let room = self
@@ -107,8 +122,10 @@ impl SinkTask {
                 None => self.batch.linger.max(Duration::from_millis(100)),
             }
             .min(Duration::from_millis(500));
-            let incoming = if !ahead.is_empty() {
-                std::mem::take(&mut ahead)
+            // Read ahead while the last batch was being stored: flushed without waiting.
+            let read_ahead = pending.records.len() >= self.batch.max_records;
+            let incoming = if read_ahead {
+                Vec::new()
             } else {
                 tokio::select! {
                     biased;
@@ -117,8 +134,8 @@ impl SinkTask {
                     polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
                 }
             };
-            let idle = incoming.is_empty();
-            self.take(incoming, pending)?;
+            let idle = !read_ahead && incoming.is_empty();
+            self.intake().take(incoming, pending)?;
 
             let full = pending.records.len() >= self.batch.max_records;
             let lingered = pending
@@ -126,13 +143,14 @@ impl SinkTask {
                 .is_some_and(|s| s.elapsed() >= self.batch.linger);
             if deadline.is_passed() {
                 if !pending.is_empty() {
-                    self.flush(pending, &mut ahead, deadline).await?;
+                    self.flush(pending, flushed, None, deadline).await?;
                 }
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
             if !pending.is_empty() && (full || lingered || (draining && idle)) {
-                self.flush(pending, &mut ahead, deadline).await?;
+                self.flush(pending, flushed, preparer.as_deref(), deadline)
+                    .await?;
             }
             if draining && idle && pending.is_empty() {
                 let caught_up = tokio::select! {
@@ -155,91 +173,68 @@ impl SinkTask {
         }
     }
 
-    /// Decodes, transforms and queues what was read; bad records become dead letters.
-    fn take(&self, incoming: Vec<Incoming>, pending: &mut Pending) -> Result<(), ConnectorError> {
-        if incoming.is_empty() {
-            return Ok(());
+    fn intake(&self) -> Intake<'_> {
+        Intake {
+            id: &self.id,
+            transforms: &self.transforms,
+            dead_letters: &self.dead_letters,
+            metrics: &self.metrics,
         }
-        self.metrics.received(incoming.len());
-        pending.since.get_or_insert_with(Instant::now);
-        for item in incoming {
-            let (topic, partition, offset) = item.coordinates();
-            pending
-                .offsets
-                .insert((topic.clone(), partition), offset + 1);
-            match item {
-                Incoming::Record(record) if self.transforms.is_empty() => {
-                    pending.records.push(record)
-                }
-                Incoming::Record(record) => {
-                    match apply_transforms(&self.transforms, record.clone()) {
-                        Ok(out) => {
-                            if out.is_empty() {
-                                ComponentMetrics::add(&self.metrics.skipped, 1);
-                            }
-                            pending.records.extend(out);
-                        }
-                        Err(message) => pending.dead.extend(self.dead_letters.route(Failure {
-                            component: &self.id,
-                            stage: "transform",
-                            message,
-                            record,
-                            raw: None,
-                            location: None,
-                        })?),
-                    }
-                }
-                Incoming::Undecodable {
-                    envelope,
-                    raw,
-                    error,
-                } => pending.dead.extend(self.dead_letters.route(Failure {
-                    component: &self.id,
-                    stage: "deserialize",
-                    message: error,
-                    record: envelope,
-                    raw: Some(raw),
-                    location: None,
-                })?),
-            }
-        }
-        Ok(())
     }
 
     /// put → dead letters acknowledged → flush → commit. Past `deadline`, one attempt bounded
     /// by [`Deadline::GRACE`]; a batch not stored by then stays uncommitted. While the batch is
-    /// being stored, up to a batch of what follows is read (and decoded) into `ahead`, so that
-    /// work overlaps the store's round trips instead of waiting for them.
+    /// being stored, up to a batch of what follows is read, decoded, transformed and (with a
+    /// `preparer`) prepared into `pending`, so that work overlaps the store's round trips
+    /// instead of coming between them.
     async fn flush(
         &mut self,
         pending: &mut Pending,
-        ahead: &mut Vec<Incoming>,
+        flushed: &mut Flushed,
+        preparer: Option<&dyn PrepareBatch>,
         deadline: &Deadline,
     ) -> Result<(), Stopped> {
-        let batch = std::mem::take(&mut pending.records);
-        let dead = std::mem::take(&mut pending.dead);
+        let batch = std::mem::take(pending);
         let SinkTask {
             id,
             sink,
             reader,
+            transforms,
             batch: batch_config,
             dead_letters,
             metrics,
-            ..
         } = self;
-        let storing = store(id, sink, dead_letters, metrics, batch, dead, deadline);
-        let (stored, read_error) =
-            while_reading_ahead(reader.as_mut(), batch_config.max_records, ahead, storing).await;
+        let storing = store(
+            id,
+            sink,
+            dead_letters,
+            metrics,
+            (batch.records, batch.prepared),
+            batch.dead,
+            deadline,
+        );
+        let intake = Intake {
+            id,
+            transforms,
+            dead_letters,
+            metrics,
+        };
+        let ahead = ReadAhead {
+            intake: &intake,
+            reader: reader.as_mut(),
+            max: batch_config.max_records,
+            preparer,
+        };
+        let (stored, ahead_error) = ahead.run(pending, storing).await;
         let (stored, dead_count) = stored?;
-        let offsets = std::mem::take(&mut pending.offsets);
-        self.commit(&offsets, false, deadline).await;
-        pending.flushed.extend(offsets);
+        self.commit(&batch.offsets, false, deadline).await;
+        flushed.extend(batch.offsets);
         ComponentMetrics::add(&self.metrics.records_out, stored);
         ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
-        pending.since = None;
-        match read_error {
-            // The batch is stored and committed; the read failure fails the task as a poll's does.
-            Some(e) => Err(transport_error(&self.id, e).into()),
+        match ahead_error {
+            // The batch is stored and committed; what failed while reading ahead fails the
+            // task as it would have when read after it.
+            Some(e) => Err(e.into()),
             None => Ok(()),
         }
     }
@@ -298,18 +293,26 @@ async fn store(
     sink: &mut Box<dyn Sink>,
     dead_letters: &DeadLetters,
     metrics: &ComponentMetrics,
-    mut batch: Vec<Record>,
+    (mut batch, prepared): (Vec<Record>, Option<Prepared>),
     mut dead: Vec<Record>,
     deadline: &Deadline,
 ) -> Result<(usize, usize), Stopped> {
     let put = !batch.is_empty();
     let mut stored = batch.len();
     if put {
+        // The first attempt uses what was prepared; retries prepare again.
+        let prepared = std::sync::Mutex::new(prepared);
         let outcome = with_retries(
             id,
             sink,
             "put",
-            |sink, batch| Box::pin(sink.put(batch)),
+            |sink, batch| {
+                let prepared = prepared.lock().ok().and_then(|mut p| p.take());
+                match prepared {
+                    Some(prepared) => Box::pin(sink.put_prepared(batch, prepared)),
+                    None => Box::pin(sink.put(batch)),
+                }
+            },
             &batch,
             deadline,
         )
@@ -360,36 +363,112 @@ async fn store(
         )
         .await?;
     }
+    // Freeing a large batch takes a while; the next batch's `put` need not wait for it.
+    if batch.len() >= DROP_APART {
+        tokio::task::spawn_blocking(move || drop(batch));
+    }
     Ok((stored, dead_count))
 }
 
-/// Runs `work` while reading from `reader` into `ahead`, up to `max` records; stops reading at
-/// the first poll that finds nothing (or fails: the error is returned with `work`'s result).
-async fn while_reading_ahead<T>(
-    reader: &mut dyn TopicReader,
-    max: usize,
-    ahead: &mut Vec<Incoming>,
-    work: impl std::future::Future<Output = T>,
-) -> (T, Option<TransportError>) {
-    tokio::pin!(work);
-    loop {
-        // In small polls: the store's task resumes between them.
-        let room = max.saturating_sub(ahead.len()).min(READ_AHEAD_POLL);
-        if room == 0 {
-            return (work.await, None);
+impl Intake<'_> {
+    /// Decodes, transforms and queues what was read; bad records become dead letters.
+    fn take(&self, incoming: Vec<Incoming>, pending: &mut Pending) -> Result<(), ConnectorError> {
+        if incoming.is_empty() {
+            return Ok(());
         }
-        tokio::select! {
-            biased;
-            done = &mut work => return (done, None),
-            polled = reader.poll(room, Duration::from_millis(500)) => match polled {
-                Ok(items) if items.is_empty() => return (work.await, None),
-                Ok(items) => {
-                    ahead.extend(items);
-                    // A poll that finds records waiting never suspends: let tasks the store
-                    // spawned onto this worker run.
-                    tokio::task::yield_now().await;
+        self.metrics.received(incoming.len());
+        pending.since.get_or_insert_with(Instant::now);
+        pending.prepared = None;
+        for item in incoming {
+            let (topic, partition, offset) = item.coordinates();
+            pending
+                .offsets
+                .insert((topic.clone(), partition), offset + 1);
+            match item {
+                Incoming::Record(record) if self.transforms.is_empty() => {
+                    pending.records.push(record)
                 }
-                Err(e) => return (work.await, Some(e)),
+                Incoming::Record(record) => {
+                    match apply_transforms(self.transforms, record.clone()) {
+                        Ok(out) => {
+                            if out.is_empty() {
+                                ComponentMetrics::add(&self.metrics.skipped, 1);
+                            }
+                            pending.records.extend(out);
+                        }
+                        Err(message) => pending.dead.extend(self.dead_letters.route(Failure {
+                            component: self.id,
+                            stage: "transform",
+                            message,
+                            record,
+                            raw: None,
+                            location: None,
+                        })?),
+                    }
+                }
+                Incoming::Undecodable {
+                    envelope,
+                    raw,
+                    error,
+                } => pending.dead.extend(self.dead_letters.route(Failure {
+                    component: self.id,
+                    stage: "deserialize",
+                    message: error,
+                    record: envelope,
+                    raw: Some(raw),
+                    location: None,
+                })?),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reading the next batch while the current one is being stored.
+struct ReadAhead<'a> {
+    intake: &'a Intake<'a>,
+    reader: &'a mut dyn TopicReader,
+    /// Records to read at most: a batch.
+    max: usize,
+    preparer: Option<&'a dyn PrepareBatch>,
+}
+
+impl ReadAhead<'_> {
+    /// Runs `work` while reading into `next`, up to `max` records, and preparing them once
+    /// that many were read; stops reading at the first poll that finds nothing, or at a
+    /// failure, returned with `work`'s result.
+    async fn run<T>(
+        self,
+        next: &mut Pending,
+        work: impl std::future::Future<Output = T>,
+    ) -> (T, Option<ConnectorError>) {
+        tokio::pin!(work);
+        let mut read = 0;
+        loop {
+            // In small polls: the store's task resumes between them.
+            let room = self.max.saturating_sub(read).min(READ_AHEAD_POLL);
+            if room == 0 {
+                if let Some(preparer) = self.preparer.filter(|_| !next.records.is_empty()) {
+                    next.prepared = Some(preparer.prepare(&next.records));
+                }
+                return (work.await, None);
+            }
+            tokio::select! {
+                biased;
+                done = &mut work => return (done, None),
+                polled = self.reader.poll(room, Duration::from_millis(500)) => match polled {
+                    Ok(items) if items.is_empty() => return (work.await, None),
+                    Ok(items) => {
+                        read += items.len();
+                        if let Err(e) = self.intake.take(items, next) {
+                            return (work.await, Some(e));
+                        }
+                        // A poll that finds records waiting never suspends: let tasks the
+                        // store spawned onto this worker run.
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => return (work.await, Some(transport_error(self.intake.id, e))),
+                }
             }
         }
     }
@@ -445,5 +524,146 @@ async fn bounded<T>(deadline: &Deadline, work: impl std::future::Future<Output =
         biased;
         value = work => Some(value),
         _ = deadline.passed() => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ErrorsConfig;
+    use crate::transport::embedded::EmbeddedTransport;
+    use crate::transport::Transport;
+    use crate::PutOutcome;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Serves `records`, at most `max` per poll, as a topic that then stays idle.
+    struct Scripted {
+        records: VecDeque<Record>,
+    }
+
+    #[async_trait::async_trait]
+    impl TopicReader for Scripted {
+        async fn poll(
+            &mut self,
+            max: usize,
+            wait: Duration,
+        ) -> Result<Vec<Incoming>, crate::transport::TransportError> {
+            if self.records.is_empty() {
+                tokio::time::sleep(wait.min(Duration::from_millis(5))).await;
+            }
+            let n = max.min(self.records.len());
+            Ok(self.records.drain(..n).map(Incoming::Record).collect())
+        }
+        async fn commit(
+            &mut self,
+            _: &[PartitionOffset],
+            _: bool,
+        ) -> Result<(), crate::transport::TransportError> {
+            Ok(())
+        }
+        async fn caught_up(&mut self) -> Result<bool, crate::transport::TransportError> {
+            Ok(self.records.is_empty())
+        }
+        async fn seek(
+            &mut self,
+            _: &[PartitionOffset],
+        ) -> Result<(), crate::transport::TransportError> {
+            Ok(())
+        }
+    }
+
+    /// Prepares a batch as the offsets of its records.
+    struct Offsets;
+
+    impl PrepareBatch for Offsets {
+        fn prepare(&self, batch: &[Record]) -> Prepared {
+            Box::new(batch.iter().map(|r| r.offset).collect::<Vec<_>>())
+        }
+    }
+
+    /// Each `put`: the batch's offsets, and the offsets it was prepared as (if it was).
+    type Puts = Arc<Mutex<Vec<(Vec<i64>, Option<Vec<i64>>)>>>;
+
+    struct Slow {
+        puts: Puts,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Slow {
+        async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+            self.put_prepared(batch, Box::new(())).await
+        }
+        fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+            Some(Arc::new(Offsets))
+        }
+        async fn put_prepared(
+            &mut self,
+            batch: &[Record],
+            prepared: Prepared,
+        ) -> Result<PutOutcome, ConnectorError> {
+            // Long enough for the next batch to be read meanwhile.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let offsets = batch.iter().map(|r| r.offset).collect();
+            let prepared = prepared.downcast::<Vec<i64>>().ok().map(|p| *p);
+            self.puts.lock().unwrap().push((offsets, prepared));
+            Ok(PutOutcome::default())
+        }
+        async fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    /// Batches read while the one before is stored are prepared then, and given to the sink with
+    /// what was prepared of exactly them; a batch that grows after is prepared by `put` itself.
+    #[tokio::test]
+    async fn full_batches_read_ahead_reach_the_sink_with_what_was_prepared_of_them() {
+        let records = (0..25)
+            .map(|offset| {
+                let mut record = Record::new(serde_json::json!(offset));
+                record.topic = "t".into();
+                record.offset = offset;
+                record
+            })
+            .collect();
+        let puts = Puts::default();
+        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
+        let task = SinkTask {
+            id: "sink".into(),
+            sink: Box::new(Slow { puts: puts.clone() }),
+            reader: Box::new(Scripted { records }),
+            transforms: Vec::new(),
+            batch: BatchConfig {
+                max_records: 10,
+                linger: Duration::from_millis(50),
+            },
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: ComponentMetrics::new("sink", "sink"),
+        };
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(10));
+        tokio::time::timeout(Duration::from_secs(10), task.run(drain, deadline.clone()))
+            .await
+            .expect("the task stops once caught up")
+            .expect("the task succeeds");
+        deadline.expire();
+        let puts = puts.lock().unwrap().clone();
+        let stored: Vec<i64> = puts.iter().flat_map(|(b, _)| b.clone()).collect();
+        assert_eq!(
+            stored,
+            (0..25).collect::<Vec<_>>(),
+            "every record once, in order"
+        );
+        let batches: Vec<Vec<i64>> = puts.iter().map(|(b, _)| b.clone()).collect();
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        // The first batch is read before anything is stored; the second while the first is
+        // stored, prepared; the last is not full when reading ahead stops.
+        assert_eq!(puts[0].1, None);
+        assert_eq!(puts[1].1.as_ref(), Some(&puts[1].0));
+        assert_eq!(puts[2].1, None);
     }
 }

@@ -10,9 +10,11 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
 use sluice_core::exactly_once::{Position, PositionKey, WrittenPositions};
 use sluice_core::transport::PartitionOffset;
-use sluice_core::{async_trait, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext};
+use sluice_core::{
+    async_trait, ConnectorError, PrepareBatch, Prepared, PutOutcome, Record, Sink, SinkBuildContext,
+};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 /// Server errors caused by one row's content: that row is dead-lettered, the batch goes on.
 const ROW_ERRORS: &[u16] = &[
@@ -41,14 +43,17 @@ const LOAD_CHUNK: usize = 64 << 10;
 /// never silently cut or turned into a zero date.
 const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION";
 
+/// Known tables: table → column → lower-case SQL data type.
+type Tables = HashMap<String, IndexMap<String, String>>;
+
 pub(super) struct MysqlSink {
-    config: MysqlSinkConfig,
+    config: Arc<MysqlSinkConfig>,
     opts: Opts,
     conn: Option<Conn>,
     /// A batch written by `put` and left for `flush` to commit (exactly once).
     open_transaction: bool,
-    /// Known tables: column → lower-case SQL data type.
-    tables: HashMap<String, IndexMap<String, String>>,
+    /// Turns batches into statements, here and ahead of `put` (the runtime's preparer).
+    planner: Arc<Planner>,
     group: String,
     target: String,
     /// What the server accepts, read once connected.
@@ -70,6 +75,133 @@ const POSITIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_source_position
      kafka_partition INT NOT NULL, source VARBINARY(512) NOT NULL, \
      input_position BIGINT UNSIGNED NOT NULL, record_index INT UNSIGNED NOT NULL, \
      PRIMARY KEY (consumer_group, topic, kafka_partition, source)) ENGINE=InnoDB";
+
+/// Turns a batch's records into the statements of its transaction. Needs nothing from the
+/// server but what it knows of the tables, so the runtime runs it on the next batch while the
+/// current one is being written.
+pub(super) struct Planner {
+    config: Arc<MysqlSinkConfig>,
+    server: Server,
+    /// What the sink knows of the tables: it adds to them before writing rows with new columns.
+    tables: Arc<RwLock<Tables>>,
+}
+
+/// A batch's operations as read from its records.
+struct BatchOps<'a> {
+    /// (table, operation), in batch order.
+    ops: Vec<(String, Op<'a>)>,
+    /// (topic, partition) → next offset, of every record of the batch.
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
+    /// Records that make no row: batch index, reason.
+    rejected: Vec<(usize, String)>,
+}
+
+/// A batch's statements, and what else its transaction needs.
+struct PlannedBatch {
+    plan: Plan,
+    /// Records refused before the server sees them: batch index, reason.
+    rejected: Vec<(usize, String)>,
+    offsets: BTreeMap<(Arc<str>, i32), i64>,
+}
+
+impl Planner {
+    fn tables(&self) -> RwLockReadGuard<'_, Tables> {
+        // A panic elsewhere while holding the lock leaves the map as it was: still usable.
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The operations of `batch`; with `fresh` (exactly once) only of the records it marks.
+    fn ops<'a>(&self, batch: &'a [Record], fresh: Option<&[bool]>) -> BatchOps<'a> {
+        let mut read = BatchOps {
+            ops: Vec::with_capacity(batch.len()),
+            offsets: BTreeMap::new(),
+            rejected: Vec::new(),
+        };
+        // Records of a batch mostly share a topic: its table name is worked out once.
+        let mut last_table: Option<(&Arc<str>, String)> = None;
+        for (i, record) in batch.iter().enumerate() {
+            let next = read
+                .offsets
+                .entry((record.topic.clone(), record.partition))
+                .or_default();
+            *next = (*next).max(record.offset + 1);
+            if fresh.is_some_and(|fresh| !fresh[i]) {
+                continue;
+            }
+            let table = match &last_table {
+                Some((topic, table)) if **topic == record.topic => table.clone(),
+                _ => {
+                    let table = table_name(&self.config.table, &record.topic);
+                    last_table = Some((&record.topic, table.clone()));
+                    table
+                }
+            };
+            if record.is_tombstone() {
+                if self.config.delete_on_tombstone {
+                    if let Some(key) = record.key_str() {
+                        read.ops.push((
+                            table,
+                            Op::Delete {
+                                key: key.to_string(),
+                            },
+                        ));
+                    }
+                }
+                continue;
+            }
+            match row(&self.config, record) {
+                Ok(row) => read.ops.push((table, Op::Write { index: i, row })),
+                Err(reason) => read.rejected.push((i, reason)),
+            }
+        }
+        read
+    }
+
+    /// The statements of `read`; `None` when a table or column they write is not known yet.
+    fn plan(&self, read: BatchOps<'_>, one_by_one: bool) -> Option<PlannedBatch> {
+        let tables = self.tables();
+        let writes = read.ops.iter().filter_map(|(table, op)| match op {
+            Op::Write { row, .. } => Some((table.as_str(), row)),
+            Op::Delete { .. } => None,
+        });
+        if !all_columns_known(&tables, writes) {
+            return None;
+        }
+        let (plan, oversized) = plan(&self.config, &tables, self.server, &read.ops, one_by_one);
+        let mut rejected = read.rejected;
+        rejected.extend(oversized);
+        Some(PlannedBatch {
+            plan,
+            rejected,
+            offsets: read.offsets,
+        })
+    }
+}
+
+/// Whether every (table, row) has its table and columns in `tables`.
+fn all_columns_known<'r, 'v: 'r>(
+    tables: &Tables,
+    rows: impl Iterator<Item = (&'r str, &'r Row<'v>)>,
+) -> bool {
+    // Consecutive rows mostly have the same table and columns: those are checked once.
+    let mut last: Option<(&str, &Row<'_>)> = None;
+    rows.into_iter().all(|(table, row)| {
+        let same = last.is_some_and(|(t, last)| t == table && last.keys().eq(row.keys()));
+        last = Some((table, row));
+        same || tables
+            .get(table)
+            .is_some_and(|known| row.keys().all(|c| known.contains_key(c)))
+    })
+}
+
+/// A batch planned ahead, taking every record as fresh (see [`MysqlSink::put_prepared`]).
+struct PlannedAhead(Option<PlannedBatch>);
+
+impl PrepareBatch for Planner {
+    fn prepare(&self, batch: &[Record]) -> Prepared {
+        Box::new(PlannedAhead(self.plan(self.ops(batch, None), false)))
+    }
+}
 
 /// A failed statement: the row's fault, or the batch's.
 enum Failure {
@@ -104,12 +236,17 @@ impl MysqlSink {
         if let Some(password) = &config.password {
             builder = builder.pass(Some(password.expose()));
         }
+        let config = Arc::new(config);
         let mut sink = MysqlSink {
+            planner: Arc::new(Planner {
+                config: config.clone(),
+                server: Server::new("", DEFAULT_MAX_PACKET),
+                tables: Arc::default(),
+            }),
             config,
             opts: builder.into(),
             conn: None,
             open_transaction: false,
-            tables: HashMap::new(),
             group: ctx.group,
             target,
             server: Server::new("", DEFAULT_MAX_PACKET),
@@ -128,6 +265,11 @@ impl MysqlSink {
         };
         let (version, max_packet) = about.unwrap_or_else(|| ("?".into(), DEFAULT_MAX_PACKET));
         sink.server = Server::new(&version, max_packet);
+        sink.planner = Arc::new(Planner {
+            config: sink.config.clone(),
+            server: sink.server,
+            tables: Arc::default(),
+        });
         tracing::info!(component = %ctx.component, server = %sink.target, %version, max_packet, "connected to MySQL");
         if sink.config.exactly_once {
             sink.load_positions().await?;
@@ -213,20 +355,12 @@ impl MysqlSink {
 
     /// Creates or evolves `table` so that every column of `rows` exists.
     async fn ensure_table(&mut self, table: &str, rows: &[&Row<'_>]) -> Result<(), ConnectorError> {
-        if let Some(known) = self.tables.get(table) {
-            // Consecutive rows mostly have the same columns: those are checked once.
-            let mut last: Option<&Row<'_>> = None;
-            let all_known = rows.iter().all(|row| {
-                let same = last.is_some_and(|last| last.keys().eq(row.keys()));
-                last = Some(row);
-                same || row.keys().all(|c| known.contains_key(c))
-            });
-            if all_known {
-                return Ok(());
-            }
+        if all_columns_known(&self.planner.tables(), rows.iter().map(|row| (table, *row))) {
+            return Ok(());
         }
-        let mut known = match self.tables.get(table) {
-            Some(k) => k.clone(),
+        let known = self.planner.tables().get(table).cloned();
+        let mut known = match known {
+            Some(k) => k,
             None => self.describe(table).await?,
         };
         let mut wanted: IndexMap<&str, Vec<&Value>> = IndexMap::new();
@@ -311,21 +445,22 @@ impl MysqlSink {
             }
             known = self.describe(table).await?;
         }
-        self.tables.insert(table.to_string(), known);
+        self.planner
+            .tables
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(table.to_string(), known);
         Ok(())
     }
 
-    /// Writes `ops` and (exactly once) the offsets in one transaction. With `one_by_one`, each
-    /// row is its own statement and a row the server refuses is reported. Rows too large for a
-    /// packet are reported either way.
-    async fn write(
-        &mut self,
-        ops: &[(String, Op<'_>)],
-        offsets: &BTreeMap<(Arc<str>, i32), i64>,
-        one_by_one: bool,
-    ) -> Result<Vec<(usize, String)>, Failure> {
-        let (mut plan, oversized): (Plan, _) =
-            plan(&self.config, &self.tables, self.server, ops, one_by_one);
+    /// Writes `planned` and (exactly once) the offsets in one transaction. Returns the rows the
+    /// server refused (statements of one row: see [`plan`]'s `one_by_one`).
+    async fn write(&mut self, planned: PlannedBatch) -> Result<Vec<(usize, String)>, Failure> {
+        let PlannedBatch {
+            mut plan,
+            rejected: refused_before,
+            offsets,
+        } = planned;
         if !self.uncommitted_positions.is_empty() {
             let sql = format!(
                 "INSERT INTO sluice_source_positions (consumer_group, topic, kafka_partition, source, input_position, record_index) VALUES {}{} \
@@ -357,7 +492,7 @@ impl MysqlSink {
                 self.server.inserted("next_offset")
             );
             let mut params = Vec::new();
-            for ((topic, partition), next) in offsets {
+            for ((topic, partition), next) in &offsets {
                 params.extend([
                     mysql_async::Value::from(self.group.as_str()),
                     mysql_async::Value::from(&**topic),
@@ -390,7 +525,7 @@ impl MysqlSink {
         self.open_transaction = self.config.exactly_once && result.is_ok();
         self.conn = Some(conn);
         let mut rejected = result.map_err(|e| self.classify(e))?;
-        rejected.extend(oversized);
+        rejected.extend(refused_before);
         Ok(rejected)
     }
 
@@ -437,77 +572,23 @@ impl MysqlSink {
 #[async_trait]
 impl Sink for MysqlSink {
     async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
-        let mut outcome = PutOutcome::default();
-        let mut ops: Vec<(String, Op)> = Vec::with_capacity(batch.len());
-        let mut offsets: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
-        // Exactly once: records an earlier run wrote are skipped.
-        let fresh = if self.config.exactly_once {
-            let screened = self.positions.screen(batch);
-            outcome.skipped = screened.duplicates;
-            self.uncommitted_positions = screened.advanced;
-            Some(screened.fresh)
-        } else {
-            None
-        };
-        // Records of a batch mostly share a topic: its table name is worked out once.
-        let mut last_table: Option<(&Arc<str>, String)> = None;
-        for (i, record) in batch.iter().enumerate() {
-            let next = offsets
-                .entry((record.topic.clone(), record.partition))
-                .or_default();
-            *next = (*next).max(record.offset + 1);
-            if fresh.as_ref().is_some_and(|fresh| !fresh[i]) {
-                continue;
-            }
-            let table = match &last_table {
-                Some((topic, table)) if **topic == record.topic => table.clone(),
-                _ => {
-                    let table = table_name(&self.config.table, &record.topic);
-                    last_table = Some((&record.topic, table.clone()));
-                    table
-                }
-            };
-            if record.is_tombstone() {
-                if self.config.delete_on_tombstone {
-                    if let Some(key) = record.key_str() {
-                        ops.push((
-                            table,
-                            Op::Delete {
-                                key: key.to_string(),
-                            },
-                        ));
-                    }
-                }
-                continue;
-            }
-            match row(&self.config, record) {
-                Ok(row) => ops.push((table, Op::Write { index: i, row })),
-                Err(reason) => outcome.rejected.push((i, reason)),
-            }
-        }
-        let mut by_table: IndexMap<&str, Vec<&Row>> = IndexMap::new();
-        for (table, op) in &ops {
-            if let Op::Write { row, .. } = op {
-                by_table.entry(table.as_str()).or_default().push(row);
-            }
-        }
-        for (table, rows) in by_table {
-            self.ensure_table(table, &rows).await?;
-        }
-        match self.write(&ops, &offsets, false).await {
-            Ok(rejected) => outcome.rejected.extend(rejected),
-            Err(Failure::Row(reason)) => {
-                tracing::debug!(%reason, "a row was refused; writing the batch row by row to find it");
-                match self.write(&ops, &offsets, true).await {
-                    Ok(rejected) => outcome.rejected.extend(rejected),
-                    Err(Failure::Row(reason)) => return Err(ConnectorError::external(reason)),
-                    Err(Failure::Batch(e)) => return Err(e),
-                }
-            }
-            Err(Failure::Batch(e)) => return Err(e),
-        }
-        outcome.rejected.sort_by_key(|(i, _)| *i);
-        Ok(outcome)
+        self.write_batch(batch, None).await
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        Some(self.planner.clone())
+    }
+
+    async fn put_prepared(
+        &mut self,
+        batch: &[Record],
+        prepared: Prepared,
+    ) -> Result<PutOutcome, ConnectorError> {
+        let planned = prepared
+            .downcast::<PlannedAhead>()
+            .ok()
+            .and_then(|ahead| ahead.0);
+        self.write_batch(batch, planned).await
     }
 
     /// Commits the batch `put` left open (exactly once); otherwise `put` committed it already.
@@ -554,6 +635,69 @@ impl Sink for MysqlSink {
                 })
                 .collect(),
         ))
+    }
+}
+
+impl MysqlSink {
+    /// Writes `batch`, with its statements if they were planned ahead.
+    async fn write_batch(
+        &mut self,
+        batch: &[Record],
+        planned_ahead: Option<PlannedBatch>,
+    ) -> Result<PutOutcome, ConnectorError> {
+        let mut outcome = PutOutcome::default();
+        // Exactly once: records an earlier run wrote are skipped.
+        let fresh = if self.config.exactly_once {
+            let screened = self.positions.screen(batch);
+            outcome.skipped = screened.duplicates;
+            self.uncommitted_positions = screened.advanced;
+            Some(screened.fresh)
+        } else {
+            None
+        };
+        // Planned ahead, every record was taken as fresh.
+        let planned = match planned_ahead.filter(|_| outcome.skipped == 0) {
+            Some(planned) => planned,
+            None => self.plan(batch, fresh.as_deref(), false).await?,
+        };
+        match self.write(planned).await {
+            Ok(rejected) => outcome.rejected.extend(rejected),
+            Err(Failure::Row(reason)) => {
+                tracing::debug!(%reason, "a row was refused; writing the batch row by row to find it");
+                let planned = self.plan(batch, fresh.as_deref(), true).await?;
+                match self.write(planned).await {
+                    Ok(rejected) => outcome.rejected.extend(rejected),
+                    Err(Failure::Row(reason)) => return Err(ConnectorError::external(reason)),
+                    Err(Failure::Batch(e)) => return Err(e),
+                }
+            }
+            Err(Failure::Batch(e)) => return Err(e),
+        }
+        outcome.rejected.sort_by_key(|(i, _)| *i);
+        Ok(outcome)
+    }
+
+    /// Plans `batch`, creating or evolving its tables first where needed.
+    async fn plan(
+        &mut self,
+        batch: &[Record],
+        fresh: Option<&[bool]>,
+        one_by_one: bool,
+    ) -> Result<PlannedBatch, ConnectorError> {
+        let planner = self.planner.clone();
+        let read = planner.ops(batch, fresh);
+        let mut by_table: IndexMap<&str, Vec<&Row>> = IndexMap::new();
+        for (table, op) in &read.ops {
+            if let Op::Write { row, .. } = op {
+                by_table.entry(table.as_str()).or_default().push(row);
+            }
+        }
+        for (table, rows) in by_table {
+            self.ensure_table(table, &rows).await?;
+        }
+        planner.plan(read, one_by_one).ok_or_else(|| {
+            ConnectorError::internal("a table's columns are unknown after creating them")
+        })
     }
 }
 

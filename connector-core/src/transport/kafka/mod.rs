@@ -356,7 +356,11 @@ impl Transport for KafkaTransport {
             // small. Asking the broker for at least 512 KiB per fetch (waiting at most 100 ms)
             // makes fewer, fuller responses: Kafka → MySQL went from 128k to 230k rows/s on
             // tansu, with a topic that trickles getting its records within 100 ms.
+            // Once that prefetch is full, librdkafka (2.2 and later) fetches again only after
+            // `fetch.queue.backoff.ms`, 1 s by default: a sink draining 16 MiB faster than that
+            // waited 0.2-0.5 s for records every ~2 s (Kafka → MySQL lost a fifth of its time).
             .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.queue.backoff.ms", "20")
             .set("fetch.max.bytes", "4194304")
             .set("fetch.min.bytes", "524288")
             .set("fetch.wait.max.ms", "100");
