@@ -187,19 +187,17 @@ fn refused_credentials_stop_the_run_with_one_clear_error() {
 
 /// `pipelines/messari-btc-to-elasticsearch.yaml`, its index swapped for a file.
 fn messari_pipeline(api: &ApiMock, dir: &Path, version: &str) -> Command {
-    let yaml = std::fs::read_to_string(root().join("pipelines/messari-btc-to-elasticsearch.yaml"))
-        .unwrap();
-    let sinks_at = yaml.find("sinks:").unwrap();
-    let errors_at = yaml.find("errors:").unwrap();
-    let file = format!(
-        "{}sinks:\n  prices:\n    type: file\n    topics: [bitcoin]\n    path: {}\n  rejects:\n    type: file\n    topics: [messari-dlq]\n    format: envelope\n    path: {}\n{}",
-        &yaml[..sinks_at],
+    let sinks = format!(
+        "  prices:\n    type: file\n    topics: [bitcoin]\n    path: {}\n  rejects:\n    type: file\n    topics: [messari-dlq]\n    format: envelope\n    path: {}\n",
         dir.join("prices.jsonl").display(),
         dir.join("dlq.jsonl").display(),
-        &yaml[errors_at..]
     );
-    let path = dir.join(format!("messari-{version}.yaml"));
-    std::fs::write(&path, file).unwrap();
+    let path = with_sinks(
+        "pipelines/messari-btc-to-elasticsearch.yaml",
+        dir,
+        &format!("messari-{version}.yaml"),
+        &sinks,
+    );
     let mut cmd = sluice_run(&path, dir.join("state"));
     cmd.env("MESSARI_URL", &api.url)
         .env("MESSARI_API", version)

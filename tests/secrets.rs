@@ -6,6 +6,7 @@ mod common;
 
 use common::api_mock::{ApiFaults, ApiMock};
 use common::es_mock::{EsMock, Faults};
+use common::x_mock::{XMock, XScript};
 use common::*;
 use std::process::Command;
 
@@ -86,6 +87,10 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
         required_header: Some(("x-messari-api-key".into(), API_SENTINEL.into())),
         ..ApiFaults::default()
     });
+    let x = XMock::start(XScript {
+        token: API_SENTINEL.into(),
+        ..XScript::default()
+    });
     let items = ApiMock::start(ApiFaults {
         records: 250,
         page_size: 100,
@@ -118,8 +123,12 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
         }
         // HTTP sources poll until stopped: their pipelines run against the local API stand-in
         // for a few seconds, then get SIGTERM.
-        if name.starts_with("messari") || name.starts_with("http-") || name.starts_with("yahoo") {
+        let polls = ["messari", "http-", "yahoo", "election-tweets"];
+        if polls.iter().any(|p| name.starts_with(p)) {
             cmd.env("MESSARI_URL", &messari.url)
+                .env("X_URL", &x.url)
+                .env("X_BEARER_TOKEN", API_SENTINEL)
+                .env("X_DLQ_OUT", dir.path().join("x-dlq.jsonl"))
                 .env("YAHOO_URL", &items.url)
                 .env("YAHOO_CONSENT_URL", format!("{}/consent", items.url))
                 .env("YAHOO_POLL", "100ms")
@@ -144,6 +153,9 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
             cmd.env("SLUICE_NAME", format!("refused-{}", name.len()))
                 .env("MESSARI_URL", &messari.url)
                 .env("MESSARI_API_KEY", format!("x{API_SENTINEL}"))
+                .env("X_URL", &x.url)
+                .env("X_BEARER_TOKEN", format!("x{API_SENTINEL}"))
+                .env("X_DLQ_OUT", dir.path().join("x-dlq-refused.jsonl"))
                 .env("API_URL", &items.url)
                 .env("API_TOKEN", format!("x{API_SENTINEL}"))
                 .env("ITEMS_OUT", dir.path().join("items-refused.jsonl"))

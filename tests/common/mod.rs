@@ -4,6 +4,7 @@
 
 pub mod api_mock;
 pub mod es_mock;
+pub mod x_mock;
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -572,4 +573,21 @@ pub fn produce(kafka: &str, topic: &str, messages: &[(Option<&str>, Option<&str>
     producer
         .flush(Duration::from_secs(30))
         .expect("the broker acknowledged every message");
+}
+
+/// A copy of example pipeline `pipeline` (a path under `pipelines/`) with its `sinks:` section
+/// replaced by `sinks` (YAML, the section's body), written into `dir` as `name`.
+pub fn with_sinks(pipeline: &str, dir: &Path, name: &str, sinks: &str) -> PathBuf {
+    let yaml = std::fs::read_to_string(root().join(pipeline)).expect("the pipeline file");
+    let sinks_at = yaml.find("sinks:").expect("a sinks section");
+    let errors_at = yaml
+        .find("errors:")
+        .expect("an errors section after the sinks");
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("{}sinks:\n{sinks}{}", &yaml[..sinks_at], &yaml[errors_at..]),
+    )
+    .expect("write the pipeline copy");
+    path
 }

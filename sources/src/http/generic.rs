@@ -415,7 +415,7 @@ impl Cursor {
 
 /// Ids delivered during this run, the last [`Recent::CAPACITY`] of them.
 #[derive(Default)]
-struct Recent {
+pub(super) struct Recent {
     order: VecDeque<Arc<str>>,
     set: HashSet<Arc<str>>,
 }
@@ -424,7 +424,7 @@ impl Recent {
     const CAPACITY: usize = 100_000;
 
     /// False when `id` was seen already.
-    fn insert(&mut self, id: &str) -> bool {
+    pub(super) fn insert(&mut self, id: &str) -> bool {
         if self.set.contains(id) {
             return false;
         }
