@@ -106,6 +106,8 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
             .arg(dir.path().join("state"))
             .env("BTC_OUT", dir.path().join("out.jsonl"))
             .env("BTC_DLQ_OUT", dir.path().join("dlq.jsonl"))
+            .env("JSONL_OUT", dir.path().join("lines.jsonl"))
+            .env("JSONL_DLQ_OUT", dir.path().join("lines-dlq.jsonl"))
             .env("KAFKA_BOOTSTRAP", tansu.addr())
             .env("MYSQL_URL", db.url())
             .env("MYSQL_PASSWORD", MYSQL_SENTINEL)

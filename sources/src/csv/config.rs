@@ -185,12 +185,7 @@ fn one_second() -> Duration {
 
 impl CsvSourceConfig {
     pub(super) fn check(&self) -> Result<(), Vec<FieldError>> {
-        let mut errors = Vec::new();
-        if self.path.trim().is_empty() {
-            errors.push(FieldError::new("path", "must not be empty"));
-        } else if let Err(e) = glob::Pattern::new(&self.path) {
-            errors.push(FieldError::new("path", format!("not a valid glob: {e}")));
-        }
+        let mut errors = check_files(&self.path, self.rate);
         for (field, c) in [
             ("delimiter", Some(self.delimiter)),
             ("quote", Some(self.quote)),
@@ -198,14 +193,6 @@ impl CsvSourceConfig {
         ] {
             if c.is_some_and(|c| !c.is_ascii()) {
                 errors.push(FieldError::new(field, "must be a single ASCII character"));
-            }
-        }
-        if let Some(rate) = self.rate {
-            if !(rate > 0.0 && rate.is_finite()) {
-                errors.push(FieldError::new(
-                    "rate",
-                    "must be a positive number of records per second",
-                ));
             }
         }
         for (name, spec) in &self.columns {
@@ -247,4 +234,21 @@ impl CsvSourceConfig {
             Err(errors)
         }
     }
+}
+
+/// The `path` (a glob) and `rate` of a file source (CSV or JSON lines), checked.
+pub(crate) fn check_files(path: &str, rate: Option<f64>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if path.trim().is_empty() {
+        errors.push(FieldError::new("path", "must not be empty"));
+    } else if let Err(e) = glob::Pattern::new(path) {
+        errors.push(FieldError::new("path", format!("not a valid glob: {e}")));
+    }
+    if rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+        errors.push(FieldError::new(
+            "rate",
+            "must be a positive number of records per second",
+        ));
+    }
+    errors
 }

@@ -7,10 +7,12 @@ mod config;
 mod reader;
 mod value;
 
+pub(crate) use config::check_files;
 pub use config::{ColumnSpec, ColumnType, CsvSourceConfig, NullRows};
 
 use crate::pace::Pace;
-use reader::{CsvReader, ReaderSettings};
+use reader::CsvReader;
+pub(crate) use reader::ReaderSettings;
 use sluice_core::{
     async_trait, ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig, SourceRecord,
 };
@@ -28,23 +30,30 @@ impl SourceConfig for CsvSourceConfig {
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         let settings = ReaderSettings::new(self, ctx.offsets, ctx.encode_values)?;
-        let (tx, rx) = mpsc::channel(4);
-        let component = ctx.component.clone();
-        std::thread::Builder::new()
-            .name(format!("csv-{component}"))
-            .spawn(move || CsvReader::new(settings).run(tx))
-            .map_err(|e| {
-                ConnectorError::internal(format!("cannot start the reader thread: {e}"))
-            })?;
-        Ok(Box::new(CsvSource {
-            batches: rx,
-            buffered: VecDeque::new(),
-            pace: self.rate.map(Pace::new),
-        }))
+        start(settings, &ctx.component, self.rate)
     }
 }
 
-/// The async side of a CSV source.
+/// Starts the reader thread of a file source (CSV or JSON lines) and returns its async side,
+/// paced to `rate` records per second when set.
+pub(crate) fn start(
+    settings: ReaderSettings,
+    component: &str,
+    rate: Option<f64>,
+) -> Result<Box<dyn Source>, ConnectorError> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name(format!("file-{component}"))
+        .spawn(move || CsvReader::new(settings).run(tx))
+        .map_err(|e| ConnectorError::internal(format!("cannot start the reader thread: {e}")))?;
+    Ok(Box::new(CsvSource {
+        batches: rx,
+        buffered: VecDeque::new(),
+        pace: rate.map(Pace::new),
+    }))
+}
+
+/// The async side of a file source.
 struct CsvSource {
     batches: mpsc::Receiver<Result<Vec<SourceRecord>, ConnectorError>>,
     buffered: VecDeque<SourceRecord>,

@@ -1,5 +1,7 @@
-//! The reader thread of the CSV source: files in order, from the stored byte position, parsed
-//! into typed records, sent in batches.
+//! The reader thread of the file sources (`csv`, and `file` for JSON lines): files in order,
+//! from the stored byte position, parsed into records, sent in batches. Globs, following files
+//! as they grow, rotation (a replaced or rewritten file is read again from its start) and the
+//! offsets are the same for both formats; only turning a row into a record differs.
 
 use super::config::{CsvSourceConfig, NullRows};
 use super::value::{Field, Parse};
@@ -19,7 +21,7 @@ use tokio::sync::mpsc::Sender;
 const BATCH: usize = 1024;
 
 /// Everything the reader thread needs, checked at build time.
-pub(super) struct ReaderSettings {
+pub(crate) struct ReaderSettings {
     pattern: String,
     header: bool,
     builder: csv::ReaderBuilder,
@@ -34,6 +36,17 @@ pub(super) struct ReaderSettings {
     offsets: SourceOffsets,
     /// Write each record's value as JSON text instead of a `Value` tree.
     encode: bool,
+    format: Format,
+}
+
+/// What a row is.
+enum Format {
+    Csv,
+    /// One JSON value per line; the record key and time from JSON pointers into it.
+    JsonLines {
+        key: Option<String>,
+        time: Option<String>,
+    },
 }
 
 impl ReaderSettings {
@@ -64,7 +77,52 @@ impl ReaderSettings {
             poll_interval: config.poll_interval,
             offsets,
             encode,
+            format: Format::Csv,
         };
+        settings.check_files()
+    }
+
+    /// Settings for JSON-lines files: each line one row of one field, as the CSV reader splits
+    /// lines (`\n`, `\r\n`; blank lines skipped) with no delimiter or quote that JSON text can
+    /// hold raw.
+    pub fn json_lines(
+        config: &crate::json_lines::FileSourceConfig,
+        offsets: SourceOffsets,
+        encode: bool,
+    ) -> Result<Self, ConnectorError> {
+        let mut builder = csv::ReaderBuilder::new();
+        builder
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(b'\0')
+            .quoting(false)
+            .escape(None)
+            .comment(None);
+        ReaderSettings {
+            pattern: config.path.clone(),
+            header: false,
+            builder,
+            columns: indexmap::IndexMap::new(),
+            infer: false,
+            null_values: Vec::new(),
+            key: None,
+            timestamp_column: None,
+            all_null_rows: NullRows::Keep,
+            follow: config.follow,
+            poll_interval: config.poll_interval,
+            offsets,
+            encode,
+            format: Format::JsonLines {
+                key: config.key.clone(),
+                time: config.time.clone(),
+            },
+        }
+        .check_files()
+    }
+
+    /// Fails when no file matches and none will (without `follow`).
+    fn check_files(self) -> Result<Self, ConnectorError> {
+        let settings = self;
         if !settings.follow && settings.files()?.is_empty() {
             return Err(
                 ConnectorError::user(format!("no file matches `{}`", settings.pattern))
@@ -453,6 +511,10 @@ impl CsvReader {
         row: &csv::ByteRecord,
         now: i64,
     ) -> SourceRecord {
+        if let Format::JsonLines { key, time } = &settings.format {
+            let pointers = (key.as_deref(), time.as_deref());
+            return json_record(settings.encode, pointers, path, line, offset, row, now);
+        }
         let raw = Vec::new;
         if row.len() != layout.names.len() {
             let message = format!(
@@ -565,6 +627,56 @@ impl CsvReader {
     }
 }
 
+/// The record of one JSON line: the value as written, its key and time from the JSON
+/// pointers `(key, time)`; a line that is not JSON is a bad record.
+fn json_record(
+    encode: bool,
+    (key, time): (Option<&str>, Option<&str>),
+    path: &Arc<str>,
+    line: u64,
+    offset: Value,
+    row: &csv::ByteRecord,
+    now: i64,
+) -> SourceRecord {
+    if row.len() != 1 {
+        let message = "the line holds a NUL byte, which JSON text cannot".to_string();
+        return bad(path, line, offset, Vec::new(), message);
+    }
+    let text = row.as_slice();
+    let value: Value = match serde_json::from_slice(text) {
+        Ok(value) => value,
+        Err(e) => {
+            return bad(path, line, offset, Vec::new(), format!("not JSON: {e}"));
+        }
+    };
+    let key = key
+        .and_then(|pointer| value.pointer(pointer))
+        .and_then(|k| match k {
+            Value::Null => None,
+            Value::String(s) => Some(s.as_bytes().to_vec()),
+            other => Some(other.to_string().into_bytes()),
+        });
+    let timestamp = time
+        .and_then(|pointer| value.pointer(pointer))
+        .and_then(crate::http::generic::time_millis);
+    let mut record = if encode {
+        Record {
+            encoded_value: Some(text.to_vec()),
+            ..Record::new(Value::Null)
+        }
+    } else {
+        Record::new(value)
+    };
+    record.key = key;
+    record.timestamp = Some(timestamp.unwrap_or(now));
+    SourceRecord {
+        partition: path.clone(),
+        offset,
+        position: None,
+        payload: Payload::Record(record),
+    }
+}
+
 fn bad(path: &Arc<str>, line: u64, offset: Value, raw: Vec<u8>, message: String) -> SourceRecord {
     SourceRecord {
         partition: path.clone(),
@@ -639,6 +751,87 @@ mod tests {
             items.extend(batch.unwrap());
         }
         items
+    }
+
+    /// Every item made of the JSON-lines `text`, resuming at `offsets`.
+    fn read_json_lines(
+        text: &str,
+        offsets: SourceOffsets,
+        encode: bool,
+    ) -> (std::path::PathBuf, Vec<SourceRecord>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, text).unwrap();
+        let config: crate::json_lines::FileSourceConfig = serde_yaml::from_str(&format!(
+            "{{ path: '{}', key: /id, time: /at }}",
+            path.display()
+        ))
+        .unwrap();
+        let settings = ReaderSettings::json_lines(&config, offsets, encode).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        CsvReader::new(settings).run(tx);
+        let mut items = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            items.extend(batch.unwrap());
+        }
+        (path, items, dir)
+    }
+
+    /// Lines as written (quotes, commas, tabs and CRLF endings are not CSV to it), key and time
+    /// from pointers, blank lines skipped, a line that is not JSON a bad record with its line
+    /// number and bytes; a restart at a delivered line's offset reads what follows it.
+    #[test]
+    fn json_lines_are_records_as_written_and_resume_after_the_last_delivered() {
+        let text = "{\"id\": \"a,1\", \"at\": \"2023-02-01T19:00:30Z\", \"t\": \"say \\\"hi\\\"\\tthere\"}\r\n\
+                    \n\
+                    {\"id\": 7, \"at\": 1675278031, \"n\": [1, 2]}\n\
+                    {\"id\": \"broken\n\
+                    \"just text\"\n";
+        for encode in [false, true] {
+            let (path, items, _dir) = read_json_lines(text, SourceOffsets::new(), encode);
+            assert_eq!(items.len(), 4, "{items:?}");
+            let record = |i: usize| match &items[i].payload {
+                Payload::Record(r) => r.clone(),
+                other => panic!("item {i}: {other:?}"),
+            };
+            let value = |r: &Record| match &r.encoded_value {
+                Some(text) => serde_json::from_slice::<Value>(text).unwrap(),
+                None => r.value.clone(),
+            };
+            let first = record(0);
+            assert_eq!(value(&first)["t"], "say \"hi\"\tthere");
+            assert_eq!(first.key.as_deref(), Some(&b"a,1"[..]));
+            assert_eq!(first.timestamp, Some(1_675_278_030_000));
+            let second = record(1);
+            assert_eq!(value(&second)["n"], serde_json::json!([1, 2]));
+            assert_eq!(second.key.as_deref(), Some(&b"7"[..]));
+            assert_eq!(second.timestamp, Some(1_675_278_031_000));
+            match &items[2].payload {
+                Payload::Bad(bad) => {
+                    assert!(bad.message.starts_with("not JSON"), "{}", bad.message);
+                    assert_eq!(bad.location, format!("{} line 4", path.display()));
+                    assert_eq!(bad.raw, b"{\"id\": \"broken");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(value(&record(3)), Value::String("just text".into()));
+            // Resuming after the second record reads the rest only.
+            let mut offsets = SourceOffsets::new();
+            offsets.insert(path.display().to_string(), items[1].offset.clone());
+            std::fs::write(&path, text).unwrap();
+            let dir = path.parent().unwrap().to_path_buf();
+            let config: crate::json_lines::FileSourceConfig =
+                serde_yaml::from_str(&format!("{{ path: '{}' }}", dir.join("in.jsonl").display()))
+                    .unwrap();
+            let settings = ReaderSettings::json_lines(&config, offsets, encode).unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            CsvReader::new(settings).run(tx);
+            let rest: Vec<SourceRecord> = std::iter::from_fn(|| rx.try_recv().ok())
+                .flat_map(|b| b.unwrap())
+                .collect();
+            assert_eq!(rest.len(), 2, "{rest:?}");
+            assert!(matches!(rest[0].payload, Payload::Bad(_)));
+        }
     }
 
     #[test]
