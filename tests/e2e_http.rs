@@ -262,6 +262,77 @@ fn messari_polls_make_one_record_per_new_price_time_in_both_apis_and_resume_afte
     }
 }
 
+/// Messari and Yahoo through tansu, each killed (-9) once its offsets were stored, then run
+/// again: no price time and no final bar arrives twice, none is missing, and the runs after
+/// the kill go on from where the killed ones were.
+#[test]
+fn messari_and_yahoo_through_kafka_resume_after_a_kill_9_without_repeats() {
+    let tansu = Tansu::start();
+    let api = ApiMock::start(ApiFaults {
+        required_header: Some(("x-messari-api-key".into(), "key-7Hq3".into())),
+        live_bar: true,
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let messari = |dir: &Path| {
+        let mut cmd = messari_pipeline(&api, dir, "v2");
+        cmd.args(["--kafka", &tansu.addr()]);
+        Logged::spawn(&mut cmd)
+    };
+    let prices = dir.path().join("prices.jsonl");
+    let mut first = messari(dir.path());
+    // Polls every 100 ms; offsets are stored within a second of each record's acknowledgement.
+    wait_for_lines(&prices, 25, Duration::from_secs(60));
+    first.child.kill().unwrap();
+    first.exit(Duration::from_secs(10));
+    let killed_at = read_jsonl(&prices);
+    let mut second = messari(dir.path());
+    wait_for_lines(&prices, killed_at.len() + 10, Duration::from_secs(60));
+    terminate(&mut second.child);
+    second.exit(Duration::from_secs(10));
+    let times: Vec<String> = read_jsonl(&prices)
+        .iter()
+        .map(|p| p["time"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(times, sorted, "a price time arrived twice or out of order");
+
+    let yahoo_dir = dir.path().join("yahoo");
+    std::fs::create_dir(&yahoo_dir).unwrap();
+    let bars_out = yahoo_dir.join("bars.jsonl");
+    let yahoo = || {
+        let mut cmd = yahoo_pipeline(&api, &yahoo_dir, "BTC-USD");
+        cmd.args(["--kafka", &tansu.addr()]);
+        Logged::spawn(&mut cmd)
+    };
+    let mut first = yahoo();
+    // The 30 final bars, then the live bar for over a second (its updates every 200 ms).
+    wait_for_lines(&bars_out, 38, Duration::from_secs(60));
+    first.child.kill().unwrap();
+    first.exit(Duration::from_secs(10));
+    let before = read_jsonl(&bars_out).len();
+    let mut second = yahoo();
+    wait_for_lines(&bars_out, before + 3, Duration::from_secs(60));
+    terminate(&mut second.child);
+    second.exit(Duration::from_secs(10));
+    let bars = read_jsonl(&bars_out);
+    let mut finals: Vec<&str> = bars
+        .iter()
+        .filter(|b| b["final"] == true)
+        .map(|b| b["Date"].as_str().unwrap())
+        .collect();
+    finals.sort();
+    assert_eq!(finals.len(), 30, "a final bar is missing or arrived twice");
+    finals.dedup();
+    assert_eq!(finals.len(), 30);
+    assert!(
+        bars[before..].iter().all(|b| b["final"] == false),
+        "the run after the kill sent final bars again"
+    );
+}
+
 /// `pipelines/yahoo-btc-to-mysql.yaml` against `api`, its table swapped for a file, for `symbol`.
 fn yahoo_pipeline(api: &ApiMock, dir: &Path, symbol: &str) -> Command {
     let yaml = std::fs::read_to_string(root().join("pipelines/yahoo-btc-to-mysql.yaml")).unwrap();
