@@ -20,7 +20,9 @@ pub type SourceOffsets = HashMap<String, Value>;
 pub struct SourceRecord {
     /// Source partition, e.g. the file path (shared by the records of one partition).
     pub partition: Arc<str>,
-    /// Where this source partition resumes once this item is delivered.
+    /// Where this source partition resumes once this item is delivered. The runtime stores, for
+    /// each batch `poll` returns, the offset of each partition's last item in it, so a source
+    /// that pays to build offsets may leave the others `Value::Null`.
     pub offset: Value,
     /// The item's place in its partition for `exactly_once`: grows from item to item and is
     /// the same for the same input on every run (a byte offset, a row number, an event time).
