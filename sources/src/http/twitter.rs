@@ -1068,6 +1068,21 @@ mod tests {
         assert_eq!(bad.len(), 1);
     }
 
+    /// X's connection problem objects: too many connections waits like a 429.
+    #[test]
+    fn a_connection_exception_is_waited_out_like_a_429() {
+        let mut source = stream_source();
+        source.pending.extend_from_slice(
+            b"{\"title\":\"ConnectionException\",\"detail\":\"This stream is currently at the maximum allowed connection limit.\",\"connection_issue\":\"TooManyConnections\",\"type\":\"https://api.twitter.com/2/problems/streaming-connection\"}\r\n",
+        );
+        let dropped = source.take_lines();
+        assert!(
+            matches!(&dropped, Some(Dropped::RateLimited(r, None)) if r.starts_with("ConnectionException")),
+            "{dropped:?}"
+        );
+        assert!(source.buffered.is_empty());
+    }
+
     #[test]
     fn a_search_offset_within_a_scan_resumes_at_its_page() {
         let scan = Scan {
