@@ -312,6 +312,7 @@ impl SourceConfig for TwitterSourceConfig {
                     failures: Failures::default(),
                     recent,
                     last_id,
+                    dropped: None,
                     buffered: VecDeque::new(),
                 }))
             }
@@ -596,6 +597,8 @@ struct StreamSource {
     recent: Recent,
     /// The last post delivered (the offset).
     last_id: Option<String>,
+    /// Why the stream must be opened again, before reading on.
+    dropped: Option<Dropped>,
     buffered: VecDeque<SourceRecord>,
 }
 
@@ -618,9 +621,8 @@ impl StreamSource {
     /// Reads the stream until it gives something (posts, bad lines) or a keep-alive; reconnects
     /// as X's rules say when the connection drops.
     async fn read(&mut self) -> Result<(), ConnectorError> {
-        let mut dropped = None;
         loop {
-            if let Some(why) = dropped.take() {
+            if let Some(why) = self.dropped.take() {
                 self.response = None;
                 self.pending.clear();
                 let wait = self.failures.wait(&why, &self.api.config.reconnect);
@@ -634,7 +636,7 @@ impl StreamSource {
                 match self.connect().await? {
                     Ok(response) => self.response = Some(response),
                     Err(why) => {
-                        dropped = Some(why);
+                        self.dropped = Some(why);
                         continue;
                     }
                 }
@@ -645,21 +647,23 @@ impl StreamSource {
             let stall = self.api.config.stall_timeout;
             match tokio::time::timeout(stall, response.chunk()).await {
                 Err(_) => {
-                    dropped = Some(Dropped::Network(format!(
+                    self.dropped = Some(Dropped::Network(format!(
                         "nothing, not even a keep-alive, for {stall:?} (`stall_timeout`)"
                     )))
                 }
-                Ok(Err(e)) => dropped = Some(Dropped::Network(format!("read failed: {e}"))),
-                Ok(Ok(None)) => dropped = Some(Dropped::Network("the server ended it".into())),
+                Ok(Err(e)) => self.dropped = Some(Dropped::Network(format!("read failed: {e}"))),
+                Ok(Ok(None)) => self.dropped = Some(Dropped::Network("the server ended it".into())),
                 Ok(Ok(Some(chunk))) => {
                     self.pending.extend_from_slice(&chunk);
-                    match self.take_lines() {
-                        Some(why) => dropped = Some(why),
-                        // Something (even a keep-alive) arrived: the connection works.
-                        None => {
-                            self.failures = Failures::default();
-                            return Ok(());
-                        }
+                    let dropped = self.take_lines();
+                    if dropped.is_none() || !self.buffered.is_empty() {
+                        // Something arrived (even a keep-alive): the connection worked.
+                        self.failures = Failures::default();
+                    }
+                    self.dropped = dropped;
+                    // Posts that came before a disconnect go out before the reconnect's wait.
+                    if self.dropped.is_none() || !self.buffered.is_empty() {
+                        return Ok(());
                     }
                 }
             }
@@ -1017,6 +1021,7 @@ mod tests {
             failures: Failures::default(),
             recent: Recent::default(),
             last_id: None,
+            dropped: None,
             buffered: VecDeque::new(),
         }
     }
