@@ -56,8 +56,6 @@ pub(super) struct MysqlSink {
     planner: Arc<Planner>,
     group: String,
     target: String,
-    /// What the server accepts, read once connected.
-    server: Server,
     /// Exactly once: consumer offsets are stored with the rows and resumed from (Kafka; the
     /// embedded transport's offsets restart with each process).
     store_offsets: bool,
@@ -81,6 +79,7 @@ const POSITIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_source_position
 /// current one is being written.
 pub(super) struct Planner {
     config: Arc<MysqlSinkConfig>,
+    /// What the server accepts, read once connected.
     server: Server,
     /// What the sink knows of the tables: it adds to them before writing rows with new columns.
     tables: Arc<RwLock<Tables>>,
@@ -249,7 +248,6 @@ impl MysqlSink {
             open_transaction: false,
             group: ctx.group,
             target,
-            server: Server::new("", DEFAULT_MAX_PACKET),
             store_offsets: false,
             positions: WrittenPositions::default(),
             uncommitted_positions: HashMap::new(),
@@ -264,10 +262,9 @@ impl MysqlSink {
             result.map_err(|e| sink.error(e))?
         };
         let (version, max_packet) = about.unwrap_or_else(|| ("?".into(), DEFAULT_MAX_PACKET));
-        sink.server = Server::new(&version, max_packet);
         sink.planner = Arc::new(Planner {
             config: sink.config.clone(),
-            server: sink.server,
+            server: Server::new(&version, max_packet),
             tables: Arc::default(),
         });
         tracing::info!(component = %ctx.component, server = %sink.target, %version, max_packet, "connected to MySQL");
@@ -328,7 +325,7 @@ impl MysqlSink {
     /// Columns of `table` as the server has them; empty when it does not exist.
     /// MariaDB's `JSON` is `LONGTEXT` with a `json_valid` check: reported as `json` too.
     async fn describe(&mut self, table: &str) -> Result<IndexMap<String, String>, ConnectorError> {
-        let sql = if self.server.mariadb {
+        let sql = if self.planner.server.mariadb {
             "SELECT c.COLUMN_NAME, IF(EXISTS(SELECT 1 FROM information_schema.CHECK_CONSTRAINTS k \
                WHERE k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME \
                AND k.CHECK_CLAUSE LIKE CONCAT('%json_valid(`', c.COLUMN_NAME, '`)%')), 'json', c.DATA_TYPE) \
@@ -466,9 +463,9 @@ impl MysqlSink {
                 "INSERT INTO sluice_source_positions (consumer_group, topic, kafka_partition, source, input_position, record_index) VALUES {}{} \
                  ON DUPLICATE KEY UPDATE input_position = {}, record_index = {}",
                 vec!["(?,?,?,?,?,?)"; self.uncommitted_positions.len()].join(","),
-                self.server.alias_clause(),
-                self.server.inserted("input_position"),
-                self.server.inserted("record_index")
+                self.planner.server.alias_clause(),
+                self.planner.server.inserted("input_position"),
+                self.planner.server.inserted("record_index")
             );
             let mut params = Vec::with_capacity(6 * self.uncommitted_positions.len());
             for ((topic, partition, source), position) in &self.uncommitted_positions {
@@ -488,8 +485,8 @@ impl MysqlSink {
                 "INSERT INTO sluice_offsets (consumer_group, topic, kafka_partition, next_offset) VALUES {}{} \
                  ON DUPLICATE KEY UPDATE next_offset = GREATEST(next_offset, {})",
                 vec!["(?,?,?,?)"; offsets.len()].join(","),
-                self.server.alias_clause(),
-                self.server.inserted("next_offset")
+                self.planner.server.alias_clause(),
+                self.planner.server.inserted("next_offset")
             );
             let mut params = Vec::new();
             for ((topic, partition), next) in &offsets {

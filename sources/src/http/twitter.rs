@@ -36,7 +36,7 @@ use sluice_core::{
     async_trait, BadInput, ConnectorError, FieldError, Payload, Record, Secret, Source,
     SourceBuildContext, SourceConfig, SourceRecord,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -834,8 +834,9 @@ impl Scan {
         }
     }
 
-    /// The offset after delivering post `id` of the page asked for with `page`.
-    fn offset_within(&self, page: &Option<String>, id: &str) -> Value {
+    /// The offset after delivering post `id` (none yet: `None`) of the page asked for with
+    /// `page`.
+    fn offset_within(&self, page: &Option<String>, id: Option<&str>) -> Value {
         json!({
             "since_id": self.since_id,
             "newest_id": self.newest_id,
@@ -912,41 +913,31 @@ impl SearchSource {
             }
         };
         let delivered_through = self.scan.last_id.take();
-        let mut by_id: HashMap<&str, Record> = HashMap::new();
+        // The last post delivered from this page: where a bad item leaves the offset.
+        let mut last_delivered: Option<&str> = None;
         for post in posts {
-            match self.api.record(post, &answer["includes"], None) {
-                Some(record) => {
-                    let id = post["id"].as_str().unwrap_or_default();
-                    by_id.insert(id, record);
-                }
-                None => {
-                    let raw = post.to_string().into_bytes();
-                    let bad = self.api.bad(
-                        SEARCH_PARTITION,
-                        self.scan.offset_within(&page, ""),
-                        format!("a post without an id: {}", excerpt(&raw)),
-                        raw,
-                    );
-                    self.buffered.push_back(bad);
-                }
-            }
-        }
-        for post in posts {
-            let Some(id) = post["id"].as_str() else {
+            let Some(record) = self.api.record(post, &answer["includes"], None) else {
+                let raw = post.to_string().into_bytes();
+                let bad = self.api.bad(
+                    SEARCH_PARTITION,
+                    self.scan.offset_within(&page, last_delivered),
+                    format!("a post without an id: {}", excerpt(&raw)),
+                    raw,
+                );
+                self.buffered.push_back(bad);
                 continue;
             };
-            let Some(record) = by_id.remove(id) else {
-                continue;
-            };
+            let id = post["id"].as_str().unwrap_or_default();
             let number: Option<u64> = id.parse().ok();
             let delivered =
                 matches!((number, delivered_through), (Some(n), Some(through)) if n >= through);
             if delivered || !self.recent.insert(id) {
                 continue;
             }
+            last_delivered = Some(id);
             self.buffered.push_back(SourceRecord {
                 partition: SEARCH_PARTITION.into(),
-                offset: self.scan.offset_within(&page, id),
+                offset: self.scan.offset_within(&page, Some(id)),
                 position: None,
                 payload: Payload::Record(record),
             });
@@ -1097,7 +1088,7 @@ mod tests {
             last_id: None,
             under_way: true,
         };
-        let offset = scan.offset_within(&Some("tok".into()), "150");
+        let offset = scan.offset_within(&Some("tok".into()), Some("150"));
         let resumed = Scan::from_offset(Some(&offset));
         assert_eq!(
             resumed,
