@@ -295,3 +295,21 @@ fn an_embedded_exactly_once_sink_needs_numbered_sources() {
         "{e}"
     );
 }
+
+/// The embedded transport runs in one process: a `worker` section with it is refused, naming
+/// the field; with Kafka a heartbeat too close to the session timeout is refused.
+#[test]
+fn worker_settings_need_kafka_and_a_heartbeat_well_under_the_session_timeout() {
+    let e = broken(|y| format!("{y}worker: {{ session_timeout: 10s }}\n"));
+    assert!(
+        e.contains("`worker`") && e.contains("embedded transport") && e.contains("kafka"),
+        "{e}"
+    );
+    let e = broken(|y| {
+        format!("{y}kafka: {{ bootstrap_servers: \"127.0.0.1:1\" }}\nworker: {{ session_timeout: 3s, heartbeat_interval: 2s }}\n")
+    });
+    assert!(
+        e.contains("worker.heartbeat_interval") && e.contains("third"),
+        "{e}"
+    );
+}

@@ -174,6 +174,31 @@ impl WrittenPositions {
     pub fn commit(&mut self, advanced: HashMap<PositionKey, Position>) {
         self.written.extend(advanced);
     }
+
+    /// The positions held for `partitions`, as the store had them when last read or written.
+    pub fn of(
+        &self,
+        partitions: &[crate::transport::TopicPartition],
+    ) -> HashMap<PositionKey, Position> {
+        self.written
+            .iter()
+            .filter(|((topic, partition, _), _)| {
+                partitions
+                    .iter()
+                    .any(|(t, p)| **t == **topic && p == partition)
+            })
+            .map(|(key, position)| (key.clone(), *position))
+            .collect()
+    }
+
+    /// Drops the positions of `partitions` (read again from the store when they come back).
+    pub fn forget(&mut self, partitions: &[crate::transport::TopicPartition]) {
+        self.written.retain(|(topic, partition, _), _| {
+            !partitions
+                .iter()
+                .any(|(t, p)| **t == **topic && p == partition)
+        });
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //!
 //! The runtime reads records from the sink's topics and calls `put` with a batch, delivers the
 //! batch's dead letters, then calls `flush`; only after `flush` succeeds does it commit the
-//! consumer offsets. A record the store refuses
+//! consumer offsets. A sink is told which topic partitions it reads ([`Sink::open`]) and which
+//! it gave up ([`Sink::close`]): with several workers they move between processes. A record the store refuses
 //! for its content (a mapping error, a value too long) is reported in [`PutOutcome::rejected`] and
 //! dead-lettered by the runtime; the rest of the batch must still land.
 
-use crate::transport::PartitionOffset;
+use crate::transport::{PartitionOffset, TopicPartition};
 use crate::{ConnectorError, FieldError, Record};
 use async_trait::async_trait;
 use std::any::Any;
@@ -98,9 +99,22 @@ pub trait Sink: Send {
     /// Makes everything `put` so far durable. Consumer offsets are committed after it returns.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
 
-    /// For sinks that store consumer offsets with the data (exactly once): where to resume.
-    /// `None` resumes at the transport's committed offsets.
-    async fn stored_offsets(&mut self) -> Result<Option<Vec<PartitionOffset>>, ConnectorError> {
-        Ok(None)
+    /// The sink now reads `partitions` (at start, and when its worker group gives it more,
+    /// maybe from another worker): a sink that keeps state per partition loads it here, as
+    /// the store has it now. Returns where to resume those of them whose consumer offsets it
+    /// stores with its data (exactly once); the others resume at the group's committed offsets.
+    async fn open(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<PartitionOffset>, ConnectorError> {
+        let _ = partitions;
+        Ok(Vec::new())
+    }
+
+    /// The sink no longer reads `partitions`: their records are flushed and committed, and
+    /// another worker may write them from now on. A sink drops what it keeps of them.
+    async fn close(&mut self, partitions: &[TopicPartition]) -> Result<(), ConnectorError> {
+        let _ = partitions;
+        Ok(())
     }
 }

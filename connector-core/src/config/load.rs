@@ -59,7 +59,7 @@ pub struct LoadOptions {
 
 /// Top-level keys of a pipeline file; environment overrides may only reach these.
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "name", "kafka", "embedded", "topics", "sources", "sinks", "errors",
+    "name", "kafka", "worker", "embedded", "topics", "sources", "sinks", "errors",
 ];
 
 /// Reads, interpolates, deserializes and validates one pipeline file.
@@ -316,6 +316,24 @@ impl Loader<'_> {
             if let Some((id, _)) = pipeline.sources.iter().find(|(_, s)| &s.topic == dlq) {
                 return Err(fail("sources", id, vec![FieldError::new("topic",
                     format!("`{dlq}` is the dead-letter topic (`errors.dead_letter_topic`); a source cannot write to it: give one of them another name"))]));
+            }
+        }
+        if pipeline.kafka.is_none() && pipeline.worker.is_some() {
+            return Err(self.error(
+                find_line(self.text, &["worker"]),
+                None,
+                Some("worker".into()),
+                "the embedded transport runs in one process, so it has no worker group: add a `kafka:` section (or `--kafka`) to share the pipeline between workers, or remove `worker`",
+            ));
+        }
+        if let Some(worker) = &pipeline.worker {
+            if worker.heartbeat_interval * 3 > worker.session_timeout {
+                return Err(self.error(
+                    find_line(self.text, &["worker"]),
+                    None,
+                    Some("worker.heartbeat_interval".into()),
+                    "must be at most a third of `worker.session_timeout`, or a live worker may be taken as dead",
+                ));
             }
         }
         if pipeline.kafka.is_none() {

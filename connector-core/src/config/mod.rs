@@ -24,6 +24,11 @@ pub struct PipelineConfig {
     /// Kafka cluster to use. Without this section records flow through the embedded in-process log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaConfig>,
+    /// How this process shares the pipeline with other `sluice run` processes of it (Kafka
+    /// only): every process running the same pipeline against the same cluster is a worker of
+    /// one group; sinks' partitions and sources' work units are spread over the live workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerConfig>,
     /// Settings of the embedded transport (used when `kafka` is absent).
     #[serde(default)]
     pub embedded: EmbeddedConfig,
@@ -130,6 +135,39 @@ fn default_offsets_topic() -> String {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// A worker's membership in its pipeline's worker group (Kafka consumer groups).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// A worker not heard from for this long is taken as dead: the others take over its
+    /// partitions and work units (Kafka's `session.timeout.ms`; the broker bounds it).
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub session_timeout: Duration,
+    /// How often a worker tells the group it is alive (`heartbeat.interval.ms`); well under
+    /// `session_timeout`.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            session_timeout: default_session_timeout(),
+            heartbeat_interval: default_heartbeat_interval(),
+        }
+    }
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// The embedded transport: a bounded in-process log per topic.

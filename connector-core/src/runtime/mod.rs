@@ -123,7 +123,7 @@ impl PipelineRun {
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
             Some(kafka) => Arc::new(
-                KafkaTransport::connect(kafka)
+                KafkaTransport::connect(kafka, &config.worker.clone().unwrap_or_default())
                     .await
                     .map_err(|e| transport_error(pipeline, e))?,
             ),
@@ -146,11 +146,11 @@ impl PipelineRun {
         let mut dead_letter_sinks = tokio::task::JoinSet::new();
         for (id, sink) in &config.sinks {
             let group = format!("sluice-{pipeline}-{id}");
-            let mut reader = transport
+            let reader = transport
                 .reader(&group, &sink.topics)
                 .await
                 .map_err(|e| transport_error(id, e))?;
-            let mut built = sink
+            let built = sink
                 .inner
                 .build(SinkBuildContext {
                     component: id.clone(),
@@ -160,17 +160,6 @@ impl PipelineRun {
                 })
                 .await
                 .map_err(|e| e.in_component(id))?;
-            if let Some(offsets) = built
-                .stored_offsets()
-                .await
-                .map_err(|e| e.in_component(id))?
-            {
-                tracing::info!(component = %id, partitions = offsets.len(), "resuming at the offsets stored by the sink");
-                reader
-                    .seek(&offsets)
-                    .await
-                    .map_err(|e| ConnectorError::user(e.message).in_component(id))?;
-            }
             let transforms = build_transforms(id, &sink.transforms)?;
             let task = sink_task::SinkTask {
                 id: id.clone(),

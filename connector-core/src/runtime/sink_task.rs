@@ -8,7 +8,7 @@ use super::deadline::Deadline;
 use super::{apply_transforms, transport_error};
 use crate::config::BatchConfig;
 use crate::metrics::ComponentMetrics;
-use crate::transport::{Incoming, PartitionOffset, TopicReader};
+use crate::transport::{Incoming, PartitionOffset, Rebalance, TopicPartition, TopicReader};
 use crate::{ConnectorError, PrepareBatch, Prepared, Record, Sink, Transform};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,6 +111,9 @@ impl SinkTask {
         let preparer = self.sink.preparer();
         let pending = &mut Pending::default();
         loop {
+            while let Some(change) = self.reader.rebalance() {
+                self.rebalance(change, pending, flushed, deadline).await?;
+            }
             let draining = drain.is_cancelled();
             let room = self
                 .batch
@@ -143,14 +146,15 @@ impl SinkTask {
                 .is_some_and(|s| s.elapsed() >= self.batch.linger);
             if deadline.is_passed() {
                 if !pending.is_empty() {
-                    self.flush(pending, flushed, None, deadline).await?;
+                    self.flush(pending, flushed, ReadAheadMode::Off, deadline)
+                        .await?;
                 }
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
             if !pending.is_empty() && (full || lingered || (draining && idle)) {
-                self.flush(pending, flushed, preparer.as_deref(), deadline)
-                    .await?;
+                let ahead = ReadAheadMode::On(preparer.as_deref());
+                self.flush(pending, flushed, ahead, deadline).await?;
             }
             if draining && idle && pending.is_empty() {
                 let caught_up = tokio::select! {
@@ -173,6 +177,74 @@ impl SinkTask {
         }
     }
 
+    /// Completes a change of the partitions the task reads. Before giving partitions up, it
+    /// stores and commits everything read so far (without reading ahead), so their next owner
+    /// starts where this one stopped; taking partitions, it asks the sink for its state of them.
+    async fn rebalance(
+        &mut self,
+        change: Rebalance,
+        pending: &mut Pending,
+        flushed: &mut Flushed,
+        deadline: &Deadline,
+    ) -> Result<(), Stopped> {
+        match change {
+            Rebalance::Assign(partitions) => {
+                let opening = partitions.clone();
+                let resume = with_retries(
+                    &self.id,
+                    &mut self.sink,
+                    "open",
+                    move |sink, _| {
+                        let partitions = opening.clone();
+                        Box::pin(async move { sink.open(&partitions).await })
+                    },
+                    &[],
+                    deadline,
+                )
+                .await?;
+                self.reader
+                    .assign(&partitions, &resume)
+                    .await
+                    .map_err(|e| transport_error(&self.id, e))?;
+                if !partitions.is_empty() {
+                    tracing::info!(component = %self.id, partitions = %list(&partitions), resumed_from_sink = resume.len(), "reading partitions");
+                }
+            }
+            Rebalance::Revoke(partitions) => {
+                if !pending.is_empty() {
+                    self.flush(pending, flushed, ReadAheadMode::Off, deadline)
+                        .await?;
+                }
+                let handed: Flushed = flushed
+                    .iter()
+                    .filter(|(key, _)| partitions.contains(key))
+                    .map(|(key, offset)| (key.clone(), *offset))
+                    .collect();
+                self.commit(&handed, true, deadline).await;
+                flushed.retain(|key, _| !partitions.contains(key));
+                let closing = partitions.clone();
+                with_retries(
+                    &self.id,
+                    &mut self.sink,
+                    "close",
+                    move |sink, _| {
+                        let partitions = closing.clone();
+                        Box::pin(async move { sink.close(&partitions).await })
+                    },
+                    &[],
+                    deadline,
+                )
+                .await?;
+                self.reader
+                    .revoke(&partitions)
+                    .await
+                    .map_err(|e| transport_error(&self.id, e))?;
+                tracing::info!(component = %self.id, partitions = %list(&partitions), "gave up partitions to another worker, everything read of them stored and committed");
+            }
+        }
+        Ok(())
+    }
+
     fn intake(&self) -> Intake<'_> {
         Intake {
             id: &self.id,
@@ -191,7 +263,7 @@ impl SinkTask {
         &mut self,
         pending: &mut Pending,
         flushed: &mut Flushed,
-        preparer: Option<&dyn PrepareBatch>,
+        read_ahead: ReadAheadMode<'_>,
         deadline: &Deadline,
     ) -> Result<(), Stopped> {
         let batch = std::mem::take(pending);
@@ -219,10 +291,14 @@ impl SinkTask {
             dead_letters,
             metrics,
         };
+        let (max, preparer) = match read_ahead {
+            ReadAheadMode::Off => (0, None),
+            ReadAheadMode::On(preparer) => (batch_config.max_records, preparer),
+        };
         let ahead = ReadAhead {
             intake: &intake,
             reader: reader.as_mut(),
-            max: batch_config.max_records,
+            max,
             preparer,
         };
         let (stored, ahead_error) = ahead.run(pending, storing).await;
@@ -424,6 +500,24 @@ impl Intake<'_> {
     }
 }
 
+/// Whether [`SinkTask::flush`] reads the next batch while it stores one.
+enum ReadAheadMode<'a> {
+    /// Nothing more is read meanwhile (the partitions are about to be given up, or the
+    /// deadline has passed).
+    Off,
+    /// Read ahead, and prepare what was read with the sink's preparer if it has one.
+    On(Option<&'a dyn PrepareBatch>),
+}
+
+/// `topic/partition` list for logs.
+fn list(partitions: &[TopicPartition]) -> String {
+    partitions
+        .iter()
+        .map(|(topic, partition)| format!("{topic}/{partition}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Reading the next batch while the current one is being stored.
 struct ReadAhead<'a> {
     intake: &'a Intake<'a>,
@@ -565,9 +659,19 @@ mod tests {
         async fn caught_up(&mut self) -> Result<bool, crate::transport::TransportError> {
             Ok(self.records.is_empty())
         }
-        async fn seek(
+        fn rebalance(&mut self) -> Option<Rebalance> {
+            None
+        }
+        async fn assign(
             &mut self,
+            _: &[TopicPartition],
             _: &[PartitionOffset],
+        ) -> Result<(), crate::transport::TransportError> {
+            Ok(())
+        }
+        async fn revoke(
+            &mut self,
+            _: &[TopicPartition],
         ) -> Result<(), crate::transport::TransportError> {
             Ok(())
         }

@@ -8,8 +8,8 @@
 //! at once. Producers wait while a topic holds `capacity` records not yet committed by every group.
 
 use super::{
-    partition_for_key, Delivery, Incoming, OffsetStore, PartitionOffset, TopicReader, TopicWriter,
-    Transport, TransportError,
+    partition_for_key, Delivery, Incoming, OffsetStore, PartitionOffset, Rebalance, TopicPartition,
+    TopicReader, TopicWriter, Transport, TransportError,
 };
 use crate::config::TopicSpec;
 use crate::transport::FileOffsetStore;
@@ -217,6 +217,7 @@ impl Transport for EmbeddedTransport {
             group: group.to_string(),
             topics: joined,
             next_topic: 0,
+            assignment_reported: false,
         }))
     }
 
@@ -320,6 +321,8 @@ struct EmbeddedReader {
     topics: Vec<(Arc<Topic>, Vec<i64>)>,
     /// Topic to read first on the next poll, so that no topic starves the others.
     next_topic: usize,
+    /// Whether the partitions it reads were reported as assigned (see [`TopicReader::rebalance`]).
+    assignment_reported: bool,
 }
 
 impl EmbeddedReader {
@@ -420,11 +423,39 @@ impl TopicReader for EmbeddedReader {
         Ok(())
     }
 
-    async fn seek(&mut self, _offsets: &[PartitionOffset]) -> Result<(), TransportError> {
+    /// The one group member: every partition, once.
+    fn rebalance(&mut self) -> Option<Rebalance> {
+        if std::mem::replace(&mut self.assignment_reported, true) {
+            return None;
+        }
+        Some(Rebalance::Assign(
+            self.topics
+                .iter()
+                .flat_map(|(topic, positions)| {
+                    let name: Arc<str> = topic.name.as_str().into();
+                    (0..positions.len() as i32).map(move |p| (name.clone(), p))
+                })
+                .collect(),
+        ))
+    }
+
+    async fn assign(
+        &mut self,
+        _partitions: &[TopicPartition],
+        resume: &[PartitionOffset],
+    ) -> Result<(), TransportError> {
+        if resume.is_empty() {
+            return Ok(());
+        }
         Err(TransportError::fatal(
             "offsets stored by a sink cannot be resumed on the embedded transport (its log does not \
              outlive the process); exactly-once sinks need a `kafka:` section",
         ))
+    }
+
+    /// Never called: the embedded reader keeps its partitions.
+    async fn revoke(&mut self, _partitions: &[TopicPartition]) -> Result<(), TransportError> {
+        Ok(())
     }
 
     async fn caught_up(&mut self) -> Result<bool, TransportError> {

@@ -160,9 +160,36 @@ pub trait TopicReader: Send {
     /// True once everything written to the assigned partitions before this call has been read.
     async fn caught_up(&mut self) -> Result<bool, TransportError>;
 
-    /// Resumes the listed partitions at these offsets instead of the committed ones. Called
-    /// before the first poll.
-    async fn seek(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError>;
+    /// The next change of the partitions this reader owns, if one waits for the task. A reader
+    /// reports the partitions it starts with as an [`Rebalance::Assign`] before it returns any
+    /// record; a member of a worker group reports every later change too. The reader reads
+    /// none of an assigned partition before [`TopicReader::assign`], and keeps a revoked one
+    /// until [`TopicReader::revoke`], so the task can store and commit what it read first.
+    fn rebalance(&mut self) -> Option<Rebalance>;
+
+    /// Completes an [`Rebalance::Assign`]: reads `partitions` from `resume` where it names them
+    /// (offsets a sink stored with its data), else from the group's committed offsets.
+    async fn assign(
+        &mut self,
+        partitions: &[TopicPartition],
+        resume: &[PartitionOffset],
+    ) -> Result<(), TransportError>;
+
+    /// Completes a [`Rebalance::Revoke`]: the task has stored and committed what it read of
+    /// `partitions`, which go to other members now.
+    async fn revoke(&mut self, partitions: &[TopicPartition]) -> Result<(), TransportError>;
+}
+
+/// A partition of a topic.
+pub type TopicPartition = (std::sync::Arc<str>, i32);
+
+/// A change of the partitions a [`TopicReader`] owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalance {
+    /// Partitions granted to this member.
+    Assign(Vec<TopicPartition>),
+    /// Partitions this member gives up, to other members of its group.
+    Revoke(Vec<TopicPartition>),
 }
 
 /// Source offsets of one pipeline: per component, source partition → offset.

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
 use sluice_core::exactly_once::{Position, PositionKey, WrittenPositions};
-use sluice_core::transport::PartitionOffset;
+use sluice_core::transport::{PartitionOffset, TopicPartition};
 use sluice_core::{
     async_trait, ConnectorError, PrepareBatch, Prepared, PutOutcome, Record, Sink, SinkBuildContext,
 };
@@ -269,7 +269,11 @@ impl MysqlSink {
         });
         tracing::info!(component = %ctx.component, server = %sink.target, %version, max_packet, "connected to MySQL");
         if sink.config.exactly_once {
-            sink.load_positions().await?;
+            // The positions themselves are read per partition, as the sink opens them.
+            sink.execute(POSITIONS_TABLE.into()).await?;
+        }
+        if sink.store_offsets {
+            sink.ensure_offsets_table().await?;
         }
         Ok(sink)
     }
@@ -500,6 +504,26 @@ impl MysqlSink {
             plan.push(Step::Execute(None, sql, params));
         }
 
+        // Exactly once: the positions this sink screened the batch against must still be the
+        // store's, or another worker wrote these partitions meanwhile (a group that assigned a
+        // partition twice for a while, a worker paused past its session): checked under lock
+        // in the transaction, so two writers of a partition never both write the same record.
+        let fence = if self.uncommitted_positions.is_empty() {
+            None
+        } else {
+            let partitions: Vec<TopicPartition> = self
+                .uncommitted_positions
+                .keys()
+                .map(|(topic, partition, _)| (topic.clone(), *partition))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            Some(Fence {
+                group: self.group.clone(),
+                expected: self.positions.of(&partitions),
+                partitions,
+            })
+        };
         self.conn().await.map_err(Failure::Batch)?;
         let mut conn = self
             .conn
@@ -511,7 +535,7 @@ impl MysqlSink {
         // and decodes the next batch on this one.
         let leave_open = self.config.exactly_once;
         let transaction = tokio::spawn(async move {
-            let result = run_in_transaction(&mut conn, plan, leave_open).await;
+            let result = run_in_transaction(&mut conn, fence, plan, leave_open).await;
             (conn, result)
         });
         let (conn, result) = transaction.await.map_err(|e| {
@@ -521,14 +545,36 @@ impl MysqlSink {
         })?;
         self.open_transaction = self.config.exactly_once && result.is_ok();
         self.conn = Some(conn);
+        let result = match result {
+            Err(Transaction::Overtaken(partitions)) => {
+                // Read what the other writer stored; the retry screens the batch against it.
+                self.positions.forget(&partitions);
+                self.load_positions(&partitions)
+                    .await
+                    .map_err(Failure::Batch)?;
+                return Err(Failure::Batch(ConnectorError::transient(format!(
+                    "another worker wrote partitions {} since this one read them; their positions were read again and the batch is screened anew",
+                    partitions
+                        .iter()
+                        .map(|(t, p)| format!("{t}/{p}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ))));
+            }
+            Err(Transaction::Failed(e)) => Err(e),
+            Ok(rejected) => Ok(rejected),
+        };
         let mut rejected = result.map_err(|e| self.classify(e))?;
         rejected.extend(refused_before);
         Ok(rejected)
     }
 
-    /// Reads back the positions earlier runs committed.
-    async fn load_positions(&mut self) -> Result<(), ConnectorError> {
-        self.execute(POSITIONS_TABLE.into()).await?;
+    /// Reads back the positions committed for `partitions` (by earlier runs, or by the worker
+    /// that read them until now).
+    async fn load_positions(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<(), ConnectorError> {
         let group = self.group.clone();
         // topic, partition, source, input position, record index
         type PositionRow = (Vec<u8>, i32, Vec<u8>, u64, u32);
@@ -546,6 +592,12 @@ impl MysqlSink {
         };
         for (topic, partition, source, input, index) in rows {
             let topic = String::from_utf8_lossy(&topic);
+            if !partitions
+                .iter()
+                .any(|(t, p)| **t == *topic && *p == partition)
+            {
+                continue;
+            }
             let source = String::from_utf8_lossy(&source).into_owned();
             self.positions.insert(
                 (topic.as_ref().into(), partition, source),
@@ -609,11 +661,21 @@ impl Sink for MysqlSink {
         })
     }
 
-    async fn stored_offsets(&mut self) -> Result<Option<Vec<PartitionOffset>>, ConnectorError> {
-        if !self.store_offsets {
-            return Ok(None);
+    /// Exactly once: the positions and (on Kafka) the offsets stored with the rows of
+    /// `partitions`, as the store has them now — another worker may have written them since
+    /// this one last read them.
+    async fn open(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<PartitionOffset>, ConnectorError> {
+        if !self.config.exactly_once {
+            return Ok(Vec::new());
         }
-        self.ensure_offsets_table().await?;
+        self.positions.forget(partitions);
+        self.load_positions(partitions).await?;
+        if !self.store_offsets {
+            return Ok(Vec::new());
+        }
         let group = self.group.clone();
         let rows: Vec<(String, i32, i64)> = {
             let result = self
@@ -623,15 +685,24 @@ impl Sink for MysqlSink {
                 .await;
             result.map_err(|e| self.error(e))?
         };
-        Ok(Some(
-            rows.into_iter()
-                .map(|(topic, partition, offset)| PartitionOffset {
-                    topic,
-                    partition,
-                    offset,
-                })
-                .collect(),
-        ))
+        Ok(rows
+            .into_iter()
+            .filter(|(topic, partition, _)| {
+                partitions
+                    .iter()
+                    .any(|(t, p)| **t == **topic && p == partition)
+            })
+            .map(|(topic, partition, offset)| PartitionOffset {
+                topic,
+                partition,
+                offset,
+            })
+            .collect())
+    }
+
+    async fn close(&mut self, partitions: &[TopicPartition]) -> Result<(), ConnectorError> {
+        self.positions.forget(partitions);
+        Ok(())
     }
 }
 
@@ -701,13 +772,82 @@ impl MysqlSink {
 /// Runs `plan` in one transaction, committed unless `leave_open` (then `COMMIT` is the caller's).
 /// Statements for one row (`Some(index)`) that the server refuses for the row's content are
 /// reported instead of failing the transaction; any other failure rolls it back.
+/// Positions an exactly-once transaction expects the store to hold for its partitions.
+struct Fence {
+    group: String,
+    partitions: Vec<TopicPartition>,
+    expected: HashMap<PositionKey, Position>,
+}
+
+/// Why a transaction did not go through.
+enum Transaction {
+    Failed(mysql_async::Error),
+    /// Another writer stored positions of these partitions past those the batch was screened
+    /// against; nothing was written.
+    Overtaken(Vec<TopicPartition>),
+}
+
+impl From<mysql_async::Error> for Transaction {
+    fn from(e: mysql_async::Error) -> Self {
+        Transaction::Failed(e)
+    }
+}
+
+impl Fence {
+    /// Locks the positions of the partitions for the transaction and checks none moved past
+    /// what is expected; the partitions that did, if any.
+    async fn check(&self, conn: &mut Conn) -> Result<Vec<TopicPartition>, mysql_async::Error> {
+        let sql = format!(
+            "SELECT topic, kafka_partition, source, input_position, record_index FROM sluice_source_positions \
+             WHERE consumer_group = ? AND ({}) FOR UPDATE",
+            vec!["(topic = ? AND kafka_partition = ?)"; self.partitions.len()].join(" OR ")
+        );
+        let mut params = vec![mysql_async::Value::from(self.group.as_str())];
+        for (topic, partition) in &self.partitions {
+            params.push(mysql_async::Value::from(&**topic));
+            params.push(mysql_async::Value::from(*partition));
+        }
+        type PositionRow = (Vec<u8>, i32, Vec<u8>, u64, u32);
+        let rows: Vec<PositionRow> = conn.exec(sql, params).await?;
+        let mut overtaken = Vec::new();
+        for (topic, partition, source, input, index) in rows {
+            let topic: Arc<str> = String::from_utf8_lossy(&topic).as_ref().into();
+            let key = (
+                topic.clone(),
+                partition,
+                String::from_utf8_lossy(&source).into_owned(),
+            );
+            let stored = Position { input, index };
+            let moved = self.expected.get(&key).is_none_or(|known| stored > *known);
+            if moved && !overtaken.contains(&(topic.clone(), partition)) {
+                overtaken.push((topic, partition));
+            }
+        }
+        Ok(overtaken)
+    }
+}
+
 async fn run_in_transaction(
     conn: &mut Conn,
+    fence: Option<Fence>,
     plan: Plan,
     leave_open: bool,
-) -> Result<Vec<(usize, String)>, mysql_async::Error> {
+) -> Result<Vec<(usize, String)>, Transaction> {
     let mut rejected = Vec::new();
     conn.query_drop("START TRANSACTION").await?;
+    if let Some(fence) = fence {
+        let overtaken = match fence.check(conn).await {
+            Ok(overtaken) => overtaken,
+            Err(e) => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
+        if !overtaken.is_empty() {
+            conn.query_drop("ROLLBACK").await?;
+            return Err(Transaction::Overtaken(overtaken));
+        }
+    }
     for step in plan {
         let (row_index, sql, params) = match step {
             Step::Execute(row_index, sql, params) => (row_index, sql, params),
@@ -728,7 +868,7 @@ async fn run_in_transaction(
                 };
                 if let Err(e) = loaded {
                     let _ = conn.query_drop("ROLLBACK").await;
-                    return Err(e);
+                    return Err(e.into());
                 }
                 continue;
             }
@@ -746,7 +886,7 @@ async fn run_in_transaction(
             }
             Err(e) => {
                 let _ = conn.query_drop("ROLLBACK").await;
-                return Err(e);
+                return Err(e.into());
             }
         }
     }

@@ -1,14 +1,17 @@
 //! The Kafka transport (rdkafka): an idempotent producer, one consumer group per sink with
 //! manual commits, topics created through the admin API, and source offsets in a compacted topic.
 
+mod group;
 mod producer;
 
+use group::Member;
 use producer::{Acks, DeliveredEnds, KafkaWriter, Producer};
 
 use super::{
-    Incoming, OffsetStore, PartitionOffset, TopicReader, TopicWriter, Transport, TransportError,
+    Incoming, OffsetStore, PartitionOffset, Rebalance, TopicPartition, TopicReader, TopicWriter,
+    Transport, TransportError,
 };
-use crate::config::{KafkaConfig, TopicSpec};
+use crate::config::{KafkaConfig, TopicSpec, WorkerConfig};
 use crate::Record;
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -23,13 +26,15 @@ use rdkafka::message::{Headers as _, Message};
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Transport over a Kafka cluster.
 pub struct KafkaTransport {
     config: KafkaConfig,
+    /// Group membership of the readers.
+    worker: WorkerConfig,
     producer: Producer,
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
@@ -37,7 +42,10 @@ pub struct KafkaTransport {
 
 impl KafkaTransport {
     /// Connects and checks the cluster answers, retrying until `connect_timeout`.
-    pub async fn connect(config: &KafkaConfig) -> Result<Self, TransportError> {
+    pub async fn connect(
+        config: &KafkaConfig,
+        worker: &WorkerConfig,
+    ) -> Result<Self, TransportError> {
         let mut client = base_config(config);
         client
             .set("enable.idempotence", "true")
@@ -61,6 +69,7 @@ impl KafkaTransport {
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let transport = KafkaTransport {
             config: config.clone(),
+            worker: worker.clone(),
             producer,
             max_message_bytes,
         };
@@ -363,59 +372,46 @@ impl Transport for KafkaTransport {
             .set("fetch.queue.backoff.ms", "20")
             .set("fetch.max.bytes", "4194304")
             .set("fetch.min.bytes", "524288")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            // Workers of a pipeline share each sink's partitions (Kafka Connect's way): on a
+            // rebalance a member gives up only the partitions that move, after storing and
+            // committing what it read of them.
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                self.worker.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                self.worker.heartbeat_interval.as_millis().to_string(),
+            );
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
-        let consumer: StreamConsumer<Quiet> =
-            client.create_with_context(Quiet::default()).map_err(|e| {
-                TransportError::fatal(format!(
-                    "invalid Kafka consumer settings: {}",
-                    redact(&self.config, e)
-                ))
-            })?;
-        // Every partition is assigned to this one consumer, resuming at the group's committed
-        // offsets: no group join, so no rebalance waiting on the member of a killed process.
+        // A clear error for a topic that is missing, rather than a group that waits for it.
         let layout = self.describe(topics.to_vec()).await?;
-        let mut assignment = TopicPartitionList::new();
-        for topic in topics {
-            let (partitions, _) = layout.get(topic).ok_or_else(|| {
-                TransportError::transient(format!("topic `{topic}` does not exist"))
-            })?;
-            for p in 0..*partitions {
-                assignment
-                    .add_partition_offset(topic, p, Offset::Stored)
-                    .map_err(|e| {
-                        TransportError::fatal(format!("cannot assign {topic}/{p}: {e}"))
-                    })?;
-            }
+        if let Some(missing) = topics.iter().find(|t| !layout.contains_key(*t)) {
+            return Err(TransportError::transient(format!(
+                "topic `{missing}` does not exist"
+            )));
         }
-        // Where the group resumes, read before fetching starts; from then on this reader tracks
-        // its positions itself.
-        let consumer = Arc::new(consumer);
-        let (c, list) = (consumer.clone(), assignment.clone());
-        let committed = blocking(move || c.committed_offsets(list, Duration::from_secs(10)))
-            .await?
-            .map_err(|e| {
-                TransportError::transient(format!(
-                    "cannot read committed offsets of {topics:?}: {e}"
-                ))
-            })?;
-        let positions = committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(((e.topic().into(), e.partition()), o)),
-                _ => None,
-            })
-            .collect();
+        let member = Member::default();
+        let changes = member.changes.clone();
+        let consumer: StreamConsumer<Member> = client.create_with_context(member).map_err(|e| {
+            TransportError::fatal(format!(
+                "invalid Kafka consumer settings: {}",
+                redact(&self.config, e)
+            ))
+        })?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
-            .assign(&assignment)
-            .map_err(|e| TransportError::fatal(format!("cannot read {topics:?}: {e}")))?;
+            .subscribe(&names)
+            .map_err(|e| TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
         Ok(Box::new(KafkaReader {
-            consumer,
-            assignment,
-            positions,
+            consumer: Arc::new(consumer),
+            changes,
+            owned: None,
+            positions: HashMap::new(),
             delivered: self.producer.context().delivered.clone(),
             watermarks: self.producer.clone(),
             last_topic: None,
@@ -439,10 +435,14 @@ impl Transport for KafkaTransport {
 }
 
 struct KafkaReader {
-    consumer: Arc<StreamConsumer<Quiet>>,
-    assignment: TopicPartitionList,
-    /// Next offset per partition: committed at start, then after what this reader returned.
-    positions: HashMap<(Arc<str>, i32), i64>,
+    consumer: Arc<StreamConsumer<Member>>,
+    /// Rebalances the group reported and the task has not completed yet.
+    changes: Arc<group::Changes>,
+    /// The partitions this member reads; `None` until the group first assigned it some (or none).
+    owned: Option<BTreeSet<TopicPartition>>,
+    /// Next offset per owned partition: where it was assigned, then after what this reader
+    /// returned.
+    positions: HashMap<TopicPartition, i64>,
     delivered: DeliveredEnds,
     /// Asks for watermarks on the producer's connections: the consumer's may be held by a
     /// long-polling fetch.
@@ -451,6 +451,14 @@ struct KafkaReader {
     last_topic: Option<Arc<str>>,
     /// Since when the broker reports a topic unknown, and when it last did (see [`missing_for`]).
     missing: Option<(Instant, Instant)>,
+}
+
+/// Dropping the consumer leaves the group: the rebalance that closing reports is completed at
+/// once, since the task stored and committed what it read before it let the reader go.
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        self.changes.complete_at_once();
+    }
 }
 
 /// How long a topic may be reported unknown before the sink fails: right after creation a
@@ -568,9 +576,14 @@ impl TopicReader for KafkaReader {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming>, TransportError> {
         let consumer = self.consumer.clone();
         let mut out = Vec::new();
-        let first = match tokio::time::timeout(wait, consumer.recv()).await {
-            Err(_) => return Ok(out),
-            Ok(first) => first,
+        let changes = self.changes.clone();
+        // A rebalance reported while waiting ends the wait: the group waits for the task.
+        let first = tokio::select! {
+            first = tokio::time::timeout(wait, consumer.recv()) => match first {
+                Err(_) => return Ok(out),
+                Ok(first) => first,
+            },
+            _ = changes.reported() => return Ok(out),
         };
         match first {
             Ok(message) => out.push(self.decode(&message)),
@@ -617,39 +630,72 @@ impl TopicReader for KafkaReader {
             .map_err(|e| TransportError::transient(format!("cannot commit consumer offsets: {e}")))
     }
 
-    async fn seek(&mut self, offsets: &[PartitionOffset]) -> Result<(), TransportError> {
-        let mut assignment = TopicPartitionList::new();
-        for e in self.assignment.elements() {
-            let key: (Arc<str>, i32) = (e.topic().into(), e.partition());
-            let at = offsets
+    fn rebalance(&mut self) -> Option<Rebalance> {
+        self.changes.next()
+    }
+
+    async fn assign(
+        &mut self,
+        partitions: &[TopicPartition],
+        resume: &[PartitionOffset],
+    ) -> Result<(), TransportError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        // Where the group resumes the others, for `caught_up`.
+        let (consumer, query) = (self.consumer.clone(), list.clone());
+        let committed =
+            blocking(move || consumer.committed_offsets(query, Duration::from_secs(10)))
+                .await?
+                .map_err(|e| {
+                    TransportError::transient(format!("cannot read committed offsets: {e}"))
+                })?;
+        let mut start = TopicPartitionList::new();
+        for e in committed.elements() {
+            let key: TopicPartition = (e.topic().into(), e.partition());
+            let stored = resume
                 .iter()
                 .find(|o| *o.topic == *key.0 && o.partition == key.1)
                 .map(|o| o.offset);
-            let offset = at.map(Offset::Offset).unwrap_or(Offset::Stored);
-            assignment
+            let at = match (stored, e.offset()) {
+                (Some(offset), _) | (None, Offset::Offset(offset)) => Some(offset),
+                _ => None,
+            };
+            let offset = stored.map(Offset::Offset).unwrap_or(Offset::Stored);
+            start
                 .add_partition_offset(&key.0, key.1, offset)
                 .map_err(|err| {
-                    TransportError::fatal(format!("cannot seek {}/{}: {err}", key.0, key.1))
+                    TransportError::fatal(format!("cannot assign {}/{}: {err}", key.0, key.1))
                 })?;
             if let Some(at) = at {
-                self.positions.insert(key, at);
+                self.positions.insert(key.clone(), at);
             }
+            self.owned.get_or_insert_default().insert(key);
         }
-        self.consumer
-            .assign(&assignment)
-            .map_err(|e| TransportError::fatal(format!("cannot seek: {e}")))?;
-        self.assignment = assignment;
-        Ok(())
+        self.owned.get_or_insert_default();
+        group::complete_assign(&*self.consumer, &start)
+    }
+
+    async fn revoke(&mut self, partitions: &[TopicPartition]) -> Result<(), TransportError> {
+        let mut list = TopicPartitionList::new();
+        for key in partitions {
+            list.add_partition(&key.0, key.1);
+            if let Some(owned) = &mut self.owned {
+                owned.remove(key);
+            }
+            self.positions.remove(key);
+        }
+        group::complete_revoke(&*self.consumer, &list)
     }
 
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
         let client = self.watermarks.clone();
-        let partitions: Vec<(Arc<str>, i32)> = self
-            .assignment
-            .elements()
-            .iter()
-            .map(|e| (e.topic().into(), e.partition()))
-            .collect();
+        // Before its first assignment a member cannot tell what it has to read.
+        let Some(owned) = &self.owned else {
+            return Ok(false);
+        };
+        let partitions: Vec<TopicPartition> = owned.iter().cloned().collect();
         let positions = self.positions.clone();
         let delivered = self.delivered.clone();
         blocking(move || {

@@ -1,0 +1,336 @@
+//! Several `sluice run` processes of one pipeline form a worker group on Kafka (tansu): they
+//! share the sink's partitions, hand them over when a worker joins, and take over a killed
+//! worker's partitions once the group's session timeout passes.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Not;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// Worker settings of the tests: a killed worker is taken as dead after 4 s.
+const WORKER: &str = "worker: { session_timeout: 4s, heartbeat_interval: 500ms }\n";
+const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// Rows of the BTC-USD file (the four all-null rows skipped).
+const ROWS: usize = 2530;
+
+/// The feeder: the BTC-USD history, paced, into a 10-partition topic.
+fn feeder(dir: &Path, kafka: &str, exactly_once: bool) -> PathBuf {
+    let path = dir.join("feed.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "name: feed
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+exactly_once: {exactly_once}
+topics: {{ bitcoin: {{ partitions: 10 }} }}
+sources:
+  yahoo_csv:
+    type: csv
+    path: {csv}
+    topic: bitcoin
+    key: Date
+    columns: {{ Date: date, Open: float, High: float, Low: float, Close: float, \"Adj Close\": float, Volume: int }}
+    null_values: [\"null\"]
+    all_null_rows: skip
+    rate: 60
+    batch_size: 20
+",
+            csv = fixture("BTC-USD.csv").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A worker process whose log goes to a file, read while it runs.
+struct Worker {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(name: &'static str, pipeline: &Path, dir: &Path, env: &[(&str, String)]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = sluice_run(pipeline, dir.join(format!("state-{name}")));
+        cmd.env("SLUICE_LOG", "info,librdkafka=off")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Worker {
+            name,
+            child: cmd.spawn().expect("sluice starts"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The partitions the worker reads now, from its log of taking and giving up partitions.
+    fn owned(&self) -> BTreeSet<String> {
+        owned_by(&self.log())
+    }
+}
+
+/// Partitions named by `reading partitions` lines minus those of `gave up partitions` lines.
+fn owned_by(log: &str) -> BTreeSet<String> {
+    let mut owned = BTreeSet::new();
+    for line in log.lines() {
+        let Some(list) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("partitions="))
+        else {
+            continue;
+        };
+        let partitions = list.split(',').map(str::to_string);
+        if line.contains("reading partitions") {
+            owned.extend(partitions);
+        } else if line.contains("gave up partitions") {
+            for p in partitions {
+                owned.remove(&p);
+            }
+        }
+    }
+    owned
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Two workers, then a third joining, then one of them killed with SIGKILL while the feeder
+/// still writes: the partitions spread over the live workers, the killed worker's partitions
+/// go to the others within the session timeout, and `check` sees what reached the store.
+/// Returns how many rows the killed worker had stored.
+fn two_then_three_workers_and_a_kill(
+    dir: &Path,
+    kafka: &str,
+    pipeline: &Path,
+    env: impl Fn(&str) -> Vec<(&'static str, String)>,
+    progress: impl Fn() -> usize,
+    feed_during_joins: bool,
+) -> Vec<Worker> {
+    let feed = feeder(dir, kafka, true);
+    let start_feeding = || {
+        sluice_run(&feed, dir.join("state-feed"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut feeding = feed_during_joins.then(start_feeding);
+    let mut workers = vec![
+        Worker::start("a", pipeline, dir, &env("a")),
+        Worker::start("b", pipeline, dir, &env("b")),
+    ];
+    // Every partition read, by every worker some. (tansu 0.6 answers a JoinGroup without
+    // waiting for the other members to rejoin, so its leader may hand out a partition that
+    // another member still reads, until the next round: the sum may exceed 10 for a while.)
+    let spread = |workers: &[Worker]| {
+        let owned: Vec<BTreeSet<String>> = workers.iter().map(Worker::owned).collect();
+        let all: BTreeSet<&String> = owned.iter().flatten().collect();
+        all.len() == 10 && owned.iter().all(|o| !o.is_empty())
+    };
+    let took = wait_until(
+        "two workers share the 10 partitions",
+        Duration::from_secs(60),
+        || spread(&workers),
+    );
+    eprintln!("two workers share the partitions after {took:?}");
+    workers.push(Worker::start("c", pipeline, dir, &env("c")));
+    let took = wait_until(
+        "three workers share the 10 partitions",
+        Duration::from_secs(60),
+        || spread(&workers),
+    );
+    eprintln!(
+        "three workers share the partitions after {took:?}: {:?}",
+        workers.iter().map(Worker::owned).collect::<Vec<_>>()
+    );
+    let mut feeding = feeding.take().unwrap_or_else(start_feeding);
+    let before = progress();
+    wait_until("rows keep arriving", Duration::from_secs(30), || {
+        progress() >= before + 100
+    });
+    assert!(
+        progress() < ROWS - 300,
+        "the feeder is still writing when the worker is killed"
+    );
+
+    // Kill the worker with the most partitions.
+    let victim = (0..3).max_by_key(|i| workers[*i].owned().len()).unwrap();
+    let orphaned = workers[victim].owned();
+    workers[victim].child.kill().unwrap();
+    workers[victim].child.wait().unwrap();
+    let killed_at = Instant::now();
+    eprintln!(
+        "killed worker {} holding {orphaned:?} at {} rows",
+        workers[victim].name,
+        progress()
+    );
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    // (With tansu a survivor may already read one of them: see `spread`.)
+    let taken_over = || {
+        let taken: BTreeSet<String> = survivors.iter().flat_map(|i| workers[*i].owned()).collect();
+        orphaned.is_subset(&taken)
+    };
+    while !taken_over() {
+        if killed_at.elapsed() > Duration::from_secs(30) {
+            for i in &survivors {
+                eprintln!("--- worker {} ---\n{}", workers[*i].name, workers[*i].log());
+            }
+            panic!("the survivors did not take over {orphaned:?} in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = killed_at.elapsed();
+    eprintln!("partitions taken over {took:?} after the kill");
+    // A dead worker is noticed when its session times out; a rebalance round follows (tansu's
+    // take ~3 s: followers retry SyncGroup until the leader's assignment is in).
+    assert!(
+        took <= SESSION_TIMEOUT + Duration::from_secs(6),
+        "taken over after {took:?}, session timeout {SESSION_TIMEOUT:?}"
+    );
+
+    let fed = wait_exit(&mut feeding, Duration::from_secs(60));
+    assert!(fed.success(), "feeder: {fed}");
+    wait_until("every row arrives", Duration::from_secs(60), || {
+        progress() >= ROWS
+    });
+    for i in survivors {
+        let (status, _) = terminate(&mut workers[i].child);
+        assert!(status.success(), "worker {}: {status}", workers[i].name);
+    }
+    workers
+}
+
+fn pipeline_file(dir: &Path, kafka: &str, sink: &str) -> PathBuf {
+    let path = dir.join("store.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "name: store
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+{WORKER}topics: {{ bitcoin: {{ partitions: 10 }} }}
+sinks:
+  rows:
+    topics: [bitcoin]
+    batch: {{ max_records: 50, linger: 20ms }}
+{sink}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Into MySQL with `exactly_once`: every row once, across the hand-overs and the kill.
+#[test]
+fn workers_share_partitions_into_mysql_exactly_once_across_joins_and_a_kill() {
+    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = pipeline_file(
+        dir.path(),
+        &tansu.addr(),
+        &format!(
+            "    type: mysql\n    url: {}\n    password: pw\n    table: eo\n    exactly_once: true\n",
+            db.url()
+        ),
+    );
+    let rows = || {
+        db.try_sql("SELECT COUNT(*) FROM eo")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let workers = two_then_three_workers_and_a_kill(
+        dir.path(),
+        &tansu.addr(),
+        &pipeline,
+        |_| vec![],
+        rows,
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rows(), ROWS, "rows");
+    assert_eq!(
+        db.sql("SELECT COUNT(DISTINCT Date) FROM eo"),
+        ROWS.to_string(),
+        "distinct dates"
+    );
+    for w in &workers {
+        assert!(!w.log().contains("ERROR"), "worker {}: {}", w.name, w.log());
+    }
+}
+
+/// Into files (at least once, one file per worker): every row at least once. The duplicates
+/// are reported, split into rows the killed worker wrote that a survivor wrote again (on
+/// Kafka at most its last batch, whose commit the kill lost) and rows two live workers wrote.
+/// The second kind is tansu's: tansu 0.6 answers a JoinGroup without waiting for the other
+/// members to rejoin, so its group leader assigns with stale "owned partitions" and a
+/// partition can be read by two members until a later round (Kafka's coordinator waits for
+/// every member). Exactly-once sinks fence such overlaps in their store (the MySQL test).
+#[test]
+fn workers_share_partitions_into_files_at_least_once_across_joins_and_a_kill() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(format!("out-{name}.jsonl"));
+    let pipeline = pipeline_file(
+        dir.path(),
+        &tansu.addr(),
+        "    type: file\n    path: unused.jsonl\n",
+    );
+    // Date → how many times each worker wrote it.
+    let dates = || -> HashMap<String, [usize; 3]> {
+        let mut seen: HashMap<String, [usize; 3]> = HashMap::new();
+        for (w, name) in ["a", "b", "c"].into_iter().enumerate() {
+            for line in std::fs::read_to_string(out(name))
+                .unwrap_or_default()
+                .lines()
+            {
+                // A line being written when read is skipped; it is complete at the end.
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                seen.entry(value["Date"].to_string()).or_default()[w] += 1;
+            }
+        }
+        seen
+    };
+    let env = |name: &str| vec![("SLUICE_SINKS__ROWS__PATH", out(name).display().to_string())];
+    let workers = two_then_three_workers_and_a_kill(
+        dir.path(),
+        &tansu.addr(),
+        &pipeline,
+        env,
+        || dates().len(),
+        true,
+    );
+    let killed = workers
+        .iter()
+        .position(|w| w.log().contains("summary after").not())
+        .expect("one worker was killed");
+    let seen = dates();
+    assert_eq!(seen.len(), ROWS, "every row at least once");
+    let (mut again_after_kill, mut again_by_live) = (0, 0);
+    for counts in seen.values() {
+        let survivors: usize = (0..3).filter(|w| *w != killed).map(|w| counts[w]).sum();
+        if counts[killed] > 0 && survivors > 0 {
+            again_after_kill += counts[killed] + survivors - 1;
+        } else {
+            again_by_live += counts.iter().sum::<usize>() - 1;
+        }
+    }
+    eprintln!(
+        "rows written again: {again_after_kill} of the killed worker's (a batch is 50), {again_by_live} by two live workers"
+    );
+}
