@@ -334,3 +334,123 @@ fn workers_share_partitions_into_files_at_least_once_across_joins_and_a_kill() {
         "rows written again: {again_after_kill} of the killed worker's (a batch is 50), {again_by_live} by two live workers"
     );
 }
+
+/// A CSV glob of 10 files read by two workers: the files (work units) are split between them,
+/// and when one is killed the other finishes its files from their stored offsets: every row of
+/// every file arrives, none missing.
+#[test]
+fn two_workers_split_a_csv_glob_and_the_survivor_finishes_a_killed_workers_files() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    const FILES: usize = 10;
+    const ROWS_PER_FILE: usize = 200;
+    for f in 0..FILES {
+        let mut text = String::from("file,row\n");
+        for r in 0..ROWS_PER_FILE {
+            text.push_str(&format!("{f},{r}\n"));
+        }
+        std::fs::write(input.join(format!("part-{f}.csv")), text).unwrap();
+    }
+    let pipeline = dir.path().join("split.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: split
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+{WORKER}topics: {{ parts: {{ partitions: 4 }} }}
+sources:
+  parts:
+    type: csv
+    path: {glob}
+    topic: parts
+    columns: {{ file: int, row: int }}
+    rate: 20
+    batch_size: 10
+sinks:
+  rows:
+    type: file
+    topics: [parts]
+    path: unused.jsonl
+    batch: {{ max_records: 50, linger: 20ms }}
+",
+            kafka = tansu.addr(),
+            glob = input.join("*.csv").display()
+        ),
+    )
+    .unwrap();
+    let out = |name: &str| dir.path().join(format!("out-{name}.jsonl"));
+    let env = |name: &str| vec![("SLUICE_SINKS__ROWS__PATH", out(name).display().to_string())];
+    let units = |w: &Worker| -> BTreeSet<String> {
+        let mut held = BTreeSet::new();
+        for line in w.log().lines() {
+            let Some(list) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("units="))
+            else {
+                continue;
+            };
+            if line.contains("running work units") {
+                held.extend(list.split(',').map(str::to_string));
+            } else if line.contains("gave up work units") {
+                for u in list.split(',') {
+                    held.remove(u);
+                }
+            }
+        }
+        held
+    };
+    let mut workers = [
+        Worker::start("a", &pipeline, dir.path(), &env("a")),
+        Worker::start("b", &pipeline, dir.path(), &env("b")),
+    ];
+    wait_until("both workers run units", Duration::from_secs(60), || {
+        workers.iter().all(|w| !units(w).is_empty())
+    });
+    let shares: Vec<BTreeSet<String>> = workers.iter().map(units).collect();
+    eprintln!("units: {shares:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    workers[1].child.kill().unwrap();
+    workers[1].child.wait().unwrap();
+    let killed_at = Instant::now();
+    let rows = || -> HashMap<(i64, i64), usize> {
+        let mut seen = HashMap::new();
+        for name in ["a", "b"] {
+            for line in std::fs::read_to_string(out(name))
+                .unwrap_or_default()
+                .lines()
+            {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let key = (
+                    v["file"].as_i64().unwrap_or(-1),
+                    v["row"].as_i64().unwrap_or(-1),
+                );
+                *seen.entry(key).or_default() += 1;
+            }
+        }
+        seen
+    };
+    wait_until(
+        "the survivor runs every unit",
+        Duration::from_secs(30),
+        || units(&workers[0]).len() == FILES,
+    );
+    eprintln!(
+        "the survivor runs every unit {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let (status, _) = wait_exit_logged(&mut workers[0], Duration::from_secs(120));
+    assert!(status.success(), "survivor: {status}");
+    let seen = rows();
+    assert_eq!(seen.len(), FILES * ROWS_PER_FILE, "every row of every file");
+    let again: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!("{again} rows written twice");
+}
+
+fn wait_exit_logged(worker: &mut Worker, timeout: Duration) -> (std::process::ExitStatus, String) {
+    let status = wait_exit(&mut worker.child, timeout);
+    (status, worker.log())
+}

@@ -21,7 +21,9 @@ pub use error::{BadInput, ConnectorError, ErrorKind, FieldError};
 pub use record::{Headers, Record};
 pub use secret::{redact_url, Secret};
 pub use sink::{PrepareBatch, Prepared, PutOutcome, Sink, SinkBuildContext, SinkConfig};
-pub use source::{Payload, Source, SourceBuildContext, SourceConfig, SourceOffsets, SourceRecord};
+pub use source::{
+    Payload, Source, SourceBuildContext, SourceConfig, SourceOffsets, SourceRecord, UnitShare,
+};
 pub use transform::{Transform, TransformConfig};
 
 // Re-exported so connector crates register themselves without naming these crates.

@@ -54,6 +54,32 @@ pub struct SourceBuildContext {
     /// source that can write its values as JSON directly should then fill
     /// [`Record::encoded_value`] instead of building `value`. Sources may ignore it.
     pub encode_values: bool,
+    /// When the source's work units are shared between the workers of a group: the units
+    /// this instance runs. A source reads only the source partitions it [`UnitShare::owns`];
+    /// `None` runs them all.
+    pub units: Option<UnitShare>,
+}
+
+/// The work units of a split source that one instance runs. A work unit is a source partition
+/// (a file of a glob): units are spread over `count` slots by the hash of their name, and the
+/// instance runs the units of the slots it `holds`. The slots are the partitions of the
+/// source's control topic, which the worker group assigns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitShare {
+    /// Slots in all.
+    pub count: i32,
+    /// The slots this instance runs.
+    pub holds: Vec<i32>,
+}
+
+impl UnitShare {
+    /// Whether this instance runs the source partition `unit`.
+    pub fn owns(&self, unit: &str) -> bool {
+        self.holds.contains(&crate::transport::partition_for_key(
+            unit.as_bytes(),
+            self.count,
+        ))
+    }
 }
 
 /// The YAML config of a source; `type:` picks the implementation.
@@ -65,6 +91,14 @@ pub trait SourceConfig: Debug + Send + Sync {
 
     /// Opens files and connections. May fail for reasons `validate` can't see.
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError>;
+
+    /// For a source that can be split between workers (the files of a glob): how many work
+    /// units it has now, so its control topic gets one partition each. Such a source reads
+    /// only the units of [`SourceBuildContext::units`]. `None` (the default): the source runs
+    /// whole, on one worker of the group at a time.
+    fn work_units(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A running source.

@@ -70,8 +70,13 @@ impl SourceConfig for FileSourceConfig {
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        let settings =
-            crate::csv::ReaderSettings::json_lines(self, ctx.offsets, ctx.encode_values)?;
-        crate::csv::start(settings, &ctx.component, self.rate)
+        let component = ctx.component.clone();
+        let settings = crate::csv::ReaderSettings::json_lines(self, ctx)?;
+        crate::csv::start(settings, &component, self.rate)
+    }
+
+    /// Each file of the glob is a work unit.
+    fn work_units(&self) -> Option<usize> {
+        crate::csv::work_units(&self.path)
     }
 }

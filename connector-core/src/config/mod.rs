@@ -24,9 +24,10 @@ pub struct PipelineConfig {
     /// Kafka cluster to use. Without this section records flow through the embedded in-process log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaConfig>,
-    /// How this process shares the pipeline with other `sluice run` processes of it (Kafka
-    /// only): every process running the same pipeline against the same cluster is a worker of
-    /// one group; sinks' partitions and sources' work units are spread over the live workers.
+    /// Share the pipeline with other `sluice run` processes of it (Kafka only): with this
+    /// section every process running the same pipeline against the same cluster is a worker of
+    /// one group, and sinks' partitions and sources' work units are spread over the live
+    /// workers. Without it a process reads every partition and runs every source itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerConfig>,
     /// Settings of the embedded transport (used when `kafka` is absent).

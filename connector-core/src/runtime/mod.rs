@@ -13,6 +13,7 @@ mod dead_letter;
 mod deadline;
 mod sink_task;
 mod source_task;
+mod units;
 
 pub use dead_letter::DeadLetters;
 use deadline::Deadline;
@@ -112,18 +113,18 @@ impl PipelineRun {
     }
 
     /// Runs until the sources finish and the sinks have caught up, or until shutdown.
-    pub async fn run(&self, options: RunOptions) -> Result<(), RunError> {
+    pub async fn run(self: &Arc<Self>, options: RunOptions) -> Result<(), RunError> {
         let tasks = self.start(&options).await.map_err(RunError::Setup)?;
         self.wait(tasks, &options).await.map_err(RunError::Run)
     }
 
     /// Connects, creates topics and starts every task.
-    async fn start(&self, options: &RunOptions) -> Result<Started, ConnectorError> {
+    async fn start(self: &Arc<Self>, options: &RunOptions) -> Result<Started, ConnectorError> {
         let config = &self.config;
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
             Some(kafka) => Arc::new(
-                KafkaTransport::connect(kafka, &config.worker.clone().unwrap_or_default())
+                KafkaTransport::connect(kafka, config.worker.as_ref())
                     .await
                     .map_err(|e| transport_error(pipeline, e))?,
             ),
@@ -191,37 +192,31 @@ impl PipelineRun {
         let offsets: Arc<dyn crate::transport::OffsetStore> = Arc::from(offsets);
         let mut sources = tokio::task::JoinSet::new();
         for (id, source) in &config.sources {
-            let stored = offsets.load(id).await.map_err(|e| transport_error(id, e))?;
-            if !stored.is_empty() {
-                tracing::info!(component = %id, partitions = stored.len(), "resuming from stored source offsets");
+            if let Some(worker) = config.worker.as_ref().filter(|_| config.kafka.is_some()) {
+                // Shared by the worker group: this worker runs the units it is assigned.
+                let slots = source.inner.work_units().unwrap_or(1).max(1) as i32;
+                let topic = units::control_topic(pipeline, id);
+                let count = transport
+                    .control_topic(&topic, slots)
+                    .await
+                    .map_err(|e| transport_error(id, e))?;
+                let units = units::Units {
+                    run: self.clone(),
+                    id: id.clone(),
+                    topic,
+                    count,
+                    transport: transport.clone(),
+                    legacy: offsets.clone(),
+                    dead_letters: dead_letters.clone(),
+                    linger: worker.session_timeout * 2,
+                };
+                sources.spawn(units.run(options.shutdown.clone(), deadline.clone()));
+                continue;
             }
-            let built = source
-                .inner
-                .build(SourceBuildContext {
-                    component: id.clone(),
-                    offsets: stored,
-                    encode_values: transport.sends_json_text() && source.transforms.is_empty(),
-                })
-                .await
-                .map_err(|e| e.in_component(id))?;
-            let task = source_task::SourceTask {
-                id: id.clone(),
-                source: built,
-                topic: source.topic.as_str().into(),
-                batch_size: source.batch_size,
-                max_in_flight_batches: source
-                    .max_in_flight_batches
-                    .unwrap_or_else(|| transport.default_in_flight_batches()),
-                transforms: build_transforms(id, &source.transforms)?,
-                writer: transport.writer(),
-                offsets: offsets.clone(),
-                offsets_store_interval: transport.offsets_store_interval(),
-                dead_letters: dead_letters.clone(),
-                metrics: self.metrics_of(id),
-                numbering: config
-                    .source_exactly_once(id)
-                    .then(|| source_task::Numbering::new(pipeline)),
-            };
+            let stored = offsets.load(id).await.map_err(|e| transport_error(id, e))?;
+            let task = self
+                .source_task(id, &transport, offsets.clone(), stored, None, &dead_letters)
+                .await?;
             sources.spawn(task.run(options.shutdown.clone(), deadline.clone()));
         }
         Ok(Started {
@@ -231,6 +226,54 @@ impl PipelineRun {
             drain,
             drain_dead_letters,
             deadline,
+        })
+    }
+
+    /// Builds source `id` (the units of it in `units`, when it is split between workers),
+    /// resuming at `stored`, into a task that stores its offsets in `offsets`.
+    async fn source_task(
+        &self,
+        id: &str,
+        transport: &Arc<dyn Transport>,
+        offsets: Arc<dyn crate::transport::OffsetStore>,
+        stored: crate::SourceOffsets,
+        units: Option<crate::UnitShare>,
+        dead_letters: &DeadLetters,
+    ) -> Result<source_task::SourceTask, ConnectorError> {
+        let config = &self.config;
+        let source = config.sources.get(id).ok_or_else(|| {
+            ConnectorError::internal(format!("no source `{id}` in the pipeline")).in_component(id)
+        })?;
+        if !stored.is_empty() {
+            tracing::info!(component = %id, partitions = stored.len(), "resuming from stored source offsets");
+        }
+        let built = source
+            .inner
+            .build(SourceBuildContext {
+                component: id.to_string(),
+                offsets: stored,
+                encode_values: transport.sends_json_text() && source.transforms.is_empty(),
+                units,
+            })
+            .await
+            .map_err(|e| e.in_component(id))?;
+        Ok(source_task::SourceTask {
+            id: id.to_string(),
+            source: built,
+            topic: source.topic.as_str().into(),
+            batch_size: source.batch_size,
+            max_in_flight_batches: source
+                .max_in_flight_batches
+                .unwrap_or_else(|| transport.default_in_flight_batches()),
+            transforms: build_transforms(id, &source.transforms)?,
+            writer: transport.writer(),
+            offsets,
+            offsets_store_interval: transport.offsets_store_interval(),
+            dead_letters: dead_letters.clone(),
+            metrics: self.metrics_of(id),
+            numbering: config
+                .source_exactly_once(id)
+                .then(|| source_task::Numbering::new(&config.name)),
         })
     }
 

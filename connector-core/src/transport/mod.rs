@@ -103,6 +103,16 @@ pub trait Transport: Send + Sync {
         topics: &[String],
     ) -> Result<Box<dyn TopicReader>, TransportError>;
 
+    /// Creates the compacted control topic `name` of a split source with `partitions`
+    /// partitions (one per work unit) unless it exists; returns its partition count, which
+    /// fixes how units map to partitions for good. Only transports with worker groups have them.
+    async fn control_topic(&self, name: &str, partitions: i32) -> Result<i32, TransportError> {
+        let _ = (name, partitions);
+        Err(TransportError::fatal(
+            "this transport runs in one process: it has no worker group to share sources with",
+        ))
+    }
+
     /// Storage of source offsets for the pipeline `pipeline`.
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError>;
 

@@ -29,9 +29,21 @@ impl SourceConfig for CsvSourceConfig {
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        let settings = ReaderSettings::new(self, ctx.offsets, ctx.encode_values)?;
-        start(settings, &ctx.component, self.rate)
+        let component = ctx.component.clone();
+        let settings = ReaderSettings::new(self, ctx)?;
+        start(settings, &component, self.rate)
     }
+
+    /// Each file of the glob is a work unit.
+    fn work_units(&self) -> Option<usize> {
+        work_units(&self.path)
+    }
+}
+
+/// The work units of a file source: its files, as many as match now (at least one slot, for
+/// files still to come).
+pub(crate) fn work_units(pattern: &str) -> Option<usize> {
+    Some(reader::matching_files(pattern).map_or(1, |files| files.len().max(1)))
 }
 
 /// Starts the reader thread of a file source (CSV or JSON lines) and returns its async side,

@@ -7,7 +7,10 @@ use super::config::{CsvSourceConfig, NullRows};
 use super::value::{Field, Parse};
 use serde_json::{Map, Value};
 use sluice_core::record::now_millis;
-use sluice_core::{BadInput, ConnectorError, Payload, Record, SourceOffsets, SourceRecord};
+use sluice_core::{
+    BadInput, ConnectorError, Payload, Record, SourceBuildContext, SourceOffsets, SourceRecord,
+    UnitShare,
+};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -37,6 +40,8 @@ pub(crate) struct ReaderSettings {
     /// Write each record's value as JSON text instead of a `Value` tree.
     encode: bool,
     format: Format,
+    /// The files this instance reads when the source is split between workers.
+    units: Option<UnitShare>,
 }
 
 /// What a row is.
@@ -50,11 +55,7 @@ enum Format {
 }
 
 impl ReaderSettings {
-    pub fn new(
-        config: &CsvSourceConfig,
-        offsets: SourceOffsets,
-        encode: bool,
-    ) -> Result<Self, ConnectorError> {
+    pub fn new(config: &CsvSourceConfig, ctx: SourceBuildContext) -> Result<Self, ConnectorError> {
         let mut builder = csv::ReaderBuilder::new();
         builder
             .has_headers(false)
@@ -75,9 +76,10 @@ impl ReaderSettings {
             all_null_rows: config.all_null_rows,
             follow: config.follow,
             poll_interval: config.poll_interval,
-            offsets,
-            encode,
+            offsets: ctx.offsets,
+            encode: ctx.encode_values,
             format: Format::Csv,
+            units: ctx.units,
         };
         settings.check_files()
     }
@@ -87,8 +89,7 @@ impl ReaderSettings {
     /// hold raw.
     pub fn json_lines(
         config: &crate::json_lines::FileSourceConfig,
-        offsets: SourceOffsets,
-        encode: bool,
+        ctx: SourceBuildContext,
     ) -> Result<Self, ConnectorError> {
         let mut builder = csv::ReaderBuilder::new();
         builder
@@ -110,20 +111,22 @@ impl ReaderSettings {
             all_null_rows: NullRows::Keep,
             follow: config.follow,
             poll_interval: config.poll_interval,
-            offsets,
-            encode,
+            offsets: ctx.offsets,
+            encode: ctx.encode_values,
             format: Format::JsonLines {
                 key: config.key.clone(),
                 time: config.time.clone(),
             },
+            units: ctx.units,
         }
         .check_files()
     }
 
-    /// Fails when no file matches and none will (without `follow`).
+    /// Fails when no file matches and none will (without `follow`); an instance of a split
+    /// source may have none of them.
     fn check_files(self) -> Result<Self, ConnectorError> {
         let settings = self;
-        if !settings.follow && settings.files()?.is_empty() {
+        if !settings.follow && matching_files(&settings.pattern)?.is_empty() {
             return Err(
                 ConnectorError::user(format!("no file matches `{}`", settings.pattern))
                     .with_field("path"),
@@ -132,19 +135,28 @@ impl ReaderSettings {
         Ok(settings)
     }
 
-    /// Files matching the pattern, in name order.
+    /// Files this instance reads, in name order: those matching the pattern, of its share of
+    /// them when the source is split.
     fn files(&self) -> Result<Vec<String>, ConnectorError> {
-        let paths = glob::glob(&self.pattern).map_err(|e| {
-            ConnectorError::user(format!("`{}` is not a valid glob: {e}", self.pattern))
-        })?;
-        let mut files: Vec<String> = paths
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        files.sort();
+        let mut files = matching_files(&self.pattern)?;
+        if let Some(units) = &self.units {
+            files.retain(|file| units.owns(file));
+        }
         Ok(files)
     }
+}
+
+/// Files matching `pattern`, in name order.
+pub(crate) fn matching_files(pattern: &str) -> Result<Vec<String>, ConnectorError> {
+    let paths = glob::glob(pattern)
+        .map_err(|e| ConnectorError::user(format!("`{pattern}` is not a valid glob: {e}")))?;
+    let mut files: Vec<String> = paths
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Columns of one file and how to parse each.
@@ -732,6 +744,15 @@ fn lines_before(path: &str, end: u64) -> io::Result<u64> {
 mod tests {
     use super::*;
 
+    pub(super) fn context(offsets: SourceOffsets, encode_values: bool) -> SourceBuildContext {
+        SourceBuildContext {
+            component: "src".into(),
+            offsets,
+            encode_values,
+            units: None,
+        }
+    }
+
     /// Every item the reader makes of `csv`, with values as JSON text (`encode`) or as trees.
     fn read(csv: impl AsRef<[u8]>, encode: bool) -> Vec<SourceRecord> {
         let dir = tempfile::tempdir().unwrap();
@@ -743,7 +764,7 @@ mod tests {
             path.display()
         ))
         .unwrap();
-        let settings = ReaderSettings::new(&config, SourceOffsets::new(), encode).unwrap();
+        let settings = ReaderSettings::new(&config, context(SourceOffsets::new(), encode)).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         CsvReader::new(settings).run(tx);
         let mut items = Vec::new();
@@ -767,7 +788,7 @@ mod tests {
             path.display()
         ))
         .unwrap();
-        let settings = ReaderSettings::json_lines(&config, offsets, encode).unwrap();
+        let settings = ReaderSettings::json_lines(&config, context(offsets, encode)).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         CsvReader::new(settings).run(tx);
         let mut items = Vec::new();
@@ -823,7 +844,7 @@ mod tests {
             let config: crate::json_lines::FileSourceConfig =
                 serde_yaml::from_str(&format!("{{ path: '{}' }}", dir.join("in.jsonl").display()))
                     .unwrap();
-            let settings = ReaderSettings::json_lines(&config, offsets, encode).unwrap();
+            let settings = ReaderSettings::json_lines(&config, context(offsets, encode)).unwrap();
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
             CsvReader::new(settings).run(tx);
             let rest: Vec<SourceRecord> = std::iter::from_fn(|| rx.try_recv().ok())
@@ -949,7 +970,10 @@ mod input_tests {
             exists.display()
         ))
         .unwrap();
-        CsvReader::new(ReaderSettings::new(&config, SourceOffsets::new(), false).unwrap())
+        CsvReader::new(
+            ReaderSettings::new(&config, super::tests::context(SourceOffsets::new(), false))
+                .unwrap(),
+        )
     }
 
     fn items(

@@ -60,6 +60,12 @@ impl Changes {
         queued.await
     }
 
+    /// Queues a change for the task.
+    pub fn report(&self, change: Rebalance) {
+        self.lock().changes.push_back(change);
+        self.queued.notify_waiters();
+    }
+
     /// From now on the callback completes every change itself.
     pub fn complete_at_once(&self) {
         self.lock().at_once = true;
@@ -101,7 +107,7 @@ impl ConsumerContext for Member {
                 Rebalance::Revoke(partitions)
             }
         };
-        let mut pending = self.changes.lock();
+        let pending = self.changes.lock();
         if pending.at_once {
             drop(pending);
             let done = match change {
@@ -114,9 +120,8 @@ impl ConsumerContext for Member {
             return;
         }
         tracing::debug!(?change, "worker group rebalance; waiting for the task");
-        pending.changes.push_back(change);
         drop(pending);
-        self.changes.queued.notify_waiters();
+        self.changes.report(change);
     }
 }
 

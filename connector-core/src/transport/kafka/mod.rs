@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 /// Transport over a Kafka cluster.
 pub struct KafkaTransport {
     config: KafkaConfig,
-    /// Group membership of the readers.
-    worker: WorkerConfig,
+    /// Group membership of the readers, when the pipeline has a `worker` section; without,
+    /// each reader owns every partition of its topics.
+    worker: Option<WorkerConfig>,
     producer: Producer,
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
@@ -44,7 +45,7 @@ impl KafkaTransport {
     /// Connects and checks the cluster answers, retrying until `connect_timeout`.
     pub async fn connect(
         config: &KafkaConfig,
-        worker: &WorkerConfig,
+        worker: Option<&WorkerConfig>,
     ) -> Result<Self, TransportError> {
         let mut client = base_config(config);
         client
@@ -69,7 +70,7 @@ impl KafkaTransport {
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let transport = KafkaTransport {
             config: config.clone(),
-            worker: worker.clone(),
+            worker: worker.cloned(),
             producer,
             max_message_bytes,
         };
@@ -372,19 +373,22 @@ impl Transport for KafkaTransport {
             .set("fetch.queue.backoff.ms", "20")
             .set("fetch.max.bytes", "4194304")
             .set("fetch.min.bytes", "524288")
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", "100");
+        if let Some(worker) = &self.worker {
             // Workers of a pipeline share each sink's partitions (Kafka Connect's way): on a
             // rebalance a member gives up only the partitions that move, after storing and
             // committing what it read of them.
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                self.worker.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                self.worker.heartbeat_interval.as_millis().to_string(),
-            );
+            client
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set(
+                    "session.timeout.ms",
+                    worker.session_timeout.as_millis().to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    worker.heartbeat_interval.as_millis().to_string(),
+                );
+        }
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
@@ -403,10 +407,23 @@ impl Transport for KafkaTransport {
                 redact(&self.config, e)
             ))
         })?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|e| TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
+        if self.worker.is_some() {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&names).map_err(|e| {
+                TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}"))
+            })?;
+        } else {
+            // The only reader of its group: every partition, at the group's committed offsets,
+            // without joining (no rebalance waiting out the member of a killed process).
+            let all = topics
+                .iter()
+                .flat_map(|topic| {
+                    let partitions = layout.get(topic).map_or(0, |(p, _)| *p);
+                    (0..partitions).map(move |p| (Arc::<str>::from(topic.as_str()), p))
+                })
+                .collect();
+            changes.report(Rebalance::Assign(all));
+        }
         Ok(Box::new(KafkaReader {
             consumer: Arc::new(consumer),
             changes,
@@ -421,6 +438,20 @@ impl Transport for KafkaTransport {
 
     fn offsets_store_interval(&self) -> Duration {
         Duration::from_secs(1)
+    }
+
+    async fn control_topic(&self, name: &str, partitions: i32) -> Result<i32, TransportError> {
+        if let Some((existing, _)) = self.describe(vec![name.to_string()]).await?.get(name) {
+            return Ok(*existing);
+        }
+        let spec = TopicSpec {
+            partitions,
+            config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+            ..TopicSpec::default()
+        };
+        self.ensure_topics(&[(name.to_string(), spec)].into_iter().collect())
+            .await?;
+        Ok(partitions)
     }
 
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {

@@ -1,0 +1,287 @@
+//! Sources shared by the workers of a group (Kafka).
+//!
+//! Each source has a small compacted *control topic* with one partition per work unit slot
+//! (one slot per file of a glob; one in all for a source that cannot be split), read by the
+//! consumer group `sluice-<pipeline>-<source>-units`. The group coordinator assigns the slots
+//! to live workers like any partitions; a worker runs, per slot it holds, an instance of the
+//! source reading only that slot's units ([`UnitShare`]). Each slot stores its source offsets
+//! under its own key (`<pipeline>/<source>/unit-<slot>`), so a slot that moves — on a join, or
+//! from a killed worker once its session timed out — resumes where its last owner stored it.
+//! Before a slot is given up its instance stops and stores its offsets.
+//!
+//! A worker whose slots are all finished ends at once when it holds every slot; otherwise it
+//! stays `linger` longer, ready to take over the slots of a worker that dies.
+
+use super::deadline::Deadline;
+use super::{transport_error, DeadLetters, PipelineRun};
+use crate::transport::{OffsetStore, Rebalance, TopicPartition, Transport};
+use crate::{ConnectorError, SourceOffsets, UnitShare};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The control topic of source `id` of `pipeline`: Kafka's topic-name characters only.
+pub(super) fn control_topic(pipeline: &str, id: &str) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    format!("sluice-units.{}.{}", clean(pipeline), clean(id))
+}
+
+/// One source's share of the worker group.
+pub(super) struct Units {
+    pub run: Arc<PipelineRun>,
+    pub id: String,
+    pub topic: String,
+    /// Slots (partitions of the control topic).
+    pub count: i32,
+    pub transport: Arc<dyn Transport>,
+    /// The pipeline's own offsets, where a single process stored them before the source was
+    /// shared: read by a slot that has stored nothing of its own yet.
+    pub legacy: Arc<dyn OffsetStore>,
+    pub dead_letters: DeadLetters,
+    /// How long a worker whose slots are all finished stays in the group.
+    pub linger: Duration,
+}
+
+/// How a slot's instance ended: the slot, whether it was stopped (rather than finished), and
+/// its result.
+type Ended = (i32, bool, Result<(), ConnectorError>);
+
+impl Units {
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        deadline: Deadline,
+    ) -> Result<(), ConnectorError> {
+        let pipeline = self.run.config.name.clone();
+        let group = format!("sluice-{pipeline}-{}-units", self.id);
+        let mut reader = self
+            .transport
+            .reader(&group, std::slice::from_ref(&self.topic))
+            .await
+            .map_err(|e| transport_error(&self.id, e))?;
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        // Slot → what stops its instance.
+        let mut running: BTreeMap<i32, CancellationToken> = BTreeMap::new();
+        let mut held: BTreeSet<i32> = BTreeSet::new();
+        let mut finished: BTreeSet<i32> = BTreeSet::new();
+        let mut joined = false;
+        let mut done_since: Option<Instant> = None;
+        let result = loop {
+            let mut failed = None;
+            while let Some(change) = reader.rebalance() {
+                done_since = None;
+                match change {
+                    Rebalance::Assign(slots) => {
+                        if let Err(e) = reader.assign(&slots, &[]).await {
+                            failed = Some(transport_error(&self.id, e));
+                            break;
+                        }
+                        joined = true;
+                        for (_, slot) in &slots {
+                            held.insert(*slot);
+                            match self.start(*slot, &ended_tx, &shutdown, &deadline).await {
+                                Ok(stop) => {
+                                    running.insert(*slot, stop);
+                                }
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                        if !slots.is_empty() {
+                            tracing::info!(component = %self.id, units = %slots_list(&slots), of = self.count, "running work units");
+                        }
+                    }
+                    Rebalance::Revoke(slots) => {
+                        let mut stopping = BTreeSet::new();
+                        for (_, slot) in &slots {
+                            held.remove(slot);
+                            finished.remove(slot);
+                            if let Some(stop) = running.remove(slot) {
+                                stop.cancel();
+                                stopping.insert(*slot);
+                            }
+                        }
+                        // Each stopped instance stores its offsets before the slot moves.
+                        while !stopping.is_empty() {
+                            let Some((slot, stopped, result)) = ended_rx.recv().await else {
+                                break;
+                            };
+                            // Another slot that ended meanwhile.
+                            if !stopping.remove(&slot)
+                                && running.remove(&slot).is_some()
+                                && !stopped
+                            {
+                                finished.insert(slot);
+                            }
+                            if let Err(e) = result {
+                                failed = Some(e);
+                            }
+                        }
+                        if let Err(e) = reader.revoke(&slots).await {
+                            failed = Some(transport_error(&self.id, e));
+                        }
+                        tracing::info!(component = %self.id, units = %slots_list(&slots), "gave up work units to another worker, their offsets stored");
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+            if joined && running.is_empty() && held.is_subset(&finished) {
+                if held.len() as i32 == self.count {
+                    tracing::info!(component = %self.id, "every work unit finished");
+                    break Ok(());
+                }
+                let since = *done_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.linger {
+                    tracing::info!(component = %self.id, "this worker's work units finished");
+                    break Ok(());
+                }
+            }
+            tokio::select! {
+                ended = ended_rx.recv() => {
+                    if let Some((slot, stopped, result)) = ended {
+                        running.remove(&slot);
+                        if let Err(e) = result {
+                            break Err(e);
+                        }
+                        if !stopped {
+                            finished.insert(slot);
+                        }
+                    }
+                }
+                // Only for the group's rebalances: nothing is written to the control topic.
+                polled = reader.poll(1, Duration::from_millis(250)) => {
+                    if let Err(e) = polled {
+                        break Err(transport_error(&self.id, e));
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        };
+        // Whatever still runs stops (on shutdown it does by itself) and stores its offsets.
+        for stop in running.values() {
+            stop.cancel();
+        }
+        drop(ended_tx);
+        let mut result = result;
+        while !running.is_empty() {
+            let Some((slot, _, ended)) = ended_rx.recv().await else {
+                break;
+            };
+            running.remove(&slot);
+            if let (Ok(()), Err(e)) = (&result, ended) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Starts the instance of the source for `slot`; returns what stops it.
+    async fn start(
+        &self,
+        slot: i32,
+        ended: &mpsc::UnboundedSender<Ended>,
+        shutdown: &CancellationToken,
+        deadline: &Deadline,
+    ) -> Result<CancellationToken, ConnectorError> {
+        let share = UnitShare {
+            count: self.count,
+            holds: vec![slot],
+        };
+        let name = format!("{}/{}/unit-{slot}", self.run.config.name, self.id);
+        let store: Arc<dyn OffsetStore> = Arc::from(
+            self.transport
+                .offset_store(&name)
+                .await
+                .map_err(|e| transport_error(&self.id, e))?,
+        );
+        let mut stored = store
+            .load(&self.id)
+            .await
+            .map_err(|e| transport_error(&self.id, e))?;
+        if stored.is_empty() {
+            stored = self.legacy_offsets(&share).await?;
+        }
+        let task = self
+            .run
+            .source_task(
+                &self.id,
+                &self.transport,
+                store,
+                stored,
+                Some(share),
+                &self.dead_letters,
+            )
+            .await?;
+        let stop = shutdown.child_token();
+        let (ended, token, deadline) = (ended.clone(), stop.clone(), deadline.clone());
+        tokio::spawn(async move {
+            let result = task.run(token.clone(), deadline).await;
+            let _ = ended.send((slot, token.is_cancelled(), result));
+        });
+        Ok(stop)
+    }
+
+    /// The offsets a single process stored for the source before it was shared, of the units
+    /// in `share`.
+    async fn legacy_offsets(&self, share: &UnitShare) -> Result<SourceOffsets, ConnectorError> {
+        let mut offsets = self
+            .legacy
+            .load(&self.id)
+            .await
+            .map_err(|e| transport_error(&self.id, e))?;
+        offsets.retain(|unit, _| share.owns(unit));
+        Ok(offsets)
+    }
+}
+
+/// Slots for logs.
+fn slots_list(slots: &[TopicPartition]) -> String {
+    slots
+        .iter()
+        .map(|(_, slot)| slot.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_topics_are_named_with_kafka_topic_characters_only() {
+        assert_eq!(
+            control_topic("btc history", "yahoo/csv"),
+            "sluice-units.btc_history.yahoo_csv"
+        );
+    }
+
+    #[test]
+    fn each_unit_belongs_to_exactly_one_slot() {
+        let files: Vec<String> = (0..10).map(|i| format!("data/part-{i}.csv")).collect();
+        let shares: Vec<UnitShare> = (0..4)
+            .map(|slot| UnitShare {
+                count: 4,
+                holds: vec![slot],
+            })
+            .collect();
+        for file in &files {
+            assert_eq!(shares.iter().filter(|s| s.owns(file)).count(), 1, "{file}");
+        }
+    }
+}
