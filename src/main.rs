@@ -1,5 +1,6 @@
 //! `sluice`: run, validate and list the connectors of YAML pipelines.
 
+mod api;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for a run that failed.
 const EXIT_RUNTIME: u8 = 1;
+
+/// Where the REST API listens unless told: loopback only, Kafka Connect's port.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8083";
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +63,19 @@ enum Command {
         /// sources (backfills); without it such pipelines run until stopped.
         #[arg(long)]
         once: bool,
+        /// Address of the REST API and `/metrics` (`none`: no API). When the default's port is
+        /// taken the run goes on without the API, saying so; an address given here must bind.
+        #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// Bearer token that calls changing something (pause, resume, validate) must carry.
+        #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
+    /// Print the connectors of a running worker with their state, from its REST API.
+    Status {
+        /// The worker's REST API.
+        #[arg(long, default_value = "http://127.0.0.1:8083")]
+        url: String,
     },
     /// Check pipeline files and every connector's config, without touching the network.
     Validate {
@@ -107,6 +124,7 @@ fn main() -> ExitCode {
             print_plugins();
             ExitCode::SUCCESS
         }
+        Command::Status { url } => print_status(&url),
         Command::Validate { files, kafka } => match load_all(&files, kafka) {
             Ok(pipelines) => {
                 for (file, p) in files.iter().zip(&pipelines) {
@@ -130,6 +148,8 @@ fn main() -> ExitCode {
             state_dir,
             drain_timeout,
             once,
+            listen,
+            api_token,
         } => {
             let pipelines = match load_all(&files, kafka) {
                 Ok(p) => p,
@@ -166,6 +186,8 @@ fn main() -> ExitCode {
                     state_dir,
                     drain_timeout,
                     once,
+                    listen,
+                    api_token,
                 },
             ));
             // Blocking client calls still running (a synchronous commit to a broker that is
@@ -205,6 +227,8 @@ struct RunSettings {
     state_dir: PathBuf,
     drain_timeout: Duration,
     once: bool,
+    listen: String,
+    api_token: Option<String>,
 }
 
 async fn run(
@@ -219,6 +243,10 @@ async fn run(
         .map(|p| Arc::new(PipelineRun::new(p)))
         .collect();
     let display = progress::Progress::start(runs.clone());
+    let api_stop = CancellationToken::new();
+    if let Err(code) = start_api(&settings, &runs, api_stop.clone()).await {
+        return code;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (pipeline, file) in runs.iter().zip(files) {
         let pipeline = pipeline.clone();
@@ -280,11 +308,107 @@ async fn run(
             ));
         }
     }
+    api_stop.cancel();
     display.finish(setup_failures < runs.len());
     for e in errors {
         eprintln!("error: {e}");
     }
     exit
+}
+
+/// Starts the REST API on `settings.listen` unless it is `none`.
+async fn start_api(
+    settings: &RunSettings,
+    runs: &[Arc<PipelineRun>],
+    stop: CancellationToken,
+) -> Result<(), ExitCode> {
+    if settings.listen == "none" {
+        return Ok(());
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed; /metrics shows only counters");
+    }
+    let listener = match tokio::net::TcpListener::bind(&settings.listen).await {
+        Ok(listener) => listener,
+        Err(e) if settings.listen == DEFAULT_LISTEN => {
+            tracing::warn!(listen = %settings.listen, error = %e, "the REST API's default address is taken; running without it (set --listen)");
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on {} for the REST API: {e}",
+                settings.listen
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| settings.listen.clone(), |a| a.to_string());
+    tracing::info!(%address, "REST API and /metrics listening");
+    let api = Arc::new(api::Api {
+        runs: runs.to_vec(),
+        token: settings.api_token.clone().filter(|t| !t.is_empty()),
+        prometheus,
+        worker_id: address,
+    });
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, api, stop).await {
+            tracing::warn!(error = %e, "the REST API stopped");
+        }
+    });
+    Ok(())
+}
+
+/// `sluice status`: the connectors of the worker at `url`, one line each.
+fn print_status(url: &str) -> ExitCode {
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .and_then(|c| {
+            c.get(format!(
+                "{}/connectors?expand=status",
+                url.trim_end_matches('/')
+            ))
+            .send()
+        })
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json::<serde_json::Value>());
+    let connectors = match answer {
+        Ok(serde_json::Value::Object(connectors)) => connectors,
+        Ok(other) => {
+            eprintln!("error: {url} answered something other than connector statuses: {other}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the status from {url}: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    println!(
+        "{:<40} {:<6} {:<8} {:>12} {:>12}  WORKER / ERROR",
+        "CONNECTOR", "TYPE", "STATE", "IN", "OUT"
+    );
+    for (name, entry) in connectors {
+        let status = &entry["status"];
+        let task = &status["tasks"][0];
+        let detail = task["trace"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| task["worker_id"].as_str().unwrap_or("").to_string());
+        println!(
+            "{:<40} {:<6} {:<8} {:>12} {:>12}  {}",
+            name,
+            status["type"].as_str().unwrap_or(""),
+            status["connector"]["state"].as_str().unwrap_or(""),
+            status["metrics"]["records_in"],
+            status["metrics"]["records_out"],
+            detail
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -1,7 +1,8 @@
-//! Per-component counters, shared by the runtime (writes) and the CLI's progress display (reads).
+//! Per-component counters and controls, shared by the runtime (writes) and the CLI's progress
+//! display and REST API (reads, pause/resume).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Counters of one component.
@@ -22,6 +23,41 @@ pub struct ComponentMetrics {
     first_record_at: OnceLock<Instant>,
     /// When the component stopped.
     finished_at: OnceLock<Instant>,
+    /// When a source's poll last returned records, in milliseconds since the epoch (0: never).
+    pub last_poll_ms: AtomicU64,
+    /// True while the component is paused (REST API): sources stop polling, sinks stop reading.
+    paused: OnceLock<tokio::sync::watch::Sender<bool>>,
+    /// Why the component failed, if it did.
+    failure: Mutex<Option<Failure>>,
+}
+
+/// A component's failure as the REST API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    /// Also in the log line of the failure, to find it there.
+    pub trace_id: String,
+}
+
+/// What a component is doing, in Kafka Connect's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Paused,
+    Failed,
+    /// Finished (a source read its input to the end) or stopped.
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "RUNNING",
+            State::Paused => "PAUSED",
+            State::Failed => "FAILED",
+            State::Stopped => "STOPPED",
+        }
+    }
 }
 
 impl ComponentMetrics {
@@ -57,6 +93,58 @@ impl ComponentMetrics {
                 .get()?
                 .duration_since(*self.first_record_at.get()?),
         )
+    }
+
+    fn paused_flag(&self) -> &tokio::sync::watch::Sender<bool> {
+        self.paused
+            .get_or_init(|| tokio::sync::watch::Sender::new(false))
+    }
+
+    /// Pauses (`true`) or resumes the component.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused_flag().send_replace(paused);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused_flag().borrow()
+    }
+
+    /// Resolves once the component is not paused.
+    pub async fn unpaused(&self) {
+        let mut paused = self.paused_flag().subscribe();
+        let _ = paused.wait_for(|p| !*p).await;
+    }
+
+    /// Records why the component failed.
+    pub fn fail(&self, failure: Failure) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn state(&self) -> State {
+        if self.failure().is_some() {
+            State::Failed
+        } else if self.finished_at.get().is_some() {
+            State::Stopped
+        } else if self.is_paused() {
+            State::Paused
+        } else {
+            State::Running
+        }
+    }
+
+    /// Notes that a poll returned records now.
+    pub fn polled(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_poll_ms.store(now, Ordering::Relaxed);
     }
 
     /// A point-in-time copy.

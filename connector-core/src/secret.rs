@@ -9,9 +9,17 @@ use std::fmt;
 /// Any scalar is taken as its text: `MYSQL_PASSWORD=20240917` interpolated into YAML reads as
 /// a number, and is still the password. (Quote it in YAML, `"${MYSQL_PASSWORD}"`, where leading
 /// zeros matter: YAML reads `0012` as the number 12.) No deserialization error shows the value.
-#[derive(Clone, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(transparent)]
+/// Serializes as `***` too (the REST API shows configs by serializing them); nothing writes a
+/// config back out where the value would be needed.
+#[derive(Clone, PartialEq, Eq, JsonSchema)]
+#[schemars(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -21,10 +21,13 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-/// `sluice` with logs kept quiet but for warnings.
+/// `sluice` with logs kept quiet but for warnings, and no REST API (tests run many at once;
+/// the API's tests set `SLUICE_LISTEN`).
 pub fn sluice() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.current_dir(root()).env("SLUICE_LOG", "warn");
+    cmd.current_dir(root())
+        .env("SLUICE_LOG", "warn")
+        .env("SLUICE_LISTEN", "none");
     cmd
 }
 

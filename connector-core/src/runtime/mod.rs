@@ -86,6 +86,8 @@ impl RunError {
 pub struct PipelineRun {
     pub config: PipelineConfig,
     pub metrics: Vec<Arc<ComponentMetrics>>,
+    /// True from the moment every task runs until the run ends.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl PipelineRun {
@@ -101,7 +103,11 @@ impl PipelineRun {
                     .map(|id| ComponentMetrics::new("sink", id)),
             )
             .collect();
-        PipelineRun { config, metrics }
+        PipelineRun {
+            config,
+            metrics,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn metrics_of(&self, id: &str) -> Arc<ComponentMetrics> {
@@ -115,7 +121,16 @@ impl PipelineRun {
     /// Runs until the sources finish and the sinks have caught up, or until shutdown.
     pub async fn run(self: &Arc<Self>, options: RunOptions) -> Result<(), RunError> {
         let tasks = self.start(&options).await.map_err(RunError::Setup)?;
-        self.wait(tasks, &options).await.map_err(RunError::Run)
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let result = self.wait(tasks, &options).await.map_err(RunError::Run);
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// Connected, with every task started, and not ended yet.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connects, creates topics and starts every task.
@@ -299,7 +314,13 @@ impl PipelineRun {
                     ConnectorError::internal(format!("a task panicked: {e}")).in_component(pipeline)
                 }
             };
-            tracing::error!(component = %error.component, error = %error.message, "component failed");
+            let trace_id = trace_id();
+            tracing::error!(component = %error.component, error = %error.message, %trace_id, "component failed");
+            self.metrics_of(&error.component)
+                .fail(crate::metrics::Failure {
+                    message: error.message.clone(),
+                    trace_id,
+                });
             options.shutdown.cancel();
             first_error.get_or_insert(error);
         };
@@ -327,6 +348,15 @@ impl PipelineRun {
             None => Ok(()),
         }
     }
+}
+
+/// An id for one failure, in its log line and in the REST API's status.
+fn trace_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("{now}-{}", std::process::id());
+    format!("{:016x}", crate::exactly_once::fnv1a(seed.as_bytes()))
 }
 
 fn transport_error(component: &str, e: crate::transport::TransportError) -> ConnectorError {

@@ -115,6 +115,20 @@ impl SinkTask {
                 self.rebalance(change, pending, flushed, deadline).await?;
             }
             let draining = drain.is_cancelled();
+            if self.metrics.is_paused() && !draining {
+                // What was read is stored; nothing more is read until resumed.
+                if !pending.is_empty() {
+                    self.flush(pending, flushed, ReadAheadMode::Off, deadline)
+                        .await?;
+                }
+                tokio::select! {
+                    _ = self.metrics.unpaused() => {}
+                    _ = drain.cancelled() => {}
+                    _ = deadline.passed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                continue;
+            }
             let room = self
                 .batch
                 .max_records
@@ -375,7 +389,10 @@ async fn store(
 ) -> Result<(usize, usize), Stopped> {
     let put = !batch.is_empty();
     let mut stored = batch.len();
+    let started = Instant::now();
     if put {
+        metrics::histogram!("sluice_sink_batch_records", "component" => id.to_string())
+            .record(batch.len() as f64);
         // The first attempt uses what was prepared; retries prepare again.
         let prepared = std::sync::Mutex::new(prepared);
         let outcome = with_retries(
@@ -439,6 +456,8 @@ async fn store(
         )
         .await?;
     }
+    metrics::histogram!("sluice_sink_store_seconds", "component" => id.to_string())
+        .record(started.elapsed().as_secs_f64());
     // Freeing a large batch takes a while; the next batch's `put` need not wait for it.
     if batch.len() >= DROP_APART {
         tokio::task::spawn_blocking(move || drop(batch));
@@ -591,6 +610,8 @@ async fn with_retries<T>(
         match result {
             Ok(value) => return Ok(value),
             Err(e) if e.retryable && attempt < MAX_BATCH_ATTEMPTS && !deadline.is_passed() => {
+                metrics::counter!("sluice_retries_total", "component" => id.to_string(), "operation" => what.to_string())
+                    .increment(1);
                 tracing::warn!(component = %id, attempt, error = %e.message, "{what} failed; retrying in {backoff:?}");
                 if bounded(deadline, tokio::time::sleep(backoff))
                     .await

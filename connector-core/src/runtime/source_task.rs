@@ -161,6 +161,14 @@ impl SourceTask {
         sent: mpsc::Sender<Sent>,
     ) -> Result<(), ConnectorError> {
         loop {
+            if self.metrics.is_paused() {
+                tracing::info!(component = %self.id, "paused");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = failed.cancelled() => return Ok(()),
+                    _ = self.metrics.unpaused() => tracing::info!(component = %self.id, "resumed"),
+                }
+            }
             let polled = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
@@ -175,6 +183,7 @@ impl SourceTask {
                 continue;
             }
             self.metrics.received(items.len());
+            self.metrics.polled();
             let mut records = Vec::with_capacity(items.len());
             let mut offsets = HashMap::new();
             // Consecutive items mostly share a partition: one map insert per run of them.

@@ -1,0 +1,227 @@
+//! The REST API and `/metrics` of a running `sluice run`, as an operator uses them: status,
+//! configs with secrets hidden, pause and resume, validation, Prometheus text whose counters
+//! match what arrived, `sluice status`; and no secret anywhere, logs included.
+
+mod common;
+
+use common::api_mock::{ApiFaults, ApiMock};
+use common::*;
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const SENTINEL: &str = "sentinel-Zq8wK3-never-shown";
+const TOKEN: &str = "token-4Fv9-for-changes";
+
+fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_secrets() {
+    let api_mock = ApiMock::start(ApiFaults {
+        required_header: Some(("x-messari-api-key".into(), SENTINEL.into())),
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.jsonl");
+    let sinks = format!(
+        "  prices:\n    type: file\n    topics: [bitcoin]\n    path: {}\n    batch: {{ max_records: 10, linger: 50ms }}\n  rejects:\n    type: file\n    topics: [messari-dlq]\n    format: envelope\n    path: {}\n",
+        prices.display(),
+        dir.path().join("dlq.jsonl").display(),
+    );
+    let pipeline = with_sinks(
+        "pipelines/messari-btc-to-elasticsearch.yaml",
+        dir.path(),
+        "messari.yaml",
+        &sinks,
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("sluice.log");
+    let mut child = sluice_run(&pipeline, dir.path().join("state"))
+        .env("MESSARI_URL", &api_mock.url)
+        .env("MESSARI_API", "v1")
+        .env("MESSARI_API_KEY", SENTINEL)
+        .env("MESSARI_INTERVAL", "100ms")
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_API_TOKEN", TOKEN)
+        .env("SLUICE_LOG", "debug,librdkafka=off,hyper=off,reqwest=off")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let client = Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    let json = |path: &str| -> Value { get(path).unwrap().json().unwrap() };
+    eventually("/health answers 200", Duration::from_secs(30), || {
+        get("/health").is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+
+    // What runs, and its config with the secret hidden.
+    let names = json("/connectors");
+    for name in [
+        "messari-btc.messari",
+        "messari-btc.prices",
+        "messari-btc.rejects",
+    ] {
+        assert!(
+            names.as_array().unwrap().contains(&Value::from(name)),
+            "{names}"
+        );
+    }
+    let source = json("/connectors/messari-btc.messari");
+    assert_eq!(source["type"], "source");
+    assert_eq!(source["config"]["api_key"], "***", "{source}");
+    assert_eq!(source["config"]["type"], "messari");
+    let status = json("/connectors/messari-btc.prices/status");
+    assert_eq!(status["connector"]["state"], "RUNNING", "{status}");
+    assert_eq!(status["tasks"][0]["state"], "RUNNING");
+    assert_eq!(
+        get("/connectors/nope/status").unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    eventually("prices arrive", Duration::from_secs(30), || {
+        count_lines(&prices) >= 3
+    });
+
+    // Pause: refused without the token; with it, the sink stops within a second while the
+    // source goes on (its lag grows); resume continues.
+    let pause = || client.put(format!("{base}/connectors/messari-btc.prices/pause"));
+    assert_eq!(pause().send().unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        pause().bearer_auth("wrong").send().unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        pause().bearer_auth(TOKEN).send().unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let paused_at = Instant::now();
+    // Read from the API, not yet acknowledged: the embedded log acknowledges once sinks commit.
+    let source_in = || {
+        json("/connectors/messari-btc.messari/status")["metrics"]["records_in"]
+            .as_u64()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let status = json("/connectors/messari-btc.prices/status");
+    assert_eq!(status["connector"]["state"], "PAUSED", "{status}");
+    let (lines, polled) = (count_lines(&prices), source_in());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count_lines(&prices), lines, "nothing written while paused");
+    assert!(
+        source_in() > polled,
+        "the source goes on while the sink is paused"
+    );
+    eprintln!("paused {:?}: {lines} lines", paused_at.elapsed());
+
+    // While paused the counters stand still: /metrics parses and says what the file holds.
+    let text = get("/metrics").unwrap().text().unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let sample = |name: &str, component: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("component") == Some(component))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} for {component} in:\n{text}"))
+    };
+    assert_eq!(
+        sample("sluice_records_out_total", "prices"),
+        lines as f64,
+        "{text}"
+    );
+    assert_eq!(sample("sluice_component_paused", "prices"), 1.0);
+    assert!(sample("sluice_records_out_total", "messari") >= lines as f64);
+    assert!(sample("sluice_source_last_poll_timestamp_seconds", "messari") > 1.7e9);
+    assert!(
+        text.contains("sluice_sink_store_seconds") && text.contains("sluice_sink_batch_records"),
+        "{text}"
+    );
+
+    let resume = client
+        .put(format!("{base}/connectors/messari-btc.prices/resume"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(resume.status(), StatusCode::ACCEPTED);
+    eventually("the sink writes again", Duration::from_secs(5), || {
+        count_lines(&prices) > lines
+    });
+
+    // Plugins, validation, the API's description, `sluice status`.
+    let plugins = json("/connector-plugins");
+    assert!(
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["class"] == "mysql" && p["type"] == "sink"),
+        "{plugins}"
+    );
+    let validated: Value = client
+        .put(format!("{base}/connector-plugins/csv/config/validate"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "path": "", "rate": -1 }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(validated["error_count"], 2, "{validated}");
+    let fields: Vec<&str> = validated["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["path", "rate"]);
+    let openapi = json("/openapi.json");
+    assert!(openapi["paths"]["/connectors/{name}/pause"]["put"].is_object());
+    let status_cli = run(sluice().args(["status", "--url", &base]));
+    let printed = String::from_utf8_lossy(&status_cli.stdout).into_owned();
+    assert!(status_cli.status.success(), "{printed}");
+    assert!(
+        printed.contains("messari-btc.prices") && printed.contains("RUNNING"),
+        "{printed}"
+    );
+
+    // Everything an operator sees, none with the secret.
+    let mut seen = String::new();
+    for path in [
+        "/connectors?expand=status",
+        "/connectors/messari-btc.messari",
+        "/connectors/messari-btc.prices",
+        "/metrics",
+        "/health",
+        "/",
+    ] {
+        seen.push_str(&get(path).unwrap().text().unwrap());
+    }
+    seen.push_str(&printed);
+    let (status, _) = terminate(&mut child);
+    assert!(status.success(), "{status}");
+    seen.push_str(&std::fs::read_to_string(&log).unwrap());
+    assert!(
+        !seen.contains(SENTINEL),
+        "the secret shows somewhere:\n{seen}"
+    );
+    assert!(
+        seen.contains("REST API and /metrics listening"),
+        "the log says where the API is"
+    );
+}
