@@ -33,6 +33,9 @@ pub struct Api {
 /// The API's OpenAPI description.
 const OPENAPI: &str = include_str!("openapi.json");
 
+/// The status page: one file, compiled in, no CDN; it polls `/connectors?expand=status`.
+const STATUS_PAGE: &str = include_str!("ui/index.html");
+
 /// Serves `api` on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -41,6 +44,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/", get(root))
+        .route("/ui", get(page))
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(openapi))
@@ -154,16 +158,35 @@ impl Api {
                 "records_out": snapshot.records_out,
                 "dead_lettered": snapshot.dead_lettered,
                 "skipped": snapshot.skipped,
+                "average_rate": m.average_rate(),
+                "lag": m.lag().iter().map(|(_, _, lag)| lag).sum::<i64>(),
             },
         })
     }
 }
 
-async fn root(State(api): State<Arc<Api>>) -> Json<Value> {
-    let _ = api;
-    Json(
-        json!({ "version": env!("CARGO_PKG_VERSION"), "commit": option_env!("SLUICE_COMMIT").unwrap_or("unknown") }),
+/// The version, or the status page for a browser (`Accept: text/html`).
+async fn root(headers: HeaderMap) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if html {
+        return page().await;
+    }
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": option_env!("SLUICE_COMMIT").unwrap_or("unknown"),
+    }))
+    .into_response()
+}
+
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        STATUS_PAGE,
     )
+        .into_response()
 }
 
 /// 200 once every pipeline is connected with its tasks running and none failed; 503 before
@@ -371,6 +394,12 @@ async fn prometheus(State(api): State<Arc<Api>>) -> Response {
         metrics::gauge!("sluice_component_paused", &labels).set(f64::from(u8::from(m.is_paused())));
         metrics::gauge!("sluice_component_failed", &labels)
             .set(f64::from(u8::from(m.failure().is_some())));
+        for (topic, partition, lag) in m.lag() {
+            let mut labels = labels.to_vec();
+            labels.push(("topic", topic));
+            labels.push(("partition", partition.to_string()));
+            metrics::gauge!("sluice_consumer_lag", &labels).set(lag as f64);
+        }
         let last_poll = m.last_poll_ms.load(std::sync::atomic::Ordering::Relaxed);
         if m.kind == "source" && last_poll > 0 {
             metrics::gauge!("sluice_source_last_poll_timestamp_seconds", &labels)

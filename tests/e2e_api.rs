@@ -200,8 +200,30 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
         "{printed}"
     );
 
+    // The status page in headless Chromium: every connector, its state and a rate above zero.
+    let page = status_page(&base);
+    for name in [
+        "messari-btc.messari",
+        "messari-btc.prices",
+        "messari-btc.rejects",
+    ] {
+        assert!(
+            page.contains(&format!("data-connector=\"{name}\"")),
+            "{name} on the page:\n{page}"
+        );
+    }
+    assert!(page.contains(">RUNNING<"), "{page}");
+    let source_row = &page[page.find("data-connector=\"messari-btc.messari\"").unwrap()..];
+    let rate: f64 = source_row
+        .split("class=\"num rate\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {source_row}"));
+    assert!(rate > 0.0, "the source's rate on the page: {rate}");
+
     // Everything an operator sees, none with the secret.
-    let mut seen = String::new();
+    let mut seen = page;
     for path in [
         "/connectors?expand=status",
         "/connectors/messari-btc.messari",
@@ -224,4 +246,44 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
         seen.contains("REST API and /metrics listening"),
         "the log says where the API is"
     );
+}
+
+/// The status page after its scripts ran, as headless Chromium (`CHROMIUM`, default Debian's
+/// `chromium`, which scripts/test.sh installs) renders it; a screenshot goes to
+/// `target/test-output/status-page.png`.
+fn status_page(base: &str) -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let headless = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1400,360",
+        "--virtual-time-budget=3000",
+    ];
+    let dom = std::process::Command::new(&chromium)
+        .args(headless)
+        .arg("--dump-dom")
+        .arg(format!("{base}/"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{chromium}` ({e}); scripts/test.sh installs it"));
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let out = root().join("target/test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    let shot = out.join("status-page.png");
+    let screenshot = std::process::Command::new(&chromium)
+        .args(headless)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("{base}/ui"))
+        .output()
+        .unwrap();
+    assert!(
+        screenshot.status.success() && shot.exists(),
+        "no screenshot"
+    );
+    String::from_utf8_lossy(&dom.stdout).into_owned()
 }

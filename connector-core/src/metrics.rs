@@ -29,6 +29,8 @@ pub struct ComponentMetrics {
     paused: OnceLock<tokio::sync::watch::Sender<bool>>,
     /// Why the component failed, if it did.
     failure: Mutex<Option<Failure>>,
+    /// A sink's consumer lag when last measured: (topic, partition, records not read yet).
+    lag: Mutex<Vec<(String, i32, i64)>>,
 }
 
 /// A component's failure as the REST API shows it.
@@ -139,12 +141,35 @@ impl ComponentMetrics {
         }
     }
 
+    /// A sink's consumer lag, as just measured.
+    pub fn set_lag(&self, lag: Vec<(String, i32, i64)>) {
+        *self.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+    }
+
+    /// A sink's consumer lag per partition when last measured (empty for sources).
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Notes that a poll returned records now.
     pub fn polled(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.last_poll_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Records out per second from the first record in to now (or to the stop).
+    pub fn average_rate(&self) -> f64 {
+        let Some(first) = self.first_record_at.get() else {
+            return 0.0;
+        };
+        let until = self.finished_at.get().copied().unwrap_or_else(Instant::now);
+        let secs = until.duration_since(*first).as_secs_f64();
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        self.records_out.load(Ordering::Relaxed) as f64 / secs
     }
 
     /// A point-in-time copy.

@@ -22,6 +22,9 @@ const MAX_BATCH_ATTEMPTS: u32 = 12;
 /// stored by at most that long.
 const READ_AHEAD_POLL: usize = 500;
 
+/// How often a sink measures its consumer lag (for `/metrics` and the status page).
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
 /// Batches of at least this many records are freed on a blocking thread.
 const DROP_APART: usize = 1_000;
 
@@ -110,7 +113,12 @@ impl SinkTask {
     ) -> Result<(), Stopped> {
         let preparer = self.sink.preparer();
         let pending = &mut Pending::default();
+        let mut lag_measured: Option<Instant> = None;
         loop {
+            if lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                lag_measured = Some(Instant::now());
+                self.measure_lag(deadline).await;
+            }
             while let Some(change) = self.reader.rebalance() {
                 self.rebalance(change, pending, flushed, deadline).await?;
             }
@@ -257,6 +265,21 @@ impl SinkTask {
             }
         }
         Ok(())
+    }
+
+    /// Measures the consumer lag into the metrics; a failure only leaves the last measure.
+    async fn measure_lag(&mut self, deadline: &Deadline) {
+        match bounded(deadline, self.reader.lag()).await {
+            Some(Ok(lag)) => self.metrics.set_lag(
+                lag.into_iter()
+                    .map(|((topic, partition), lag)| (topic.to_string(), partition, lag))
+                    .collect(),
+            ),
+            Some(Err(e)) => {
+                tracing::debug!(component = %self.id, error = %e, "cannot measure the consumer lag")
+            }
+            None => {}
+        }
     }
 
     fn intake(&self) -> Intake<'_> {
@@ -679,6 +702,11 @@ mod tests {
         }
         async fn caught_up(&mut self) -> Result<bool, crate::transport::TransportError> {
             Ok(self.records.is_empty())
+        }
+        async fn lag(
+            &mut self,
+        ) -> Result<Vec<(TopicPartition, i64)>, crate::transport::TransportError> {
+            Ok(vec![(("t".into(), 0), self.records.len() as i64)])
         }
         fn rebalance(&mut self) -> Option<Rebalance> {
             None

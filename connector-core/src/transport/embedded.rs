@@ -458,6 +458,18 @@ impl TopicReader for EmbeddedReader {
         Ok(())
     }
 
+    async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError> {
+        let mut lag = Vec::new();
+        for (topic, positions) in &self.topics {
+            let state = lock(&topic.state);
+            let name: Arc<str> = topic.name.as_str().into();
+            for (p, (log, pos)) in state.partitions.iter().zip(positions).enumerate() {
+                lag.push(((name.clone(), p as i32), (log.end() - pos).max(0)));
+            }
+        }
+        Ok(lag)
+    }
+
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
         Ok(self.topics.iter().all(|(topic, positions)| {
             let state = lock(&topic.state);

@@ -170,6 +170,9 @@ pub trait TopicReader: Send {
     /// True once everything written to the assigned partitions before this call has been read.
     async fn caught_up(&mut self) -> Result<bool, TransportError>;
 
+    /// Records written to each partition this reader owns that it has not read yet.
+    async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError>;
+
     /// The next change of the partitions this reader owns, if one waits for the task. A reader
     /// reports the partitions it starts with as an [`Rebalance::Assign`] before it returns any
     /// record; a member of a worker group reports every later change too. The reader reads

@@ -721,15 +721,20 @@ impl TopicReader for KafkaReader {
     }
 
     async fn caught_up(&mut self) -> Result<bool, TransportError> {
-        let client = self.watermarks.clone();
         // Before its first assignment a member cannot tell what it has to read.
-        let Some(owned) = &self.owned else {
+        if self.owned.is_none() {
             return Ok(false);
-        };
-        let partitions: Vec<TopicPartition> = owned.iter().cloned().collect();
+        }
+        Ok(self.lag().await?.iter().all(|(_, lag)| *lag == 0))
+    }
+
+    async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError> {
+        let client = self.watermarks.clone();
+        let partitions: Vec<TopicPartition> = self.owned.iter().flatten().cloned().collect();
         let positions = self.positions.clone();
         let delivered = self.delivered.clone();
         blocking(move || {
+            let mut lag = Vec::with_capacity(partitions.len());
             for key in partitions {
                 let (low, high) = client
                     .client()
@@ -741,11 +746,10 @@ impl TopicReader for KafkaReader {
                         ))
                     })?;
                 let high = high.max(delivered.get(&key.0, key.1));
-                if positions.get(&key).copied().unwrap_or(low) < high {
-                    return Ok(false);
-                }
+                let behind = high - positions.get(&key).copied().unwrap_or(low);
+                lag.push((key, behind.max(0)));
             }
-            Ok(true)
+            Ok(lag)
         })
         .await?
     }
