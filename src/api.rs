@@ -51,6 +51,7 @@ pub async fn serve(
         .route("/connectors", get(connectors))
         .route("/connectors/{name}", get(connector))
         .route("/connectors/{name}/status", get(status))
+        .route("/connectors/{name}/offsets", get(offsets))
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
         .route("/connector-plugins", get(plugins))
@@ -278,6 +279,15 @@ async fn status(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Respon
     }
 }
 
+/// What the connector last stored (a source's offsets) or committed (a sink's consumer
+/// offsets) in this process, in Kafka Connect's shape.
+async fn offsets(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
+    match api.find(&name) {
+        Ok(found) => Json(json!({ "offsets": found.metrics.offsets() })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn pause(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
@@ -394,7 +404,11 @@ async fn prometheus(State(api): State<Arc<Api>>) -> Response {
         metrics::gauge!("sluice_component_paused", &labels).set(f64::from(u8::from(m.is_paused())));
         metrics::gauge!("sluice_component_failed", &labels)
             .set(f64::from(u8::from(m.failure().is_some())));
-        for (topic, partition, lag) in m.lag() {
+        let lag = m.lag();
+        if m.kind == "sink" {
+            metrics::gauge!("sluice_sink_partitions", &labels).set(lag.len() as f64);
+        }
+        for (topic, partition, lag) in lag {
             let mut labels = labels.to_vec();
             labels.push(("topic", topic));
             labels.push(("partition", partition.to_string()));

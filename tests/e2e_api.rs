@@ -164,6 +164,18 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
         count_lines(&prices) > lines
     });
 
+    // Offsets: the source's per source partition, the sink's per topic partition.
+    eventually(
+        "offsets are stored and committed",
+        Duration::from_secs(10),
+        || {
+            let source = json("/connectors/messari-btc.messari/offsets");
+            let sink = json("/connectors/messari-btc.prices/offsets");
+            source["offsets"][0]["partition"]["source_partition"].is_string()
+                && sink["offsets"][0]["offset"]["kafka_offset"].as_i64() > Some(0)
+        },
+    );
+
     // Plugins, validation, the API's description, `sluice status`.
     let plugins = json("/connector-plugins");
     assert!(

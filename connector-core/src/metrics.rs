@@ -31,6 +31,9 @@ pub struct ComponentMetrics {
     failure: Mutex<Option<Failure>>,
     /// A sink's consumer lag when last measured: (topic, partition, records not read yet).
     lag: Mutex<Vec<(String, i32, i64)>>,
+    /// What this process last stored as the component's offsets, in Kafka Connect's shape
+    /// (`{partition, offset}`), by partition.
+    offsets: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// A component's failure as the REST API shows it.
@@ -149,6 +152,44 @@ impl ComponentMetrics {
     /// A sink's consumer lag per partition when last measured (empty for sources).
     pub fn lag(&self) -> Vec<(String, i32, i64)> {
         self.lag.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A source stored these offsets (source partition → offset).
+    pub fn source_offsets_stored(
+        &self,
+        offsets: &std::collections::HashMap<String, serde_json::Value>,
+    ) {
+        let mut kept = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, offset) in offsets {
+            kept.insert(
+                partition.clone(),
+                serde_json::json!({ "partition": { "source_partition": partition }, "offset": offset }),
+            );
+        }
+    }
+
+    /// A sink committed these consumer offsets (next offset to read).
+    pub fn sink_offsets_committed(&self, offsets: &[crate::transport::PartitionOffset]) {
+        let mut kept = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        for o in offsets {
+            kept.insert(
+                format!("{}/{}", o.topic, o.partition),
+                serde_json::json!({
+                    "partition": { "kafka_topic": o.topic, "kafka_partition": o.partition },
+                    "offset": { "kafka_offset": o.offset },
+                }),
+            );
+        }
+    }
+
+    /// The offsets last stored or committed, in Kafka Connect's `GET …/offsets` shape.
+    pub fn offsets(&self) -> Vec<serde_json::Value> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Notes that a poll returned records now.

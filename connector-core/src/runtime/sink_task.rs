@@ -377,7 +377,10 @@ impl SinkTask {
                 break;
             };
             match committed {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.metrics.sink_offsets_committed(&offsets);
+                    break;
+                }
                 Err(e) if e.retryable && attempt < 5 => {
                     tracing::warn!(component = %self.id, error = %e, "commit failed; retrying");
                     if bounded(

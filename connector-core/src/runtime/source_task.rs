@@ -132,7 +132,7 @@ impl SourceTask {
             store_offsets(
                 acked_rx,
                 self.offsets.clone(),
-                self.id.clone(),
+                self.metrics.clone(),
                 deadline.clone(),
                 (self.offsets_store_interval, acknowledged_all),
             ),
@@ -397,10 +397,11 @@ async fn acknowledge(
 async fn store_offsets(
     mut acked: watch::Receiver<HashMap<String, Value>>,
     store: Arc<dyn OffsetStore>,
-    component: String,
+    metrics: Arc<ComponentMetrics>,
     deadline: Deadline,
     (interval, acknowledged_all): (Duration, CancellationToken),
 ) -> Result<(), ConnectorError> {
+    let component = metrics.id.clone();
     let mut last_store: Option<tokio::time::Instant> = None;
     while acked.changed().await.is_ok() {
         if let Some(last) = last_store.filter(|_| !interval.is_zero()) {
@@ -424,7 +425,10 @@ async fn store_offsets(
                 }
             };
             match stored {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics.source_offsets_stored(&offsets);
+                    break;
+                }
                 Err(e) if e.retryable && attempt < 10 => {
                     tracing::warn!(component = %component, error = %e, "cannot store source offsets yet; retrying");
                     tokio::time::sleep(backoff).await;

@@ -135,6 +135,8 @@ impl Units {
                     }
                 }
             }
+            metrics::gauge!("sluice_source_work_units", "pipeline" => pipeline.clone(), "component" => self.id.clone())
+                .set(held.len() as f64);
             if let Some(e) = failed {
                 break Err(e);
             }
