@@ -185,6 +185,8 @@ impl PipelineRun {
                 batch: sink.batch.clone(),
                 dead_letters: dead_letters.clone(),
                 metrics: self.metrics_of(id),
+                group_linger: group_linger(config),
+                shutdown: options.shutdown.clone(),
             };
             // Sinks reading the dead-letter topic drain last: other sinks may still write to it.
             let reads_dead_letters = config
@@ -207,7 +209,7 @@ impl PipelineRun {
         let offsets: Arc<dyn crate::transport::OffsetStore> = Arc::from(offsets);
         let mut sources = tokio::task::JoinSet::new();
         for (id, source) in &config.sources {
-            if let Some(worker) = config.worker.as_ref().filter(|_| config.kafka.is_some()) {
+            if config.worker.is_some() && config.kafka.is_some() {
                 // Shared by the worker group: this worker runs the units it is assigned.
                 let slots = source.inner.work_units().unwrap_or(1).max(1) as i32;
                 let topic = units::control_topic(pipeline, id);
@@ -223,7 +225,7 @@ impl PipelineRun {
                     transport: transport.clone(),
                     legacy: offsets.clone(),
                     dead_letters: dead_letters.clone(),
-                    linger: worker.session_timeout * 2,
+                    linger: group_linger(config),
                 };
                 sources.spawn(units.run(options.shutdown.clone(), deadline.clone()));
                 continue;
@@ -347,6 +349,15 @@ impl PipelineRun {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// How long a worker of a group whose own work is done stays, to take over that of a worker
+/// that dies (noticed after its session timeout, then a rebalance); zero outside a group.
+fn group_linger(config: &PipelineConfig) -> Duration {
+    match (&config.kafka, &config.worker) {
+        (Some(_), Some(worker)) => worker.session_timeout * 2,
+        _ => Duration::ZERO,
     }
 }
 

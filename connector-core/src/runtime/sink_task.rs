@@ -36,6 +36,12 @@ pub(super) struct SinkTask {
     pub batch: BatchConfig,
     pub dead_letters: DeadLetters,
     pub metrics: Arc<ComponentMetrics>,
+    /// In a worker group: how long a sink that has read all it owns keeps reading after the
+    /// sources finished (or `--once`) and the last rebalance, while it does not own every
+    /// partition, to take over those of a worker that died. Zero outside a group.
+    pub group_linger: Duration,
+    /// Cancelled on SIGINT/SIGTERM: then a sink ends as soon as it has read what it owns.
+    pub shutdown: CancellationToken,
 }
 
 /// What has been read but not yet committed.
@@ -114,6 +120,8 @@ impl SinkTask {
         let preparer = self.sink.preparer();
         let pending = &mut Pending::default();
         let mut lag_measured: Option<Instant> = None;
+        // Since when the sink drains, or its partitions last changed, if later.
+        let mut settled_since: Option<Instant> = None;
         loop {
             if lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
                 lag_measured = Some(Instant::now());
@@ -121,8 +129,10 @@ impl SinkTask {
             }
             while let Some(change) = self.reader.rebalance() {
                 self.rebalance(change, pending, flushed, deadline).await?;
+                settled_since = None;
             }
             let draining = drain.is_cancelled();
+            let settled = *settled_since.get_or_insert_with(Instant::now);
             if self.metrics.is_paused() && !draining {
                 // What was read is stored; nothing more is read until resumed.
                 if !pending.is_empty() {
@@ -183,11 +193,16 @@ impl SinkTask {
                     _ = deadline.passed() => continue,
                     caught_up = self.reader.caught_up() => caught_up,
                 };
+                let last_reader = self.reader.owns_every_partition()
+                    || self.shutdown.is_cancelled()
+                    || settled.elapsed() >= self.group_linger;
                 match caught_up {
-                    Ok(true) => {
+                    Ok(true) if last_reader => {
                         tracing::info!(component = %self.id, "sink caught up");
                         return Ok(());
                     }
+                    // Others of the group may still hand over partitions (or die).
+                    Ok(true) => {}
                     Ok(false) => {}
                     // The broker may be restarting; keep reading, the next check may pass.
                     Err(e) if e.retryable => {
@@ -312,6 +327,7 @@ impl SinkTask {
             batch: batch_config,
             dead_letters,
             metrics,
+            ..
         } = self;
         let storing = store(
             id,
@@ -795,6 +811,8 @@ mod tests {
             },
             dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
             metrics: ComponentMetrics::new("sink", "sink"),
+            group_linger: Duration::ZERO,
+            shutdown: CancellationToken::new(),
         };
         let drain = CancellationToken::new();
         drain.cancel();

@@ -170,6 +170,11 @@ pub trait TopicReader: Send {
     /// True once everything written to the assigned partitions before this call has been read.
     async fn caught_up(&mut self) -> Result<bool, TransportError>;
 
+    /// Whether this reader owns every partition of its topics (always, outside a worker group).
+    fn owns_every_partition(&self) -> bool {
+        true
+    }
+
     /// Records written to each partition this reader owns that it has not read yet.
     async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError>;
 

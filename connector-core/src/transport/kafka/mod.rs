@@ -428,6 +428,7 @@ impl Transport for KafkaTransport {
             consumer: Arc::new(consumer),
             changes,
             owned: None,
+            partitions: layout.values().map(|(p, _)| *p as usize).sum(),
             positions: HashMap::new(),
             delivered: self.producer.context().delivered.clone(),
             watermarks: self.producer.clone(),
@@ -471,6 +472,8 @@ struct KafkaReader {
     changes: Arc<group::Changes>,
     /// The partitions this member reads; `None` until the group first assigned it some (or none).
     owned: Option<BTreeSet<TopicPartition>>,
+    /// Partitions of its topics in all.
+    partitions: usize,
     /// Next offset per owned partition: where it was assigned, then after what this reader
     /// returned.
     positions: HashMap<TopicPartition, i64>,
@@ -726,6 +729,12 @@ impl TopicReader for KafkaReader {
             return Ok(false);
         }
         Ok(self.lag().await?.iter().all(|(_, lag)| *lag == 0))
+    }
+
+    fn owns_every_partition(&self) -> bool {
+        self.owned
+            .as_ref()
+            .is_some_and(|owned| owned.len() >= self.partitions)
     }
 
     async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError> {
