@@ -17,7 +17,8 @@ bench_csv() {
   n=$(( $(wc -l < "$BENCH_CSV") - 1 ))
 }
 
-fresh_broker() { scripts/tansu.sh stop "$1"; scripts/tansu.sh start "$1"; }
+# fresh_broker PORT [STORAGE]: a new tansu broker (memory storage unless STORAGE is given).
+fresh_broker() { scripts/tansu.sh stop "$1"; scripts/tansu.sh start "$1" ${2:+"$2"}; }
 
 # measure CMD…: runs it; sets secs (wall), rss (peak KiB), cpu (user+sys seconds).
 measure() {
