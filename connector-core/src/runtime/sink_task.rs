@@ -132,7 +132,11 @@ impl SinkTask {
                 settled_since = None;
             }
             let draining = drain.is_cancelled();
-            let settled = *settled_since.get_or_insert_with(Instant::now);
+            let settled = if draining {
+                *settled_since.get_or_insert_with(Instant::now)
+            } else {
+                Instant::now()
+            };
             if self.metrics.is_paused() && !draining {
                 // What was read is stored; nothing more is read until resumed.
                 if !pending.is_empty() {
@@ -694,9 +698,11 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    /// Serves `records`, at most `max` per poll, as a topic that then stays idle.
+    /// Serves `records`, at most `max` per poll, as a topic that then stays idle; a member of a
+    /// group that owns some partitions only unless `owns_all`.
     struct Scripted {
         records: VecDeque<Record>,
+        owns_all: bool,
     }
 
     #[async_trait::async_trait]
@@ -729,6 +735,9 @@ mod tests {
         }
         fn rebalance(&mut self) -> Option<Rebalance> {
             None
+        }
+        fn owns_every_partition(&self) -> bool {
+            self.owns_all
         }
         async fn assign(
             &mut self,
@@ -803,7 +812,10 @@ mod tests {
         let task = SinkTask {
             id: "sink".into(),
             sink: Box::new(Slow { puts: puts.clone() }),
-            reader: Box::new(Scripted { records }),
+            reader: Box::new(Scripted {
+                records,
+                owns_all: true,
+            }),
             transforms: Vec::new(),
             batch: BatchConfig {
                 max_records: 10,
@@ -839,5 +851,48 @@ mod tests {
         assert_eq!(puts[0].1, None);
         assert_eq!(puts[1].1.as_ref(), Some(&puts[1].0));
         assert_eq!(puts[2].1, None);
+    }
+
+    /// A sink of a group that does not own every partition reads on for `group_linger` after
+    /// it starts draining, however long it ran before (a dead worker's partitions may come).
+    #[tokio::test]
+    async fn a_group_sink_lingers_after_draining_starts_not_after_it_started() {
+        let puts = Puts::default();
+        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
+        let task = SinkTask {
+            id: "sink".into(),
+            sink: Box::new(Slow { puts }),
+            reader: Box::new(Scripted {
+                records: VecDeque::new(),
+                owns_all: false,
+            }),
+            transforms: Vec::new(),
+            batch: BatchConfig {
+                max_records: 10,
+                linger: Duration::from_millis(50),
+            },
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: ComponentMetrics::new("sink", "sink"),
+            group_linger: Duration::from_millis(400),
+            shutdown: CancellationToken::new(),
+        };
+        let drain = CancellationToken::new();
+        let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(10));
+        let running = tokio::spawn(task.run(drain.clone(), deadline.clone()));
+        // Longer than the linger before the sources finish.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let drained_at = Instant::now();
+        drain.cancel();
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the task stops after its linger")
+            .unwrap()
+            .unwrap();
+        deadline.expire();
+        let lingered = drained_at.elapsed();
+        assert!(
+            lingered >= Duration::from_millis(400),
+            "ended {lingered:?} after draining began"
+        );
     }
 }
