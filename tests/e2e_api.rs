@@ -50,6 +50,9 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
         .env("MESSARI_API", "v1")
         .env("MESSARI_API_KEY", SENTINEL)
         .env("MESSARI_INTERVAL", "100ms")
+        // The embedded log acknowledges once sinks commit: with room for many unacknowledged
+        // batches the source keeps polling while the sink is paused.
+        .env("SLUICE_SOURCES__MESSARI__MAX_IN_FLIGHT_BATCHES", "10000")
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SLUICE_API_TOKEN", TOKEN)
         .env("SLUICE_LOG", "debug,librdkafka=off,hyper=off,reqwest=off")
