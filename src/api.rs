@@ -254,7 +254,7 @@ async fn connector(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Res
         _ => config.sinks.get(id).map(serde_json::to_value),
     };
     let config = match component {
-        Some(Ok(config)) => config,
+        Some(Ok(config)) => redacted(config),
         Some(Err(e)) => {
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
         }
@@ -270,6 +270,31 @@ async fn connector(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Res
         "tasks": [{ "connector": name, "task": 0 }],
     }))
     .into_response()
+}
+
+/// `config` with what may be a secret outside a `Secret` field hidden too: credentials in URLs
+/// (`mysql://user:pass@host`), and string values under secret-looking names (a header named
+/// `Authorization` or `X-Api-Token`).
+fn redacted(config: Value) -> Value {
+    match config {
+        Value::String(text) => Value::String(sluice_core::redact_url(&text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(redacted).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| {
+                    let secret = sluice_core::secret::is_secret_setting(&key)
+                        || key.eq_ignore_ascii_case("authorization");
+                    let value = match value {
+                        Value::String(_) if secret => Value::String("***".into()),
+                        other => redacted(other),
+                    };
+                    (key, value)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 async fn status(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
@@ -425,4 +450,25 @@ async fn prometheus(State(api): State<Arc<Api>>) -> Response {
         api.prometheus.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_hide_credentials_in_urls_and_secret_looking_values() {
+        let shown = redacted(json!({
+            "url": "mysql://sluice:hunter2@db:3306/prices",
+            "headers": { "Authorization": "Bearer abc123", "X-Api-Token": "t0k3n", "Accept": "json" },
+            "password": "***",
+            "batch": { "max_records": 10 },
+        }));
+        let text = shown.to_string();
+        for secret in ["hunter2", "abc123", "t0k3n"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert_eq!(shown["headers"]["Accept"], "json");
+        assert_eq!(shown["batch"]["max_records"], 10);
+    }
 }
