@@ -256,13 +256,12 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
-                let handed: Flushed = flushed
-                    .iter()
-                    .filter(|(key, _)| partitions.contains(key))
-                    .map(|(key, offset)| (key.clone(), *offset))
-                    .collect();
+                // Committed once more, waiting, and no longer this task's to commit.
+                let (handed, kept): (Flushed, Flushed) = std::mem::take(flushed)
+                    .into_iter()
+                    .partition(|(key, _)| partitions.contains(key));
+                *flushed = kept;
                 self.commit(&handed, true, deadline).await;
-                flushed.retain(|key, _| !partitions.contains(key));
                 let closing = partitions.clone();
                 with_retries(
                     &self.id,
