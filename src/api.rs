@@ -1,20 +1,20 @@
 //! The REST API of `sluice run`, in Kafka Connect's words, and Prometheus `/metrics`.
 //!
 //! A *connector* is one source or sink of a running pipeline, named `<pipeline>.<component>`,
-//! with one task. Reads are open; calls that change something (pause, resume) need
-//! `Authorization: Bearer <token>` when `--api-token` is set. Configs are shown with every
-//! secret as `***`.
+//! with one task. Reads are open; calls that change something (pause, resume, stop, restart,
+//! offset reset) need `Authorization: Bearer <token>` when `--api-token` is set. Configs are
+//! shown with every secret as `***`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use sluice_core::metrics::ComponentMetrics;
 use sluice_core::registry::{self, PluginKind};
-use sluice_core::runtime::PipelineRun;
+use sluice_core::runtime::{Command, CommandError, PipelineRun};
 use sluice_core::{SinkConfig, SourceConfig, TransformConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,7 +51,12 @@ pub async fn serve(
         .route("/connectors", get(connectors))
         .route("/connectors/{name}", get(connector))
         .route("/connectors/{name}/status", get(status))
-        .route("/connectors/{name}/offsets", get(offsets))
+        .route(
+            "/connectors/{name}/offsets",
+            get(offsets).delete(reset_offsets),
+        )
+        .route("/connectors/{name}/restart", post(restart))
+        .route("/connectors/{name}/stop", put(stop))
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
         .route("/connector-plugins", get(plugins))
@@ -321,12 +326,75 @@ async fn pause(
     set_paused(&api, &name, &headers, true)
 }
 
+/// Unpauses a paused connector, and starts a stopped one again.
 async fn resume(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    set_paused(&api, &name, &headers, false)
+    run_command(&api, &name, &headers, Command::Resume, StatusCode::ACCEPTED).await
+}
+
+/// Starts a failed or stopped connector again; a running one is stopped, then started.
+async fn restart(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    run_command(
+        &api,
+        &name,
+        &headers,
+        Command::Restart,
+        StatusCode::ACCEPTED,
+    )
+    .await
+}
+
+/// Stops a connector (KIP-875): it stores its offsets and stays stopped until resumed.
+async fn stop(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    run_command(&api, &name, &headers, Command::Stop, StatusCode::ACCEPTED).await
+}
+
+/// Resets a stopped connector's offsets (KIP-875).
+async fn reset_offsets(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    run_command(&api, &name, &headers, Command::ResetOffsets, StatusCode::OK).await
+}
+
+async fn run_command(
+    api: &Api,
+    name: &str,
+    headers: &HeaderMap,
+    command: Command,
+    done: StatusCode,
+) -> Response {
+    if let Err(e) = api.authorize(headers) {
+        return e.into_response();
+    }
+    let found = match api.find(name) {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    match found.run.command(&found.metrics.id, command).await {
+        Ok(message) => {
+            tracing::info!(connector = %name, ?command, %message, "done through the REST API");
+            (done, Json(json!({ "message": message }))).into_response()
+        }
+        Err(e @ (CommandError::NotRunning(_) | CommandError::Conflict(_))) => {
+            error(StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Err(CommandError::Failed(e)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.message).into_response()
+        }
+    }
 }
 
 fn set_paused(api: &Api, name: &str, headers: &HeaderMap, paused: bool) -> Response {

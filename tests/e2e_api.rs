@@ -15,6 +15,31 @@ use std::time::{Duration, Instant};
 const SENTINEL: &str = "sentinel-Zq8wK3-never-shown";
 const TOKEN: &str = "token-4Fv9-for-changes";
 
+/// The Messari example pipeline polling `api_mock` every 100 ms into `dir/prices.jsonl`, its
+/// API on `port` with [`TOKEN`], the key [`SENTINEL`]; state in `dir/state`.
+fn messari_to_file(dir: &std::path::Path, api_mock: &ApiMock, port: u16) -> std::process::Command {
+    let sinks = format!(
+        "  prices:\n    type: file\n    topics: [bitcoin]\n    path: {}\n    batch: {{ max_records: 10, linger: 50ms }}\n  rejects:\n    type: file\n    topics: [messari-dlq]\n    format: envelope\n    path: {}\n",
+        dir.join("prices.jsonl").display(),
+        dir.join("dlq.jsonl").display(),
+    );
+    let pipeline = with_sinks(
+        "pipelines/messari-btc-to-elasticsearch.yaml",
+        dir,
+        "messari.yaml",
+        &sinks,
+    );
+    let mut command = sluice_run(&pipeline, dir.join("state"));
+    command
+        .env("MESSARI_URL", &api_mock.url)
+        .env("MESSARI_API", "v1")
+        .env("MESSARI_API_KEY", SENTINEL)
+        .env("MESSARI_INTERVAL", "100ms")
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_API_TOKEN", TOKEN);
+    command
+}
+
 fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -31,30 +56,13 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
     });
     let dir = tempfile::tempdir().unwrap();
     let prices = dir.path().join("prices.jsonl");
-    let sinks = format!(
-        "  prices:\n    type: file\n    topics: [bitcoin]\n    path: {}\n    batch: {{ max_records: 10, linger: 50ms }}\n  rejects:\n    type: file\n    topics: [messari-dlq]\n    format: envelope\n    path: {}\n",
-        prices.display(),
-        dir.path().join("dlq.jsonl").display(),
-    );
-    let pipeline = with_sinks(
-        "pipelines/messari-btc-to-elasticsearch.yaml",
-        dir.path(),
-        "messari.yaml",
-        &sinks,
-    );
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = dir.path().join("sluice.log");
-    let mut child = sluice_run(&pipeline, dir.path().join("state"))
-        .env("MESSARI_URL", &api_mock.url)
-        .env("MESSARI_API", "v1")
-        .env("MESSARI_API_KEY", SENTINEL)
-        .env("MESSARI_INTERVAL", "100ms")
+    let mut child = messari_to_file(dir.path(), &api_mock, port)
         // The embedded log acknowledges once sinks commit: with room for many unacknowledged
         // batches the source keeps polling while the sink is paused.
         .env("SLUICE_SOURCES__MESSARI__MAX_IN_FLIGHT_BATCHES", "10000")
-        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE_API_TOKEN", TOKEN)
         .env("SLUICE_LOG", "debug,librdkafka=off,hyper=off,reqwest=off")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -301,4 +309,214 @@ fn status_page(base: &str) -> String {
         "no screenshot"
     );
     String::from_utf8_lossy(&dom.stdout).into_owned()
+}
+
+/// A worker as an operator drives it: `(method, path)` answers with its status and JSON body.
+struct Operator {
+    client: Client,
+    base: String,
+}
+
+impl Operator {
+    fn new(port: u16) -> Self {
+        Operator {
+            client: Client::builder()
+                .timeout(Duration::from_secs(70))
+                .build()
+                .unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        let status = response.status();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path).1
+    }
+
+    fn state(&self, connector: &str) -> String {
+        self.get(&format!("/connectors/{connector}/status"))["connector"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn wait_ready(&self) {
+        eventually("/health answers 200", Duration::from_secs(30), || {
+            self.client
+                .get(format!("{}/health", self.base))
+                .send()
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        });
+    }
+}
+
+/// With `on_task_failure: wait_for_restart`, a source whose API key is revoked fails alone: it
+/// shows FAILED with the error's text while its sink keeps running; once the key works again,
+/// `POST …/restart` starts it and prices arrive again.
+#[test]
+fn a_failed_source_waits_for_a_restart_while_the_rest_runs() {
+    let api_mock = ApiMock::start(ApiFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.jsonl");
+    let port = free_port();
+    let log = dir.path().join("sluice.log");
+    let mut child = messari_to_file(dir.path(), &api_mock, port)
+        .env("SLUICE_ERRORS__ON_TASK_FAILURE", "wait_for_restart")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let op = Operator::new(port);
+    op.wait_ready();
+    eventually("prices arrive", Duration::from_secs(30), || {
+        count_lines(&prices) >= 3
+    });
+
+    api_mock.set_outage(Some(StatusCode::UNAUTHORIZED));
+    eventually("the source shows FAILED", Duration::from_secs(20), || {
+        op.state("messari-btc.messari") == "FAILED"
+    });
+    let status = op.get("/connectors/messari-btc.messari/status");
+    let trace = status["tasks"][0]["trace"].as_str().unwrap_or_default();
+    assert!(trace.contains("401"), "the last error's text: {status}");
+    let trace_id = trace
+        .split("trace id ")
+        .nth(1)
+        .map(|t| t.trim_end_matches(')').to_string())
+        .unwrap_or_else(|| panic!("a trace id in {trace}"));
+    assert_eq!(op.state("messari-btc.prices"), "RUNNING");
+    assert!(child.try_wait().unwrap().is_none(), "the worker goes on");
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = count_lines(&prices);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count_lines(&prices), lines, "no prices while failed");
+
+    // Restart needs the token; a running connector restarts too, but this one is failed.
+    let unauthorized = reqwest::blocking::Client::new()
+        .post(format!(
+            "{}/connectors/messari-btc.messari/restart",
+            op.base
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    api_mock.set_outage(None);
+    let (code, body) = op.call(
+        reqwest::Method::POST,
+        "/connectors/messari-btc.messari/restart",
+    );
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    eventually("the source runs again", Duration::from_secs(10), || {
+        op.state("messari-btc.messari") == "RUNNING"
+    });
+    eventually("prices arrive again", Duration::from_secs(20), || {
+        count_lines(&prices) > lines
+    });
+    let status = op.get("/connectors/messari-btc.messari/status");
+    assert!(status["tasks"][0]["trace"].is_null(), "{status}");
+
+    let (status, _) = terminate(&mut child);
+    assert!(status.success(), "{status}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("waiting for a restart")
+            && logged.contains(&trace_id)
+            && !logged.contains(SENTINEL),
+        "{logged}"
+    );
+}
+
+/// KIP-875 through the API: a CSV replay is stopped mid-file (STOPPED, its offsets stored,
+/// nothing more read); its offsets can be reset only while stopped; after the reset a resume
+/// reads the file again from its first row, and the run then ends as usual.
+#[test]
+fn a_stopped_source_resets_its_offsets_and_reads_its_input_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bitcoin.jsonl");
+    let port = free_port();
+    let log = dir.path().join("sluice.log");
+    let mut child = sluice_run(
+        root().join("pipelines/btc-history-csv-to-file.yaml"),
+        dir.path().join("state"),
+    )
+    .env("BTC_OUT", &out)
+    .env("BTC_DLQ_OUT", dir.path().join("dlq.jsonl"))
+    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "400")
+    .env("SLUICE_LOG", "info")
+    .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+    .env("SLUICE_API_TOKEN", TOKEN)
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let op = Operator::new(port);
+    op.wait_ready();
+    eventually("rows arrive", Duration::from_secs(30), || {
+        count_lines(&out) >= 200
+    });
+    let source = "/connectors/btc-history.yahoo_csv";
+
+    // Only a stopped connector's offsets reset.
+    let (code, body) = op.call(reqwest::Method::DELETE, &format!("{source}/offsets"));
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let (code, body) = op.call(reqwest::Method::PUT, &format!("{source}/stop"));
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    eventually("the source shows STOPPED", Duration::from_secs(10), || {
+        op.state("btc-history.yahoo_csv") == "STOPPED"
+    });
+    // What it sent before stopping arrives; then nothing more.
+    let mut before = count_lines(&out);
+    eventually("the file settles", Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = count_lines(&out);
+        std::mem::replace(&mut before, now) == now
+    });
+    let stopped_at = count_lines(&out);
+    assert!(stopped_at < 2_530, "stopped mid-file: {stopped_at}");
+    assert_eq!(op.state("btc-history.archive"), "RUNNING", "sinks go on");
+    let offsets = op.get(&format!("{source}/offsets"));
+    assert!(
+        offsets["offsets"][0]["offset"].as_u64() > Some(0),
+        "{offsets}"
+    );
+
+    let (code, body) = op.call(reqwest::Method::DELETE, &format!("{source}/offsets"));
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("reset"),
+        "{body}"
+    );
+    let offsets = op.get(&format!("{source}/offsets"));
+    assert_eq!(offsets["offsets"], serde_json::json!([]), "{offsets}");
+    let (code, body) = op.call(reqwest::Method::PUT, &format!("{source}/resume"));
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+
+    // The whole file again after what came before the stop; the run ends once it is read.
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    let rows = read_jsonl(&out);
+    let total = 2_534 - 4; // rows of the file, less the four all-null ones (dead-lettered)
+    assert_eq!(
+        rows.len(),
+        stopped_at + total,
+        "every row again after the reset"
+    );
+    let first = &rows[0]["Date"];
+    assert_eq!(
+        rows.iter().filter(|r| &r["Date"] == first).count(),
+        2,
+        "the first row read twice: {first}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("source offsets reset"), "{logged}");
 }

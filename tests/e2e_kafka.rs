@@ -385,3 +385,72 @@ sinks:
         );
     }
 }
+
+/// KIP-875 for a sink on Kafka: stopped mid-replay through the REST API, its consumer group's
+/// offsets deleted (`DELETE …/offsets`), then resumed: it reads the topic again from the
+/// start, so the file ends with what came before the stop plus every row once more.
+#[test]
+fn a_stopped_sink_resets_its_group_and_reads_the_topic_again() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let port = free_port();
+    let mut child = btc_pipeline(
+        dir.path(),
+        &csv,
+        Some(&tansu.addr()),
+        &[
+            ("SLUICE_SOURCES__YAHOO_CSV__RATE", "500"),
+            ("SLUICE_LISTEN", &format!("127.0.0.1:{port}")),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let out = dir.path().join("bitcoin.jsonl");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(70))
+        .build()
+        .unwrap();
+    let sink = format!("http://127.0.0.1:{port}/connectors/btc-history.archive");
+    let state = || -> String {
+        client
+            .get(format!("{sink}/status"))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .map(|s| s["connector"]["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let within = |what: &str, timeout: Duration, done: &mut dyn FnMut() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < timeout, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    within("rows arrive", Duration::from_secs(60), &mut || {
+        count_lines(&out) >= 300
+    });
+    let stop = client.put(format!("{sink}/stop")).send().unwrap();
+    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    within(
+        "the sink shows STOPPED",
+        Duration::from_secs(30),
+        &mut || state() == "STOPPED",
+    );
+    let stopped_at = count_lines(&out);
+    assert!(stopped_at < 2_530, "stopped mid-replay: {stopped_at}");
+    let reset = client.delete(format!("{sink}/offsets")).send().unwrap();
+    let code = reset.status();
+    assert_eq!(code, reqwest::StatusCode::OK, "{}", reset.text().unwrap());
+    let resume = client.put(format!("{sink}/resume")).send().unwrap();
+    assert_eq!(resume.status(), reqwest::StatusCode::ACCEPTED);
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        count_lines(&out),
+        stopped_at + 2_530,
+        "every row again after the reset"
+    );
+}

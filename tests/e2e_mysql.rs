@@ -958,3 +958,61 @@ fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() 
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["value"]["id"], "three");
 }
+
+/// An `exactly_once` sink's offsets reset through the REST API (stopped first): its consumer
+/// group and the positions and offsets it stores with the rows are gone, so once resumed it
+/// writes the whole topic again after what it wrote before the stop.
+#[test]
+fn resetting_an_exactly_once_sink_forgets_its_stored_positions() {
+    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let pipeline = dir.path().join("eo.yaml");
+    std::fs::write(
+        &pipeline,
+        eo_pipeline(
+            &csv,
+            &db,
+            "",
+            "    rate: 500\n",
+            "    batch: { max_records: 20, linger: 10ms }\n",
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--kafka", &tansu.addr(), "--state-dir"])
+        .arg(dir.path())
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_rows(&db, "eo", 300);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(70))
+        .build()
+        .unwrap();
+    let sink = format!("http://127.0.0.1:{port}/connectors/eo.rows");
+    let stop = client.put(format!("{sink}/stop")).send().unwrap();
+    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    let reset = client.delete(format!("{sink}/offsets")).send().unwrap();
+    let code = reset.status();
+    assert_eq!(code, reqwest::StatusCode::OK, "{}", reset.text().unwrap());
+    let written = count(&db, "SELECT COUNT(*) FROM eo");
+    assert!(written < 2530, "stopped mid-replay: {written}");
+    for table in ["sluice_source_positions", "sluice_offsets"] {
+        assert_eq!(
+            count(&db, &format!("SELECT COUNT(*) FROM {table}")),
+            0,
+            "{table} after the reset"
+        );
+    }
+    let resume = client.put(format!("{sink}/resume")).send().unwrap();
+    assert_eq!(resume.status(), reqwest::StatusCode::ACCEPTED);
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    assert!(status.success(), "{status}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM eo"), written + 2530);
+    assert_eq!(count(&db, "SELECT COUNT(DISTINCT Date) FROM eo"), 2530);
+}

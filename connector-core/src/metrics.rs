@@ -21,8 +21,8 @@ pub struct ComponentMetrics {
     pub skipped: AtomicU64,
     /// When the first record came in.
     first_record_at: OnceLock<Instant>,
-    /// When the component stopped.
-    finished_at: OnceLock<Instant>,
+    /// When the component stopped (cleared by a restart).
+    finished_at: Mutex<Option<Instant>>,
     /// When a source's poll last returned records, in milliseconds since the epoch (0: never).
     pub last_poll_ms: AtomicU64,
     /// True while the component is paused (REST API): sources stop polling, sinks stop reading.
@@ -88,14 +88,26 @@ impl ComponentMetrics {
 
     /// Marks the component stopped; this ends its active time.
     pub fn finish(&self) {
-        self.finished_at.get_or_init(Instant::now);
+        self.finished_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+    }
+
+    fn finished(&self) -> Option<Instant> {
+        *self.finished_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The component runs again (restarted or resumed after a stop): no failure, not stopped.
+    pub fn restarted(&self) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.finished_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// From the first record in to the stop, once stopped: the time a throughput is taken over.
     pub fn active_time(&self) -> Option<Duration> {
         Some(
-            self.finished_at
-                .get()?
+            self.finished()?
                 .duration_since(*self.first_record_at.get()?),
         )
     }
@@ -135,7 +147,7 @@ impl ComponentMetrics {
     pub fn state(&self) -> State {
         if self.failure().is_some() {
             State::Failed
-        } else if self.finished_at.get().is_some() {
+        } else if self.finished().is_some() {
             State::Stopped
         } else if self.is_paused() {
             State::Paused
@@ -182,6 +194,14 @@ impl ComponentMetrics {
         }
     }
 
+    /// Forgets the offsets shown, after a reset.
+    pub fn clear_offsets(&self) {
+        self.offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The offsets last stored or committed, in Kafka Connect's `GET …/offsets` shape.
     pub fn offsets(&self) -> Vec<serde_json::Value> {
         self.offsets
@@ -205,7 +225,7 @@ impl ComponentMetrics {
         let Some(first) = self.first_record_at.get() else {
             return 0.0;
         };
-        let until = self.finished_at.get().copied().unwrap_or_else(Instant::now);
+        let until = self.finished().unwrap_or_else(Instant::now);
         let secs = until.duration_since(*first).as_secs_f64();
         if secs <= 0.0 {
             return 0.0;
@@ -220,7 +240,7 @@ impl ComponentMetrics {
             records_out: self.records_out.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
-            finished: self.finished_at.get().is_some(),
+            finished: self.finished().is_some(),
         }
     }
 }

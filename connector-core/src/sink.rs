@@ -117,4 +117,11 @@ pub trait Sink: Send {
         let _ = partitions;
         Ok(())
     }
+
+    /// Forgets the offsets and positions the sink stores with its data (exactly once), so that
+    /// it writes again what it reads from the beginning: `DELETE /connectors/{name}/offsets`
+    /// on a stopped sink (KIP-875). Called on a sink built for this alone.
+    async fn reset_offsets(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }

@@ -6,6 +6,7 @@
 //!   `GET /metrics/v2/assets/details?assets=…` (v2): the fixtures, with the price time moved
 //!   one second forward every `price_every` requests;
 //! - every request must carry `required_header` (401 otherwise, with a JSON error body);
+//! - while an outage is set ([`ApiMock::set_outage`]), every request gets its status;
 //! - the first `busy_first` requests are answered 429 with `Retry-After: 1`;
 //! - the page starting at record `malformed_at` is answered once with a body that is not JSON;
 //! - Yahoo: `GET /consent` sets the cookie (answering 404, as Yahoo's consent host does),
@@ -52,6 +53,8 @@ struct Log {
     /// Yahoo: crumbs handed out, and chart requests with the current one.
     crumbs: u32,
     charts_with_crumb: u32,
+    /// While set, every request is refused with this status (see [`ApiMock::set_outage`]).
+    outage: Option<StatusCode>,
 }
 
 type Shared = Arc<(Mutex<Log>, ApiFaults)>;
@@ -79,6 +82,12 @@ impl ApiMock {
         ApiMock { url, state }
     }
 
+    /// From now on every request is refused with `status` (a revoked key: 401), until called
+    /// with `None`.
+    pub fn set_outage(&self, status: Option<StatusCode>) {
+        self.state.0.lock().unwrap().outage = status;
+    }
+
     /// (time, status, path and query) of every request so far.
     pub fn requests(&self) -> Vec<(Instant, StatusCode, String)> {
         self.state.0.lock().unwrap().requests.clone()
@@ -89,6 +98,12 @@ impl ApiMock {
 fn gate(state: &Shared, headers: &HeaderMap, what: String) -> Result<(), Box<Response>> {
     let mut log = state.0.lock().unwrap();
     let faults = &state.1;
+    if let Some(status) = log.outage {
+        log.requests.push((Instant::now(), status, what));
+        let body =
+            json!({"status": {"error_code": status.as_u16(), "error_message": "key revoked"}});
+        return Err(Box::new((status, body.to_string()).into_response()));
+    }
     if let Some((name, value)) = &faults.required_header {
         let given = headers.get(name.as_str()).and_then(|v| v.to_str().ok());
         if given != Some(value.as_str()) {

@@ -248,6 +248,25 @@ pub struct ErrorsConfig {
     /// the record with its headers to the log at warn level and goes on without it.
     #[serde(default)]
     pub dead_letter_refused: DeadLetterRefused,
+    /// What a failed source or sink does to the rest of the pipeline. `stop_pipeline`
+    /// (default): every component stops and `sluice run` exits non-zero, for a supervisor
+    /// (systemd, Kubernetes) to restart the process. `wait_for_restart`: the failed component
+    /// shows `FAILED` in the REST API and waits for `POST /connectors/{name}/restart`, while
+    /// the others go on, as in Kafka Connect. Sinks keep reading while a source waits; a
+    /// waiting sink's records wait for it in the topic.
+    #[serde(default)]
+    pub on_task_failure: OnTaskFailure,
+}
+
+/// What a component that fails does to the rest of its pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTaskFailure {
+    /// Stop every component; the run fails.
+    #[default]
+    StopPipeline,
+    /// Only the failed component stops; it waits for a restart through the REST API.
+    WaitForRestart,
 }
 
 /// What to do with a dead letter that a sink of the dead-letter topic refuses.

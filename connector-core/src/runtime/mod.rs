@@ -13,38 +13,22 @@ mod dead_letter;
 mod deadline;
 mod sink_task;
 mod source_task;
+mod supervisor;
 mod units;
 
 pub use dead_letter::DeadLetters;
-use deadline::Deadline;
+pub use supervisor::{Command, CommandError};
 
 use crate::config::PipelineConfig;
 use crate::metrics::ComponentMetrics;
 use crate::transport::embedded::EmbeddedTransport;
 use crate::transport::kafka::KafkaTransport;
 use crate::transport::Transport;
-use crate::{ConnectorError, SinkBuildContext, SourceBuildContext};
+use crate::{ConnectorError, SourceBuildContext};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-type Tasks = tokio::task::JoinSet<Result<(), ConnectorError>>;
-
-/// The running tasks of a pipeline and the signals that make its sinks drain.
-struct Started {
-    sources: Tasks,
-    sinks: Tasks,
-    /// Sinks reading the dead-letter topic; they drain once every other task is done, on every
-    /// path (sources finished, shutdown, a failure), since the others may still dead-letter.
-    dead_letter_sinks: Tasks,
-    /// Cancelled once sources are done or on shutdown: other sinks read what is left and end.
-    drain: CancellationToken,
-    /// Cancelled once every source and every other sink has ended.
-    drain_dead_letters: CancellationToken,
-    /// `drain_timeout` after shutdown; bounds every wait of every task.
-    deadline: Deadline,
-}
 
 /// How a run is driven from outside.
 #[derive(Debug, Clone)]
@@ -88,7 +72,12 @@ pub struct PipelineRun {
     pub metrics: Vec<Arc<ComponentMetrics>>,
     /// True from the moment every task runs until the run ends.
     ready: std::sync::atomic::AtomicBool,
+    /// Where the REST API's commands go while the pipeline runs.
+    commands: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<supervisor::Request>>>,
 }
+
+/// How long a command (a stop, a restart, an offset reset) may take to be answered.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl PipelineRun {
     pub fn new(config: PipelineConfig) -> Self {
@@ -107,6 +96,7 @@ impl PipelineRun {
             config,
             metrics,
             ready: std::sync::atomic::AtomicBool::new(false),
+            commands: std::sync::Mutex::new(None),
         }
     }
 
@@ -120,11 +110,17 @@ impl PipelineRun {
 
     /// Runs until the sources finish and the sinks have caught up, or until shutdown.
     pub async fn run(self: &Arc<Self>, options: RunOptions) -> Result<(), RunError> {
-        let tasks = self.start(&options).await.map_err(RunError::Setup)?;
+        let transport = self.connect(&options).await.map_err(RunError::Setup)?;
+        let supervisor = supervisor::Supervisor::start(self.clone(), options, transport)
+            .await
+            .map_err(RunError::Setup)?;
+        let (commands, requests) = tokio::sync::mpsc::channel(16);
+        *self.commands.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands);
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        let result = self.wait(tasks, &options).await.map_err(RunError::Run);
+        let result = supervisor.wait(requests).await.map_err(RunError::Run);
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        *self.commands.lock().unwrap_or_else(|e| e.into_inner()) = None;
         result
     }
 
@@ -133,8 +129,34 @@ impl PipelineRun {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Connects, creates topics and starts every task.
-    async fn start(self: &Arc<Self>, options: &RunOptions) -> Result<Started, ConnectorError> {
+    /// Asks the running pipeline to stop, restart, resume or reset component `id`; answers
+    /// with what was done.
+    pub async fn command(&self, id: &str, command: Command) -> Result<String, CommandError> {
+        let not_running = || CommandError::NotRunning(self.config.name.clone());
+        let sender = self
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(not_running)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = supervisor::Request {
+            component: id.to_string(),
+            command,
+            reply,
+        };
+        sender.send(request).await.map_err(|_| not_running())?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(not_running()),
+            Err(_) => Err(CommandError::Conflict(format!(
+                "no answer within {COMMAND_TIMEOUT:?}; the pipeline may be busy stopping"
+            ))),
+        }
+    }
+
+    /// Connects the transport and creates the pipeline's topics.
+    async fn connect(&self, options: &RunOptions) -> Result<Arc<dyn Transport>, ConnectorError> {
         let config = &self.config;
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
@@ -152,98 +174,7 @@ impl PipelineRun {
             .ensure_topics(&config.all_topics())
             .await
             .map_err(|e| transport_error(pipeline, e))?;
-        let dead_letters = DeadLetters::new(config.errors.clone(), transport.writer());
-
-        // Readers first: the embedded log keeps records for every group that exists.
-        let deadline = Deadline::after(&options.shutdown, options.drain_timeout);
-        let drain = CancellationToken::new();
-        let drain_dead_letters = CancellationToken::new();
-        let mut sinks = tokio::task::JoinSet::new();
-        let mut dead_letter_sinks = tokio::task::JoinSet::new();
-        for (id, sink) in &config.sinks {
-            let group = format!("sluice-{pipeline}-{id}");
-            let reader = transport
-                .reader(&group, &sink.topics)
-                .await
-                .map_err(|e| transport_error(id, e))?;
-            let built = sink
-                .inner
-                .build(SinkBuildContext {
-                    component: id.clone(),
-                    topics: sink.topics.clone(),
-                    group: group.clone(),
-                    durable_offsets: config.kafka.is_some(),
-                })
-                .await
-                .map_err(|e| e.in_component(id))?;
-            let transforms = build_transforms(id, &sink.transforms)?;
-            let task = sink_task::SinkTask {
-                id: id.clone(),
-                sink: built,
-                reader,
-                transforms,
-                batch: sink.batch.clone(),
-                dead_letters: dead_letters.clone(),
-                metrics: self.metrics_of(id),
-                group_linger: group_linger(config),
-                shutdown: options.shutdown.clone(),
-            };
-            // Sinks reading the dead-letter topic drain last: other sinks may still write to it.
-            let reads_dead_letters = config
-                .errors
-                .dead_letter_topic
-                .as_ref()
-                .is_some_and(|t| sink.topics.contains(t));
-            let (set, token) = if reads_dead_letters {
-                (&mut dead_letter_sinks, &drain_dead_letters)
-            } else {
-                (&mut sinks, &drain)
-            };
-            set.spawn(task.run(token.clone(), deadline.clone()));
-        }
-
-        let offsets = transport
-            .offset_store(pipeline)
-            .await
-            .map_err(|e| transport_error(pipeline, e))?;
-        let offsets: Arc<dyn crate::transport::OffsetStore> = Arc::from(offsets);
-        let mut sources = tokio::task::JoinSet::new();
-        for (id, source) in &config.sources {
-            if config.worker.is_some() && config.kafka.is_some() {
-                // Shared by the worker group: this worker runs the units it is assigned.
-                let slots = source.inner.work_units().unwrap_or(1).max(1) as i32;
-                let topic = units::control_topic(pipeline, id);
-                let count = transport
-                    .control_topic(&topic, slots)
-                    .await
-                    .map_err(|e| transport_error(id, e))?;
-                let units = units::Units {
-                    run: self.clone(),
-                    id: id.clone(),
-                    topic,
-                    count,
-                    transport: transport.clone(),
-                    legacy: offsets.clone(),
-                    dead_letters: dead_letters.clone(),
-                    linger: group_linger(config),
-                };
-                sources.spawn(units.run(options.shutdown.clone(), deadline.clone()));
-                continue;
-            }
-            let stored = offsets.load(id).await.map_err(|e| transport_error(id, e))?;
-            let task = self
-                .source_task(id, &transport, offsets.clone(), stored, None, &dead_letters)
-                .await?;
-            sources.spawn(task.run(options.shutdown.clone(), deadline.clone()));
-        }
-        Ok(Started {
-            sources,
-            sinks,
-            dead_letter_sinks,
-            drain,
-            drain_dead_letters,
-            deadline,
-        })
+        Ok(transport)
     }
 
     /// Builds source `id` (the units of it in `units`, when it is split between workers),
@@ -292,63 +223,6 @@ impl PipelineRun {
                 .source_exactly_once(id)
                 .then(|| source_task::Numbering::new(&config.name)),
         })
-    }
-
-    /// Waits for the tasks: sources end (finished or stopped) → sinks drain → dead-letter sinks
-    /// drain; a failure stops everything, in the same order.
-    async fn wait(&self, tasks: Started, options: &RunOptions) -> Result<(), ConnectorError> {
-        let Started {
-            mut sources,
-            mut sinks,
-            mut dead_letter_sinks,
-            drain,
-            drain_dead_letters,
-            deadline,
-        } = tasks;
-        let pipeline = self.config.name.as_str();
-        let has_sources = !self.config.sources.is_empty();
-        let mut first_error: Option<ConnectorError> = None;
-        let mut note = |result: Result<Result<(), ConnectorError>, tokio::task::JoinError>| {
-            let error = match result {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e,
-                Err(e) => {
-                    ConnectorError::internal(format!("a task panicked: {e}")).in_component(pipeline)
-                }
-            };
-            let trace_id = trace_id();
-            tracing::error!(component = %error.component, error = %error.message, %trace_id, "component failed");
-            self.metrics_of(&error.component)
-                .fail(crate::metrics::Failure {
-                    message: error.message.clone(),
-                    trace_id,
-                });
-            options.shutdown.cancel();
-            first_error.get_or_insert(error);
-        };
-        loop {
-            let stopping = options.shutdown.is_cancelled();
-            if stopping || (has_sources && sources.is_empty()) || (options.once && !has_sources) {
-                drain.cancel();
-            }
-            if drain.is_cancelled() && sources.is_empty() && sinks.is_empty() {
-                drain_dead_letters.cancel();
-            }
-            if sources.is_empty() && sinks.is_empty() && dead_letter_sinks.is_empty() {
-                break;
-            }
-            tokio::select! {
-                Some(result) = sources.join_next() => note(result),
-                Some(result) = sinks.join_next() => note(result),
-                Some(result) = dead_letter_sinks.join_next() => note(result),
-                _ = options.shutdown.cancelled(), if !stopping => {}
-            }
-        }
-        deadline.expire();
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 }
 

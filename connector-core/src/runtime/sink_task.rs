@@ -40,8 +40,15 @@ pub(super) struct SinkTask {
     /// sources finished (or `--once`) and the last rebalance, while it does not own every
     /// partition, to take over those of a worker that died. Zero outside a group.
     pub group_linger: Duration,
-    /// Cancelled on SIGINT/SIGTERM: then a sink ends as soon as it has read what it owns.
+    /// Cancelled on SIGINT/SIGTERM, or when this sink alone is stopped: then it ends as soon
+    /// as it has read what it owns.
     pub shutdown: CancellationToken,
+    /// Cancelled when this sink alone is stopped (REST API): it stores and commits what it has
+    /// read and ends without reading more, keeping its group's position for a later start.
+    pub stop: CancellationToken,
+    /// Whether a failed task keeps its group's position too (it waits for a restart), rather
+    /// than leave the group (see [`TopicReader::hold_position`]).
+    pub hold_position_on_failure: bool,
 }
 
 /// What has been read but not yet committed.
@@ -107,6 +114,14 @@ impl SinkTask {
         if result.is_ok() {
             self.commit(&flushed, true, &deadline).await;
         }
+        let hold = if result.is_ok() {
+            self.stop.is_cancelled()
+        } else {
+            self.hold_position_on_failure
+        };
+        if hold {
+            self.reader.hold_position();
+        }
         self.metrics.finish();
         result
     }
@@ -131,6 +146,14 @@ impl SinkTask {
                 self.rebalance(change, pending, flushed, deadline).await?;
                 settled_since = None;
             }
+            if self.stop.is_cancelled() {
+                if !pending.is_empty() {
+                    self.flush(pending, flushed, ReadAheadMode::Off, deadline)
+                        .await?;
+                }
+                tracing::info!(component = %self.id, "stopped; what it read is stored");
+                return Ok(());
+            }
             let draining = drain.is_cancelled();
             let settled = if draining {
                 *settled_since.get_or_insert_with(Instant::now)
@@ -146,6 +169,7 @@ impl SinkTask {
                 tokio::select! {
                     _ = self.metrics.unpaused() => {}
                     _ = drain.cancelled() => {}
+                    _ = self.stop.cancelled() => {}
                     _ = deadline.passed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
@@ -170,6 +194,7 @@ impl SinkTask {
                     biased;
                     _ = deadline.passed() => Vec::new(),
                     _ = drain.cancelled(), if !draining => Vec::new(),
+                    _ = self.stop.cancelled() => Vec::new(),
                     polled = self.reader.poll(room, wait) => polled.map_err(|e| transport_error(&self.id, e))?,
                 }
             };
@@ -824,6 +849,8 @@ mod tests {
             metrics: ComponentMetrics::new("sink", "sink"),
             group_linger: Duration::ZERO,
             shutdown: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            hold_position_on_failure: false,
         };
         let drain = CancellationToken::new();
         drain.cancel();
@@ -874,6 +901,8 @@ mod tests {
             metrics: ComponentMetrics::new("sink", "sink"),
             group_linger: Duration::from_millis(400),
             shutdown: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            hold_position_on_failure: false,
         };
         let drain = CancellationToken::new();
         let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(10));

@@ -38,6 +38,11 @@ pub(super) fn control_topic(pipeline: &str, id: &str) -> String {
     format!("sluice-units.{}.{}", clean(pipeline), clean(id))
 }
 
+/// The offsets-store name under which work-unit slot `slot` of source `id` keeps its offsets.
+pub(super) fn slot_store(pipeline: &str, id: &str, slot: i32) -> String {
+    format!("{pipeline}/{id}/unit-{slot}")
+}
+
 /// One source's share of the worker group.
 pub(super) struct Units {
     pub run: Arc<PipelineRun>,
@@ -205,7 +210,7 @@ impl Units {
             count: self.count,
             holds: vec![slot],
         };
-        let name = format!("{}/{}/unit-{slot}", self.run.config.name, self.id);
+        let name = slot_store(&self.run.config.name, &self.id, slot);
         let store: Arc<dyn OffsetStore> = Arc::from(
             self.transport
                 .offset_store(&name)

@@ -218,11 +218,26 @@ impl Transport for EmbeddedTransport {
             topics: joined,
             next_topic: 0,
             assignment_reported: false,
+            hold_position: false,
         }))
     }
 
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
         Ok(Box::new(FileOffsetStore::open(&self.state_dir, pipeline)?))
+    }
+
+    /// The group reads again from the oldest record the log still holds: records every group
+    /// had committed are gone from memory, as on Kafka past retention.
+    async fn reset_group(&self, group: &str) -> Result<(), TransportError> {
+        let topics: Vec<Arc<Topic>> = lock(&self.broker.topics).values().cloned().collect();
+        for topic in topics {
+            let mut state = lock(&topic.state);
+            let starts: Vec<i64> = state.partitions.iter().map(|p| p.base).collect();
+            if let Some(positions) = state.groups.get_mut(group) {
+                *positions = starts;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +338,8 @@ struct EmbeddedReader {
     next_topic: usize,
     /// Whether the partitions it reads were reported as assigned (see [`TopicReader::rebalance`]).
     assignment_reported: bool,
+    /// The group stays when the reader is dropped (see [`TopicReader::hold_position`]).
+    hold_position: bool,
 }
 
 impl EmbeddedReader {
@@ -361,6 +378,9 @@ impl EmbeddedReader {
 /// committed fail their deliveries (see [`Low::lost_from`]).
 impl Drop for EmbeddedReader {
     fn drop(&mut self) {
+        if self.hold_position {
+            return;
+        }
         for (topic, _) in &self.topics {
             let mut state = lock(&topic.state);
             let Some(committed) = state.groups.remove(&self.group) else {
@@ -454,6 +474,10 @@ impl TopicReader for EmbeddedReader {
     }
 
     /// Never called: the embedded reader keeps its partitions.
+    fn hold_position(&mut self) {
+        self.hold_position = true;
+    }
+
     async fn revoke(&mut self, _partitions: &[TopicPartition]) -> Result<(), TransportError> {
         Ok(())
     }
@@ -690,6 +714,57 @@ mod tests {
         // Later writes no longer wait for the group that left, but fail too: it never reads them.
         let later = w.send(vec![record("t", "k", 5)]).await.unwrap();
         assert!(within(later).await.unwrap().is_err());
+    }
+
+    /// A sink stopped to be started again keeps its group: what it did not commit waits for
+    /// it (no delivery fails), the next reader of the group resumes at the commit, and after a
+    /// reset at the oldest record the log still holds.
+    #[tokio::test]
+    async fn a_held_group_waits_for_its_next_reader_and_a_reset_rewinds_it() {
+        let t = transport(100);
+        let mut other = t.reader("other", &["t".into()]).await.unwrap();
+        let mut held = t.reader("held", &["t".into()]).await.unwrap();
+        let w = t.writer();
+        let delivery = w
+            .send((0..4).map(|n| record("t", "k", n)).collect())
+            .await
+            .unwrap();
+        let upto = |offset| {
+            vec![PartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            }]
+        };
+        assert_eq!(read_all(&mut other).await.len(), 4);
+        other.commit(&upto(4), true).await.unwrap();
+        assert_eq!(read_all(&mut held).await.len(), 4);
+        held.commit(&upto(2), true).await.unwrap();
+        held.hold_position();
+        drop(held);
+        let pending = tokio::time::timeout(Duration::from_millis(200), delivery).await;
+        assert!(pending.is_err(), "the delivery waits for the held group");
+        let mut again = t.reader("held", &["t".into()]).await.unwrap();
+        let resumed: Vec<i64> = read_all(&mut again)
+            .await
+            .iter()
+            .map(|r| r.value["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(resumed, [2, 3]);
+        // Records 4 and 5: read and committed by this group, not by the other one yet.
+        drop(w.send(vec![record("t", "k", 4), record("t", "k", 5)]).await);
+        assert_eq!(read_all(&mut again).await.len(), 2);
+        again.commit(&upto(6), true).await.unwrap();
+        again.hold_position();
+        drop(again);
+        t.reset_group("held").await.unwrap();
+        let mut rewound = t.reader("held", &["t".into()]).await.unwrap();
+        let from: Vec<i64> = read_all(&mut rewound)
+            .await
+            .iter()
+            .map(|r| r.value["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(from, [4, 5], "from the oldest record kept");
     }
 
     #[tokio::test]

@@ -113,6 +113,11 @@ pub trait Transport: Send + Sync {
         ))
     }
 
+    /// Forgets what consumer group `group` committed, so that its next reader starts from the
+    /// oldest record still kept (KIP-875's offset reset of a stopped sink). Fails while other
+    /// members still read for the group.
+    async fn reset_group(&self, group: &str) -> Result<(), TransportError>;
+
     /// Storage of source offsets for the pipeline `pipeline`.
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError>;
 
@@ -193,6 +198,12 @@ pub trait TopicReader: Send {
         resume: &[PartitionOffset],
     ) -> Result<(), TransportError>;
 
+    /// When this reader is dropped, its group keeps its committed position and what it has not
+    /// read waits for it, for a task that stopped or failed and will be started again. (By
+    /// default a dropped reader leaves its group: on Kafka its partitions go to other workers,
+    /// and the committed offsets stay with the broker either way.)
+    fn hold_position(&mut self) {}
+
     /// Completes a [`Rebalance::Revoke`]: the task has stored and committed what it read of
     /// `partitions`, which go to other members now.
     async fn revoke(&mut self, partitions: &[TopicPartition]) -> Result<(), TransportError>;
@@ -222,6 +233,9 @@ pub trait OffsetStore: Send + Sync {
         component: &str,
         offsets: &HashMap<String, Value>,
     ) -> Result<(), TransportError>;
+
+    /// Forgets every offset of `component` (a reset: it starts from the beginning).
+    async fn remove(&self, component: &str) -> Result<(), TransportError>;
 }
 
 /// Kafka's default (Java client) partitioner: murmur2 of the key, made positive, modulo the

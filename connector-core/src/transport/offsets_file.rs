@@ -111,7 +111,25 @@ impl OffsetStore for FileOffsetStore {
         for (k, v) in offsets {
             entry.insert(k.clone(), v.clone());
         }
-        let bytes = serde_json::to_vec_pretty(&*all)
+        self.write(&all).await
+    }
+
+    async fn remove(&self, component: &str) -> Result<(), TransportError> {
+        let mut all = self.all.lock().await;
+        if all.remove(component).is_none() {
+            return Ok(());
+        }
+        self.write(&all).await
+    }
+}
+
+impl FileOffsetStore {
+    /// Replaces the file with `all`.
+    async fn write(
+        &self,
+        all: &BTreeMap<String, BTreeMap<String, Value>>,
+    ) -> Result<(), TransportError> {
+        let bytes = serde_json::to_vec_pretty(all)
             .map_err(|e| TransportError::fatal(format!("cannot encode offsets: {e}")))?;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
@@ -147,6 +165,9 @@ mod tests {
         let reopened = FileOffsetStore::open(dir.path(), "p").unwrap();
         assert_eq!(reopened.load("src").await.unwrap(), offsets);
         assert!(reopened.load("other").await.unwrap().is_empty());
+        reopened.remove("src").await.unwrap();
+        let after_reset = FileOffsetStore::open(dir.path(), "p").unwrap();
+        assert!(after_reset.load("src").await.unwrap().is_empty());
     }
 }
 

@@ -704,6 +704,38 @@ impl Sink for MysqlSink {
         self.positions.forget(partitions);
         Ok(())
     }
+
+    /// Exactly once: deletes the group's positions and offsets, in one transaction.
+    async fn reset_offsets(&mut self) -> Result<(), ConnectorError> {
+        if !self.config.exactly_once {
+            return Ok(());
+        }
+        let group = self.group.clone();
+        let store_offsets = self.store_offsets;
+        let conn = self.conn().await?;
+        let result = async {
+            let mut tx = conn
+                .start_transaction(mysql_async::TxOpts::default())
+                .await?;
+            tx.exec_drop(
+                "DELETE FROM sluice_source_positions WHERE consumer_group = ?",
+                (&group,),
+            )
+            .await?;
+            if store_offsets {
+                tx.exec_drop(
+                    "DELETE FROM sluice_offsets WHERE consumer_group = ?",
+                    (&group,),
+                )
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        result.map_err(|e: mysql_async::Error| self.error(e))?;
+        self.positions = Default::default();
+        Ok(())
+    }
 }
 
 impl MysqlSink {

@@ -42,6 +42,17 @@ pub struct KafkaTransport {
 }
 
 impl KafkaTransport {
+    fn admin(&self) -> Result<AdminClient<Quiet>, TransportError> {
+        base_config(&self.config)
+            .create_with_context(Quiet::default())
+            .map_err(|e| {
+                TransportError::fatal(format!(
+                    "cannot create Kafka admin client: {}",
+                    redact(&self.config, e)
+                ))
+            })
+    }
+
     /// Connects and checks the cluster answers, retrying until `connect_timeout`.
     pub async fn connect(
         config: &KafkaConfig,
@@ -279,14 +290,7 @@ impl Transport for KafkaTransport {
         if missing.is_empty() {
             return Ok(());
         }
-        let admin: AdminClient<Quiet> = base_config(&self.config)
-            .create_with_context(Quiet::default())
-            .map_err(|e| {
-                TransportError::fatal(format!(
-                    "cannot create Kafka admin client: {}",
-                    redact(&self.config, e)
-                ))
-            })?;
+        let admin = self.admin()?;
         let new_topics: Vec<NewTopic> = missing
             .iter()
             .map(|(name, spec)| {
@@ -453,6 +457,34 @@ impl Transport for KafkaTransport {
         self.ensure_topics(&[(name.to_string(), spec)].into_iter().collect())
             .await?;
         Ok(partitions)
+    }
+
+    async fn reset_group(&self, group: &str) -> Result<(), TransportError> {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = self
+            .admin()?
+            .delete_groups(&[group], &options)
+            .await
+            .map_err(|e| {
+                TransportError::transient(format!("cannot delete group `{group}`: {e}"))
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((_, RDKafkaErrorCode::NonEmptyGroup)) => {
+                    return Err(TransportError::fatal(format!(
+                        "consumer group `{group}` still has members: another worker still runs this sink; stop it on every worker first"
+                    )))
+                }
+                Err((_, code)) => {
+                    return Err(TransportError::transient(format!(
+                        "cannot delete group `{group}`: {code}"
+                    )))
+                }
+            }
+        }
+        tracing::info!(%group, "consumer group deleted: its sink reads from the oldest record kept");
+        Ok(())
     }
 
     async fn offset_store(&self, pipeline: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
@@ -989,6 +1021,31 @@ impl OffsetStore for KafkaOffsetStore {
             .entry(component.to_string())
             .or_default()
             .extend(offsets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.publish(state).await
+    }
+
+    async fn remove(&self, component: &str) -> Result<(), TransportError> {
+        let mut state = self.state().await?;
+        let Some(loaded) = state.as_mut() else {
+            return Err(TransportError::fatal("source offsets were not loaded"));
+        };
+        if loaded.offsets.remove(component).is_none() {
+            return Ok(());
+        }
+        self.publish(state).await
+    }
+}
+
+impl KafkaOffsetStore {
+    /// Writes the pipeline's offsets as `state` holds them now, as one snapshot record, and
+    /// waits for it to be acknowledged.
+    async fn publish(
+        &self,
+        state: tokio::sync::MutexGuard<'_, Option<Loaded>>,
+    ) -> Result<(), TransportError> {
+        let Some(loaded) = state.as_ref() else {
+            return Err(TransportError::fatal("source offsets were not loaded"));
+        };
         let snapshot = serde_json::to_value(&loaded.offsets)
             .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
         let mut record = Record::new(snapshot).with_key(Self::snapshot_key(&self.pipeline));
