@@ -465,5 +465,5 @@ fn write_plugins(out: &mut impl std::io::Write) -> std::io::Result<()> {
             )?;
         }
     }
-    writeln!(out, "\nFramework fields: sources take `topic`, `transforms`, `batch_size`; sinks take `topics`, `transforms`, `batch {{ max_records, linger }}`.")
+    writeln!(out, "\nFramework fields: sources take `topic`, `transforms`, `batch_size`; sinks take `topics`, `transforms`, `batch {{ max_records, linger }}`; every transform takes `id` (its name in dead letters) and `when` (a jq condition: it applies only to matching records).")
 }

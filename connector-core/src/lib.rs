@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod exactly_once;
+pub mod jq;
 pub mod metrics;
 pub mod record;
 pub mod registry;
@@ -24,7 +25,7 @@ pub use sink::{PrepareBatch, Prepared, PutOutcome, Sink, SinkBuildContext, SinkC
 pub use source::{
     Payload, Source, SourceBuildContext, SourceConfig, SourceOffsets, SourceRecord, UnitShare,
 };
-pub use transform::{Transform, TransformConfig};
+pub use transform::{Transform, TransformConfig, TransformOuter};
 
 // Re-exported so connector crates register themselves without naming these crates.
 pub use async_trait::async_trait;

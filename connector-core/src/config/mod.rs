@@ -8,7 +8,7 @@ mod load;
 
 pub use load::{load_pipeline, ConfigError, LoadOptions};
 
-use crate::{SinkConfig, SourceConfig, TransformConfig};
+use crate::{SinkConfig, SourceConfig, TransformOuter};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -287,7 +287,7 @@ pub struct SourceOuter {
     pub topic: String,
     /// Transforms applied to each record before it is written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transforms: Vec<Box<dyn TransformConfig>>,
+    pub transforms: Vec<TransformOuter>,
     /// Most records taken from the source per poll.
     #[serde(default = "default_source_batch")]
     pub batch_size: usize,
@@ -318,7 +318,7 @@ pub struct SinkOuter {
     pub topics: Vec<String>,
     /// Transforms applied to each record before `put`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transforms: Vec<Box<dyn TransformConfig>>,
+    pub transforms: Vec<TransformOuter>,
     /// When a batch is handed to the sink.
     #[serde(default)]
     pub batch: BatchConfig,

@@ -255,11 +255,12 @@ fn transport_error(component: &str, e: crate::transport::TransportError) -> Conn
 
 fn build_transforms(
     id: &str,
-    configs: &[Box<dyn crate::TransformConfig>],
+    configs: &[crate::TransformOuter],
 ) -> Result<Vec<Box<dyn crate::Transform>>, ConnectorError> {
     configs
         .iter()
-        .map(|t| t.build().map_err(|e| e.in_component(id)))
+        .enumerate()
+        .map(|(position, t)| t.build(position).map_err(|e| e.in_component(id)))
         .collect()
 }
 
