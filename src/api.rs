@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sluice_core::metrics::ComponentMetrics;
 use sluice_core::registry::{self, PluginKind};
 use sluice_core::runtime::{Command, CommandError, PipelineRun};
+use sluice_core::stream::StreamTransformConfig;
 use sluice_core::{SinkConfig, SourceConfig, TransformConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -447,7 +448,10 @@ async fn validate(
     let errors: Vec<(String, String)> = match found.kind {
         PluginKind::Source => checked::<Box<dyn SourceConfig>>(config, |c| c.validate()),
         PluginKind::Sink => checked::<Box<dyn SinkConfig>>(config, |c| c.validate()),
-        PluginKind::Transform => checked::<Box<dyn TransformConfig>>(config, |_| Ok(())),
+        PluginKind::Transform => checked::<Box<dyn TransformConfig>>(config, |c| c.validate()),
+        PluginKind::StreamTransform => {
+            checked::<Box<dyn StreamTransformConfig>>(config, |c| c.validate())
+        }
     };
     Json(json!({
         "name": plugin,

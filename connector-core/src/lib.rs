@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod secret;
 pub mod sink;
 pub mod source;
+pub mod stream;
 pub mod transform;
 pub mod transport;
 

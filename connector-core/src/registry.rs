@@ -11,6 +11,8 @@ pub enum PluginKind {
     Source,
     Sink,
     Transform,
+    /// A stateful step between topics (top-level `transforms:`).
+    StreamTransform,
 }
 
 impl fmt::Display for PluginKind {
@@ -19,6 +21,7 @@ impl fmt::Display for PluginKind {
             PluginKind::Source => "source",
             PluginKind::Sink => "sink",
             PluginKind::Transform => "transform",
+            PluginKind::StreamTransform => "stream transform",
         })
     }
 }

@@ -9,3 +9,4 @@ mod path;
 pub mod route;
 pub mod smt;
 pub mod time;
+pub mod window;

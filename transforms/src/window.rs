@@ -1,0 +1,944 @@
+//! `window`: tumbling and hopping windows by event time, per key, with aggregates — OHLCV
+//! candles from prices. A stream transform (top-level `transforms:`).
+//!
+//! Memory: per key, one entry per open window (its aggregates: a few numbers each, `first`/
+//! `last` keep one value), plus an index entry; about 200 bytes + 50 per aggregate per open
+//! window. Cost per record: one parse of its time and fields, and for each window it falls
+//! in one update per aggregate (O(1)); closing windows is O(log open windows).
+
+use crate::path;
+use crate::time::{time_zone, TimeFormat};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sluice_core::stream::{Emitted, StreamOperator, StreamTransformConfig};
+use sluice_core::transport::TopicPartition;
+use sluice_core::{ConnectorError, FieldError, Record};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+sluice_core::register_plugin!(StreamTransform, "window", WindowConfig);
+
+/// Aggregates records per key over windows of event time: tumbling (`size`), or hopping
+/// (`size` and a smaller `hop`). Calendar sizes follow `timezone`: `1d` starts at midnight,
+/// `1w` on Monday, `1mo` on the 1st. A window closes (and is written, `final: true`) once a
+/// record of its partition is `allowed_lateness` past its end; a record for a window already
+/// closed is a bad record (dead-lettered). Output: the key, `start` and `end` (RFC 3339 in
+/// `timezone`), each aggregate, `final`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Window length: a number and a unit, `s`, `m` (minutes), `h`, `d`, `w` (weeks from
+    /// Monday) or `mo` (months), e.g. `1w`, `15m`.
+    pub size: String,
+    /// For hopping windows: how far apart windows start (same unit as `size`, dividing it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<String>,
+    /// Output field → aggregate: `count`, or `count(F)`, `sum(F)`, `min(F)`, `max(F)`,
+    /// `avg(F)`, `first(F)`, `last(F)`, `stddev(F)` (sample) of field `F`. Null or missing
+    /// values are skipped (`first`/`last` by event time).
+    pub aggregates: indexmap::IndexMap<String, String>,
+    /// Field holding the event time; default the record's timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_field: Option<String>,
+    /// How `time_field` is written (`date`, `rfc3339`, `epoch_ms`…; see `timestamp_convert`).
+    #[serde(default = "default_time_format")]
+    pub time_format: String,
+    /// Time zone of calendar windows and of `start`/`end` (default UTC).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// How long after its end a window still takes records (event time), e.g. `1h`.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub allowed_lateness: Duration,
+    /// `close` (default): write a window once, when it closes; `updates`: also write it
+    /// (`final: false`) every time a record changes it.
+    #[serde(default)]
+    pub emit: Emit,
+    /// At the end of finite input (`--once`), write the windows still open with
+    /// `final: false` (default true).
+    #[serde(default = "yes")]
+    pub emit_partial: bool,
+}
+
+fn default_time_format() -> String {
+    "epoch_ms".into()
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// When windows are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    #[default]
+    Close,
+    Updates,
+}
+
+/// A calendar-aware length: `n` units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every {
+    n: i64,
+    unit: Unit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Every {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let n: i64 = text[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}` does not start with a number"))?;
+        let unit = match &text[digits..] {
+            "s" => Unit::Second,
+            "m" => Unit::Minute,
+            "h" => Unit::Hour,
+            "d" => Unit::Day,
+            "w" => Unit::Week,
+            "mo" => Unit::Month,
+            other => return Err(format!("`{other}` is not a unit: use s, m, h, d, w or mo")),
+        };
+        if n < 1 {
+            return Err(format!("`{text}` must be at least 1"));
+        }
+        if let Some(per_day) = unit.seconds().map(|s| 86_400 % (s * n)) {
+            if per_day != 0 {
+                return Err(format!("`{text}` does not divide a day"));
+            }
+        }
+        Ok(Every { n, unit })
+    }
+
+    /// The start of the window of this length containing `t`.
+    fn align(&self, t: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> Result<jiff::Zoned, String> {
+        let z = t.to_zoned(tz.clone());
+        let err = |e: jiff::Error| e.to_string();
+        let epoch = jiff::civil::date(1970, 1, 1);
+        let start_date = match self.unit {
+            Unit::Second | Unit::Minute | Unit::Hour => {
+                let day = z.start_of_day().map_err(err)?;
+                let size = self.unit.seconds().unwrap_or(1) * self.n;
+                let secs = t.as_second() - day.timestamp().as_second();
+                let start = day.timestamp().as_second() + secs - secs.rem_euclid(size);
+                return jiff::Timestamp::from_second(start)
+                    .map(|s| s.to_zoned(tz.clone()))
+                    .map_err(err);
+            }
+            Unit::Day => {
+                let days = (z.date() - epoch).get_days() as i64;
+                epoch
+                    .checked_add(jiff::Span::new().days(days - days.rem_euclid(self.n)))
+                    .map_err(err)?
+            }
+            Unit::Week => {
+                // 1970-01-05 was a Monday.
+                let monday = jiff::civil::date(1970, 1, 5);
+                let days = (z.date() - monday).get_days() as i64;
+                let weeks = days.div_euclid(7);
+                monday
+                    .checked_add(jiff::Span::new().days((weeks - weeks.rem_euclid(self.n)) * 7))
+                    .map_err(err)?
+            }
+            Unit::Month => {
+                let months = (z.year() as i64 - 1970) * 12 + z.month() as i64 - 1;
+                let start = months - months.rem_euclid(self.n);
+                jiff::civil::date(
+                    (1970 + start.div_euclid(12)) as i16,
+                    (start.rem_euclid(12) + 1) as i8,
+                    1,
+                )
+            }
+        };
+        start_date.to_zoned(tz.clone()).map_err(err)
+    }
+
+    /// `z` moved by `k` of this length.
+    fn add(&self, z: &jiff::Zoned, k: i64) -> Result<jiff::Zoned, String> {
+        let n = self.n * k;
+        let span = match self.unit {
+            Unit::Second => jiff::Span::new().seconds(n),
+            Unit::Minute => jiff::Span::new().minutes(n),
+            Unit::Hour => jiff::Span::new().hours(n),
+            Unit::Day => jiff::Span::new().days(n),
+            Unit::Week => jiff::Span::new().weeks(n),
+            Unit::Month => jiff::Span::new().months(n),
+        };
+        z.checked_add(span).map_err(|e| e.to_string())
+    }
+}
+
+impl Unit {
+    fn seconds(self) -> Option<i64> {
+        match self {
+            Unit::Second => Some(1),
+            Unit::Minute => Some(60),
+            Unit::Hour => Some(3600),
+            _ => None,
+        }
+    }
+}
+
+/// One aggregate: what it computes, over which field.
+#[derive(Debug, Clone, PartialEq)]
+struct Aggregate {
+    output: String,
+    op: Op,
+    field: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    First,
+    Last,
+    Stddev,
+}
+
+fn parse_aggregate(output: &str, spec: &str) -> Result<Aggregate, String> {
+    let spec = spec.trim();
+    let (name, field) = match spec.split_once('(') {
+        Some((name, rest)) => {
+            let field = rest
+                .strip_suffix(')')
+                .ok_or_else(|| format!("`{spec}`: missing `)`"))?
+                .trim();
+            (name.trim(), (!field.is_empty()).then(|| field.to_string()))
+        }
+        None => (spec, None),
+    };
+    let op = match name {
+        "count" => Op::Count,
+        "sum" => Op::Sum,
+        "min" => Op::Min,
+        "max" => Op::Max,
+        "avg" => Op::Avg,
+        "first" => Op::First,
+        "last" => Op::Last,
+        "stddev" => Op::Stddev,
+        other => {
+            return Err(format!(
+            "`{other}` is not an aggregate: use count, sum, min, max, avg, first, last or stddev"
+        ))
+        }
+    };
+    if op != Op::Count && field.is_none() {
+        return Err(format!("`{spec}` needs a field, e.g. `{name}(Close)`"));
+    }
+    Ok(Aggregate {
+        output: output.to_string(),
+        op,
+        field,
+    })
+}
+
+/// The running value of one aggregate in one window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "k")]
+enum Acc {
+    Count {
+        n: u64,
+    },
+    Sum {
+        int: i64,
+        float: f64,
+        floats: bool,
+        n: u64,
+    },
+    Extreme {
+        best: Option<Value>,
+        at: f64,
+    },
+    Avg {
+        sum: f64,
+        n: u64,
+    },
+    Edge {
+        value: Option<Value>,
+        time: i64,
+    },
+    Stddev {
+        n: u64,
+        mean: f64,
+        m2: f64,
+    },
+}
+
+impl Acc {
+    fn new(op: Op) -> Self {
+        match op {
+            Op::Count => Acc::Count { n: 0 },
+            Op::Sum => Acc::Sum {
+                int: 0,
+                float: 0.0,
+                floats: false,
+                n: 0,
+            },
+            Op::Min | Op::Max => Acc::Extreme {
+                best: None,
+                at: 0.0,
+            },
+            Op::Avg => Acc::Avg { sum: 0.0, n: 0 },
+            Op::First | Op::Last => Acc::Edge {
+                value: None,
+                time: 0,
+            },
+            Op::Stddev => Acc::Stddev {
+                n: 0,
+                mean: 0.0,
+                m2: 0.0,
+            },
+        }
+    }
+
+    /// Adds `value` (present, not null) of a record at `time`.
+    fn add(&mut self, op: Op, value: Option<&Value>, number: Option<f64>, time: i64) {
+        match self {
+            Acc::Count { n } => {
+                if value.is_some() || op == Op::Count {
+                    *n += 1
+                }
+            }
+            Acc::Sum {
+                int,
+                float,
+                floats,
+                n,
+            } => {
+                if let Some(v) = value {
+                    // Whole numbers add exactly until one is not whole or the sum overflows.
+                    match v.as_i64().and_then(|i| int.checked_add(i)) {
+                        Some(sum) if !*floats => *int = sum,
+                        _ => *floats = true,
+                    }
+                    *float += number.unwrap_or(0.0);
+                    *n += 1;
+                }
+            }
+            Acc::Extreme { best, at } => {
+                if let (Some(v), Some(x)) = (value, number) {
+                    let better =
+                        best.is_none() || (op == Op::Min && x < *at) || (op == Op::Max && x > *at);
+                    if better {
+                        *best = Some(v.clone());
+                        *at = x;
+                    }
+                }
+            }
+            Acc::Avg { sum, n } => {
+                if let Some(x) = number {
+                    *sum += x;
+                    *n += 1;
+                }
+            }
+            Acc::Edge {
+                value: kept,
+                time: kept_time,
+            } => {
+                if let Some(v) = value {
+                    // Ties keep arrival order: the first stays first, the last one wins last.
+                    let take = kept.is_none()
+                        || (op == Op::First && time < *kept_time)
+                        || (op == Op::Last && time >= *kept_time);
+                    if take {
+                        *kept = Some(v.clone());
+                        *kept_time = time;
+                    }
+                }
+            }
+            Acc::Stddev { n, mean, m2 } => {
+                if let Some(x) = number {
+                    *n += 1;
+                    let delta = x - *mean;
+                    *mean += delta / *n as f64;
+                    *m2 += delta * (x - *mean);
+                }
+            }
+        }
+    }
+
+    fn result(&self) -> Value {
+        let float = |f: f64| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
+        match self {
+            Acc::Count { n } => Value::from(*n),
+            Acc::Sum { n: 0, .. } => Value::Null,
+            Acc::Sum {
+                int, floats: false, ..
+            } => Value::from(*int),
+            Acc::Sum { float: f, .. } => float(*f),
+            Acc::Extreme { best, .. } => best.clone().unwrap_or(Value::Null),
+            Acc::Avg { n: 0, .. } => Value::Null,
+            Acc::Avg { sum, n } => float(sum / *n as f64),
+            Acc::Edge { value, .. } => value.clone().unwrap_or(Value::Null),
+            Acc::Stddev { n, m2, .. } if *n >= 2 => float((m2 / (*n as f64 - 1.0)).sqrt()),
+            Acc::Stddev { .. } => Value::Null,
+        }
+    }
+}
+
+/// One open window of one key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Open {
+    end: i64,
+    accs: Vec<Acc>,
+}
+
+/// The state of one input partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct PartitionState {
+    /// Latest event time seen (ms).
+    watermark: Option<i64>,
+    /// Key → window start (ms) → window.
+    keys: BTreeMap<String, BTreeMap<i64, Open>>,
+    /// (end, key, start) of every open window, to close them in order; rebuilt on restore.
+    #[serde(skip)]
+    closing: BTreeSet<(i64, String, i64)>,
+}
+
+impl PartitionState {
+    fn reindex(&mut self) {
+        self.closing = self
+            .keys
+            .iter()
+            .flat_map(|(key, windows)| {
+                windows
+                    .iter()
+                    .map(move |(start, open)| (open.end, key.clone(), *start))
+            })
+            .collect();
+    }
+}
+
+/// Per aggregate, the value of its field in a record (present, not null) and that as a number.
+type Inputs<'r> = Vec<(Option<&'r Value>, Option<f64>)>;
+
+struct Window {
+    size: Every,
+    hop: Every,
+    aggregates: Vec<Aggregate>,
+    time_field: Option<String>,
+    time_format: TimeFormat,
+    tz: jiff::tz::TimeZone,
+    lateness_ms: i64,
+    emit: Emit,
+    emit_partial: bool,
+    partitions: HashMap<TopicPartition, PartitionState>,
+}
+
+impl WindowConfig {
+    fn operator(&self) -> Result<Window, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut check = |field: &str, r: Result<(), String>| {
+            if let Err(e) = r {
+                errors.push(FieldError::new(field, e));
+            }
+        };
+        let size = Every::parse(&self.size);
+        check("size", size.as_ref().map(|_| ()).map_err(Clone::clone));
+        let hop = match &self.hop {
+            None => size.clone(),
+            Some(h) => Every::parse(h),
+        };
+        check("hop", hop.as_ref().map(|_| ()).map_err(Clone::clone));
+        if let (Ok(size), Ok(hop)) = (&size, &hop) {
+            if size.unit != hop.unit || size.n % hop.n != 0 {
+                check(
+                    "hop",
+                    Err(format!(
+                        "`{}` must be in the unit of `size` and divide it",
+                        self.hop.as_deref().unwrap_or_default()
+                    )),
+                );
+            }
+        }
+        let mut aggregates = Vec::new();
+        if self.aggregates.is_empty() {
+            check("aggregates", Err("must name at least one aggregate".into()));
+        }
+        for (output, spec) in &self.aggregates {
+            match parse_aggregate(output, spec) {
+                Ok(a) => aggregates.push(a),
+                Err(e) => check(&format!("aggregates.{output}"), Err(e)),
+            }
+        }
+        let time_format = TimeFormat::parse(&self.time_format);
+        check(
+            "time_format",
+            time_format.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
+        let tz = time_zone(&self.timezone);
+        check("timezone", tz.as_ref().map(|_| ()).map_err(Clone::clone));
+        match (size, hop, time_format, tz) {
+            (Ok(size), Ok(hop), Ok(time_format), Ok(tz)) if errors.is_empty() => Ok(Window {
+                size,
+                hop,
+                aggregates,
+                time_field: self.time_field.clone(),
+                time_format,
+                tz,
+                lateness_ms: self.allowed_lateness.as_millis() as i64,
+                emit: self.emit,
+                emit_partial: self.emit_partial,
+                partitions: HashMap::new(),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[typetag::serde(name = "window")]
+impl StreamTransformConfig for WindowConfig {
+    fn validate(&self) -> Result<(), Vec<FieldError>> {
+        self.operator().map(|_| ())
+    }
+
+    fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
+        self.operator()
+            .map(|w| Box::new(w) as Box<dyn StreamOperator>)
+            .map_err(|errors| {
+                ConnectorError::user(errors[0].message.clone()).with_field(&errors[0].field)
+            })
+    }
+}
+
+impl Window {
+    fn time_of(&self, record: &Record) -> Result<i64, String> {
+        match &self.time_field {
+            None => record
+                .timestamp
+                .ok_or_else(|| "the record has no timestamp".to_string()),
+            Some(field) => {
+                let value = path::get(&record.value, field)
+                    .filter(|v| !v.is_null())
+                    .ok_or_else(|| format!("no time in field `{field}`"))?;
+                self.time_format
+                    .read(value, &self.tz)
+                    .map(|t| t.as_millisecond())
+                    .map_err(|e| format!("field `{field}`: {e}"))
+            }
+        }
+    }
+
+    /// The fields the aggregates read, as values and numbers; an error for a value that
+    /// should be a number and is not.
+    fn inputs<'r>(&self, record: &'r Record) -> Result<Inputs<'r>, String> {
+        self.aggregates
+            .iter()
+            .map(|a| {
+                let Some(field) = &a.field else {
+                    return Ok((None, None));
+                };
+                let value = path::get(&record.value, field).filter(|v| !v.is_null());
+                let numeric = matches!(a.op, Op::Sum | Op::Min | Op::Max | Op::Avg | Op::Stddev);
+                let number = match value {
+                    Some(v) if numeric => Some(v.as_f64().ok_or_else(|| {
+                        format!("field `{field}` of `{}` is not a number: {v}", a.output)
+                    })?),
+                    _ => None,
+                };
+                Ok((value, number))
+            })
+            .collect()
+    }
+
+    /// Window starts (ms) and ends containing `t`.
+    fn windows_of(&self, t: i64) -> Result<Vec<(i64, i64)>, String> {
+        let at = jiff::Timestamp::from_millisecond(t).map_err(|e| e.to_string())?;
+        let last = self.hop.align(at, &self.tz)?;
+        let mut out = Vec::new();
+        for k in 0.. {
+            let start = self.hop.add(&last, -k)?;
+            let end = self.size.add(&start, 1)?;
+            let (s, e) = (
+                start.timestamp().as_millisecond(),
+                end.timestamp().as_millisecond(),
+            );
+            if e <= t {
+                break;
+            }
+            out.push((s, e));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn output(&self, key: &str, start: i64, open: &Open, finished: bool) -> Record {
+        let time = |ms: i64| {
+            jiff::Timestamp::from_millisecond(ms)
+                .map(|t| TimeFormat::Rfc3339.write(t, &self.tz))
+                .unwrap_or(Value::Null)
+        };
+        let mut value = Map::new();
+        value.insert("key".into(), Value::String(key.to_string()));
+        value.insert("start".into(), time(start));
+        value.insert("end".into(), time(open.end));
+        for (a, acc) in self.aggregates.iter().zip(&open.accs) {
+            value.insert(a.output.clone(), acc.result());
+        }
+        value.insert("final".into(), Value::Bool(finished));
+        let mut record = Record::new(Value::Object(value)).with_key(key.as_bytes().to_vec());
+        record.timestamp = Some(start);
+        record
+    }
+}
+
+impl StreamOperator for Window {
+    fn process(&mut self, partition: &TopicPartition, record: Record) -> Emitted {
+        let mut emitted = Emitted::default();
+        let prepared = self.time_of(&record).and_then(|t| {
+            let inputs = self.inputs(&record)?;
+            Ok((t, inputs, self.windows_of(t)?))
+        });
+        let (t, inputs, windows) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                emitted.rejected = Some(e);
+                return emitted;
+            }
+        };
+        let key = record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let state = self.partitions.entry(partition.clone()).or_default();
+        let watermark = state.watermark.unwrap_or(i64::MIN);
+        let mut changed = Vec::new();
+        for (start, end) in &windows {
+            if end.saturating_add(self.lateness_ms) <= watermark {
+                continue; // closed already
+            }
+            let windows = state.keys.entry(key.clone()).or_default();
+            let open = windows.entry(*start).or_insert_with(|| {
+                state.closing.insert((*end, key.clone(), *start));
+                Open {
+                    end: *end,
+                    accs: self.aggregates.iter().map(|a| Acc::new(a.op)).collect(),
+                }
+            });
+            for ((a, acc), (value, number)) in
+                self.aggregates.iter().zip(&mut open.accs).zip(&inputs)
+            {
+                acc.add(a.op, *value, *number, t);
+            }
+            changed.push(*start);
+        }
+        if changed.is_empty() {
+            emitted.rejected = Some(format!(
+                "late: its time {} is more than allowed_lateness behind the latest time of its partition ({})",
+                jiff::Timestamp::from_millisecond(t).map(|t| t.to_string()).unwrap_or_default(),
+                jiff::Timestamp::from_millisecond(watermark).map(|t| t.to_string()).unwrap_or_default(),
+            ));
+        }
+        let watermark = watermark.max(t);
+        state.watermark = Some(watermark);
+        // Close what the new watermark passed, in order of end, then key.
+        let mut closed = Vec::new();
+        while let Some(first) = state.closing.first() {
+            if first.0.saturating_add(self.lateness_ms) > watermark {
+                break;
+            }
+            let Some((_, key, start)) = state.closing.pop_first() else {
+                break;
+            };
+            if let Some(windows) = state.keys.get_mut(&key) {
+                if let Some(open) = windows.remove(&start) {
+                    closed.push((key.clone(), start, open));
+                }
+                if windows.is_empty() {
+                    state.keys.remove(&key);
+                }
+            }
+        }
+        if self.emit == Emit::Updates {
+            if let Some(windows) = self
+                .partitions
+                .get(partition)
+                .and_then(|s| s.keys.get(&key))
+            {
+                for start in &changed {
+                    if let Some(open) = windows.get(start) {
+                        emitted.records.push(self.output(&key, *start, open, false));
+                    }
+                }
+            }
+        }
+        for (key, start, open) in closed {
+            emitted.records.push(self.output(&key, start, &open, true));
+        }
+        emitted
+    }
+
+    fn flush(&mut self, partition: &TopicPartition) -> Vec<Record> {
+        if !self.emit_partial {
+            return Vec::new();
+        }
+        let Some(state) = self.partitions.get(partition) else {
+            return Vec::new();
+        };
+        state
+            .closing
+            .iter()
+            .filter_map(|(_, key, start)| {
+                let open = state.keys.get(key)?.get(start)?;
+                Some(self.output(key, *start, open, false))
+            })
+            .collect()
+    }
+
+    fn snapshot(&self, partition: &TopicPartition) -> Value {
+        self.partitions
+            .get(partition)
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    fn restore(&mut self, partition: &TopicPartition, state: Value) -> Result<(), String> {
+        let mut state: PartitionState = if state.is_null() {
+            PartitionState::default()
+        } else {
+            serde_json::from_value(state).map_err(|e| format!("window state: {e}"))?
+        };
+        state.reindex();
+        self.partitions.insert(partition.clone(), state);
+        Ok(())
+    }
+
+    fn forget(&mut self, partition: &TopicPartition) {
+        self.partitions.remove(partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn window(yaml: &str) -> Box<dyn StreamOperator> {
+        let config: WindowConfig = serde_yaml::from_str(yaml).unwrap();
+        config.build().unwrap()
+    }
+
+    fn bar(date: &str, open: f64, high: f64, low: f64, close: f64, volume: i64) -> Record {
+        let mut r = Record::new(
+            json!({"Date": date, "Open": open, "High": high, "Low": low, "Close": close, "Volume": volume}),
+        )
+        .with_key("BTC-USD");
+        r.timestamp = date
+            .parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp().as_millisecond());
+        r
+    }
+
+    const CANDLES: &str = "size: 1w\naggregates: { open: first(Open), high: max(High), low: min(Low), close: last(Close), volume: sum(Volume), days: count }";
+
+    fn tp() -> TopicPartition {
+        ("bitcoin".into(), 0)
+    }
+
+    fn run(op: &mut dyn StreamOperator, records: Vec<Record>) -> Vec<Value> {
+        let mut out = Vec::new();
+        for r in records {
+            let e = op.process(&tp(), r);
+            assert!(e.rejected.is_none(), "{:?}", e.rejected);
+            out.extend(e.records.into_iter().map(|r| r.value));
+        }
+        out
+    }
+
+    #[test]
+    fn weekly_candles_start_on_monday_and_close_when_the_next_week_starts() {
+        let mut op = window(CANDLES);
+        // Wed 2020-03-11 … Sun 2020-03-15, then Mon 2020-03-16 closes the week.
+        let out = run(
+            &mut *op,
+            vec![
+                bar("2020-03-11", 7910.1, 7950.8, 7642.8, 7911.4, 35_807_000_000),
+                bar("2020-03-12", 7913.6, 7929.1, 4860.4, 4970.8, 53_980_000_000),
+                bar("2020-03-13", 5017.8, 5838.1, 4106.9, 5563.7, 74_156_772_000),
+                bar("2020-03-15", 5201.1, 5836.6, 5169.3, 5392.3, 33_997_889_000),
+                bar("2020-03-16", 5385.2, 5385.2, 4575.4, 5014.5, 45_368_026_000),
+            ],
+        );
+        assert_eq!(
+            out,
+            [
+                json!({"key": "BTC-USD", "start": "2020-03-09T00:00:00Z", "end": "2020-03-16T00:00:00Z",
+                "open": 7910.1, "high": 7950.8, "low": 4106.9, "close": 5392.3,
+                "volume": 197_941_661_000_i64, "days": 4, "final": true})
+            ]
+        );
+        // The open week is written as not final at the end of input.
+        let partial = op.flush(&tp());
+        assert_eq!(partial.len(), 1);
+        assert_eq!(partial[0].value["start"], "2020-03-16T00:00:00Z");
+        assert_eq!(partial[0].value["final"], false);
+        assert_eq!(partial[0].value["days"], 1);
+    }
+
+    #[test]
+    fn a_late_record_is_rejected_unless_within_the_allowed_lateness() {
+        let mut op = window(CANDLES);
+        run(
+            &mut *op,
+            vec![
+                bar("2020-03-16", 1.0, 1.0, 1.0, 1.0, 1),
+                bar("2020-03-24", 1.0, 1.0, 1.0, 1.0, 1),
+            ],
+        );
+        let e = op.process(&tp(), bar("2020-03-18", 1.0, 1.0, 1.0, 1.0, 1));
+        assert!(e.rejected.unwrap().starts_with("late:"));
+        let mut lenient = window(&format!("{CANDLES}\nallowed_lateness: 3days"));
+        let out = run(
+            &mut *lenient,
+            vec![
+                bar("2020-03-16", 1.0, 2.0, 1.0, 1.0, 1),
+                bar("2020-03-24", 1.0, 1.0, 1.0, 1.0, 1),
+                bar("2020-03-18", 1.0, 5.0, 1.0, 3.0, 1),
+                bar("2020-03-26", 1.0, 1.0, 1.0, 1.0, 1),
+            ],
+        );
+        assert_eq!(out.len(), 1, "the week closes 3 days after its end");
+        assert_eq!(out[0]["high"], 5.0);
+        assert_eq!(out[0]["close"], 3.0, "last by event time");
+    }
+
+    #[test]
+    fn hopping_windows_hold_a_record_in_each_window_it_falls_in() {
+        let mut op = window("size: 3d\nhop: 1d\naggregates: { n: count, s: sum(Close), sd: stddev(Close), avg: avg(Close) }");
+        let out = run(
+            &mut *op,
+            (1..=5)
+                .map(|d| bar(&format!("2020-03-0{d}"), 0.0, 0.0, 0.0, d as f64, 1))
+                .collect(),
+        );
+        let starts: Vec<&str> = out.iter().map(|v| v["start"].as_str().unwrap()).collect();
+        assert_eq!(
+            starts,
+            [
+                "2020-02-28T00:00:00Z",
+                "2020-02-29T00:00:00Z",
+                "2020-03-01T00:00:00Z",
+                "2020-03-02T00:00:00Z"
+            ]
+        );
+        assert_eq!(out[2]["n"], 3);
+        assert_eq!(out[2]["s"], 6.0);
+        assert_eq!(out[2]["avg"], 2.0);
+        assert_eq!(out[2]["sd"], 1.0);
+    }
+
+    #[test]
+    fn calendar_windows_follow_the_time_zone() {
+        let mut op = window("size: 1d\ntimezone: Europe/Paris\naggregates: { n: count }\ntime_field: at\ntime_format: rfc3339");
+        let at = |t: &str| {
+            let mut r = Record::new(json!({"at": t})).with_key("k");
+            r.timestamp = None;
+            r
+        };
+        let out = run(
+            &mut *op,
+            vec![
+                at("2020-03-11T22:30:00Z"),
+                at("2020-03-11T23:30:00Z"),
+                at("2020-03-12T23:30:00Z"),
+            ],
+        );
+        assert_eq!(out[0]["start"], "2020-03-11T00:00:00+01:00");
+        assert_eq!(out[0]["n"], 1, "23:30 UTC is the next day in Paris");
+        assert_eq!(out[1]["start"], "2020-03-12T00:00:00+01:00");
+        let mut monthly = window("size: 1mo\naggregates: { n: count }");
+        let out = run(
+            &mut *monthly,
+            vec![
+                bar("2020-01-31", 0.0, 0.0, 0.0, 0.0, 0),
+                bar("2020-02-29", 0.0, 0.0, 0.0, 0.0, 0),
+                bar("2020-03-01", 0.0, 0.0, 0.0, 0.0, 0),
+            ],
+        );
+        assert_eq!(out[0]["end"], "2020-02-01T00:00:00Z");
+        assert_eq!(out[1]["start"], "2020-02-01T00:00:00Z");
+    }
+
+    #[test]
+    fn state_round_trips_through_a_checkpoint() {
+        let mut op = window(CANDLES);
+        run(
+            &mut *op,
+            vec![
+                bar("2020-03-11", 1.0, 3.0, 0.5, 2.0, 10),
+                bar("2020-03-12", 2.0, 4.0, 1.0, 3.0, 20),
+            ],
+        );
+        let saved = op.snapshot(&tp());
+        let mut restored = window(CANDLES);
+        restored.restore(&tp(), saved).unwrap();
+        let out = run(
+            &mut *restored,
+            vec![bar("2020-03-16", 0.0, 0.0, 0.0, 0.0, 0)],
+        );
+        assert_eq!(out[0]["open"], 1.0);
+        assert_eq!(out[0]["high"], 4.0);
+        assert_eq!(out[0]["volume"], 30);
+    }
+
+    #[test]
+    fn null_values_are_skipped_and_bad_configs_named() {
+        let mut op = window(CANDLES);
+        let mut gap = bar("2020-03-12", 0.0, 0.0, 0.0, 0.0, 0);
+        gap.value = json!({"Date": "2020-03-12", "Open": null, "High": null, "Low": null, "Close": null, "Volume": null});
+        let out = run(
+            &mut *op,
+            vec![
+                bar("2020-03-11", 1.0, 3.0, 0.5, 2.0, 10),
+                gap,
+                bar("2020-03-16", 0.0, 0.0, 0.0, 0.0, 0),
+            ],
+        );
+        assert_eq!(out[0]["close"], 2.0);
+        assert_eq!(out[0]["volume"], 10);
+        let text = op.process(&tp(), {
+            let mut r = bar("2020-03-17", 0.0, 0.0, 0.0, 0.0, 0);
+            r.value["High"] = json!("high");
+            r
+        });
+        assert_eq!(
+            text.rejected.unwrap(),
+            "field `High` of `high` is not a number: \"high\""
+        );
+        for (yaml, field) in [
+            ("size: 7x\naggregates: { n: count }", "size"),
+            ("size: 7m\naggregates: { n: count }", "size"),
+            ("size: 1w\nhop: 2d\naggregates: { n: count }", "hop"),
+            ("size: 1d\naggregates: { n: median(Close) }", "aggregates.n"),
+            ("size: 1d\naggregates: { n: sum }", "aggregates.n"),
+        ] {
+            let c: WindowConfig = serde_yaml::from_str(yaml).unwrap();
+            assert_eq!(c.validate().unwrap_err()[0].field, field, "{yaml}");
+        }
+    }
+}
