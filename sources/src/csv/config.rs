@@ -41,8 +41,8 @@ pub struct CsvSourceConfig {
     /// Column (declared `date` or `timestamp`) that gives the record time; otherwise the time of reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_column: Option<String>,
-    /// Rows whose every column but `key` is null: `keep` them, `skip` them (counted), or send them
-    /// to the dead-letter topic (`dead_letter`).
+    /// Rows whose every column but `key` and `timestamp_column` is null (Yahoo's `null` days):
+    /// `keep` them, `skip` them (counted), or send them to the dead-letter topic (`dead_letter`).
     #[serde(default)]
     pub all_null_rows: NullRows,
     /// Most records per second; unset reads as fast as the pipeline takes them.
@@ -160,7 +160,7 @@ impl ColumnType {
     }
 }
 
-/// What to do with rows that hold nothing but their key.
+/// What to do with rows that hold nothing but their key and time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NullRows {

@@ -576,7 +576,8 @@ impl CsvReader {
                 if !field.is_null() {
                     key = Some(text.as_bytes().to_vec());
                 }
-            } else if !field.is_null() {
+            } else if !field.is_null() && Some(i) != layout.timestamp {
+                // The key and the time say which row it is, not what it holds.
                 all_null = false;
             }
             if Some(i) == layout.timestamp {
@@ -853,6 +854,39 @@ mod tests {
             assert_eq!(rest.len(), 2, "{rest:?}");
             assert!(matches!(rest[0].payload, Payload::Bad(_)));
         }
+    }
+
+    /// A row whose only values are its key and its time holds nothing: with a timestamp
+    /// column and no key (the date is the time, not the key), Yahoo's `null` days are still
+    /// all-null rows.
+    #[test]
+    fn the_time_column_does_not_make_a_null_row_hold_something() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(
+            &path,
+            "Date,Close,Volume\n2020-04-16,7116.8,46783242377\n2020-04-17,null,null\n",
+        )
+        .unwrap();
+        let config: CsvSourceConfig = serde_yaml::from_str(&format!(
+            "{{ path: '{}', timestamp_column: Date, null_values: ['null'], all_null_rows: skip, \
+             columns: {{ Date: date, Close: float, Volume: int }} }}",
+            path.display()
+        ))
+        .unwrap();
+        let settings = ReaderSettings::new(&config, context(SourceOffsets::new(), false)).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        CsvReader::new(settings).run(tx);
+        let items: Vec<SourceRecord> = std::iter::from_fn(|| rx.try_recv().ok())
+            .flat_map(|b| b.unwrap())
+            .collect();
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(matches!(items[0].payload, Payload::Record(_)));
+        assert!(
+            matches!(items[1].payload, Payload::Skipped { .. }),
+            "{:?}",
+            items[1].payload
+        );
     }
 
     #[test]
