@@ -26,7 +26,9 @@ pub const POSITION_HEADER: &str = "sluice.position";
 pub const MAX_SOURCE_NAME: usize = 512;
 
 /// A record's place in its source partition: ordered by input, then index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Position {
     /// The source's position of the input (a byte offset, a row number, an event time): it
     /// grows from input to input and is the same for the same input on every run.

@@ -118,6 +118,12 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// The sink read everything its sources will ever write (they finished, or `--once`): a
+    /// sink holding incomplete work (a stream transform's open windows) writes it now.
+    async fn end_of_input(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// Forgets the offsets and positions the sink stores with its data (exactly once), so that
     /// it writes again what it reads from the beginning: `DELETE /connectors/{name}/offsets`
     /// on a stopped sink (KIP-875). Called on a sink built for this alone.

@@ -115,6 +115,16 @@ impl EsMock {
             .insert(name.to_string(), Index::default());
     }
 
+    /// The documents of `index` (their `_source`), none if it does not exist.
+    pub fn documents(&self, index: &str) -> Vec<Value> {
+        let cluster = self.state.0.lock().unwrap();
+        cluster
+            .indices
+            .get(index)
+            .map(|i| i.docs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Starts or ends an outage: every request answered 503.
     pub fn set_down(&self, down: bool) {
         self.state

@@ -2,9 +2,11 @@
 //! task through its `transforms:` list. Every entry also takes `id` (its name in dead letters)
 //! and `when` (a jq condition limiting it to matching records).
 
+pub mod anomaly;
 pub mod fields;
 pub mod filter;
 pub mod jq;
+mod keyed;
 mod path;
 pub mod route;
 pub mod smt;

@@ -170,6 +170,68 @@ pub fn time_zone(name: &str) -> Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(name).map_err(|e| format!("unknown time zone `{name}`: {e}"))
 }
 
+/// Where a stream transform reads a record's event time: a field written in some format, or
+/// the record's own timestamp.
+#[derive(Debug, Clone)]
+pub struct EventTime {
+    field: Option<String>,
+    format: TimeFormat,
+    tz: jiff::tz::TimeZone,
+}
+
+impl EventTime {
+    /// From a config's `time_field`, `time_format` and `timezone`; errors name those fields.
+    pub fn new(
+        field: Option<&str>,
+        format: &str,
+        timezone: &str,
+    ) -> Result<Self, Vec<sluice_core::FieldError>> {
+        let format = TimeFormat::parse(format);
+        let tz = time_zone(timezone);
+        match (format, tz) {
+            (Ok(format), Ok(tz)) => Ok(EventTime {
+                field: field.map(str::to_string),
+                format,
+                tz,
+            }),
+            (format, tz) => Err([("time_format", format.err()), ("timezone", tz.err())]
+                .into_iter()
+                .filter_map(|(f, e)| e.map(|e| sluice_core::FieldError::new(f, e)))
+                .collect()),
+        }
+    }
+
+    /// The time zone of calendar units and of times written.
+    pub fn zone(&self) -> &jiff::tz::TimeZone {
+        &self.tz
+    }
+
+    /// The event time of `record`, in milliseconds since the epoch.
+    pub fn of(&self, record: &Record) -> Result<i64, String> {
+        match &self.field {
+            None => record
+                .timestamp
+                .ok_or_else(|| "the record has no timestamp".to_string()),
+            Some(field) => {
+                let value = path::get(&record.value, field)
+                    .filter(|v| !v.is_null())
+                    .ok_or_else(|| format!("no time in field `{field}`"))?;
+                self.format
+                    .read(value, &self.tz)
+                    .map(|t| t.as_millisecond())
+                    .map_err(|e| format!("field `{field}`: {e}"))
+            }
+        }
+    }
+
+    /// `ms` as RFC 3339 in the time zone.
+    pub fn write(&self, ms: i64) -> Value {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| TimeFormat::Rfc3339.write(t, &self.tz))
+            .unwrap_or(Value::Null)
+    }
+}
+
 struct Converter {
     field: String,
     target: String,

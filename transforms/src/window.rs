@@ -6,8 +6,9 @@
 //! window. Cost per record: one parse of its time and fields, and for each window it falls
 //! in one update per aggregate (O(1)); closing windows is O(log open windows).
 
+use crate::keyed::{from_checkpoint, json_number, key_of, to_checkpoint};
 use crate::path;
-use crate::time::{time_zone, TimeFormat};
+use crate::time::EventTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -380,7 +381,7 @@ impl Acc {
     }
 
     fn result(&self) -> Value {
-        let float = |f: f64| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
+        let float = json_number;
         match self {
             Acc::Count { n } => Value::from(*n),
             Acc::Sum { n: 0, .. } => Value::Null,
@@ -438,9 +439,7 @@ struct Window {
     size: Every,
     hop: Every,
     aggregates: Vec<Aggregate>,
-    time_field: Option<String>,
-    time_format: TimeFormat,
-    tz: jiff::tz::TimeZone,
+    time: EventTime,
     lateness_ms: i64,
     emit: Emit,
     emit_partial: bool,
@@ -483,21 +482,20 @@ impl WindowConfig {
                 Err(e) => check(&format!("aggregates.{output}"), Err(e)),
             }
         }
-        let time_format = TimeFormat::parse(&self.time_format);
-        check(
-            "time_format",
-            time_format.as_ref().map(|_| ()).map_err(Clone::clone),
+        let time = EventTime::new(
+            self.time_field.as_deref(),
+            &self.time_format,
+            &self.timezone,
         );
-        let tz = time_zone(&self.timezone);
-        check("timezone", tz.as_ref().map(|_| ()).map_err(Clone::clone));
-        match (size, hop, time_format, tz) {
-            (Ok(size), Ok(hop), Ok(time_format), Ok(tz)) if errors.is_empty() => Ok(Window {
+        if let Err(e) = &time {
+            errors.extend(e.iter().cloned());
+        }
+        match (size, hop, time) {
+            (Ok(size), Ok(hop), Ok(time)) if errors.is_empty() => Ok(Window {
                 size,
                 hop,
                 aggregates,
-                time_field: self.time_field.clone(),
-                time_format,
-                tz,
+                time,
                 lateness_ms: self.allowed_lateness.as_millis() as i64,
                 emit: self.emit,
                 emit_partial: self.emit_partial,
@@ -524,23 +522,6 @@ impl StreamTransformConfig for WindowConfig {
 }
 
 impl Window {
-    fn time_of(&self, record: &Record) -> Result<i64, String> {
-        match &self.time_field {
-            None => record
-                .timestamp
-                .ok_or_else(|| "the record has no timestamp".to_string()),
-            Some(field) => {
-                let value = path::get(&record.value, field)
-                    .filter(|v| !v.is_null())
-                    .ok_or_else(|| format!("no time in field `{field}`"))?;
-                self.time_format
-                    .read(value, &self.tz)
-                    .map(|t| t.as_millisecond())
-                    .map_err(|e| format!("field `{field}`: {e}"))
-            }
-        }
-    }
-
     /// The fields the aggregates read, as values and numbers; an error for a value that
     /// should be a number and is not.
     fn inputs<'r>(&self, record: &'r Record) -> Result<Inputs<'r>, String> {
@@ -566,7 +547,7 @@ impl Window {
     /// Window starts (ms) and ends containing `t`.
     fn windows_of(&self, t: i64) -> Result<Vec<(i64, i64)>, String> {
         let at = jiff::Timestamp::from_millisecond(t).map_err(|e| e.to_string())?;
-        let last = self.hop.align(at, &self.tz)?;
+        let last = self.hop.align(at, self.time.zone())?;
         let mut out = Vec::new();
         for k in 0.. {
             let start = self.hop.add(&last, -k)?;
@@ -585,11 +566,7 @@ impl Window {
     }
 
     fn output(&self, key: &str, start: i64, open: &Open, finished: bool) -> Record {
-        let time = |ms: i64| {
-            jiff::Timestamp::from_millisecond(ms)
-                .map(|t| TimeFormat::Rfc3339.write(t, &self.tz))
-                .unwrap_or(Value::Null)
-        };
+        let time = |ms: i64| self.time.write(ms);
         let mut value = Map::new();
         value.insert("key".into(), Value::String(key.to_string()));
         value.insert("start".into(), time(start));
@@ -607,7 +584,7 @@ impl Window {
 impl StreamOperator for Window {
     fn process(&mut self, partition: &TopicPartition, record: Record) -> Emitted {
         let mut emitted = Emitted::default();
-        let prepared = self.time_of(&record).and_then(|t| {
+        let prepared = self.time.of(&record).and_then(|t| {
             let inputs = self.inputs(&record)?;
             Ok((t, inputs, self.windows_of(t)?))
         });
@@ -618,11 +595,7 @@ impl StreamOperator for Window {
                 return emitted;
             }
         };
-        let key = record
-            .key
-            .as_deref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
+        let key = key_of(&record);
         let state = self.partitions.entry(partition.clone()).or_default();
         let watermark = state.watermark.unwrap_or(i64::MIN);
         let mut changed = Vec::new();
@@ -709,18 +682,11 @@ impl StreamOperator for Window {
     }
 
     fn snapshot(&self, partition: &TopicPartition) -> Value {
-        self.partitions
-            .get(partition)
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(Value::Null)
+        to_checkpoint(self.partitions.get(partition))
     }
 
     fn restore(&mut self, partition: &TopicPartition, state: Value) -> Result<(), String> {
-        let mut state: PartitionState = if state.is_null() {
-            PartitionState::default()
-        } else {
-            serde_json::from_value(state).map_err(|e| format!("window state: {e}"))?
-        };
+        let mut state: PartitionState = from_checkpoint(state)?;
         state.reindex();
         self.partitions.insert(partition.clone(), state);
         Ok(())

@@ -290,6 +290,31 @@ impl Loader<'_> {
                     .map_err(|e| fail("sinks", id, prefix(e, &format!("transforms.{i}"))))?;
             }
         }
+        let stream_outputs: Vec<&String> = pipeline.transforms.values().map(|t| &t.topic).collect();
+        for (id, stream) in &pipeline.transforms {
+            stream
+                .inner
+                .validate()
+                .map_err(|e| fail("transforms", id, e))?;
+            if stream.inputs.is_empty() {
+                return Err(fail(
+                    "transforms",
+                    id,
+                    vec![FieldError::new("inputs", "must name at least one topic")],
+                ));
+            }
+            if let Some(input) = stream.inputs.iter().find(|t| stream_outputs.contains(t)) {
+                return Err(fail("transforms", id, vec![FieldError::new("inputs",
+                    format!("`{input}` is written by a stream transform; stream transforms cannot read each other's topics yet (run the second one in its own pipeline)"))]));
+            }
+            if stream.batch.max_records == 0 {
+                return Err(fail(
+                    "transforms",
+                    id,
+                    vec![FieldError::new("batch.max_records", "must be at least 1")],
+                ));
+            }
+        }
         for (name, spec) in &pipeline.topics {
             if spec.partitions < 1 || spec.replication_factor < 1 {
                 return Err(self.error(
@@ -342,7 +367,14 @@ impl Loader<'_> {
                 .sinks
                 .values()
                 .flat_map(|s| s.topics.iter())
+                .chain(pipeline.transforms.values().flat_map(|t| t.inputs.iter()))
                 .collect();
+            for (id, stream) in &pipeline.transforms {
+                if !read.contains(&&stream.topic) {
+                    return Err(fail("transforms", id, vec![FieldError::new("topic",
+                        format!("no sink reads `{}`; with the embedded transport its records would be lost", stream.topic))]));
+                }
+            }
             if let Some(dlq) = &pipeline.errors.dead_letter_topic {
                 if !read.contains(&dlq) {
                     return Err(self.error(errors_line(), None, Some("errors.dead_letter_topic".into()),

@@ -42,6 +42,10 @@ pub struct PipelineConfig {
     /// Sinks by component id.
     #[serde(default)]
     pub sinks: IndexMap<String, SinkOuter>,
+    /// Stream transforms by component id: stateful steps (windows, indicators, anomalies,
+    /// forecasts), each reading `inputs` topics and writing a `topic`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub transforms: IndexMap<String, StreamTransformOuter>,
     /// What happens to records that cannot be parsed, transformed or stored.
     #[serde(default)]
     pub errors: ErrorsConfig,
@@ -311,6 +315,23 @@ fn default_source_batch() -> usize {
     2_000
 }
 
+/// A stream transform with the framework's fields around its own.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamTransformOuter {
+    /// Topics it reads (as the consumer group `sluice-<pipeline>-<id>`). Records of one key
+    /// must be in one partition: key them by what the transform groups by.
+    pub inputs: Vec<String>,
+    /// Topic it writes.
+    pub topic: String,
+    /// How often its state is checkpointed with the input offsets it reflects (and its
+    /// output written): after `max_records` records or `linger`.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// The transform's own config.
+    #[serde(flatten)]
+    pub inner: Box<dyn crate::stream::StreamTransformConfig>,
+}
+
 /// A sink with the framework's fields around the connector's own.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SinkOuter {
@@ -371,6 +392,11 @@ impl PipelineConfig {
             .values()
             .map(|s| &s.topic)
             .chain(self.sinks.values().flat_map(|s| s.topics.iter()))
+            .chain(
+                self.transforms
+                    .values()
+                    .flat_map(|t| t.inputs.iter().chain(std::iter::once(&t.topic))),
+            )
             .chain(self.errors.dead_letter_topic.iter());
         for topic in used {
             all.entry(topic.clone()).or_default();

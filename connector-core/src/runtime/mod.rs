@@ -13,6 +13,7 @@ mod dead_letter;
 mod deadline;
 mod sink_task;
 mod source_task;
+mod stream_task;
 mod supervisor;
 mod units;
 
@@ -85,6 +86,12 @@ impl PipelineRun {
             .sources
             .keys()
             .map(|id| ComponentMetrics::new("source", id))
+            .chain(
+                config
+                    .transforms
+                    .keys()
+                    .map(|id| ComponentMetrics::new("transform", id)),
+            )
             .chain(
                 config
                     .sinks

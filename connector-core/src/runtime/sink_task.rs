@@ -228,6 +228,17 @@ impl SinkTask {
                 match caught_up {
                     Ok(true) if last_reader => {
                         tracing::info!(component = %self.id, "sink caught up");
+                        if !self.shutdown.is_cancelled() {
+                            with_retries(
+                                &self.id,
+                                &mut self.sink,
+                                "end of input",
+                                |sink, _| Box::pin(async move { sink.end_of_input().await }),
+                                &[],
+                                deadline,
+                            )
+                            .await?;
+                        }
                         return Ok(());
                     }
                     // Others of the group may still hand over partitions (or die).

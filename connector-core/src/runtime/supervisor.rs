@@ -8,7 +8,7 @@
 //! and reads no more (on the embedded log its group keeps its place, and records wait for it).
 
 use super::deadline::Deadline;
-use super::{sink_task, transport_error, units, DeadLetters, PipelineRun, RunOptions};
+use super::{sink_task, stream_task, transport_error, units, DeadLetters, PipelineRun, RunOptions};
 use crate::config::OnTaskFailure;
 use crate::transport::{OffsetStore, Transport};
 use crate::{ConnectorError, SinkBuildContext};
@@ -73,6 +73,8 @@ enum Life {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Source,
+    /// A stream transform: it drains before the sinks, which may read what it writes.
+    Stream,
     Sink,
     /// A sink reading the dead-letter topic: it drains last, since the others may still
     /// dead-letter.
@@ -104,10 +106,15 @@ pub(super) struct Supervisor {
     offsets: Arc<dyn OffsetStore>,
     dead_letters: DeadLetters,
     sources: JoinSet<Ended>,
+    streams: JoinSet<Ended>,
     sinks: JoinSet<Ended>,
     dead_letter_sinks: JoinSet<Ended>,
-    /// Cancelled once sources are done or on shutdown: other sinks read what is left and end.
+    /// Cancelled once sources are done or on shutdown: stream transforms read what is left
+    /// and end.
     drain: CancellationToken,
+    /// Cancelled once `drain` is and every stream transform ended: other sinks read what is
+    /// left and end.
+    drain_sinks: CancellationToken,
     /// Cancelled once every source and every other sink has ended.
     drain_dead_letters: CancellationToken,
     components: BTreeMap<String, Component>,
@@ -149,6 +156,9 @@ impl Supervisor {
         for id in config.sources.keys() {
             components.insert(id.clone(), Component::new(Role::Source));
         }
+        for id in config.transforms.keys() {
+            components.insert(id.clone(), Component::new(Role::Stream));
+        }
         let mut supervisor = Supervisor {
             run: run.clone(),
             options,
@@ -156,14 +166,19 @@ impl Supervisor {
             offsets,
             dead_letters,
             sources: JoinSet::new(),
+            streams: JoinSet::new(),
             sinks: JoinSet::new(),
             dead_letter_sinks: JoinSet::new(),
             drain: CancellationToken::new(),
+            drain_sinks: CancellationToken::new(),
             drain_dead_letters: CancellationToken::new(),
             components,
             first_error: None,
         };
         for id in run.config.sinks.keys() {
+            supervisor.spawn(id).await?;
+        }
+        for id in run.config.transforms.keys() {
             supervisor.spawn(id).await?;
         }
         for id in run.config.sources.keys() {
@@ -194,7 +209,14 @@ impl Supervisor {
             if stopping || sources_finished || (self.options.once && !has_sources) {
                 self.drain.cancel();
             }
-            if self.drain.is_cancelled() && self.sources.is_empty() && self.sinks.is_empty() {
+            if self.drain.is_cancelled() && self.streams.is_empty() {
+                self.drain_sinks.cancel();
+            }
+            if self.drain_sinks.is_cancelled()
+                && self.sources.is_empty()
+                && self.streams.is_empty()
+                && self.sinks.is_empty()
+            {
                 self.drain_dead_letters.cancel();
             }
             // A stopped or failed component waits for a resume or restart until shutdown.
@@ -203,6 +225,7 @@ impl Supervisor {
                 .values()
                 .any(|c| matches!(c.life, Life::Stopped | Life::Failed));
             let idle = self.sources.is_empty()
+                && self.streams.is_empty()
                 && self.sinks.is_empty()
                 && self.dead_letter_sinks.is_empty();
             if idle && (stopping || !waiting) {
@@ -210,6 +233,7 @@ impl Supervisor {
             }
             tokio::select! {
                 Some(ended) = self.sources.join_next() => self.ended(ended).await,
+                Some(ended) = self.streams.join_next() => self.ended(ended).await,
                 Some(ended) = self.sinks.join_next() => self.ended(ended).await,
                 Some(ended) = self.dead_letter_sinks.join_next() => self.ended(ended).await,
                 Some(request) = commands.recv(), if !stopping => {
@@ -373,6 +397,7 @@ impl Supervisor {
             }
             let set = match component.role {
                 Role::Source => &mut self.sources,
+                Role::Stream => &mut self.streams,
                 Role::Sink => &mut self.sinks,
                 Role::DeadLetterSink => &mut self.dead_letter_sinks,
             };
@@ -411,11 +436,11 @@ impl Supervisor {
         let stopped_by_api = CancellationToken::new();
         let (task, slots) = match role {
             Role::Source => self.source(id, &stop, &deadline).await?,
-            Role::Sink | Role::DeadLetterSink => {
-                let set_drain = if role == Role::Sink {
-                    &self.drain
-                } else {
-                    &self.drain_dead_letters
+            Role::Stream | Role::Sink | Role::DeadLetterSink => {
+                let set_drain = match role {
+                    Role::Stream => &self.drain,
+                    Role::Sink => &self.drain_sinks,
+                    _ => &self.drain_dead_letters,
                 };
                 let task = self
                     .sink(id, &stop, &stopped_by_api)
@@ -445,6 +470,7 @@ impl Supervisor {
         };
         match role {
             Role::Source => self.sources.spawn(caught),
+            Role::Stream => self.streams.spawn(caught),
             Role::Sink => self.sinks.spawn(caught),
             Role::DeadLetterSink => self.dead_letter_sinks.spawn(caught),
         };
@@ -520,26 +546,52 @@ impl Supervisor {
         stopped_by_api: &CancellationToken,
     ) -> Result<sink_task::SinkTask, ConnectorError> {
         let config = &self.run.config;
-        let Some(sink) = config.sinks.get(id) else {
-            return Err(ConnectorError::internal("no such sink").in_component(id));
-        };
         let group = sink_group(&config.name, id);
+        let (topics, built, transforms, batch) =
+            match (config.sinks.get(id), config.transforms.get(id)) {
+                (Some(sink), _) => {
+                    let built = sink
+                        .inner
+                        .build(self.sink_context(id, &group))
+                        .await
+                        .map_err(|e| e.in_component(id))?;
+                    let transforms = super::build_transforms(id, &sink.transforms)?;
+                    (&sink.topics, built, transforms, sink.batch.clone())
+                }
+                (None, Some(stream)) => {
+                    let operator = stream.inner.build().map_err(|e| e.in_component(id))?;
+                    let store: Arc<dyn OffsetStore> = Arc::from(
+                        self.transport
+                            .offset_store(&format!("{}/{id}", config.name))
+                            .await
+                            .map_err(|e| transport_error(id, e))?,
+                    );
+                    let built: Box<dyn crate::Sink> = Box::new(stream_task::StreamSink::new(
+                        id.to_string(),
+                        config.name.clone(),
+                        operator,
+                        self.transport.writer(),
+                        &stream.topic,
+                        store,
+                        config.kafka.is_some(),
+                    ));
+                    (&stream.inputs, built, Vec::new(), stream.batch.clone())
+                }
+                (None, None) => {
+                    return Err(ConnectorError::internal("no such sink").in_component(id))
+                }
+            };
         let reader = self
             .transport
-            .reader(&group, &sink.topics)
+            .reader(&group, topics)
             .await
             .map_err(|e| transport_error(id, e))?;
-        let built = sink
-            .inner
-            .build(self.sink_context(id, &group))
-            .await
-            .map_err(|e| e.in_component(id))?;
         Ok(sink_task::SinkTask {
             id: id.to_string(),
             sink: built,
             reader,
-            transforms: super::build_transforms(id, &sink.transforms)?,
-            batch: sink.batch.clone(),
+            transforms,
+            batch,
             dead_letters: self.dead_letters.clone(),
             metrics: self.run.metrics_of(id),
             group_linger: super::group_linger(config),
@@ -585,6 +637,19 @@ impl Supervisor {
                     store.remove(id).await.map_err(|e| transport_error(id, e))?;
                 }
                 tracing::info!(component = %id, "source offsets reset: it reads its input from the start");
+            }
+            Role::Stream => {
+                self.transport
+                    .reset_group(&sink_group(pipeline, id))
+                    .await
+                    .map_err(|e| transport_error(id, e))?;
+                let store = self
+                    .transport
+                    .offset_store(&format!("{pipeline}/{id}"))
+                    .await
+                    .map_err(|e| transport_error(id, e))?;
+                store.remove(id).await.map_err(|e| transport_error(id, e))?;
+                tracing::info!(component = %id, "stream transform reset: its state is gone and it reads its inputs from the oldest record kept");
             }
             Role::Sink | Role::DeadLetterSink => {
                 let group = sink_group(pipeline, id);

@@ -1,0 +1,268 @@
+//! A stream transform runs as a sink whose store is its output topic plus a checkpoint: the
+//! sink task gives it everything a sink has (its consumer group and rebalances, batches,
+//! pause/stop/restart, lag, dead letters), and this module turns records into the operator's
+//! output.
+//!
+//! ```text
+//! put(batch)  → operator.process(record) per record → output kept; bad and late records refused
+//! flush()     → output written to `topic` and acknowledged → checkpoint stored:
+//!               per input partition {offset, state, seen}
+//! open(parts) → checkpoint read → operator.restore(part) → resume at its offset (Kafka)
+//! ```
+//! The checkpoint lives where the runtime stores source offsets (the offsets topic on Kafka,
+//! the state dir on the embedded transport), under `<pipeline>/<transform>`. A kill -9 between
+//! writing output and storing the checkpoint makes the transform read those inputs again from
+//! the last checkpoint and make the same output again: outputs carry `sluice.position` headers
+//! derived from their inputs, so `exactly_once` sinks skip the repeats. Inputs numbered by
+//! their source (`exactly_once` pipelines) are also skipped by the transform when its state
+//! already holds them, which is what keeps the embedded transport (whose offsets restart at 0)
+//! exact.
+
+use crate::exactly_once::{self, Position};
+use crate::stream::StreamOperator;
+use crate::transport::{OffsetStore, PartitionOffset, TopicPartition, TopicWriter};
+use crate::{ConnectorError, PutOutcome, Record, Sink};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Input index given to output made when input ends (partial windows): numbered after any
+/// output of the last input (output indexes are the input's index × 1024 + their rank).
+const FLUSH_INDEX: u32 = 1 << 20;
+
+/// What is checkpointed per input partition.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Next input offset to read (Kafka; meaningless on the embedded transport).
+    offset: i64,
+    /// The operator's state after the inputs before `offset`.
+    state: Value,
+    /// Highest source position taken in, per source partition of numbered inputs.
+    #[serde(default)]
+    seen: BTreeMap<String, Position>,
+    /// Source name and position of the last input taken in: what output made at the end of
+    /// input is numbered after.
+    #[serde(default)]
+    last: Option<(String, Position)>,
+}
+
+pub(super) struct StreamSink {
+    id: String,
+    pipeline: String,
+    operator: Box<dyn StreamOperator>,
+    writer: Arc<dyn TopicWriter>,
+    topic: Arc<str>,
+    store: Arc<dyn OffsetStore>,
+    /// Whether input offsets stay valid across runs (Kafka): then a restart resumes at the
+    /// checkpoint's offset and outputs of unnumbered inputs are numbered by it.
+    durable_offsets: bool,
+    /// Per owned input partition: what the next checkpoint stores (state is taken at flush).
+    partitions: HashMap<TopicPartition, Checkpoint>,
+    /// Output made since the last flush.
+    output: Vec<Record>,
+}
+
+impl StreamSink {
+    pub fn new(
+        id: String,
+        pipeline: String,
+        operator: Box<dyn StreamOperator>,
+        writer: Arc<dyn TopicWriter>,
+        topic: &str,
+        store: Arc<dyn OffsetStore>,
+        durable_offsets: bool,
+    ) -> Self {
+        StreamSink {
+            id,
+            pipeline,
+            operator,
+            writer,
+            topic: topic.into(),
+            store,
+            durable_offsets,
+            partitions: HashMap::new(),
+            output: Vec::new(),
+        }
+    }
+
+    fn key(partition: &TopicPartition) -> String {
+        format!("{}/{}", partition.0, partition.1)
+    }
+
+    /// Numbers `records` made from the input at `position` of source `source`.
+    fn stamp(&self, records: &mut [Record], source: &str, position: Position) {
+        let name = exactly_once::source_name(&self.pipeline, &self.id, source);
+        for (i, record) in records.iter_mut().enumerate() {
+            record
+                .headers
+                .retain(|(n, _)| n != exactly_once::POSITION_HEADER);
+            let index = position
+                .index
+                .saturating_mul(1024)
+                .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            exactly_once::stamp(
+                record,
+                &name,
+                Position {
+                    input: position.input,
+                    index,
+                },
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for StreamSink {
+    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+        let mut outcome = PutOutcome::default();
+        for (i, record) in batch.iter().enumerate() {
+            let partition: TopicPartition = (record.topic.clone(), record.partition);
+            let numbered = exactly_once::position_of(record)
+                .map(|(source, position)| (source.to_string(), position));
+            let checkpoint = self.partitions.entry(partition.clone()).or_default();
+            checkpoint.offset = record.offset + 1;
+            // Where this input's output is numbered from.
+            let origin = match &numbered {
+                Some((source, position)) => {
+                    if checkpoint
+                        .seen
+                        .get(source)
+                        .is_some_and(|seen| position <= seen)
+                    {
+                        outcome.skipped += 1;
+                        continue;
+                    }
+                    checkpoint.seen.insert(source.clone(), *position);
+                    Some((source.clone(), *position))
+                }
+                None if self.durable_offsets => Some((
+                    Self::key(&partition),
+                    Position {
+                        input: record.offset.max(0) as u64,
+                        index: 0,
+                    },
+                )),
+                None => None,
+            };
+            checkpoint.last.clone_from(&origin);
+            let emitted = self.operator.process(&partition, record.clone());
+            let mut records = emitted.records;
+            if let Some((source, position)) = &origin {
+                self.stamp(&mut records, source, *position);
+            }
+            for r in &mut records {
+                r.topic = self.topic.clone();
+                r.partition = -1;
+                r.offset = -1;
+            }
+            self.output.extend(records);
+            if let Some(reason) = emitted.rejected {
+                outcome.rejected.push((i, reason));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Writes the output, waits for it to be acknowledged, then checkpoints every partition.
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        let output = std::mem::take(&mut self.output);
+        if !output.is_empty() {
+            let delivery = self.writer.send(output).await.map_err(|e| {
+                ConnectorError::transient(format!(
+                    "cannot write to `{}`: {}",
+                    self.topic, e.message
+                ))
+            })?;
+            delivery.await.map_err(|e| {
+                ConnectorError::transient(format!(
+                    "`{}` did not take the output: {}",
+                    self.topic, e.message
+                ))
+            })?;
+        }
+        let mut stored = HashMap::new();
+        for (partition, checkpoint) in &mut self.partitions {
+            checkpoint.state = self.operator.snapshot(partition);
+            let value = serde_json::to_value(&*checkpoint).map_err(|e| {
+                ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
+            })?;
+            stored.insert(Self::key(partition), value);
+        }
+        if !stored.is_empty() {
+            self.store.store(&self.id, &stored).await.map_err(|e| {
+                ConnectorError::transient(format!("cannot store the checkpoint: {}", e.message))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Restores the state of `partitions` from the checkpoint; on Kafka they resume at its
+    /// offsets.
+    async fn open(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<PartitionOffset>, ConnectorError> {
+        let stored = self.store.load(&self.id).await.map_err(|e| {
+            ConnectorError::transient(format!("cannot read the checkpoint: {}", e.message))
+        })?;
+        let mut resume = Vec::new();
+        for partition in partitions {
+            let checkpoint: Checkpoint = match stored.get(&Self::key(partition)) {
+                Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+                    ConnectorError::internal(format!(
+                        "the checkpoint of {} is unreadable: {e}",
+                        Self::key(partition)
+                    ))
+                })?,
+                None => Checkpoint::default(),
+            };
+            self.operator
+                .restore(partition, checkpoint.state.clone())
+                .map_err(ConnectorError::internal)?;
+            if self.durable_offsets && stored.contains_key(&Self::key(partition)) {
+                resume.push(PartitionOffset {
+                    topic: partition.0.to_string(),
+                    partition: partition.1,
+                    offset: checkpoint.offset,
+                });
+            }
+            self.partitions.insert(partition.clone(), checkpoint);
+        }
+        Ok(resume)
+    }
+
+    async fn close(&mut self, partitions: &[TopicPartition]) -> Result<(), ConnectorError> {
+        for partition in partitions {
+            self.operator.forget(partition);
+            self.partitions.remove(partition);
+        }
+        Ok(())
+    }
+
+    /// End of input: what is still open is written (partial windows), and checkpointed.
+    async fn end_of_input(&mut self) -> Result<(), ConnectorError> {
+        let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for partition in owned {
+            let mut records = self.operator.flush(&partition);
+            let last = self.partitions.get(&partition).and_then(|c| c.last.clone());
+            if let Some((source, position)) = last {
+                self.stamp(
+                    &mut records,
+                    &source,
+                    Position {
+                        input: position.input,
+                        index: FLUSH_INDEX,
+                    },
+                );
+            }
+            for r in &mut records {
+                r.topic = self.topic.clone();
+            }
+            self.output.extend(records);
+        }
+        self.flush().await
+    }
+}

@@ -1,0 +1,194 @@
+//! The seeds' analytics as stream transforms, on the real BTC-USD daily file, run as a user
+//! runs them (`sluice run --once pipelines/…`): weekly candles checked against an independent
+//! computation, and the anomaly detector against the seed's Kibana anomaly table.
+
+mod common;
+
+use chrono::{Datelike, NaiveDate};
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// One week of daily bars, computed here without Sluice.
+#[derive(Debug, Default)]
+struct Week {
+    open: f64,
+    high: f64,
+    low: f64,
+    close: f64,
+    volume: i64,
+    days: u64,
+}
+
+fn weeks_of(csv: &std::path::Path) -> BTreeMap<NaiveDate, Week> {
+    let mut weeks: BTreeMap<NaiveDate, Week> = BTreeMap::new();
+    for row in csv_rows(csv) {
+        let Some([open, high, low, close, _, volume]) = row.numbers else {
+            continue; // Yahoo's all-null days are skipped, not zero.
+        };
+        let date: NaiveDate = row.date.parse().expect("a date");
+        let monday = date - chrono::Duration::days(date.weekday().num_days_from_monday() as i64);
+        let week = weeks.entry(monday).or_insert(Week {
+            open,
+            high,
+            low,
+            ..Week::default()
+        });
+        week.high = week.high.max(high);
+        week.low = week.low.min(low);
+        week.close = close;
+        week.volume += volume as i64;
+        week.days += 1;
+    }
+    weeks
+}
+
+#[test]
+fn weekly_candles_equal_an_independent_computation_on_the_real_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("candles.jsonl");
+    let dlq = dir.path().join("dlq.jsonl");
+    let (status, log) = run_bounded(
+        sluice_run(
+            "pipelines/btc-weekly-candles.yaml",
+            dir.path().join("state"),
+        )
+        .arg("--once")
+        .env("CANDLES_OUT", &out)
+        .env("CANDLES_DLQ_OUT", &dlq),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{log}");
+    let expected = weeks_of(&fixture("BTC-USD.csv"));
+    let candles = read_jsonl(&out);
+    assert_eq!(candles.len(), expected.len(), "one candle per week");
+    assert_eq!(candles.len(), 363);
+    let (first_week, last_week) = (
+        *expected.keys().next().unwrap(),
+        *expected.keys().last().unwrap(),
+    );
+    for (candle, (monday, week)) in candles.iter().zip(&expected) {
+        let start = format!("{monday}T00:00:00Z");
+        assert_eq!(candle["start"], start.as_str(), "candles in week order");
+        let end = format!("{}T00:00:00Z", *monday + chrono::Duration::days(7));
+        assert_eq!(candle["end"], end.as_str());
+        assert_eq!(candle["key"], "BTC-USD");
+        for (field, value) in [
+            ("open", week.open),
+            ("high", week.high),
+            ("low", week.low),
+            ("close", week.close),
+        ] {
+            assert_eq!(candle[field].as_f64(), Some(value), "{field} of {start}");
+        }
+        assert_eq!(
+            candle["volume"].as_i64(),
+            Some(week.volume),
+            "volume of {start}"
+        );
+        assert_eq!(candle["days"].as_u64(), Some(week.days), "days of {start}");
+        // Only the last week is still open at the end of the file.
+        assert_eq!(candle["final"], *monday != last_week, "final of {start}");
+    }
+    // The partial first week (the file starts on a Wednesday) and the weeks of the null days.
+    let days = |monday: &str| expected[&monday.parse::<NaiveDate>().unwrap()].days;
+    assert_eq!(first_week.to_string(), "2014-09-15");
+    assert_eq!(days("2014-09-15"), 5);
+    assert_eq!(days("2020-04-13"), 6, "2020-W16 lost 2020-04-17");
+    assert_eq!(days("2020-10-05"), 6, "2020-W41 lost 2020-10-09");
+    assert_eq!(days("2020-10-12"), 5, "2020-W42 lost 2020-10-12 and 13");
+    // The null days are dead letters, not zeros.
+    assert_eq!(count_lines(&dlq), 4);
+}
+
+/// The seed's Kibana anomaly table (seed 004, figure 2.31): its five top days.
+const SEED_ANOMALIES: [&str; 5] = [
+    "2017-12-06",
+    "2016-06-15",
+    "2015-11-03",
+    "2017-12-21",
+    "2015-01-13",
+];
+
+/// 1-based rank of `day` (or the next day: the seed's days look one day early) in `ranked`.
+fn rank_of(ranked: &[String], day: &str) -> Option<usize> {
+    let day: NaiveDate = day.parse().unwrap();
+    [day, day + chrono::Duration::days(1)]
+        .iter()
+        .filter_map(|d| ranked.iter().position(|r| r == &d.to_string()))
+        .min()
+        .map(|i| i + 1)
+}
+
+#[test]
+fn anomalies_find_the_seed_s_kibana_days_and_the_covid_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = es_mock::EsMock::start(es_mock::Faults::default());
+    let (status, log) = run_bounded(
+        sluice_run(
+            "pipelines/btc-anomalies-to-elasticsearch.yaml",
+            dir.path().join("state"),
+        )
+        .arg("--once")
+        .env("ELASTICSEARCH_URL", &es.url)
+        .env("ANOMALY_MIN_SEVERITY", "0")
+        .env("ANOMALY_DLQ_OUT", dir.path().join("dlq.jsonl")),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{log}");
+    let scored = es.documents("btc-anomalies");
+    // Every non-null day but the 30 of the warm-up is scored.
+    assert_eq!(scored.len(), 2530 - 30);
+    let mut ranked: Vec<&Value> = scored.iter().collect();
+    ranked.sort_by(|a, b| {
+        let score = |v: &Value| v["score"].as_f64().unwrap().abs();
+        score(b).total_cmp(&score(a))
+    });
+    // Severity within 0–100 and monotone in the score.
+    let mut last = f64::INFINITY;
+    for record in &ranked {
+        let severity = record["severity"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&severity), "{record}");
+        assert!(
+            severity <= last,
+            "severity not monotone in the score at {record}"
+        );
+        last = severity;
+        let (actual, typical) = (
+            record["actual"].as_f64().unwrap(),
+            record["typical"].as_f64().unwrap(),
+        );
+        assert!(actual > 0.0 && typical > 0.0);
+        assert_eq!(record["direction"] == "up", actual >= typical, "{record}");
+    }
+    let days: Vec<String> = ranked
+        .iter()
+        .map(|r| r["time"].as_str().unwrap()[..10].to_string())
+        .collect();
+    let ranks: Vec<Option<usize>> = SEED_ANOMALIES.iter().map(|d| rank_of(&days, d)).collect();
+    let within = |n: usize| ranks.iter().filter(|r| r.is_some_and(|r| r <= n)).count();
+    let table: Vec<String> = ranked[..20]
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {:.1} {} {}",
+                &r["time"].as_str().unwrap()[..10],
+                r["severity"],
+                r["actual"],
+                r["typical"]
+            )
+        })
+        .collect();
+    assert!(
+        within(10) >= 3,
+        "seed days ranked {ranks:?}; top 20:\n{}",
+        table.join("\n")
+    );
+    assert!(
+        within(20) >= 4,
+        "seed days ranked {ranks:?}; top 20:\n{}",
+        table.join("\n")
+    );
+    let covid = rank_of(&days, "2020-03-12").unwrap();
+    assert!(covid <= 3, "2020-03-12 ranked {covid}");
+}

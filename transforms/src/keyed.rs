@@ -1,0 +1,108 @@
+//! The state keeping shared by stream transforms whose state is one value per key and that
+//! hold nothing open at the end of input (indicators, anomaly scores, forecasts): they say
+//! what one record does to its key's state, and [`Keyed`] keeps the states per input
+//! partition, checkpoints and restores them.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use sluice_core::stream::{Emitted, StreamOperator};
+use sluice_core::transport::TopicPartition;
+use sluice_core::Record;
+use std::collections::{BTreeMap, HashMap};
+
+/// What a record does to the state of its key.
+pub trait PerKey: Send {
+    /// The state of one key: plain data, checkpointed as JSON.
+    type State: Serialize + DeserializeOwned + Default + Send;
+
+    /// Takes one record of `key` (records of a key come in partition order).
+    fn process(&self, key: &str, state: &mut Self::State, record: Record) -> Emitted;
+}
+
+/// A [`StreamOperator`] keeping one [`PerKey::State`] per key and input partition.
+pub struct Keyed<O: PerKey> {
+    operator: O,
+    partitions: HashMap<TopicPartition, BTreeMap<String, O::State>>,
+}
+
+impl<O: PerKey> Keyed<O> {
+    pub fn new(operator: O) -> Self {
+        Keyed {
+            operator,
+            partitions: HashMap::new(),
+        }
+    }
+}
+
+/// A record's key as text: what stream transforms group by.
+pub fn key_of(record: &Record) -> String {
+    record
+        .key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default()
+}
+
+impl<O: PerKey> StreamOperator for Keyed<O> {
+    fn process(&mut self, partition: &TopicPartition, record: Record) -> Emitted {
+        let key = key_of(&record);
+        let state = self
+            .partitions
+            .entry(partition.clone())
+            .or_default()
+            .entry(key.clone())
+            .or_default();
+        self.operator.process(&key, state, record)
+    }
+
+    fn flush(&mut self, _partition: &TopicPartition) -> Vec<Record> {
+        Vec::new()
+    }
+
+    fn snapshot(&self, partition: &TopicPartition) -> Value {
+        to_checkpoint(self.partitions.get(partition))
+    }
+
+    fn restore(&mut self, partition: &TopicPartition, state: Value) -> Result<(), String> {
+        let state = from_checkpoint(state)?;
+        self.partitions.insert(partition.clone(), state);
+        Ok(())
+    }
+
+    fn forget(&mut self, partition: &TopicPartition) {
+        self.partitions.remove(partition);
+    }
+}
+
+/// A finite number from a field of `record`: `Err` says why not.
+pub fn number(record: &Record, field: &str) -> Result<f64, String> {
+    match crate::path::get(&record.value, field) {
+        None | Some(Value::Null) => Err(format!("field `{field}` is missing or null")),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| format!("field `{field}` is not a number: {v}")),
+    }
+}
+
+/// A JSON number, or null for what JSON cannot hold (NaN, infinities).
+pub fn json_number(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+/// A partition's state as checkpointed (null when there is none).
+pub fn to_checkpoint<S: Serialize>(state: Option<&S>) -> Value {
+    state
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A partition's state from its checkpoint (the default when there was none).
+pub fn from_checkpoint<S: DeserializeOwned + Default>(state: Value) -> Result<S, String> {
+    if state.is_null() {
+        Ok(S::default())
+    } else {
+        serde_json::from_value(state).map_err(|e| format!("the checkpointed state: {e}"))
+    }
+}
