@@ -192,3 +192,67 @@ fn anomalies_find_the_seed_s_kibana_days_and_the_covid_crash() {
     let covid = rank_of(&days, "2020-03-12").unwrap();
     assert!(covid <= 3, "2020-03-12 ranked {covid}");
 }
+
+#[test]
+fn forecasts_backtest_against_the_naive_forecast_with_calibrated_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("forecast.jsonl");
+    let (status, log) = run_bounded(
+        sluice_run("pipelines/btc-forecast.yaml", dir.path().join("state"))
+            .arg("--once")
+            .env("FORECAST_OUT", &out)
+            .env("FORECAST_DLQ_OUT", dir.path().join("dlq.jsonl")),
+        std::time::Duration::from_secs(300),
+    );
+    assert!(status.success(), "{log}");
+    let close: BTreeMap<String, f64> = csv_rows(&fixture("BTC-USD.csv"))
+        .into_iter()
+        .filter_map(|r| Some((r.date, r.numbers?[3])))
+        .collect();
+    let last_day: NaiveDate = close.keys().last().unwrap().parse().unwrap();
+    let first_origin = last_day - chrono::Duration::days(2 * 365);
+    let forecasts = read_jsonl(&out);
+    // Rolling origins over the last two years: every forecast whose target is known.
+    let mut ape = [(0.0, 0.0, 0usize); 7]; // (model, naive, n) per horizon
+    let mut covered = [(0usize, 0usize); 7]; // (80 %, 95 %) per horizon
+    let mut widths: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for f in &forecasts {
+        let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k} of {f}"));
+        for k in ["mean", "lower_80", "upper_80", "lower_95", "upper_95", "last"] {
+            assert!(num(k).is_finite() && num(k) > 0.0, "{k} of {f}");
+        }
+        let fitted_at = f["fitted_at"].as_str().unwrap();
+        widths
+            .entry(fitted_at)
+            .or_default()
+            .push(num("upper_95") - num("lower_95"));
+        let origin: NaiveDate = fitted_at[..10].parse().unwrap();
+        let target = &f["target"].as_str().unwrap()[..10];
+        let (Some(actual), true) = (close.get(target), origin > first_origin) else {
+            continue;
+        };
+        let h = f["horizon"].as_u64().unwrap() as usize - 1;
+        ape[h].0 += (num("mean") - actual).abs() / actual;
+        ape[h].1 += (num("last") - actual).abs() / actual;
+        ape[h].2 += 1;
+        covered[h].0 += usize::from((num("lower_80")..=num("upper_80")).contains(actual));
+        covered[h].1 += usize::from((num("lower_95")..=num("upper_95")).contains(actual));
+    }
+    for (origin, w) in &widths {
+        assert_eq!(w.len(), 7, "seven days ahead from {origin}");
+        assert!(w.windows(2).all(|p| p[1] >= p[0]), "intervals narrow from {origin}: {w:?}");
+    }
+    let n: usize = ape.iter().map(|a| a.2).sum();
+    assert!(ape[6].2 > 700, "{} origins at h7", ape[6].2);
+    let (mape7, naive7) = (ape[6].0 / ape[6].2 as f64, ape[6].1 / ape[6].2 as f64);
+    let coverage80 = covered.iter().map(|c| c.0).sum::<usize>() as f64 / n as f64;
+    let coverage95 = covered.iter().map(|c| c.1).sum::<usize>() as f64 / n as f64;
+    let table = format!(
+        "MAPE h7 {:.4} vs naive {:.4}; coverage 80 % {coverage80:.3}, 95 % {coverage95:.3}",
+        mape7, naive7
+    );
+    eprintln!("{table}");
+    assert!(mape7 <= 1.03 * naive7, "{table}");
+    assert!((0.75..=0.88).contains(&coverage80), "{table}");
+    assert!((0.90..=0.975).contains(&coverage95), "{table}");
+}

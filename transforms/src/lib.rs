@@ -5,6 +5,7 @@
 pub mod anomaly;
 pub mod fields;
 pub mod filter;
+pub mod forecast;
 pub mod jq;
 mod keyed;
 mod path;

@@ -173,7 +173,7 @@ impl Every {
     }
 
     /// `z` moved by `k` of this length.
-    fn add(&self, z: &jiff::Zoned, k: i64) -> Result<jiff::Zoned, String> {
+    pub fn add(&self, z: &jiff::Zoned, k: i64) -> Result<jiff::Zoned, String> {
         let n = self.n * k;
         let span = match self.unit {
             Unit::Second => jiff::Span::new().seconds(n),
