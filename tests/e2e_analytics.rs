@@ -218,7 +218,9 @@ fn forecasts_backtest_against_the_naive_forecast_with_calibrated_intervals() {
     let mut widths: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for f in &forecasts {
         let num = |k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k} of {f}"));
-        for k in ["mean", "lower_80", "upper_80", "lower_95", "upper_95", "last"] {
+        for k in [
+            "mean", "lower_80", "upper_80", "lower_95", "upper_95", "last",
+        ] {
             assert!(num(k).is_finite() && num(k) > 0.0, "{k} of {f}");
         }
         let fitted_at = f["fitted_at"].as_str().unwrap();
@@ -240,7 +242,10 @@ fn forecasts_backtest_against_the_naive_forecast_with_calibrated_intervals() {
     }
     for (origin, w) in &widths {
         assert_eq!(w.len(), 7, "seven days ahead from {origin}");
-        assert!(w.windows(2).all(|p| p[1] >= p[0]), "intervals narrow from {origin}: {w:?}");
+        assert!(
+            w.windows(2).all(|p| p[1] >= p[0]),
+            "intervals narrow from {origin}: {w:?}"
+        );
     }
     let n: usize = ape.iter().map(|a| a.2).sum();
     assert!(ape[6].2 > 700, "{} origins at h7", ape[6].2);

@@ -458,3 +458,67 @@ fn a_backfill_that_stops_after_the_last_page_reads_past_a_malformed_page() {
     assert!(seen.values().all(|c| *c == 1));
     assert_eq!(read_jsonl(&dir.path().join("items-dlq.jsonl")).len(), 1);
 }
+
+/// `pipelines/messari-1m-candles.yaml` on the local Messari: every closed minute equals the
+/// prices of that minute (first, max, min, last, count), as written to the prices topic.
+#[test]
+fn messari_polls_become_one_minute_candles_equal_to_their_prices() {
+    let api = ApiMock::start(ApiFaults {
+        required_header: Some(("x-messari-api-key".into(), "key-7Hq3".into())),
+        price_every: 1,
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (candles, prices) = (
+        dir.path().join("candles.jsonl"),
+        dir.path().join("prices.jsonl"),
+    );
+    let path = with_sinks(
+        "pipelines/messari-1m-candles.yaml",
+        dir.path(),
+        "candles.yaml",
+        &format!(
+            "  candles:\n    type: file\n    topics: [bitcoin-1m]\n    path: {}\n  prices:\n    type: file\n    topics: [bitcoin-prices]\n    path: {}\n  rejects:\n    type: file\n    topics: [messari-dlq]\n    format: envelope\n    path: {}\n",
+            candles.display(),
+            prices.display(),
+            dir.path().join("dlq.jsonl").display()
+        ),
+    );
+    let mut cmd = sluice_run(&path, dir.path().join("state"));
+    cmd.env("MESSARI_URL", &api.url)
+        .env("MESSARI_API_KEY", "key-7Hq3")
+        .env("MESSARI_INTERVAL", "20ms");
+    let mut run = Logged::spawn(&mut cmd);
+    wait_for_lines(&candles, 2, Duration::from_secs(60));
+    terminate(&mut run.child);
+    let (status, stderr) = run.exit(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let prices = read_jsonl(&prices);
+    let candles = read_jsonl(&candles);
+    assert!(candles.len() >= 2);
+    for candle in &candles {
+        assert_eq!(candle["final"], true, "{candle}");
+        assert_eq!(candle["key"], "BTC");
+        let (start, end) = (
+            candle["start"].as_str().unwrap(),
+            candle["end"].as_str().unwrap(),
+        );
+        assert!(start.ends_with(":00Z") && end.ends_with(":00Z"), "{candle}");
+        let minute: Vec<f64> = prices
+            .iter()
+            .filter(|p| {
+                let t = p["time"].as_str().unwrap();
+                start <= t && t < end
+            })
+            .map(|p| p["price_usd"].as_f64().unwrap())
+            .collect();
+        assert!(!minute.is_empty(), "{candle}");
+        assert_eq!(candle["polls"], minute.len(), "{candle}");
+        assert_eq!(candle["open"], minute[0], "{candle}");
+        assert_eq!(candle["close"], minute[minute.len() - 1], "{candle}");
+        let high = minute.iter().copied().fold(f64::MIN, f64::max);
+        let low = minute.iter().copied().fold(f64::MAX, f64::min);
+        assert_eq!(candle["high"], high, "{candle}");
+        assert_eq!(candle["low"], low, "{candle}");
+    }
+}

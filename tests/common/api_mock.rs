@@ -180,6 +180,21 @@ fn priced(state: &Shared, name: &str, pointer: &str) -> Value {
     for at in doc.pointer_mut(pointer).into_iter() {
         *at = json!(time);
     }
+    // The price moves too (by up to 1 %, unchanged at the first step), so that aggregates of
+    // prices (candles) differ from one another.
+    let price = pointer.rsplit_once('/').map(|(parent, _)| {
+        let field = if parent.contains("marketData") {
+            "priceUsd"
+        } else {
+            "price_usd"
+        };
+        format!("{parent}/{field}")
+    });
+    if let Some(usd) = price.and_then(|p| doc.pointer_mut(&p)) {
+        if let Some(base) = usd.as_f64() {
+            *usd = json!(base * (1.0 + 0.001 * f64::from(step * 37 % 11)));
+        }
+    }
     doc
 }
 

@@ -6,6 +6,7 @@ pub mod anomaly;
 pub mod fields;
 pub mod filter;
 pub mod forecast;
+pub mod indicators;
 pub mod jq;
 mod keyed;
 mod path;
