@@ -261,3 +261,129 @@ fn forecasts_backtest_against_the_naive_forecast_with_calibrated_intervals() {
     assert!((0.75..=0.88).contains(&coverage80), "{table}");
     assert!((0.90..=0.975).contains(&coverage95), "{table}");
 }
+
+/// Runs `pipeline` on tansu with its output topic `topic` into a file, and returns the output
+/// records and how many were out at the kill; with `kill_after` lines, the run is killed (-9)
+/// once that many are out, then run again to the end, and the second run's output appended.
+fn run_on_kafka(
+    pipeline: &str,
+    topic: &str,
+    transform: &str,
+    kill_after: Option<usize>,
+) -> (Vec<Value>, usize) {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let path = with_sinks(
+        pipeline,
+        dir.path(),
+        "pipeline.yaml",
+        &format!(
+            "  out:\n    type: file\n    topics: [{topic}]\n    path: {}\n  rejects:\n    type: file\n    topics: [bitcoin-dlq]\n    path: {}\n",
+            out.display(),
+            dir.path().join("dlq.jsonl").display()
+        ),
+    );
+    let command = || {
+        let mut cmd = sluice_run(&path, dir.path().join("state"));
+        cmd.arg("--once")
+            .arg("--kafka")
+            .arg(tansu.addr())
+            .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "500")
+            .env(
+                format!(
+                    "SLUICE_TRANSFORMS__{}__BATCH__MAX_RECORDS",
+                    transform.to_uppercase()
+                ),
+                "50",
+            )
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let mut at_kill = 0;
+    if let Some(lines) = kill_after {
+        let mut child = command().spawn().unwrap();
+        wait_for_lines(&out, lines, std::time::Duration::from_secs(120));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        at_kill = count_lines(&out);
+    }
+    let (status, log) = run_bounded(&mut command(), std::time::Duration::from_secs(300));
+    assert!(status.success(), "{log}");
+    (read_jsonl(&out), at_kill)
+}
+
+/// A kill -9 in the middle of a windowed, an anomaly and a forecast run on Kafka, then a
+/// restart, gives the records of an uninterrupted run: the transform's state comes back from
+/// its checkpoint with the input offsets it reflects. The file sink is at least once, so a
+/// record written again after the kill may appear twice; it must then be the same record.
+#[test]
+fn a_kill_9_mid_run_on_kafka_then_a_restart_gives_the_uninterrupted_output() {
+    for (pipeline, topic, transform, id, kill_after) in [
+        (
+            "pipelines/btc-weekly-candles.yaml",
+            "bitcoin-weekly",
+            "weekly",
+            &["start"][..],
+            80,
+        ),
+        (
+            "pipelines/btc-anomalies-to-elasticsearch.yaml",
+            "bitcoin-anomalies",
+            "close_anomalies",
+            &["time"][..],
+            150,
+        ),
+        (
+            "pipelines/btc-forecast.yaml",
+            "bitcoin-forecast",
+            "close_forecast",
+            &["fitted_at", "horizon"][..],
+            3000,
+        ),
+    ] {
+        let (whole, _) = run_on_kafka(pipeline, topic, transform, None);
+        let (killed, at_kill) = run_on_kafka(pipeline, topic, transform, Some(kill_after));
+        assert!(
+            at_kill < whole.len(),
+            "{pipeline}: the run ended before the kill"
+        );
+        eprintln!(
+            "{pipeline}: killed with {at_kill} of {} records out",
+            whole.len()
+        );
+        let by_id = |records: &[Value]| {
+            let mut map: BTreeMap<String, Value> = BTreeMap::new();
+            for r in records {
+                let key = id
+                    .iter()
+                    .map(|f| r[*f].to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if let Some(before) = map.insert(key.clone(), r.clone()) {
+                    assert_eq!(&before, r, "{pipeline}: {key} written twice, differently");
+                }
+            }
+            map
+        };
+        let (whole, killed) = (by_id(&whole), by_id(&killed));
+        let differing: Vec<String> = whole
+            .iter()
+            .filter(|(k, v)| killed.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v} ≠ {:?}", killed.get(k)))
+            .chain(
+                killed
+                    .keys()
+                    .filter(|k| !whole.contains_key(*k))
+                    .map(|k| format!("{k} added")),
+            )
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "{pipeline}: {} of {} records differ after the kill, e.g.\n{}",
+            differing.len(),
+            whole.len(),
+            differing[..differing.len().min(3)].join("\n")
+        );
+    }
+}

@@ -319,7 +319,10 @@ fn default_source_batch() -> usize {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StreamTransformOuter {
     /// Topics it reads (as the consumer group `sluice-<pipeline>-<id>`). Records of one key
-    /// must be in one partition: key them by what the transform groups by.
+    /// must be in one partition: key them by what the transform groups by. Set the
+    /// pipeline's `exactly_once: true` so that its sources number their records: the
+    /// transform then skips what a source sends again after a crash; otherwise such a record
+    /// counts twice in a window or a score.
     pub inputs: Vec<String>,
     /// Topic it writes.
     pub topic: String,
