@@ -468,3 +468,179 @@ fn wait_exit_logged(worker: &mut Worker, timeout: Duration) -> (std::process::Ex
     let status = wait_exit(&mut worker.child, timeout);
     (status, worker.log())
 }
+
+/// Daily bars of 8 symbols over 20 weeks (from Monday 2021-01-04), in date order.
+fn symbols_csv(dir: &Path) -> PathBuf {
+    let path = dir.join("symbols.csv");
+    let mut text = String::from("Date,symbol,Close,Volume\n");
+    let monday = chrono::NaiveDate::from_ymd_opt(2021, 1, 4).unwrap();
+    for day in 0..140i64 {
+        for s in 0..8i64 {
+            let close = 100.0 * (s + 1) as f64 * (1.0 + 0.05 * ((day * 7 + s * 3) as f64).sin());
+            let date = monday + chrono::Duration::days(day);
+            text.push_str(&format!("{date},S{s},{close:.4},{}\n", 1000 + day * 10 + s));
+        }
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A pipeline computing weekly candles of `daily` into `weekly_topic` and a file; the
+/// feeder (`feed: true`) writes the bars into `daily`, keyed by symbol.
+fn candles_pipeline(dir: &Path, kafka: &str, name: &str, weekly_topic: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+{WORKER}exactly_once: true
+topics: {{ daily: {{ partitions: 4 }}, {weekly_topic}: {{ partitions: 4 }} }}
+transforms:
+  weekly:
+    type: window
+    inputs: [daily]
+    topic: {weekly_topic}
+    size: 1w
+    batch: {{ max_records: 20, linger: 20ms }}
+    aggregates: {{ open: first(Close), high: max(Close), low: min(Close), close: last(Close), volume: sum(Volume), days: count }}
+sinks:
+  candles:
+    type: file
+    topics: [{weekly_topic}]
+    path: ${{CANDLES_OUT}}
+"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The candles of every file `paths`, by key and start; a candle written twice (at least
+/// once delivery across a hand-over) must be the same candle.
+fn candles_of(paths: &[PathBuf]) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut all = std::collections::BTreeMap::new();
+    for path in paths.iter().filter(|p| p.exists()) {
+        for candle in read_jsonl(path) {
+            let id = format!("{}/{}", candle["key"], candle["start"]);
+            if let Some(before) = all.insert(id.clone(), candle.clone()) {
+                assert_eq!(before, candle, "{id} written twice, differently");
+            }
+        }
+    }
+    all
+}
+
+/// A `window` split over two workers (the second joining mid-stream, so that the first
+/// hands over partitions with their window state) makes the same candles as one worker.
+#[test]
+fn a_window_split_over_two_workers_makes_the_candles_of_one() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = symbols_csv(dir.path());
+    // 8 symbols × 19 closed weeks (the 20th stays open: nothing after it closes it).
+    const CLOSED: usize = 8 * 19;
+    let feed = dir.path().join("feed.yaml");
+    std::fs::write(
+        &feed,
+        format!(
+            "name: feed
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+exactly_once: true
+topics: {{ daily: {{ partitions: 4 }} }}
+sources:
+  bars:
+    type: csv
+    path: {csv}
+    topic: daily
+    key: symbol
+    timestamp_column: Date
+    columns: {{ Date: date, symbol: string, Close: float, Volume: int }}
+    rate: 150
+    batch_size: 8
+",
+            kafka = tansu.addr(),
+            csv = csv.display()
+        ),
+    )
+    .unwrap();
+    let kafka = tansu.addr();
+    let finals = |paths: &[PathBuf]| {
+        candles_of(paths)
+            .into_values()
+            .filter(|c| c["final"] == true)
+            .count()
+    };
+
+    // Two workers: a starts, the feeder starts, b joins once a has candles out.
+    let two = candles_pipeline(dir.path(), &kafka, "two", "weekly2");
+    let outs = [dir.path().join("a.jsonl"), dir.path().join("b.jsonl")];
+    let out_env = |i: usize| vec![("CANDLES_OUT", outs[i].display().to_string())];
+    let mut a = Worker::start("a", &two, dir.path(), &out_env(0));
+    wait_until("worker a reads", Duration::from_secs(60), || {
+        !a.owned().is_empty()
+    });
+    let mut feeding = sluice_run(&feed, dir.path().join("state-feed"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("a writes candles", Duration::from_secs(60), || {
+        outs[0].exists() && count_lines(&outs[0]) >= 8
+    });
+    let mut b = Worker::start("b", &two, dir.path(), &out_env(1));
+    wait_until("b takes input partitions", Duration::from_secs(60), || {
+        b.owned().iter().any(|p| p.starts_with("daily/"))
+    });
+    assert!(
+        finals(&outs) < CLOSED / 2,
+        "b joined with most candles already out"
+    );
+    let fed = wait_exit(&mut feeding, Duration::from_secs(120));
+    assert!(fed.success(), "feeder: {fed}");
+    wait_until("every closed week is out", Duration::from_secs(60), || {
+        finals(&outs) >= CLOSED
+    });
+    for worker in [&mut a, &mut b] {
+        let (status, _) = terminate(&mut worker.child);
+        assert!(
+            status.success(),
+            "worker {}: {status}\n{}",
+            worker.name,
+            worker.log()
+        );
+    }
+    let b_wrote = count_lines(&outs[1]);
+    assert!(b_wrote > 0, "b wrote no candle");
+
+    // One worker, reading the same topic from the start as another pipeline.
+    let one = candles_pipeline(dir.path(), &kafka, "one", "weekly1");
+    let single = [dir.path().join("one.jsonl")];
+    let mut only = Worker::start(
+        "one",
+        &one,
+        dir.path(),
+        &[("CANDLES_OUT", single[0].display().to_string())],
+    );
+    wait_until(
+        "one worker writes every closed week",
+        Duration::from_secs(60),
+        || finals(&single) >= CLOSED,
+    );
+    terminate(&mut only.child);
+
+    let (split, whole) = (candles_of(&outs), candles_of(&single));
+    let closed = |m: &std::collections::BTreeMap<String, serde_json::Value>| {
+        m.iter()
+            .filter(|(_, c)| c["final"] == true)
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(closed(&whole).len(), CLOSED);
+    assert_eq!(
+        closed(&split),
+        closed(&whole),
+        "two workers made other candles"
+    );
+    eprintln!("b wrote {b_wrote} of {CLOSED} candles");
+}
