@@ -296,11 +296,14 @@ fn dates_written(dir: &std::path::Path) -> (Vec<String>, Vec<String>) {
 #[test]
 fn sigterm_while_a_sink_dead_letters_during_its_drain_exits_0_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = 6000;
+    let rows = 40_000;
     let csv = csv_with_gaps(dir.path(), rows);
     let pipeline = dead_lettering_pipeline(dir.path(), &csv, "");
     let state = dir.path().join("state");
+    // One record a batch: the source is done at once and the archive sink still drains its
+    // backlog (each batch waiting for its dead letters to be stored) when SIGTERM comes.
     let mut child = sluice_run(&pipeline, &state)
+        .env("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "1")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

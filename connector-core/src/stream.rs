@@ -9,7 +9,6 @@
 
 use crate::transport::TopicPartition;
 use crate::{ConnectorError, FieldError, Record};
-use serde_json::Value;
 use std::fmt::Debug;
 
 /// The YAML config of a stream transform; `type:` picks the implementation.
@@ -42,11 +41,13 @@ pub trait StreamOperator: Send {
     /// windows are emitted as not final, unless the operator is told otherwise.
     fn flush(&mut self, partition: &TopicPartition) -> Vec<Record>;
 
-    /// The state of `partition`, to checkpoint.
-    fn snapshot(&self, partition: &TopicPartition) -> Value;
+    /// The state of `partition`, to checkpoint, as JSON text (written straight from the
+    /// state: no intermediate tree, which for thousands of keys costs more than the work).
+    fn snapshot(&self, partition: &TopicPartition) -> String;
 
     /// Takes back the state of `partition` from a checkpoint.
-    fn restore(&mut self, partition: &TopicPartition, state: Value) -> Result<(), String>;
+    /// `state` is what `snapshot` gave, or empty when nothing was checkpointed.
+    fn restore(&mut self, partition: &TopicPartition, state: &str) -> Result<(), String>;
 
     /// Drops the state of `partition` (it moved to another worker).
     fn forget(&mut self, partition: &TopicPartition);

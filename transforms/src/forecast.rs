@@ -30,7 +30,8 @@ sluice_core::register_plugin!(StreamTransform, "forecast", ForecastConfig);
 /// each time the model is (re)fit. Writes one record per step ahead: `key`, `target` (the
 /// forecast time, RFC 3339), `horizon` (steps ahead), `mean`, `lower_<level>` and
 /// `upper_<level>` per level, `model` (e.g. `ETS(A,N,N)`), `fitted_at` (time of the last value
-/// used) and `last` (that value).
+/// used) and `last` (that value). Memory: per key `history` values (8 bytes each, 3 KiB by
+/// default); cost: a fit per `refit_every` records (≈ 1–5 ms for 365 values, `auto` about 6×).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForecastConfig {
@@ -440,7 +441,7 @@ mod tests {
         }
         // Fits at records 20, 25, 30, 35, 40: five of two steps.
         assert_eq!(made, 10);
-        b.restore(&tp(), a.snapshot(&tp())).unwrap();
+        b.restore(&tp(), &a.snapshot(&tp())).unwrap();
         for day in 40..45 {
             let (x, y) = (
                 a.process(&tp(), price(day, series(day))).records,

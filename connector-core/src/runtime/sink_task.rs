@@ -180,7 +180,10 @@ impl SinkTask {
                 .max_records
                 .saturating_sub(pending.records.len())
                 .max(1);
+            // A writer waiting for what is pending sends nothing more until it is stored.
+            let writer_waiting = !pending.is_empty() && self.reader.writer_waiting();
             let wait = match pending.since {
+                _ if writer_waiting => Duration::ZERO,
                 Some(since) => self.batch.linger.saturating_sub(since.elapsed()),
                 None => self.batch.linger.max(Duration::from_millis(100)),
             }
@@ -213,7 +216,7 @@ impl SinkTask {
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
-            if !pending.is_empty() && (full || lingered || (draining && idle)) {
+            if !pending.is_empty() && (full || lingered || (idle && (draining || writer_waiting))) {
                 let ahead = ReadAheadMode::On(preparer.as_deref());
                 self.flush(pending, flushed, ahead, deadline).await?;
             }

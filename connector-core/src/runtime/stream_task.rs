@@ -24,7 +24,6 @@ use crate::transport::{OffsetStore, PartitionOffset, TopicPartition, TopicWriter
 use crate::{ConnectorError, PutOutcome, Record, Sink};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -37,8 +36,8 @@ const FLUSH_INDEX: u32 = 1 << 20;
 struct Checkpoint {
     /// Next input offset to read (Kafka; meaningless on the embedded transport).
     offset: i64,
-    /// The operator's state after the inputs before `offset`.
-    state: Value,
+    /// The operator's state after the inputs before `offset` (its JSON text).
+    state: String,
     /// Highest source position taken in, per source partition of numbered inputs.
     #[serde(default)]
     seen: BTreeMap<String, Position>,
@@ -220,7 +219,7 @@ impl Sink for StreamSink {
                 None => Checkpoint::default(),
             };
             self.operator
-                .restore(partition, checkpoint.state.clone())
+                .restore(partition, &checkpoint.state)
                 .map_err(ConnectorError::internal)?;
             if self.durable_offsets && stored.contains_key(&Self::key(partition)) {
                 resume.push(PartitionOffset {

@@ -414,6 +414,16 @@ impl TopicReader for EmbeddedReader {
         Ok(self.take(max))
     }
 
+    /// Every unresolved delivery holds a receiver of its partitions' low marks.
+    fn writer_waiting(&self) -> bool {
+        self.topics.iter().any(|(topic, _)| {
+            topic
+                .committed_by_all
+                .iter()
+                .any(|low| low.receiver_count() > 0)
+        })
+    }
+
     async fn commit(
         &mut self,
         offsets: &[PartitionOffset],

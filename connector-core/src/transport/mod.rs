@@ -180,6 +180,13 @@ pub trait TopicReader: Send {
         true
     }
 
+    /// Whether a writer is waiting for records of these topics to be stored before it goes on
+    /// (the embedded transport acknowledges a send once every group committed it): a batch
+    /// lingering for more records then only delays everyone, so the sink stores it at once.
+    fn writer_waiting(&self) -> bool {
+        false
+    }
+
     /// Records written to each partition this reader owns that it has not read yet.
     async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError>;
 
