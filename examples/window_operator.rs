@@ -36,7 +36,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         write(emitted.records)?;
     }
     write(operator.flush(&partition))?;
-    drop(write);
     out.flush()?;
     println!("{candles} {:.3}", started.elapsed().as_secs_f64());
     Ok(())
