@@ -9,7 +9,7 @@
 //!
 //! Memory per key: the last `history` values (8 bytes each; 365 by default, ~3 KiB, about
 //! 7 KiB as a JSON checkpoint). Cost: a fit every `refit_every` records, about
-//! `history` × models × optimiser steps (≈ 1–5 ms for 365 values on one core); records
+//! `history` × models × optimiser steps (365 values, one core: ANN about 0.2 ms, `auto` about 5 ms); records
 //! between fits cost one push.
 
 use crate::keyed::{json_number, number, Keyed, PerKey};
@@ -31,7 +31,7 @@ sluice_core::register_plugin!(StreamTransform, "forecast", ForecastConfig);
 /// forecast time, RFC 3339), `horizon` (steps ahead), `mean`, `lower_<level>` and
 /// `upper_<level>` per level, `model` (e.g. `ETS(A,N,N)`), `fitted_at` (time of the last value
 /// used) and `last` (that value). Memory: per key `history` values (8 bytes each, 3 KiB by
-/// default); cost: a fit per `refit_every` records (≈ 1–5 ms for 365 values, `auto` about 6×).
+/// default); cost: a fit per `refit_every` records (on 365 values: ANN about 0.2 ms, `auto` about 5 ms, measured on the BTC file).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForecastConfig {
