@@ -387,3 +387,89 @@ fn a_kill_9_mid_run_on_kafka_then_a_restart_gives_the_uninterrupted_output() {
         );
     }
 }
+
+/// `indicators` in a running pipeline: every day of the real file comes out with its moving
+/// averages, returns and volatility, equal to a computation here.
+#[test]
+fn indicators_enrich_every_day_of_the_real_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("indicators.jsonl");
+    let pipeline = dir.path().join("indicators.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: btc-indicators
+exactly_once: true
+sources:
+  yahoo_csv:
+    type: csv
+    path: {csv}
+    topic: bitcoin-daily
+    timestamp_column: Date
+    columns: {{ Date: date, Open: float, High: float, Low: float, Close: float, "Adj Close": float, Volume: int }}
+    null_values: ["null"]
+    all_null_rows: skip
+    transforms:
+      - {{ type: insert_field, field: symbol, value: BTC-USD }}
+      - {{ type: value_to_key, fields: [symbol] }}
+transforms:
+  close_indicators:
+    type: indicators
+    inputs: [bitcoin-daily]
+    topic: bitcoin-indicators
+    field: Close
+    sma: [7]
+    ema: [12]
+    volatility: [30]
+sinks:
+  out:
+    type: file
+    topics: [bitcoin-indicators]
+    path: {out}
+"#,
+            csv = fixture("BTC-USD.csv").display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let (status, log) = run_bounded(
+        sluice_run(&pipeline, dir.path().join("state")).arg("--once"),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{log}");
+    let closes: Vec<f64> = csv_rows(&fixture("BTC-USD.csv"))
+        .into_iter()
+        .filter_map(|r| Some(r.numbers?[3]))
+        .collect();
+    let days = read_jsonl(&out);
+    assert_eq!(days.len(), closes.len());
+    let mut ema = closes[0];
+    for (i, day) in days.iter().enumerate() {
+        assert_eq!(day["Close"].as_f64(), Some(closes[i]), "day {i} in order");
+        ema += 2.0 / 13.0 * (closes[i] - ema);
+        let close = |k: &str, want: f64| {
+            let got = day[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} of day {i}: {day}"));
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{k} of day {i}: {got} ≠ {want}"
+            );
+        };
+        close("ema_12", ema);
+        if i >= 6 {
+            close("sma_7", closes[i - 6..=i].iter().sum::<f64>() / 7.0);
+        } else {
+            assert!(day["sma_7"].is_null());
+        }
+        if i >= 30 {
+            let r: Vec<f64> = (i - 29..=i)
+                .map(|j| (closes[j] / closes[j - 1]).ln())
+                .collect();
+            let mean = r.iter().sum::<f64>() / 30.0;
+            let sd = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 29.0).sqrt();
+            close("volatility_30", sd);
+            close("log_return", r[29]);
+        }
+    }
+}

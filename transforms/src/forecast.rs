@@ -59,6 +59,11 @@ pub struct ForecastConfig {
     /// Fit and forecast every this many records of a key (default 1: after every value).
     #[serde(default = "default_refit_every")]
     pub refit_every: u64,
+    /// Or on a schedule of event time: fit when a value is at least this long after the last
+    /// fit of its key (e.g. `1w` for a weekly forecast of daily values; units as `step`).
+    /// With it, `refit_every` is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit_interval: Option<String>,
     /// The ETS model: `auto` (default: the best non-seasonal model by AICc), or one of `ANN`
     /// (simple exponential smoothing), `AAN` (Holt's trend), `AAdN` (damped trend), `MNN`,
     /// `MAN`, `MAdN` (error, trend, season: A additive, M multiplicative, Ad damped, N none).
@@ -113,12 +118,16 @@ pub struct KeyState {
     values: VecDeque<f64>,
     /// Records since the last fit.
     since_fit: u64,
+    /// Event time of the last fit (ms), for `refit_interval`.
+    #[serde(default)]
+    fitted_at: Option<i64>,
 }
 
 struct Forecast {
     config: ForecastConfig,
     time: EventTime,
     step: Every,
+    refit_interval: Option<Every>,
 }
 
 impl ForecastConfig {
@@ -146,6 +155,15 @@ impl ForecastConfig {
             errors.push(FieldError::new("model", e));
         }
         let step = Every::parse(&self.step).map_err(|e| FieldError::new("step", e));
+        let refit_interval = self
+            .refit_interval
+            .as_deref()
+            .map(Every::parse)
+            .transpose()
+            .map_err(|e| FieldError::new("refit_interval", e));
+        if let Err(e) = &refit_interval {
+            errors.push(e.clone());
+        }
         let time = EventTime::new(
             self.time_field.as_deref(),
             &self.time_format,
@@ -159,6 +177,7 @@ impl ForecastConfig {
                 config: self.clone(),
                 time,
                 step,
+                refit_interval: refit_interval.ok().flatten(),
             }),
             (_, Ok(_)) => Err(errors),
             (_, Err(e)) => Err(errors.into_iter().chain(e).collect()),
@@ -327,10 +346,20 @@ impl PerKey for Forecast {
         }
         state.since_fit += 1;
         let mut emitted = Emitted::default();
-        if state.values.len() < c.min_history || state.since_fit < c.refit_every {
+        let due = match (&self.refit_interval, state.fitted_at) {
+            (None, _) => state.since_fit >= c.refit_every,
+            (Some(_), None) => true,
+            (Some(interval), Some(last)) => jiff::Timestamp::from_millisecond(last)
+                .ok()
+                .map(|t| t.to_zoned(self.time.zone().clone()))
+                .and_then(|last| interval.add(&last, 1).ok())
+                .is_none_or(|next| time >= next.timestamp().as_millisecond()),
+        };
+        if state.values.len() < c.min_history || !due {
             return emitted;
         }
         state.since_fit = 0;
+        state.fitted_at = Some(time);
         let (model, steps) = match self.predict(state.values.make_contiguous()) {
             Ok(forecast) => forecast,
             Err(e) => {
@@ -455,6 +484,22 @@ mod tests {
         assert!(a.process(&tp(), price(45, 0.0)).rejected.is_some());
     }
 
+    /// With `refit_interval: 1w`, daily values are fit once a week (event time), whatever
+    /// their count.
+    #[test]
+    fn a_refit_interval_fits_on_a_schedule_of_event_time() {
+        let mut op = build("field: Close\nhorizon: 1\nmin_history: 20\nrefit_interval: 1w");
+        let fitted: Vec<i64> = (0..60)
+            .filter(|day| {
+                !op.process(&tp(), price(*day, series(*day)))
+                    .records
+                    .is_empty()
+            })
+            .collect();
+        // The first fit once 20 values are in (day 19), then every 7 days.
+        assert_eq!(fitted, [19, 26, 33, 40, 47, 54]);
+    }
+
     #[test]
     fn bad_configs_are_named() {
         for (yaml, field) in [
@@ -463,6 +508,7 @@ mod tests {
             ("field: Close\nmodel: ZZZ", "model"),
             ("field: Close\nstep: 1y", "step"),
             ("field: Close\nhistory: 20", "history"),
+            ("field: Close\nrefit_interval: 2x", "refit_interval"),
         ] {
             let config: ForecastConfig = serde_yaml::from_str(yaml).unwrap();
             let errors = config.validate().unwrap_err();
