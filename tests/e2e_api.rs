@@ -350,6 +350,25 @@ impl Operator {
             .to_string()
     }
 
+    /// `PUT /connectors/{name}/stop`, then waits for STOPPED and for `out` to stop growing;
+    /// returns its lines then.
+    fn stop_and_settle(&self, name: &str, out: &std::path::Path) -> usize {
+        let (code, body) = self.call(reqwest::Method::PUT, &format!("/connectors/{name}/stop"));
+        assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+        eventually(
+            "the component shows STOPPED",
+            Duration::from_secs(10),
+            || self.state(name) == "STOPPED",
+        );
+        let mut before = count_lines(out);
+        eventually("the file settles", Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = count_lines(out);
+            std::mem::replace(&mut before, now) == now
+        });
+        count_lines(out)
+    }
+
     fn wait_ready(&self) {
         eventually("/health answers 200", Duration::from_secs(30), || {
             self.client
@@ -469,19 +488,8 @@ fn a_stopped_source_resets_its_offsets_and_reads_its_input_again() {
     // Only a stopped connector's offsets reset.
     let (code, body) = op.call(reqwest::Method::DELETE, &format!("{source}/offsets"));
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
-    let (code, body) = op.call(reqwest::Method::PUT, &format!("{source}/stop"));
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    eventually("the source shows STOPPED", Duration::from_secs(10), || {
-        op.state("btc-history.yahoo_csv") == "STOPPED"
-    });
     // What it sent before stopping arrives; then nothing more.
-    let mut before = count_lines(&out);
-    eventually("the file settles", Duration::from_secs(10), || {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = count_lines(&out);
-        std::mem::replace(&mut before, now) == now
-    });
-    let stopped_at = count_lines(&out);
+    let stopped_at = op.stop_and_settle("btc-history.yahoo_csv", &out);
     assert!(stopped_at < 2_530, "stopped mid-file: {stopped_at}");
     assert_eq!(op.state("btc-history.archive"), "RUNNING", "sinks go on");
     let offsets = op.get(&format!("{source}/offsets"));
@@ -519,4 +527,53 @@ fn a_stopped_source_resets_its_offsets_and_reads_its_input_again() {
     );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("source offsets reset"), "{logged}");
+}
+
+/// A stream transform reset through the API (Kafka): stopped mid-stream, its offsets deleted
+/// (its checkpointed state and its group's offsets), resumed: it reads its input again from the
+/// start with no state and writes every weekly candle again, those before the stop the same.
+#[test]
+fn a_stopped_stream_transform_resets_its_state_and_computes_everything_again() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("candles.jsonl");
+    let port = free_port();
+    let mut child = sluice_run(
+        root().join("pipelines/btc-weekly-candles.yaml"),
+        dir.path().join("state"),
+    )
+    .arg("--kafka")
+    .arg(tansu.addr())
+    .env("CANDLES_OUT", &out)
+    .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
+    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "250")
+    .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+    .env("SLUICE_API_TOKEN", TOKEN)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let op = Operator::new(port);
+    op.wait_ready();
+    eventually("candles arrive", Duration::from_secs(60), || {
+        count_lines(&out) >= 40
+    });
+    let transform = "/connectors/btc-weekly.weekly";
+    let stopped_at = op.stop_and_settle("btc-weekly.weekly", &out);
+    let (code, body) = op.call(reqwest::Method::DELETE, &format!("{transform}/offsets"));
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = op.call(reqwest::Method::PUT, &format!("{transform}/resume"));
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "{status}");
+    let candles = read_jsonl(&out);
+    assert!(stopped_at < 363, "stopped mid-stream: {stopped_at}");
+    // Every week once more after the reset (the last one partial at the end of the input).
+    assert_eq!(candles.len(), stopped_at + 363, "every week again");
+    assert_eq!(
+        candles[..stopped_at],
+        candles[stopped_at..2 * stopped_at],
+        "the second pass, from no state, makes the same candles"
+    );
+    assert_eq!(candles[stopped_at]["start"], "2014-09-15T00:00:00Z");
 }

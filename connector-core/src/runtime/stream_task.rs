@@ -10,7 +10,10 @@
 //! open(parts) → checkpoint read → operator.restore(part) → resume at its offset (Kafka)
 //! ```
 //! The checkpoint lives where the runtime stores source offsets (the offsets topic on Kafka,
-//! the state dir on the embedded transport), under `<pipeline>/<transform>`. A kill -9 between
+//! the state dir on the embedded transport), one store per input partition,
+//! `<pipeline>/<transform>/<topic>/<partition>`, written only by the worker that owns the
+//! partition and read afresh when a worker is assigned it; the store `<pipeline>/<transform>`
+//! lists the partitions that have one (what a reset removes). A kill -9 between
 //! writing output and storing the checkpoint makes the transform read those inputs again from
 //! the last checkpoint and make the same output again: outputs carry `sluice.position` headers
 //! derived from their inputs, so `exactly_once` sinks skip the repeats. Inputs numbered by
@@ -20,16 +23,48 @@
 
 use crate::exactly_once::{self, Position};
 use crate::stream::StreamOperator;
-use crate::transport::{OffsetStore, PartitionOffset, TopicPartition, TopicWriter};
+use crate::transport::{OffsetStore, PartitionOffset, TopicPartition, TopicWriter, Transport};
 use crate::{ConnectorError, PutOutcome, Record, Sink};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Input index given to output made when input ends (partial windows): numbered after any
 /// output of the last input (output indexes are the input's index × 1024 + their rank).
 const FLUSH_INDEX: u32 = 1 << 20;
+
+/// The entry of a partition's checkpoint in its store.
+const CHECKPOINT: &str = "checkpoint";
+
+/// The store of the checkpoint of `partition`.
+pub(super) fn checkpoint_store(pipeline: &str, id: &str, partition: &TopicPartition) -> String {
+    format!("{pipeline}/{id}/{}/{}", partition.0, partition.1)
+}
+
+/// The store listing the partitions with a checkpoint (`<topic>/<partition>` → true).
+pub(super) fn index_store(pipeline: &str, id: &str) -> String {
+    format!("{pipeline}/{id}")
+}
+
+/// Every partition with a checkpoint of transform `id`, from its index.
+pub(super) async fn checkpointed_partitions(
+    transport: &dyn Transport,
+    pipeline: &str,
+    id: &str,
+) -> Result<Vec<TopicPartition>, crate::transport::TransportError> {
+    let index = transport.offset_store(&index_store(pipeline, id)).await?;
+    Ok(index
+        .load(id)
+        .await?
+        .keys()
+        .filter_map(|key| {
+            let (topic, partition) = key.rsplit_once('/')?;
+            Some((topic.into(), partition.parse().ok()?))
+        })
+        .collect())
+}
 
 /// What is checkpointed per input partition.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -53,7 +88,11 @@ pub(super) struct StreamSink {
     operator: Box<dyn StreamOperator>,
     writer: Arc<dyn TopicWriter>,
     topic: Arc<str>,
-    store: Arc<dyn OffsetStore>,
+    transport: Arc<dyn Transport>,
+    /// The checkpoint store of each owned input partition.
+    stores: HashMap<TopicPartition, Arc<dyn OffsetStore>>,
+    /// Partitions known to be listed in the index store.
+    indexed: HashSet<TopicPartition>,
     /// Whether input offsets stay valid across runs (Kafka): then a restart resumes at the
     /// checkpoint's offset and outputs of unnumbered inputs are numbered by it.
     durable_offsets: bool,
@@ -70,7 +109,7 @@ impl StreamSink {
         operator: Box<dyn StreamOperator>,
         writer: Arc<dyn TopicWriter>,
         topic: &str,
-        store: Arc<dyn OffsetStore>,
+        transport: Arc<dyn Transport>,
         durable_offsets: bool,
     ) -> Self {
         StreamSink {
@@ -79,7 +118,9 @@ impl StreamSink {
             operator,
             writer,
             topic: topic.into(),
-            store,
+            transport,
+            stores: HashMap::new(),
+            indexed: HashSet::new(),
             durable_offsets,
             partitions: HashMap::new(),
             output: Vec::new(),
@@ -88,6 +129,50 @@ impl StreamSink {
 
     fn key(partition: &TopicPartition) -> String {
         format!("{}/{}", partition.0, partition.1)
+    }
+
+    /// The checkpoint store of `partition`, opened (and its stored state read) afresh.
+    async fn store_of(
+        transport: &Arc<dyn Transport>,
+        name: String,
+    ) -> Result<Arc<dyn OffsetStore>, ConnectorError> {
+        transport
+            .offset_store(&name)
+            .await
+            .map(Arc::from)
+            .map_err(|e| {
+                ConnectorError::transient(format!(
+                    "cannot open the checkpoint store: {}",
+                    e.message
+                ))
+            })
+    }
+
+    /// Lists `partitions` in the index store, once each.
+    async fn index(&mut self, partitions: &[TopicPartition]) -> Result<(), ConnectorError> {
+        let new: HashMap<String, Value> = partitions
+            .iter()
+            .filter(|p| !self.indexed.contains(*p))
+            .map(|p| (Self::key(p), Value::Bool(true)))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let index = self
+            .transport
+            .offset_store(&index_store(&self.pipeline, &self.id))
+            .await
+            .map_err(|e| {
+                ConnectorError::transient(format!(
+                    "cannot open the checkpoint index: {}",
+                    e.message
+                ))
+            })?;
+        index.store(&self.id, &new).await.map_err(|e| {
+            ConnectorError::transient(format!("cannot store the checkpoint index: {}", e.message))
+        })?;
+        self.indexed.extend(partitions.iter().cloned());
+        Ok(())
     }
 
     /// Numbers `records` made from the input at `position` of source `source`.
@@ -182,19 +267,35 @@ impl Sink for StreamSink {
                 ))
             })?;
         }
-        let mut stored = HashMap::new();
+        let mut writes = Vec::new();
         for (partition, checkpoint) in &mut self.partitions {
             checkpoint.state = self.operator.snapshot(partition);
             let value = serde_json::to_value(&*checkpoint).map_err(|e| {
                 ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
             })?;
-            stored.insert(Self::key(partition), value);
+            writes.push((partition.clone(), value));
         }
-        if !stored.is_empty() {
-            self.store.store(&self.id, &stored).await.map_err(|e| {
+        let partitions: Vec<TopicPartition> = writes.iter().map(|(p, _)| p.clone()).collect();
+        self.index(&partitions).await?;
+        for (partition, _) in &writes {
+            if !self.stores.contains_key(partition) {
+                let name = checkpoint_store(&self.pipeline, &self.id, partition);
+                let store = Self::store_of(&self.transport, name).await?;
+                self.stores.insert(partition.clone(), store);
+            }
+        }
+        let id = self.id.as_str();
+        let stores = &self.stores;
+        futures::future::try_join_all(writes.into_iter().map(|(partition, value)| async move {
+            let store = stores
+                .get(&partition)
+                .ok_or_else(|| ConnectorError::internal("no checkpoint store"))?;
+            let entry = HashMap::from([(CHECKPOINT.to_string(), value)]);
+            store.store(id, &entry).await.map_err(|e| {
                 ConnectorError::transient(format!("cannot store the checkpoint: {}", e.message))
-            })?;
-        }
+            })
+        }))
+        .await?;
         Ok(())
     }
 
@@ -204,12 +305,15 @@ impl Sink for StreamSink {
         &mut self,
         partitions: &[TopicPartition],
     ) -> Result<Vec<PartitionOffset>, ConnectorError> {
-        let stored = self.store.load(&self.id).await.map_err(|e| {
-            ConnectorError::transient(format!("cannot read the checkpoint: {}", e.message))
-        })?;
         let mut resume = Vec::new();
         for partition in partitions {
-            let checkpoint: Checkpoint = match stored.get(&Self::key(partition)) {
+            let name = checkpoint_store(&self.pipeline, &self.id, partition);
+            let store = Self::store_of(&self.transport, name).await?;
+            let stored = store.load(&self.id).await.map_err(|e| {
+                ConnectorError::transient(format!("cannot read the checkpoint: {}", e.message))
+            })?;
+            self.stores.insert(partition.clone(), store);
+            let checkpoint: Checkpoint = match stored.get(CHECKPOINT) {
                 Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
                     ConnectorError::internal(format!(
                         "the checkpoint of {} is unreadable: {e}",
@@ -221,7 +325,7 @@ impl Sink for StreamSink {
             self.operator
                 .restore(partition, &checkpoint.state)
                 .map_err(ConnectorError::internal)?;
-            if self.durable_offsets && stored.contains_key(&Self::key(partition)) {
+            if self.durable_offsets && stored.contains_key(CHECKPOINT) {
                 resume.push(PartitionOffset {
                     topic: partition.0.to_string(),
                     partition: partition.1,
@@ -237,6 +341,7 @@ impl Sink for StreamSink {
         for partition in partitions {
             self.operator.forget(partition);
             self.partitions.remove(partition);
+            self.stores.remove(partition);
         }
         Ok(())
     }

@@ -560,19 +560,13 @@ impl Supervisor {
                 }
                 (None, Some(stream)) => {
                     let operator = stream.inner.build().map_err(|e| e.in_component(id))?;
-                    let store: Arc<dyn OffsetStore> = Arc::from(
-                        self.transport
-                            .offset_store(&format!("{}/{id}", config.name))
-                            .await
-                            .map_err(|e| transport_error(id, e))?,
-                    );
                     let built: Box<dyn crate::Sink> = Box::new(stream_task::StreamSink::new(
                         id.to_string(),
                         config.name.clone(),
                         operator,
                         self.transport.writer(),
                         &stream.topic,
-                        store,
+                        self.transport.clone(),
                         config.kafka.is_some(),
                     ));
                     (&stream.inputs, built, Vec::new(), stream.batch.clone())
@@ -643,12 +637,25 @@ impl Supervisor {
                     .reset_group(&sink_group(pipeline, id))
                     .await
                     .map_err(|e| transport_error(id, e))?;
-                let store = self
+                let checkpointed =
+                    stream_task::checkpointed_partitions(&*self.transport, pipeline, id)
+                        .await
+                        .map_err(|e| transport_error(id, e))?;
+                for partition in &checkpointed {
+                    let name = stream_task::checkpoint_store(pipeline, id, partition);
+                    let store = self
+                        .transport
+                        .offset_store(&name)
+                        .await
+                        .map_err(|e| transport_error(id, e))?;
+                    store.remove(id).await.map_err(|e| transport_error(id, e))?;
+                }
+                let index = self
                     .transport
-                    .offset_store(&format!("{pipeline}/{id}"))
+                    .offset_store(&stream_task::index_store(pipeline, id))
                     .await
                     .map_err(|e| transport_error(id, e))?;
-                store.remove(id).await.map_err(|e| transport_error(id, e))?;
+                index.remove(id).await.map_err(|e| transport_error(id, e))?;
                 tracing::info!(component = %id, "stream transform reset: its state is gone and it reads its inputs from the oldest record kept");
             }
             Role::Sink | Role::DeadLetterSink => {
