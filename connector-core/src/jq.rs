@@ -64,19 +64,20 @@ impl JqProgram {
 
     /// Every output of the program on `record`.
     pub fn run(&self, record: &Record) -> Result<Vec<Value>, String> {
-        self.outputs(record, |out| {
-            let mut values = Vec::new();
-            for v in out {
-                values.push(to_json(&v?));
-            }
-            Ok(values)
-        })
+        self.outputs(record, from_json(&record.value), collect)
+    }
+
+    /// Like [`JqProgram::run`], but the record's value is moved into the program instead of
+    /// copied (it is left null): for a transform that replaces it anyway.
+    pub fn run_taking(&self, record: &mut Record) -> Result<Vec<Value>, String> {
+        let input = from_json_owned(std::mem::take(&mut record.value));
+        self.outputs(record, input, collect)
     }
 
     /// True when the program's first output is truthy (neither `false` nor `null`); a program
     /// with no output is false.
     pub fn matches(&self, record: &Record) -> Result<bool, String> {
-        self.outputs(record, |out| match out.next() {
+        self.outputs(record, from_json(&record.value), |out| match out.next() {
             None => Ok(false),
             Some(v) => Ok(!matches!(v?, Val::Null | Val::Bool(false))),
         })
@@ -85,6 +86,7 @@ impl JqProgram {
     fn outputs<T>(
         &self,
         record: &Record,
+        input: Val,
         take: impl FnOnce(&mut dyn Iterator<Item = Result<Val, String>>) -> Result<T, String>,
     ) -> Result<T, String> {
         let vars = if self.uses_vars {
@@ -96,10 +98,19 @@ impl JqProgram {
         let mut out = self
             .filter
             .id
-            .run((ctx, from_json(&record.value)))
+            .run((ctx, input))
             .map(|r| jaq_core::unwrap_valr(r).map_err(|e| format!("jq: {e}")));
         take(&mut out)
     }
+}
+
+/// Every output as JSON.
+fn collect(out: &mut dyn Iterator<Item = Result<Val, String>>) -> Result<Vec<Value>, String> {
+    let mut values = Vec::new();
+    for v in out {
+        values.push(to_json(&v?));
+    }
+    Ok(values)
 }
 
 fn variables(record: &Record) -> Vec<Val> {
@@ -178,6 +189,26 @@ pub fn from_json(value: &Value) -> Val {
                 .map(|(k, v)| (Val::utf8_str(k.clone().into_bytes()), from_json(v)))
                 .collect(),
         ),
+    }
+}
+
+/// `value` as a jq value, its strings moved rather than copied.
+pub fn from_json_owned(value: Value) -> Val {
+    match value {
+        Value::String(s) => Val::utf8_str(s.into_bytes()),
+        Value::Array(items) => Val::Arr(
+            items
+                .into_iter()
+                .map(from_json_owned)
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        Value::Object(map) => Val::obj(
+            map.into_iter()
+                .map(|(k, v)| (Val::utf8_str(k.into_bytes()), from_json_owned(v)))
+                .collect(),
+        ),
+        other => from_json(&other),
     }
 }
 

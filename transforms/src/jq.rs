@@ -38,8 +38,8 @@ struct Jq {
 }
 
 impl Transform for Jq {
-    fn apply(&self, record: Record, out: &mut Vec<Record>) -> Result<(), String> {
-        let values = self.program.run(&record)?;
+    fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), String> {
+        let values = self.program.run_taking(&mut record)?;
         let last = values.len().saturating_sub(1);
         let mut record = Some(record);
         for (i, value) in values.into_iter().enumerate() {
