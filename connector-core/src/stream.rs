@@ -32,6 +32,16 @@ pub struct Emitted {
     pub rejected: Option<String>,
 }
 
+impl Emitted {
+    /// Nothing made: the record is a bad record, for `reason`.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Emitted {
+            records: Vec::new(),
+            rejected: Some(reason.into()),
+        }
+    }
+}
+
 /// A running stream transform, holding state per input partition.
 pub trait StreamOperator: Send {
     /// Takes one record of `partition` (records of a partition come in offset order).

@@ -18,7 +18,7 @@
 //! about 1.5 KiB as a checkpoint of JSON numbers, ~3.5 KiB). Cost per record: O(window) for
 //! the standard deviation (a few hundred additions), no allocation once the window is full.
 
-use crate::keyed::{json_number, number, Keyed, PerKey};
+use crate::keyed::{config_error, json_number, timed_value, Keyed, PerKey};
 use crate::time::EventTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -132,8 +132,6 @@ pub fn severity(score: f64) -> f64 {
 pub struct KeyState {
     /// Smoothed level of the past values (log scale when `log`).
     level: Option<f64>,
-    /// Records taken in.
-    seen: u64,
     /// The last `window` residuals, oldest first.
     residuals: VecDeque<f64>,
 }
@@ -183,9 +181,7 @@ impl StreamTransformConfig for AnomalyConfig {
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
             .map(|a| Box::new(Keyed::new(a)) as Box<dyn StreamOperator>)
-            .map_err(|errors| {
-                ConnectorError::user(errors[0].message.clone()).with_field(&errors[0].field)
-            })
+            .map_err(config_error)
     }
 }
 
@@ -201,27 +197,11 @@ impl PerKey for Anomaly {
 
     fn process(&self, key: &str, state: &mut KeyState, record: Record) -> Emitted {
         let c = &self.config;
-        let read = self.time.of(&record).and_then(|t| {
-            let actual = number(&record, &c.field)?;
-            if c.log && actual <= 0.0 {
-                return Err(format!(
-                    "field `{}` is {actual}: its log is undefined (set `log: false` to score values ≤ 0)",
-                    c.field
-                ));
-            }
-            Ok((t, actual))
-        });
-        let (time, actual) = match read {
+        let (time, actual) = match timed_value(&self.time, &record, &c.field, c.log, "score") {
             Ok(read) => read,
-            Err(e) => {
-                return Emitted {
-                    records: Vec::new(),
-                    rejected: Some(e),
-                }
-            }
+            Err(e) => return Emitted::refused(e),
         };
         let y = if c.log { actual.ln() } else { actual };
-        state.seen += 1;
         let Some(level) = state.level else {
             state.level = Some(y);
             return Emitted::default();

@@ -12,7 +12,7 @@
 //! `history` × models × optimiser steps (365 values, one core: ANN about 0.2 ms, `auto` about 5 ms); records
 //! between fits cost one push.
 
-use crate::keyed::{json_number, number, Keyed, PerKey};
+use crate::keyed::{config_error, json_number, timed_value, Keyed, PerKey};
 use crate::time::EventTime;
 use crate::window::Every;
 use augurs_core::{Fit, Predict};
@@ -222,9 +222,7 @@ impl StreamTransformConfig for ForecastConfig {
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
             .map(|f| Box::new(Keyed::new(f)) as Box<dyn StreamOperator>)
-            .map_err(|errors| {
-                ConnectorError::user(errors[0].message.clone()).with_field(&errors[0].field)
-            })
+            .map_err(config_error)
     }
 }
 
@@ -318,27 +316,16 @@ impl PerKey for Forecast {
 
     fn process(&self, key: &str, state: &mut KeyState, record: Record) -> Emitted {
         let c = &self.config;
-        let read = self.time.of(&record).and_then(|t| {
-            let value = number(&record, &c.field)?;
-            if c.log && value <= 0.0 {
-                return Err(format!(
-                    "field `{}` is {value}: its log is undefined (set `log: false` to forecast values ≤ 0)",
-                    c.field
-                ));
-            }
-            let origin = jiff::Timestamp::from_millisecond(t)
-                .map_err(|e| e.to_string())?
-                .to_zoned(self.time.zone().clone());
-            Ok((t, origin, value))
-        });
+        let read =
+            timed_value(&self.time, &record, &c.field, c.log, "forecast").and_then(|(t, value)| {
+                let origin = jiff::Timestamp::from_millisecond(t)
+                    .map_err(|e| e.to_string())?
+                    .to_zoned(self.time.zone().clone());
+                Ok((t, origin, value))
+            });
         let (time, origin, last) = match read {
             Ok(read) => read,
-            Err(e) => {
-                return Emitted {
-                    records: Vec::new(),
-                    rejected: Some(e),
-                }
-            }
+            Err(e) => return Emitted::refused(e),
         };
         state.values.push_back(if c.log { last.ln() } else { last });
         while state.values.len() > c.history {

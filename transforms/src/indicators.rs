@@ -4,7 +4,7 @@
 //! Memory per key: the last `max(sma…, volatility… + 1)` values and one number per EMA
 //! (8 bytes each). Cost per record: O(longest window) additions.
 
-use crate::keyed::{json_number, number, Keyed, PerKey};
+use crate::keyed::{config_error, json_number, number, Keyed, PerKey};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -111,9 +111,7 @@ impl StreamTransformConfig for IndicatorsConfig {
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
             .map(|i| Box::new(Keyed::new(i)) as Box<dyn StreamOperator>)
-            .map_err(|errors| {
-                ConnectorError::user(errors[0].message.clone()).with_field(&errors[0].field)
-            })
+            .map_err(config_error)
     }
 }
 
@@ -124,18 +122,10 @@ impl PerKey for Indicators {
         let c = &self.config;
         let x = match number(&record, &c.field) {
             Ok(x) => x,
-            Err(e) => {
-                return Emitted {
-                    records: Vec::new(),
-                    rejected: Some(e),
-                }
-            }
+            Err(e) => return Emitted::refused(e),
         };
         let Value::Object(fields) = &mut record.value else {
-            return Emitted {
-                records: Vec::new(),
-                rejected: Some("the value is not an object".into()),
-            };
+            return Emitted::refused("the value is not an object");
         };
         let previous = state.values.back().copied();
         state.values.push_back(x);

@@ -3,12 +3,13 @@
 //! what one record does to its key's state, and [`Keyed`] keeps the states per input
 //! partition, checkpoints and restores them.
 
+use crate::time::EventTime;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use sluice_core::stream::{Emitted, StreamOperator};
 use sluice_core::transport::TopicPartition;
-use sluice_core::Record;
+use sluice_core::{ConnectorError, FieldError, Record};
 use std::collections::{BTreeMap, HashMap};
 
 /// What a record does to the state of its key.
@@ -73,6 +74,33 @@ impl<O: PerKey> StreamOperator for Keyed<O> {
     fn forget(&mut self, partition: &TopicPartition) {
         self.partitions.remove(partition);
     }
+}
+
+/// A config's first error as the error of `build` (`validate` reports them all).
+pub fn config_error(errors: Vec<FieldError>) -> ConnectorError {
+    match errors.into_iter().next() {
+        Some(e) => ConnectorError::user(e.message).with_field(&e.field),
+        None => ConnectorError::internal("the config was refused without a reason"),
+    }
+}
+
+/// The event time of `record` and the number in its `field`, which must be positive when
+/// the operator works on its log (`log`; `operation` names what it does, for the message).
+pub fn timed_value(
+    time: &EventTime,
+    record: &Record,
+    field: &str,
+    log: bool,
+    operation: &str,
+) -> Result<(i64, f64), String> {
+    let t = time.of(record)?;
+    let value = number(record, field)?;
+    if log && value <= 0.0 {
+        return Err(format!(
+            "field `{field}` is {value}: its log is undefined (set `log: false` to {operation} values ≤ 0)"
+        ));
+    }
+    Ok((t, value))
 }
 
 /// A finite number from a field of `record`: `Err` says why not.

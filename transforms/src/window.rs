@@ -6,7 +6,7 @@
 //! window. Cost per record: one parse of its time and fields, and for each window it falls
 //! in one update per aggregate (O(1)); closing windows is O(log open windows).
 
-use crate::keyed::{from_checkpoint, json_number, key_of, to_checkpoint};
+use crate::keyed::{config_error, from_checkpoint, json_number, key_of, to_checkpoint};
 use crate::path;
 use crate::time::EventTime;
 use schemars::JsonSchema;
@@ -523,9 +523,7 @@ impl StreamTransformConfig for WindowConfig {
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
             .map(|w| Box::new(w) as Box<dyn StreamOperator>)
-            .map_err(|errors| {
-                ConnectorError::user(errors[0].message.clone()).with_field(&errors[0].field)
-            })
+            .map_err(config_error)
     }
 }
 
@@ -608,10 +606,7 @@ impl StreamOperator for Window {
         });
         let (t, inputs, windows) = match prepared {
             Ok(p) => p,
-            Err(e) => {
-                emitted.rejected = Some(e);
-                return emitted;
-            }
+            Err(e) => return Emitted::refused(e),
         };
         let key = key_of(&record);
         let state = self.partitions.entry(partition.clone()).or_default();
