@@ -515,7 +515,6 @@ impl Supervisor {
                 transport: self.transport.clone(),
                 legacy: self.offsets.clone(),
                 dead_letters: self.dead_letters.clone(),
-                linger: super::group_linger(config),
             };
             return Ok((units.run(stop.clone(), deadline.clone()).boxed(), count));
         }
@@ -629,6 +628,17 @@ impl Supervisor {
                         .await
                         .map_err(|e| transport_error(id, e))?;
                     store.remove(id).await.map_err(|e| transport_error(id, e))?;
+                    if self.run.config.worker.is_some() {
+                        // Its units are to be read again: no worker may leave on their account.
+                        self.transport
+                            .set_control_status(
+                                &units::control_topic(pipeline, id),
+                                slot,
+                                units::slot_status(false),
+                            )
+                            .await
+                            .map_err(|e| transport_error(id, e))?;
+                    }
                 }
                 tracing::info!(component = %id, "source offsets reset: it reads its input from the start");
             }

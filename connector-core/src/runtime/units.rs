@@ -9,13 +9,17 @@
 //! from a killed worker once its session timed out — resumes where its last owner stored it.
 //! Before a slot is given up its instance stops and stores its offsets.
 //!
-//! A worker whose slots are all finished ends at once when it holds every slot; otherwise it
-//! stays `linger` longer, ready to take over the slots of a worker that dies.
+//! Each slot's latest record in the control topic is its status, `{"finished": bool}`: written
+//! unfinished when an instance starts and finished when it reaches the end of its units. A
+//! worker whose own slots are finished stays in the group until every slot's status is
+//! finished, ready to take over the slots of a worker that dies; it does not leave on a
+//! timer, since the group coordinator may hand it a dead worker's slots at any time before.
 
 use super::deadline::Deadline;
 use super::{transport_error, DeadLetters, PipelineRun};
 use crate::transport::{OffsetStore, Rebalance, TopicPartition, Transport};
 use crate::{ConnectorError, SourceOffsets, UnitShare};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,9 +59,10 @@ pub(super) struct Units {
     /// shared: read by a slot that has stored nothing of its own yet.
     pub legacy: Arc<dyn OffsetStore>,
     pub dead_letters: DeadLetters,
-    /// How long a worker whose slots are all finished stays in the group.
-    pub linger: Duration,
 }
+
+/// How often a worker whose own slots are finished reads the status of every slot.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How a slot's instance ended: the slot, whether it was stopped (rather than finished), and
 /// its result.
@@ -82,11 +87,10 @@ impl Units {
         let mut held: BTreeSet<i32> = BTreeSet::new();
         let mut finished: BTreeSet<i32> = BTreeSet::new();
         let mut joined = false;
-        let mut done_since: Option<Instant> = None;
+        let mut statuses_read: Option<Instant> = None;
         let result = loop {
             let mut failed = None;
             while let Some(change) = reader.rebalance() {
-                done_since = None;
                 match change {
                     Rebalance::Assign(slots) => {
                         if let Err(e) = reader.assign(&slots, &[]).await {
@@ -128,6 +132,9 @@ impl Units {
                                 && !stopped
                             {
                                 finished.insert(slot);
+                                if let Err(e) = self.set_status(slot, true).await {
+                                    failed = Some(e);
+                                }
                             }
                             if let Err(e) = result {
                                 failed = Some(e);
@@ -153,10 +160,19 @@ impl Units {
                     tracing::info!(component = %self.id, "every work unit finished");
                     break Ok(());
                 }
-                let since = *done_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.linger {
-                    tracing::info!(component = %self.id, "this worker's work units finished");
-                    break Ok(());
+                if statuses_read.is_none_or(|at| at.elapsed() >= STATUS_INTERVAL) {
+                    statuses_read = Some(Instant::now());
+                    match self.every_slot_finished().await {
+                        Ok(true) => {
+                            tracing::info!(component = %self.id, "every work unit finished, some by other workers");
+                            break Ok(());
+                        }
+                        Ok(false) => {}
+                        // Read again at the next interval; this worker has nothing else to do.
+                        Err(e) => {
+                            tracing::warn!(component = %self.id, error = %e, "cannot read the status of the work units; trying again")
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -168,6 +184,9 @@ impl Units {
                         }
                         if !stopped {
                             finished.insert(slot);
+                            if let Err(e) = self.set_status(slot, true).await {
+                                break Err(e);
+                            }
                         }
                     }
                 }
@@ -196,6 +215,30 @@ impl Units {
             }
         }
         result
+    }
+
+    /// Records whether `slot`'s units are `finished` as its status in the control topic.
+    async fn set_status(&self, slot: i32, finished: bool) -> Result<(), ConnectorError> {
+        self.transport
+            .set_control_status(&self.topic, slot, slot_status(finished))
+            .await
+            .map_err(|e| transport_error(&self.id, e))
+    }
+
+    /// Whether the status of every slot in the control topic says finished.
+    async fn every_slot_finished(&self) -> Result<bool, ConnectorError> {
+        let statuses = self
+            .transport
+            .control_statuses(&self.topic, self.count)
+            .await
+            .map_err(|e| transport_error(&self.id, e))?;
+        Ok(statuses.iter().all(|status| {
+            status
+                .as_ref()
+                .and_then(|s| s.get("finished"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        }))
     }
 
     /// Starts the instance of the source for `slot`; returns what stops it.
@@ -235,6 +278,7 @@ impl Units {
                 &self.dead_letters,
             )
             .await?;
+        self.set_status(slot, false).await?;
         let stop = shutdown.child_token();
         let (ended, token, deadline) = (ended.clone(), stop.clone(), deadline.clone());
         tokio::spawn(async move {
@@ -255,6 +299,11 @@ impl Units {
         offsets.retain(|unit, _| share.owns(unit));
         Ok(offsets)
     }
+}
+
+/// A slot's status record.
+pub(super) fn slot_status(finished: bool) -> Value {
+    serde_json::json!({ "finished": finished })
 }
 
 /// Slots for logs.
