@@ -473,3 +473,82 @@ sinks:
         }
     }
 }
+
+/// A `window` whose state outgrows a Kafka record (20,000 keys with an open week in one input
+/// partition, about 2 MB checkpointed) stores it in chunks of the offsets topic, and a second run
+/// resumes from it: the weeks the first run left open close with every day of the first run
+/// in them. It used to fail with "record is … bytes, over the producer's `message.max.bytes`".
+#[test]
+fn a_window_state_larger_than_a_kafka_record_is_checkpointed_and_restored() {
+    const SYMBOLS: usize = 20_000;
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bars = dir.path().join("bars.ndjson");
+    let days = |dates: &[&str]| {
+        let mut text = String::new();
+        for date in dates {
+            for k in 0..SYMBOLS {
+                text.push_str(&format!(
+                    "{{\"Date\":\"{date}\",\"symbol\":\"S{k}\",\"v\":{k}}}\n"
+                ));
+            }
+        }
+        text
+    };
+    // Monday to Wednesday of one week: every window stays open at the end of the first run.
+    std::fs::write(&bars, days(&["2024-01-01", "2024-01-02", "2024-01-03"])).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("big-state.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: big-state
+topics: {{ bars: {{ partitions: 1 }}, weeks: {{ partitions: 1 }} }}
+sources:
+  bars: {{ type: file, path: {bars}, topic: bars, key: /symbol }}
+transforms:
+  weekly:
+    type: window
+    inputs: [bars]
+    topic: weeks
+    size: 1w
+    time_field: Date
+    time_format: date
+    emit_partial: false
+    batch: {{ max_records: 100000, linger: 1s }}
+    aggregates: {{ days: count, total: sum(v) }}
+sinks:
+  out: {{ type: file, topics: [weeks], path: {out} }}
+",
+            bars = bars.display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let mut cmd = sluice_run(&pipeline, dir.path().join("state"));
+        cmd.arg("--once").arg("--kafka").arg(tansu.addr());
+        let (status, log) = run_bounded(&mut cmd, std::time::Duration::from_secs(300));
+        assert!(status.success(), "{log}");
+    };
+    run();
+    assert_eq!(count_lines(&out), 0, "no week closed in the first run");
+    // The next Monday closes every week of the first run.
+    let mut more = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&bars)
+        .unwrap();
+    std::io::Write::write_all(&mut more, days(&["2024-01-08"]).as_bytes()).unwrap();
+    run();
+    let weeks = read_jsonl(&out);
+    assert_eq!(weeks.len(), SYMBOLS, "one closed week per symbol");
+    for week in &weeks {
+        let k: f64 = week["key"]
+            .as_str()
+            .and_then(|s| s.strip_prefix('S'))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no symbol key in {week}"));
+        assert_eq!(week["days"], 3, "{week}");
+        assert_eq!(week["total"].as_f64(), Some(3.0 * k), "{week}");
+    }
+}

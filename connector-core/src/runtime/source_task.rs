@@ -205,7 +205,7 @@ impl SourceTask {
                             ))
                             .in_component(&self.id)
                         })?;
-                        match apply_transforms(&self.transforms, record.clone()) {
+                        match apply_transforms(&self.transforms, &record) {
                             Ok(out) if out.is_empty() => {
                                 ComponentMetrics::add(&self.metrics.skipped, 1)
                             }
@@ -418,7 +418,7 @@ async fn store_offsets(
         loop {
             attempt += 1;
             let stored = tokio::select! {
-                stored = store.store(&component, &offsets) => stored,
+                stored = store.store(&component, offsets.clone()) => stored,
                 _ = deadline.passed() => {
                     tracing::warn!(component = %component, "shutdown deadline passed before source offsets were stored; the last records will be read again on restart");
                     return Ok(());

@@ -82,6 +82,23 @@ struct Checkpoint {
     last: Option<(String, Position)>,
 }
 
+impl Checkpoint {
+    /// The checkpoint as stored, with `state` (the operator's, which can be megabytes) moved
+    /// in rather than copied.
+    fn to_value(&self, state: String) -> Result<Value, serde_json::Error> {
+        let mut value = serde_json::to_value(Checkpoint {
+            offset: self.offset,
+            state: String::new(),
+            seen: self.seen.clone(),
+            last: self.last.clone(),
+        })?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("state".into(), Value::String(state));
+        }
+        Ok(value)
+    }
+}
+
 pub(super) struct StreamSink {
     id: String,
     pipeline: String,
@@ -168,7 +185,7 @@ impl StreamSink {
                     e.message
                 ))
             })?;
-        index.store(&self.id, &new).await.map_err(|e| {
+        index.store(&self.id, new).await.map_err(|e| {
             ConnectorError::transient(format!("cannot store the checkpoint index: {}", e.message))
         })?;
         self.indexed.extend(partitions.iter().cloned());
@@ -232,7 +249,7 @@ impl Sink for StreamSink {
                 None => None,
             };
             checkpoint.last.clone_from(&origin);
-            let emitted = self.operator.process(&partition, record.clone());
+            let emitted = self.operator.process(&partition, record);
             let mut records = emitted.records;
             if let Some((source, position)) = &origin {
                 self.stamp(&mut records, source, *position);
@@ -268,11 +285,12 @@ impl Sink for StreamSink {
             })?;
         }
         let mut writes = Vec::new();
-        for (partition, checkpoint) in &mut self.partitions {
-            checkpoint.state = self.operator.snapshot(partition);
-            let value = serde_json::to_value(&*checkpoint).map_err(|e| {
-                ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
-            })?;
+        for (partition, checkpoint) in &self.partitions {
+            let value = checkpoint
+                .to_value(self.operator.snapshot(partition))
+                .map_err(|e| {
+                    ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
+                })?;
             writes.push((partition.clone(), value));
         }
         let partitions: Vec<TopicPartition> = writes.iter().map(|(p, _)| p.clone()).collect();
@@ -291,7 +309,7 @@ impl Sink for StreamSink {
                 .get(&partition)
                 .ok_or_else(|| ConnectorError::internal("no checkpoint store"))?;
             let entry = HashMap::from([(CHECKPOINT.to_string(), value)]);
-            store.store(id, &entry).await.map_err(|e| {
+            store.store(id, entry).await.map_err(|e| {
                 ConnectorError::transient(format!("cannot store the checkpoint: {}", e.message))
             })
         }))
@@ -313,7 +331,7 @@ impl Sink for StreamSink {
                 ConnectorError::transient(format!("cannot read the checkpoint: {}", e.message))
             })?;
             self.stores.insert(partition.clone(), store);
-            let checkpoint: Checkpoint = match stored.get(CHECKPOINT) {
+            let mut checkpoint: Checkpoint = match stored.get(CHECKPOINT) {
                 Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
                     ConnectorError::internal(format!(
                         "the checkpoint of {} is unreadable: {e}",
@@ -332,6 +350,8 @@ impl Sink for StreamSink {
                     offset: checkpoint.offset,
                 });
             }
+            // The operator holds the state now; the next checkpoint takes it from there.
+            checkpoint.state = String::new();
             self.partitions.insert(partition.clone(), checkpoint);
         }
         Ok(resume)

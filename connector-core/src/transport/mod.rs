@@ -76,6 +76,13 @@ impl Incoming {
     }
 }
 
+/// What a transport without worker groups answers to their calls.
+fn no_worker_group() -> TransportError {
+    TransportError::fatal(
+        "this transport runs in one process: it has no worker group to share sources with",
+    )
+}
+
 /// Topics, producers, consumer groups and source-offset storage.
 #[async_trait]
 pub trait Transport: Send + Sync {
@@ -108,9 +115,30 @@ pub trait Transport: Send + Sync {
     /// fixes how units map to partitions for good. Only transports with worker groups have them.
     async fn control_topic(&self, name: &str, partitions: i32) -> Result<i32, TransportError> {
         let _ = (name, partitions);
-        Err(TransportError::fatal(
-            "this transport runs in one process: it has no worker group to share sources with",
-        ))
+        Err(no_worker_group())
+    }
+
+    /// Makes `status` the latest record of partition `slot` of control topic `name` (what
+    /// the workers of a group read with [`Transport::control_statuses`]).
+    async fn set_control_status(
+        &self,
+        name: &str,
+        slot: i32,
+        status: Value,
+    ) -> Result<(), TransportError> {
+        let _ = (name, slot, status);
+        Err(no_worker_group())
+    }
+
+    /// The latest record of each of the `partitions` partitions of control topic `name`
+    /// (`None` where nothing was written), read without joining its group.
+    async fn control_statuses(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> Result<Vec<Option<Value>>, TransportError> {
+        let _ = (name, partitions);
+        Err(no_worker_group())
     }
 
     /// Forgets what consumer group `group` committed, so that its next reader starts from the
@@ -234,11 +262,12 @@ pub trait OffsetStore: Send + Sync {
     /// Offsets stored for `component`.
     async fn load(&self, component: &str) -> Result<HashMap<String, Value>, TransportError>;
 
-    /// Stores offsets for `component` durably (merged with those stored before).
+    /// Stores offsets for `component` durably (merged with those stored before). They are
+    /// taken, not copied: a stream transform's checkpoint is its whole state.
     async fn store(
         &self,
         component: &str,
-        offsets: &HashMap<String, Value>,
+        offsets: HashMap<String, Value>,
     ) -> Result<(), TransportError>;
 
     /// Forgets every offset of `component` (a reset: it starts from the beginning).

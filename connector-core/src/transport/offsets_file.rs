@@ -104,13 +104,12 @@ impl OffsetStore for FileOffsetStore {
     async fn store(
         &self,
         component: &str,
-        offsets: &HashMap<String, Value>,
+        offsets: HashMap<String, Value>,
     ) -> Result<(), TransportError> {
         let mut all = self.all.lock().await;
-        let entry = all.entry(component.to_string()).or_default();
-        for (k, v) in offsets {
-            entry.insert(k.clone(), v.clone());
-        }
+        all.entry(component.to_string())
+            .or_default()
+            .extend(offsets);
         self.write(&all).await
     }
 
@@ -161,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileOffsetStore::open(dir.path(), "p").unwrap();
         let offsets = HashMap::from([("a.csv".to_string(), serde_json::json!({"byte": 10}))]);
-        store.store("src", &offsets).await.unwrap();
+        store.store("src", offsets.clone()).await.unwrap();
         let reopened = FileOffsetStore::open(dir.path(), "p").unwrap();
         assert_eq!(reopened.load("src").await.unwrap(), offsets);
         assert!(reopened.load("other").await.unwrap().is_empty());

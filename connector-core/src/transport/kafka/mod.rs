@@ -25,8 +25,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -459,6 +460,38 @@ impl Transport for KafkaTransport {
         Ok(partitions)
     }
 
+    async fn set_control_status(
+        &self,
+        name: &str,
+        slot: i32,
+        status: Value,
+    ) -> Result<(), TransportError> {
+        let mut record = Record::new(status).with_key(b"status".to_vec());
+        record.topic = name.into();
+        let (delivery, refused) = self
+            .new_writer()
+            .hand_over(vec![record], Some(slot))
+            .await?;
+        if let Some((_, reason)) = refused.into_iter().next() {
+            return Err(TransportError::fatal(format!(
+                "cannot write to `{name}`: {reason}"
+            )));
+        }
+        delivery.await.map_err(|e| {
+            TransportError::transient(format!("cannot write to `{name}`: {}", e.message))
+        })
+    }
+
+    async fn control_statuses(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> Result<Vec<Option<Value>>, TransportError> {
+        let (config, producer, name) =
+            (self.config.clone(), self.producer.clone(), name.to_string());
+        blocking(move || latest_records(&config, &producer, &name, partitions)).await?
+    }
+
     async fn reset_group(&self, group: &str) -> Result<(), TransportError> {
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = self
@@ -809,6 +842,13 @@ type PipelineOffsets = HashMap<String, HashMap<String, Value>>;
 /// report, and reads back from there in growing windows until it meets the last snapshot
 /// before it. That is the true end, read in time bound by what was written since the last
 /// snapshot, not by the pipeline's age.
+///
+/// A snapshot larger than a record may be (stream transforms checkpoint their whole state here)
+/// is written as chunks keyed `[pipeline, "chunk", parity, i]`, each with its generation in a
+/// header, followed by a manifest keyed `[pipeline]` naming the generation and the number of
+/// chunks. Generations alternate between two parities, so the chunks of the last complete
+/// snapshot are never the ones a torn write (a crash between chunks) replaced: compaction keeps
+/// them until the next snapshot's manifest is written.
 struct KafkaOffsetStore {
     config: KafkaConfig,
     producer: Producer,
@@ -823,6 +863,26 @@ struct Loaded {
     /// The pipeline's partition of the offsets topic.
     partition: i32,
     offsets: PipelineOffsets,
+    /// Generation of the last chunked snapshot (0 if none).
+    generation: u64,
+}
+
+/// The field of a manifest: the snapshot is in chunks.
+const CHUNKS_FIELD: &str = "sluice.chunks";
+
+/// The header holding a chunk's generation.
+const GENERATION_HEADER: &str = "sluice.generation";
+
+/// What a chunked snapshot's manifest says.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    generation: u64,
+    count: u32,
+}
+
+/// The key of chunk `index` of snapshots of `pipeline` with generation parity `parity`.
+fn chunk_key(pipeline: &str, parity: u64, index: u32) -> Vec<u8> {
+    serde_json::to_vec(&(pipeline, "chunk", parity, index)).unwrap_or_default()
 }
 
 /// Partitions of an offsets topic Sluice creates.
@@ -884,10 +944,14 @@ impl KafkaOffsetStore {
             self.producer.clone(),
             self.pipeline.clone(),
         );
-        let offsets =
+        let (offsets, generation) =
             blocking(move || read_back(&config, &producer, &pipeline, partition, marker_at))
                 .await??;
-        Ok(Loaded { partition, offsets })
+        Ok(Loaded {
+            partition,
+            offsets,
+            generation,
+        })
     }
 }
 
@@ -915,15 +979,80 @@ fn partition_of(producer: &Producer, topic: &str, pipeline: &str) -> Result<i32,
     ))
 }
 
+/// The latest record's value of each of the first `partitions` partitions of `topic`, read by
+/// a consumer of no group; `None` where the partition is empty.
+fn latest_records(
+    config: &KafkaConfig,
+    producer: &Producer,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<Option<Value>>, TransportError> {
+    let mut latest = vec![None; usize::try_from(partitions).unwrap_or(0)];
+    let mut list = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for partition in 0..partitions {
+        let (low, high) = producer
+            .client()
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(|e| {
+                TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
+            })?;
+        if high > low {
+            list.add_partition_offset(topic, partition, Offset::Offset(high - 1))
+                .map_err(|e| TransportError::fatal(e.to_string()))?;
+            ends.insert(partition, high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(latest);
+    }
+    let mut client = base_config(config);
+    // librdkafka assigns partitions only to a consumer with a group; this one never joins it
+    // nor commits.
+    client
+        .set("group.id", format!("sluice-status-reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer<Quiet> = client
+        .create_with_context(Quiet::default())
+        .map_err(|e| TransportError::fatal(format!("cannot create a reader of `{topic}`: {e}")))?;
+    consumer
+        .assign(&list)
+        .map_err(|e| TransportError::fatal(format!("cannot read `{topic}`: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ends.is_empty() {
+        let message = next_message(&consumer, topic, deadline, "the latest records")?;
+        let partition = message.partition();
+        if ends.get(&partition) != Some(&(message.offset() + 1)) {
+            continue;
+        }
+        ends.remove(&partition);
+        let value = match message.payload() {
+            Some(payload) => Some(serde_json::from_slice(payload).map_err(|e| {
+                TransportError::fatal(format!("a record of `{topic}` is not JSON: {e}"))
+            })?),
+            None => None,
+        };
+        if let Some(slot) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| latest.get_mut(p))
+        {
+            *slot = value;
+        }
+    }
+    Ok(latest)
+}
+
 /// The last snapshot of `pipeline` before offset `upto` of `partition`, read back in windows
-/// of growing size; empty when there is none.
+/// of growing size, with its generation (when chunked); empty when there is none.
 fn read_back(
     config: &KafkaConfig,
     producer: &Producer,
     pipeline: &str,
     partition: i32,
     mut upto: i64,
-) -> Result<PipelineOffsets, TransportError> {
+) -> Result<(PipelineOffsets, u64), TransportError> {
     let topic = &config.offsets_topic;
     let (low, _) = producer
         .client()
@@ -932,7 +1061,7 @@ fn read_back(
             TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
         })?;
     if upto <= low {
-        return Ok(PipelineOffsets::new());
+        return Ok((PipelineOffsets::new(), 0));
     }
     let mut client = base_config(config);
     client
@@ -945,8 +1074,16 @@ fn read_back(
         .create_with_context(Quiet::default())
         .map_err(|e| TransportError::fatal(format!("cannot create offsets reader: {e}")))?;
     let key = KafkaOffsetStore::snapshot_key(pipeline);
+    let unreadable = |e: serde_json::Error| {
+        TransportError::fatal(format!(
+            "the stored source offsets of pipeline `{pipeline}` in `{topic}` are not readable: {e}"
+        ))
+    };
     let deadline = Instant::now() + OFFSETS_READ_TIMEOUT;
     let mut window = FIRST_WINDOW;
+    // Once the last snapshot is found to be chunked: its manifest, offset, and the chunks
+    // found so far (index → bytes), the newest of each index before the manifest.
+    let mut chunked: Option<(Manifest, i64, BTreeMap<u32, Vec<u8>>)> = None;
     while upto > low {
         let from = upto.saturating_sub(window).max(low);
         let mut list = TopicPartitionList::new();
@@ -955,46 +1092,112 @@ fn read_back(
         consumer
             .assign(&list)
             .map_err(|e| TransportError::fatal(format!("cannot read `{topic}`: {e}")))?;
-        // The payload of the window's last snapshot: `Some(None)` for a tombstone (offsets
-        // deleted).
-        let mut latest: Option<Option<Vec<u8>>> = None;
+        // The window's last snapshot and its offset: `None` payload for a tombstone (offsets
+        // deleted); and every chunk of this pipeline in it, in offset order.
+        let mut latest: Option<(i64, Option<Vec<u8>>)> = None;
+        let mut chunks: Vec<(i64, u64, u32, Vec<u8>)> = Vec::new();
         loop {
-            if Instant::now() > deadline {
-                return Err(TransportError::transient(format!(
-                    "timed out reading source offsets from `{topic}`"
-                )));
-            }
-            let Some(message) = consumer.poll(Duration::from_millis(50)) else {
-                continue;
-            };
-            let message = message
-                .map_err(|e| TransportError::transient(format!("cannot read `{topic}`: {e}")))?;
+            let message = next_message(&consumer, topic, deadline, "source offsets")?;
             // Past the window: what was left of it is compacted away.
             if message.offset() >= upto {
                 break;
             }
             if message.key() == Some(key.as_slice()) {
-                latest = Some(message.payload().map(<[u8]>::to_vec));
+                latest = Some((message.offset(), message.payload().map(<[u8]>::to_vec)));
+            } else if let Some(index) = message.key().and_then(|k| chunk_index(k, pipeline)) {
+                let generation = message
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == GENERATION_HEADER)
+                            .and_then(|h| h.value)
+                    })
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                if let (Some(generation), Some(payload)) = (generation, message.payload()) {
+                    chunks.push((message.offset(), generation, index, payload.to_vec()));
+                }
             }
             if message.offset() + 1 >= upto {
                 break;
             }
         }
-        match latest {
-            Some(Some(payload)) => {
-                return serde_json::from_slice(&payload).map_err(|e| {
-                    TransportError::fatal(format!(
-                        "the stored source offsets of pipeline `{pipeline}` in `{topic}` are not readable: {e}"
-                    ))
-                })
+        if chunked.is_none() {
+            match latest {
+                Some((_, None)) => return Ok((PipelineOffsets::new(), 0)),
+                Some((at, Some(payload))) => match manifest_of(&payload).map_err(unreadable)? {
+                    None => return Ok((serde_json::from_slice(&payload).map_err(unreadable)?, 0)),
+                    Some(manifest) => chunked = Some((manifest, at, BTreeMap::new())),
+                },
+                None => {}
             }
-            Some(None) => return Ok(PipelineOffsets::new()),
-            None => {}
+        }
+        if let Some((manifest, at, found)) = &mut chunked {
+            // Newest first: the first of an index met is the one the manifest follows.
+            for (offset, generation, index, payload) in chunks.into_iter().rev() {
+                if offset < *at && generation == manifest.generation && index < manifest.count {
+                    found.entry(index).or_insert(payload);
+                }
+            }
+            if found.len() == manifest.count as usize {
+                let bytes: Vec<u8> = std::mem::take(found).into_values().flatten().collect();
+                let offsets = serde_json::from_slice(&bytes).map_err(unreadable)?;
+                return Ok((offsets, manifest.generation));
+            }
         }
         upto = from;
         window = window.saturating_mul(8);
     }
-    Ok(PipelineOffsets::new())
+    match chunked {
+        Some((manifest, _, found)) => Err(TransportError::fatal(format!(
+            "the stored source offsets of pipeline `{pipeline}` in `{topic}` are incomplete: {} of the {} chunks of generation {} are left",
+            found.len(),
+            manifest.count,
+            manifest.generation
+        ))),
+        None => Ok((PipelineOffsets::new(), 0)),
+    }
+}
+
+/// The next message `consumer` reads of `topic`, unless `deadline` passes first (`what` it
+/// reads, for the message).
+fn next_message<'c>(
+    consumer: &'c BaseConsumer<Quiet>,
+    topic: &str,
+    deadline: Instant,
+    what: &str,
+) -> Result<rdkafka::message::BorrowedMessage<'c>, TransportError> {
+    loop {
+        if Instant::now() > deadline {
+            return Err(TransportError::transient(format!(
+                "timed out reading {what} from `{topic}`"
+            )));
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(50)) {
+            return message
+                .map_err(|e| TransportError::transient(format!("cannot read `{topic}`: {e}")));
+        }
+    }
+}
+
+/// The index of a chunk of `pipeline`'s snapshots, if `key` is one's key.
+fn chunk_index(key: &[u8], pipeline: &str) -> Option<u32> {
+    let (name, kind, _parity, index): (String, String, u64, u32) =
+        serde_json::from_slice(key).ok()?;
+    (name == pipeline && kind == "chunk").then_some(index)
+}
+
+/// The manifest in a snapshot's payload, if it is one (rather than the offsets themselves).
+fn manifest_of(payload: &[u8]) -> Result<Option<Manifest>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "sluice.chunks")]
+        chunks: Option<Manifest>,
+    }
+    // Only a manifest is this small; a large payload is read once, as the offsets.
+    if payload.len() > 256 {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice::<Probe>(payload)?.chunks)
 }
 
 #[async_trait]
@@ -1010,7 +1213,7 @@ impl OffsetStore for KafkaOffsetStore {
     async fn store(
         &self,
         component: &str,
-        offsets: &HashMap<String, Value>,
+        offsets: HashMap<String, Value>,
     ) -> Result<(), TransportError> {
         let mut state = self.state().await?;
         let Some(loaded) = state.as_mut() else {
@@ -1020,7 +1223,7 @@ impl OffsetStore for KafkaOffsetStore {
             .offsets
             .entry(component.to_string())
             .or_default()
-            .extend(offsets.iter().map(|(k, v)| (k.clone(), v.clone())));
+            .extend(offsets);
         self.publish(state).await
     }
 
@@ -1041,25 +1244,77 @@ impl KafkaOffsetStore {
     /// waits for it to be acknowledged.
     async fn publish(
         &self,
-        state: tokio::sync::MutexGuard<'_, Option<Loaded>>,
+        mut state: tokio::sync::MutexGuard<'_, Option<Loaded>>,
     ) -> Result<(), TransportError> {
-        let Some(loaded) = state.as_ref() else {
+        let Some(loaded) = state.as_mut() else {
             return Err(TransportError::fatal("source offsets were not loaded"));
         };
-        let snapshot = serde_json::to_value(&loaded.offsets)
+        let snapshot = serde_json::to_vec(&loaded.offsets)
             .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
-        let mut record = Record::new(snapshot).with_key(Self::snapshot_key(&self.pipeline));
-        record.topic = self.config.offsets_topic.as_str().into();
+        let topic: Arc<str> = self.config.offsets_topic.as_str().into();
+        let record = |key: Vec<u8>, payload: Vec<u8>| {
+            let mut record = Record::new(Value::Null).with_key(key);
+            record.encoded_value = Some(payload);
+            record.topic = topic.clone();
+            record
+        };
+        let refusal = |reason: String| {
+            TransportError::fatal(format!(
+                "cannot store the source offsets of pipeline `{}`: {reason}",
+                self.pipeline
+            ))
+        };
+        let chunk_bytes = self
+            .writer
+            .max_message_bytes
+            .saturating_sub(CHUNK_MARGIN)
+            .max(CHUNK_MARGIN);
+        let records = if snapshot.len() <= chunk_bytes {
+            vec![record(Self::snapshot_key(&self.pipeline), snapshot)]
+        } else {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let generation = (loaded.generation + 1).max(now_ms);
+            loaded.generation = generation;
+            let mut records = Vec::new();
+            for (index, chunk) in snapshot.chunks(chunk_bytes).enumerate() {
+                let mut chunk = record(
+                    chunk_key(&self.pipeline, generation % 2, index as u32),
+                    chunk.to_vec(),
+                );
+                chunk.headers.push((
+                    GENERATION_HEADER.into(),
+                    generation.to_string().into_bytes(),
+                ));
+                records.push(chunk);
+            }
+            let manifest = Manifest {
+                generation,
+                count: records.len() as u32,
+            };
+            // The chunks are all stored before the manifest that makes them the snapshot.
+            let (delivery, refused) = self
+                .writer
+                .hand_over(records, Some(loaded.partition))
+                .await?;
+            if let Some((_, reason)) = refused.into_iter().next() {
+                return Err(refusal(reason));
+            }
+            delivery
+                .await
+                .map_err(|e| TransportError::transient(e.message))?;
+            let manifest = serde_json::to_vec(&serde_json::json!({ CHUNKS_FIELD: manifest }))
+                .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
+            vec![record(Self::snapshot_key(&self.pipeline), manifest)]
+        };
         let (delivery, refused) = self
             .writer
-            .hand_over(vec![record], Some(loaded.partition))
+            .hand_over(records, Some(loaded.partition))
             .await?;
         drop(state);
         if let Some((_, reason)) = refused.into_iter().next() {
-            return Err(TransportError::fatal(format!(
-                "cannot store the source offsets of pipeline `{}`: {reason}",
-                self.pipeline
-            )));
+            return Err(refusal(reason));
         }
         // Storing offsets again is harmless (the latest wins), so a failed delivery is one
         // more retryable failure: a broker answering an error while it stops must not end
@@ -1069,6 +1324,9 @@ impl KafkaOffsetStore {
             .map_err(|e| TransportError::transient(e.message))
     }
 }
+
+/// Room left in a chunk's record for its key, headers and framing.
+const CHUNK_MARGIN: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
