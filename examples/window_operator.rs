@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for line in reader.lines() {
         let value: serde_json::Value = serde_json::from_str(&line?)?;
         let key = value["symbol"].as_str().unwrap_or_default().to_string();
-        let emitted = operator.process(&partition, Record::new(value).with_key(key));
+        let emitted = operator.process(&partition, &Record::new(value).with_key(key));
         if let Some(reason) = emitted.rejected {
             return Err(reason.into());
         }

@@ -43,6 +43,20 @@ impl Record {
         }
     }
 
+    /// A record holding `value`, with this one's key, headers, timestamp and coordinates.
+    pub fn with_value(&self, value: Value) -> Record {
+        Record {
+            key: self.key.clone(),
+            value,
+            encoded_value: None,
+            headers: self.headers.clone(),
+            timestamp: self.timestamp,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+
     /// Sets the key.
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());

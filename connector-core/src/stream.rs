@@ -45,7 +45,7 @@ impl Emitted {
 /// A running stream transform, holding state per input partition.
 pub trait StreamOperator: Send {
     /// Takes one record of `partition` (records of a partition come in offset order).
-    fn process(&mut self, partition: &TopicPartition, record: Record) -> Emitted;
+    fn process(&mut self, partition: &TopicPartition, record: &Record) -> Emitted;
 
     /// Everything still open in `partition`, at the end of finite input (`--once`): open
     /// windows are emitted as not final, unless the operator is told otherwise.

@@ -87,6 +87,21 @@ impl Transform for Named {
             .apply(record, out)
             .map_err(|e| format!("transform `{}`: {e}", self.name))
     }
+
+    fn apply_borrowed(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), String> {
+        if let Some(when) = &self.when {
+            let applies = when
+                .matches(record)
+                .map_err(|e| format!("transform `{}`: condition `when`: {e}", self.name))?;
+            if !applies {
+                out.push(record.clone());
+                return Ok(());
+            }
+        }
+        self.inner
+            .apply_borrowed(record, out)
+            .map_err(|e| format!("transform `{}`: {e}", self.name))
+    }
 }
 
 /// The YAML config of a transform; `type:` picks the implementation.
@@ -104,4 +119,11 @@ pub trait Transform: Send + Sync {
     /// Appends what `record` becomes to `out` (nothing drops it). An `Err` makes the record a bad
     /// record: dead-lettered or fatal, as `errors.tolerance` says.
     fn apply(&self, record: Record, out: &mut Vec<Record>) -> Result<(), String>;
+
+    /// Like [`Transform::apply`], leaving `record` as it was: the runtime keeps it for the dead
+    /// letter. The default applies to a copy; a transform that makes new records from a borrowed
+    /// one saves that copy.
+    fn apply_borrowed(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), String> {
+        self.apply(record.clone(), out)
+    }
 }

@@ -195,9 +195,9 @@ fn std_dev(values: &VecDeque<f64>) -> f64 {
 impl PerKey for Anomaly {
     type State = KeyState;
 
-    fn process(&self, key: &str, state: &mut KeyState, record: Record) -> Emitted {
+    fn process(&self, key: &str, state: &mut KeyState, record: &Record) -> Emitted {
         let c = &self.config;
-        let (time, actual) = match timed_value(&self.time, &record, &c.field, c.log, "score") {
+        let (time, actual) = match timed_value(&self.time, record, &c.field, c.log, "score") {
             Ok(read) => read,
             Err(e) => return Emitted::refused(e),
         };
@@ -250,7 +250,7 @@ impl PerKey for Anomaly {
             }
         }
         let mut out = Record::new(Value::Object(value));
-        out.key = record.key;
+        out.key.clone_from(&record.key);
         out.timestamp = Some(time);
         emitted.records.push(out);
         emitted
@@ -310,7 +310,7 @@ mod tests {
         let mut out = Vec::new();
         for day in 0..20 {
             let close = if day % 2 == 0 { 100.0 } else { 101.0 };
-            out.extend(op.process(&tp(), price(day, close)).records);
+            out.extend(op.process(&tp(), &price(day, close)).records);
         }
         // First record sets the level; scoring starts once 4 residuals are known.
         assert_eq!(out.len(), 20 - 5);
@@ -320,7 +320,7 @@ mod tests {
             "{:?}",
             quiet.collect::<Vec<_>>()
         );
-        let jump = op.process(&tp(), price(20, 120.0)).records;
+        let jump = op.process(&tp(), &price(20, 120.0)).records;
         let v = &jump[0].value;
         assert_eq!(v["key"], "BTC");
         assert_eq!(v["time"], "1970-01-21T00:00:00Z");
@@ -338,17 +338,17 @@ mod tests {
         let mut a = build(yaml);
         let mut b = build(yaml);
         for day in 0..10 {
-            a.process(&tp(), price(day, 100.0 + (day % 3) as f64));
+            a.process(&tp(), &price(day, 100.0 + (day % 3) as f64));
         }
         b.restore(&tp(), &a.snapshot(&tp())).unwrap();
         let (x, y) = (
-            a.process(&tp(), price(10, 107.0)).records,
-            b.process(&tp(), price(10, 107.0)).records,
+            a.process(&tp(), &price(10, 107.0)).records,
+            b.process(&tp(), &price(10, 107.0)).records,
         );
         assert_eq!(x[0].value, y[0].value);
-        let bad = a.process(&tp(), price(11, -1.0));
+        let bad = a.process(&tp(), &price(11, -1.0));
         assert!(bad.rejected.unwrap().contains("log is undefined"));
-        let missing = a.process(&tp(), Record::new(json!({"Open": 1})).with_key("BTC"));
+        let missing = a.process(&tp(), &Record::new(json!({"Open": 1})).with_key("BTC"));
         assert!(missing.rejected.is_some());
     }
 }

@@ -314,10 +314,10 @@ fn level_name(level: f64) -> String {
 impl PerKey for Forecast {
     type State = KeyState;
 
-    fn process(&self, key: &str, state: &mut KeyState, record: Record) -> Emitted {
+    fn process(&self, key: &str, state: &mut KeyState, record: &Record) -> Emitted {
         let c = &self.config;
         let read =
-            timed_value(&self.time, &record, &c.field, c.log, "forecast").and_then(|(t, value)| {
+            timed_value(&self.time, record, &c.field, c.log, "forecast").and_then(|(t, value)| {
                 let origin = jiff::Timestamp::from_millisecond(t)
                     .map_err(|e| e.to_string())?
                     .to_zoned(self.time.zone().clone());
@@ -412,7 +412,7 @@ mod tests {
         let mut op = build("field: Close\nhorizon: 3\nmin_history: 30");
         let mut out = Vec::new();
         for day in 0..40 {
-            let emitted = op.process(&tp(), price(day, series(day)));
+            let emitted = op.process(&tp(), &price(day, series(day)));
             assert!(emitted.rejected.is_none());
             if day < 29 {
                 assert!(emitted.records.is_empty(), "day {day}");
@@ -453,22 +453,22 @@ mod tests {
         let mut b = build(yaml);
         let mut made = 0;
         for day in 0..40 {
-            made += a.process(&tp(), price(day, series(day))).records.len();
+            made += a.process(&tp(), &price(day, series(day))).records.len();
         }
         // Fits at records 20, 25, 30, 35, 40: five of two steps.
         assert_eq!(made, 10);
         b.restore(&tp(), &a.snapshot(&tp())).unwrap();
         for day in 40..45 {
             let (x, y) = (
-                a.process(&tp(), price(day, series(day))).records,
-                b.process(&tp(), price(day, series(day))).records,
+                a.process(&tp(), &price(day, series(day))).records,
+                b.process(&tp(), &price(day, series(day))).records,
             );
             assert_eq!(
                 x.iter().map(|r| &r.value).collect::<Vec<_>>(),
                 y.iter().map(|r| &r.value).collect::<Vec<_>>()
             );
         }
-        assert!(a.process(&tp(), price(45, 0.0)).rejected.is_some());
+        assert!(a.process(&tp(), &price(45, 0.0)).rejected.is_some());
     }
 
     /// With `refit_interval: 1w`, daily values are fit once a week (event time), whatever
@@ -478,7 +478,7 @@ mod tests {
         let mut op = build("field: Close\nhorizon: 1\nmin_history: 20\nrefit_interval: 1w");
         let fitted: Vec<i64> = (0..60)
             .filter(|day| {
-                !op.process(&tp(), price(*day, series(*day)))
+                !op.process(&tp(), &price(*day, series(*day)))
                     .records
                     .is_empty()
             })

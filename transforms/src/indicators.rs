@@ -118,7 +118,9 @@ impl StreamTransformConfig for IndicatorsConfig {
 impl PerKey for Indicators {
     type State = KeyState;
 
-    fn process(&self, _key: &str, state: &mut KeyState, mut record: Record) -> Emitted {
+    fn process(&self, _key: &str, state: &mut KeyState, record: &Record) -> Emitted {
+        // The output is the record again, with the indicators added.
+        let mut record = record.clone();
         let c = &self.config;
         let x = match number(&record, &c.field) {
             Ok(x) => x,
@@ -200,7 +202,7 @@ mod tests {
         let mut op = config.build().unwrap();
         let mut out = Vec::new();
         for (key, close) in [("A", 100.0), ("B", 10.0), ("A", 110.0), ("A", 99.0)] {
-            let e = op.process(&tp(), Record::new(json!({"Close": close})).with_key(key));
+            let e = op.process(&tp(), &Record::new(json!({"Close": close})).with_key(key));
             out.push(e.records[0].value.clone());
         }
         assert_eq!(out[0]["sma_2"], Value::Null);
@@ -229,7 +231,7 @@ mod tests {
         assert_eq!(config.validate().unwrap_err()[0].field, "volatility");
         let config: IndicatorsConfig = serde_yaml::from_str("field: Close\nsma: [3]").unwrap();
         let mut op = config.build().unwrap();
-        let e = op.process(&tp(), Record::new(json!({"Close": "n/a"})));
+        let e = op.process(&tp(), &Record::new(json!({"Close": "n/a"})));
         assert!(e.rejected.unwrap().contains("not a number"));
     }
 }

@@ -38,6 +38,18 @@ struct Jq {
 }
 
 impl Transform for Jq {
+    /// Runs natively on the borrowed value when the program allows (see `JqProgram`), else on a
+    /// copy.
+    fn apply_borrowed(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), String> {
+        match self.program.run_native(&record.value) {
+            Some(values) => {
+                out.extend(values.into_iter().map(|value| record.with_value(value)));
+                Ok(())
+            }
+            None => self.apply(record.clone(), out),
+        }
+    }
+
     fn apply(&self, mut record: Record, out: &mut Vec<Record>) -> Result<(), String> {
         let values = self.program.run_taking(&mut record)?;
         let last = values.len().saturating_sub(1);
@@ -99,6 +111,38 @@ mod tests {
         );
         assert_eq!(out[0].key.as_deref(), Some(&b"BTC"[..]));
         assert_eq!(out[0].timestamp, Some(7));
+    }
+
+    /// Borrowed or not, natively run or by jaq, a record becomes the same records; borrowed,
+    /// it is left as it was.
+    #[test]
+    fn borrowed_records_give_the_same_outputs_and_stay_as_they_were() {
+        let value = json!({"a": 1.5, "b": 2, "rows": [{"n": 1}, {"n": 2}], "s": "x"});
+        for program in [
+            "{a, twice: (.a + .a)}",
+            ".rows[] | {n}",
+            "select(.b > 1)",
+            ".s + 1",
+        ] {
+            let t = JqConfig {
+                program: program.into(),
+            }
+            .build()
+            .unwrap();
+            let mut record = Record::new(value.clone()).with_key("BTC");
+            record.headers.push(("h".into(), b"v".to_vec()));
+            let (mut borrowed, mut owned) = (Vec::new(), Vec::new());
+            let by_borrow = t.apply_borrowed(&record, &mut borrowed);
+            assert_eq!(record.value, value, "{program}");
+            let by_value = t.apply(record, &mut owned);
+            assert_eq!(by_borrow, by_value, "{program}");
+            let shown = |out: &[Record]| {
+                out.iter()
+                    .map(|r| (r.value.clone(), r.key.clone(), r.headers.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(shown(&borrowed), shown(&owned), "{program}");
+        }
     }
 
     #[test]

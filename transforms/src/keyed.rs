@@ -18,7 +18,7 @@ pub trait PerKey: Send {
     type State: Serialize + DeserializeOwned + Default + Send;
 
     /// Takes one record of `key` (records of a key come in partition order).
-    fn process(&self, key: &str, state: &mut Self::State, record: Record) -> Emitted;
+    fn process(&self, key: &str, state: &mut Self::State, record: &Record) -> Emitted;
 }
 
 /// A [`StreamOperator`] keeping one [`PerKey::State`] per key and input partition.
@@ -46,8 +46,8 @@ pub fn key_of(record: &Record) -> String {
 }
 
 impl<O: PerKey> StreamOperator for Keyed<O> {
-    fn process(&mut self, partition: &TopicPartition, record: Record) -> Emitted {
-        let key = key_of(&record);
+    fn process(&mut self, partition: &TopicPartition, record: &Record) -> Emitted {
+        let key = key_of(record);
         let state = self
             .partitions
             .entry(partition.clone())

@@ -598,17 +598,17 @@ impl Window {
 }
 
 impl StreamOperator for Window {
-    fn process(&mut self, partition: &TopicPartition, record: Record) -> Emitted {
+    fn process(&mut self, partition: &TopicPartition, record: &Record) -> Emitted {
         let mut emitted = Emitted::default();
-        let prepared = self.time.of(&record).and_then(|t| {
+        let prepared = self.time.of(record).and_then(|t| {
             let windows = self.windows_of(t)?;
-            Ok((t, self.inputs(&record)?, windows))
+            Ok((t, self.inputs(record)?, windows))
         });
         let (t, inputs, windows) = match prepared {
             Ok(p) => p,
             Err(e) => return Emitted::refused(e),
         };
-        let key = key_of(&record);
+        let key = key_of(record);
         let state = self.partitions.entry(partition.clone()).or_default();
         let watermark = state.watermark.unwrap_or(i64::MIN);
         let mut changed = Vec::new();
@@ -747,7 +747,7 @@ mod tests {
     fn run(op: &mut dyn StreamOperator, records: Vec<Record>) -> Vec<Value> {
         let mut out = Vec::new();
         for r in records {
-            let e = op.process(&tp(), r);
+            let e = op.process(&tp(), &r);
             assert!(e.rejected.is_none(), "{:?}", e.rejected);
             out.extend(e.records.into_iter().map(|r| r.value));
         }
@@ -794,7 +794,7 @@ mod tests {
                 bar("2020-03-24", 1.0, 1.0, 1.0, 1.0, 1),
             ],
         );
-        let e = op.process(&tp(), bar("2020-03-18", 1.0, 1.0, 1.0, 1.0, 1));
+        let e = op.process(&tp(), &bar("2020-03-18", 1.0, 1.0, 1.0, 1.0, 1));
         assert!(e.rejected.unwrap().starts_with("late:"));
         let mut lenient = window(&format!("{CANDLES}\nallowed_lateness: 3days"));
         let out = run(
@@ -905,11 +905,9 @@ mod tests {
         );
         assert_eq!(out[0]["close"], 2.0);
         assert_eq!(out[0]["volume"], 10);
-        let text = op.process(&tp(), {
-            let mut r = bar("2020-03-17", 0.0, 0.0, 0.0, 0.0, 0);
-            r.value["High"] = json!("high");
-            r
-        });
+        let mut r = bar("2020-03-17", 0.0, 0.0, 0.0, 0.0, 0);
+        r.value["High"] = json!("high");
+        let text = op.process(&tp(), &r);
         assert_eq!(
             text.rejected.unwrap(),
             "field `High` of `high` is not a number: \"high\""

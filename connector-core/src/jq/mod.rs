@@ -68,6 +68,15 @@ impl JqProgram {
         })
     }
 
+    /// Every output of the program on `value` when it runs natively on it (see [`native`]);
+    /// `None` when jaq must run it.
+    pub fn run_native(&self, value: &Value) -> Option<Vec<Value>> {
+        match self.native.as_ref()?.eval(value) {
+            Ok(out) => Some(out.into_iter().collect()),
+            Err(native::Unsupported) => None,
+        }
+    }
+
     /// Every output of the program on `record`.
     pub fn run(&self, record: &Record) -> Result<Vec<Value>, String> {
         if let Some(Ok(out)) = self.native.as_ref().map(|n| n.eval(&record.value)) {

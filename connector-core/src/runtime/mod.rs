@@ -271,13 +271,17 @@ fn build_transforms(
         .collect()
 }
 
-/// Applies `transforms` in order to one record.
+/// Applies `transforms` in order to one record, which is left as it was (for its dead letter).
 pub(crate) fn apply_transforms(
     transforms: &[Box<dyn crate::Transform>],
-    record: crate::Record,
+    record: &crate::Record,
 ) -> Result<Vec<crate::Record>, String> {
-    let mut current = vec![record];
-    for transform in transforms {
+    let Some((first, rest)) = transforms.split_first() else {
+        return Ok(vec![record.clone()]);
+    };
+    let mut current = Vec::with_capacity(1);
+    first.apply_borrowed(record, &mut current)?;
+    for transform in rest {
         let mut next = Vec::with_capacity(current.len());
         for r in current {
             transform.apply(r, &mut next)?;

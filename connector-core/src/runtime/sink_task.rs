@@ -567,24 +567,22 @@ impl Intake<'_> {
                 Incoming::Record(record) if self.transforms.is_empty() => {
                     pending.records.push(record)
                 }
-                Incoming::Record(record) => {
-                    match apply_transforms(self.transforms, record.clone()) {
-                        Ok(out) => {
-                            if out.is_empty() {
-                                ComponentMetrics::add(&self.metrics.skipped, 1);
-                            }
-                            pending.records.extend(out);
+                Incoming::Record(record) => match apply_transforms(self.transforms, &record) {
+                    Ok(out) => {
+                        if out.is_empty() {
+                            ComponentMetrics::add(&self.metrics.skipped, 1);
                         }
-                        Err(message) => pending.dead.extend(self.dead_letters.route(Failure {
-                            component: self.id,
-                            stage: "transform",
-                            message,
-                            record,
-                            raw: None,
-                            location: None,
-                        })?),
+                        pending.records.extend(out);
                     }
-                }
+                    Err(message) => pending.dead.extend(self.dead_letters.route(Failure {
+                        component: self.id,
+                        stage: "transform",
+                        message,
+                        record,
+                        raw: None,
+                        location: None,
+                    })?),
+                },
                 Incoming::Undecodable {
                     envelope,
                     raw,
