@@ -313,3 +313,18 @@ fn worker_settings_need_kafka_and_a_heartbeat_well_under_the_session_timeout() {
         "{e}"
     );
 }
+
+#[test]
+fn stream_transforms_reading_each_other_in_a_circle_are_refused() {
+    let err = broken(|y| {
+        y.replace(
+            "sinks:",
+            "transforms:
+  a: { type: window, inputs: [t, from_b], topic: from_a, size: 1d, aggregates: { n: count } }
+  b: { type: window, inputs: [from_a], topic: from_b, size: 1d, aggregates: { n: count } }
+sinks:",
+        )
+    });
+    assert!(err.contains("`a`") && err.contains("inputs"), "{err}");
+    assert!(err.contains("not in a circle"), "{err}");
+}

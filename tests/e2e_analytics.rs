@@ -388,18 +388,11 @@ fn a_kill_9_mid_run_on_kafka_then_a_restart_gives_the_uninterrupted_output() {
     }
 }
 
-/// `indicators` in a running pipeline: every day of the real file comes out with its moving
-/// averages, returns and volatility, equal to a computation here.
-#[test]
-fn indicators_enrich_every_day_of_the_real_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("indicators.jsonl");
-    let pipeline = dir.path().join("indicators.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"name: btc-indicators
-exactly_once: true
+/// An `exactly_once` pipeline's source of the real BTC-USD file into `bitcoin-daily`, keyed
+/// `BTC-USD`, its null days skipped (YAML, from `exactly_once:` to the end of `sources:`).
+fn btc_daily() -> String {
+    format!(
+        r#"exactly_once: true
 sources:
   yahoo_csv:
     type: csv
@@ -412,7 +405,23 @@ sources:
     transforms:
       - {{ type: insert_field, field: symbol, value: BTC-USD }}
       - {{ type: value_to_key, fields: [symbol] }}
-transforms:
+"#,
+        csv = fixture("BTC-USD.csv").display()
+    )
+}
+
+/// `indicators` in a running pipeline: every day of the real file comes out with its moving
+/// averages, returns and volatility, equal to a computation here.
+#[test]
+fn indicators_enrich_every_day_of_the_real_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("indicators.jsonl");
+    let pipeline = dir.path().join("indicators.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: btc-indicators
+{daily}transforms:
   close_indicators:
     type: indicators
     inputs: [bitcoin-daily]
@@ -427,7 +436,7 @@ sinks:
     topics: [bitcoin-indicators]
     path: {out}
 "#,
-            csv = fixture("BTC-USD.csv").display(),
+            daily = btc_daily(),
             out = out.display()
         ),
     )
@@ -550,5 +559,76 @@ sinks:
             .unwrap_or_else(|| panic!("no symbol key in {week}"));
         assert_eq!(week["days"], 3, "{week}");
         assert_eq!(week["total"].as_f64(), Some(3.0 * k), "{week}");
+    }
+}
+
+/// Stream transforms read each other's topics: weekly candles, then indicators on the candles,
+/// in one pipeline. At the end of input the window drains first, so its last, partial week
+/// reaches the indicators before they drain too.
+#[test]
+fn a_stream_transform_reads_another_one_s_output_and_drains_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (candles_out, out) = (
+        dir.path().join("candles.jsonl"),
+        dir.path().join("out.jsonl"),
+    );
+    let pipeline = dir.path().join("chained.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: btc-chained
+{daily}transforms:
+  weekly_sma:
+    type: indicators
+    inputs: [bitcoin-weekly]
+    topic: bitcoin-weekly-sma
+    field: close
+    sma: [4]
+    returns: false
+  weekly:
+    type: window
+    inputs: [bitcoin-daily]
+    topic: bitcoin-weekly
+    size: 1w
+    aggregates: {{ close: last(Close), days: count }}
+sinks:
+  candles: {{ type: file, topics: [bitcoin-weekly], path: {candles} }}
+  out: {{ type: file, topics: [bitcoin-weekly-sma], path: {out} }}
+"#,
+            daily = btc_daily(),
+            candles = candles_out.display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let (status, log) = run_bounded(
+        sluice_run(&pipeline, dir.path().join("state")).arg("--once"),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{log}");
+    let candles = read_jsonl(&candles_out);
+    let weeks = read_jsonl(&out);
+    assert_eq!(candles.len(), 363);
+    assert_eq!(
+        weeks.len(),
+        candles.len(),
+        "every candle, the partial last one too"
+    );
+    assert_eq!(weeks.last().unwrap()["final"], false);
+    let closes: Vec<f64> = candles
+        .iter()
+        .map(|c| c["close"].as_f64().unwrap())
+        .collect();
+    for (i, week) in weeks.iter().enumerate() {
+        assert_eq!(week["start"], candles[i]["start"], "week {i} in order");
+        assert_eq!(week["close"], candles[i]["close"], "week {i}");
+        if i >= 3 {
+            let sma = closes[i - 3..=i].iter().sum::<f64>() / 4.0;
+            let got = week["sma_4"].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                (got - sma).abs() <= 1e-9 * sma,
+                "sma_4 of week {i}: {got} ≠ {sma}"
+            );
+        }
     }
 }

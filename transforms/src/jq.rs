@@ -10,7 +10,9 @@ sluice_core::register_plugin!(Transform, "jq", JqConfig);
 /// Runs a jq program on each record's value: every output becomes a record (with the input's
 /// key, headers and timestamp), so `.items[]` splits and `select(…)` filters. Besides `.`,
 /// the program sees `$topic`, `$key`, `$timestamp` (ms) and `$headers`. A program error
-/// (`.a + 1` on text) makes the record a bad record.
+/// (`.a + 1` on text) makes the record a bad record. Programs made only of field paths, object
+/// construction, arithmetic, comparisons, `select` and pipes run natively (same results as
+/// jaq, several times faster); any other runs in jaq.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JqConfig {

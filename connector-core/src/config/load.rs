@@ -290,7 +290,6 @@ impl Loader<'_> {
                     .map_err(|e| fail("sinks", id, prefix(e, &format!("transforms.{i}"))))?;
             }
         }
-        let stream_outputs: Vec<&String> = pipeline.transforms.values().map(|t| &t.topic).collect();
         for (id, stream) in &pipeline.transforms {
             stream
                 .inner
@@ -303,9 +302,9 @@ impl Loader<'_> {
                     vec![FieldError::new("inputs", "must name at least one topic")],
                 ));
             }
-            if let Some(input) = stream.inputs.iter().find(|t| stream_outputs.contains(t)) {
+            if let Some(input) = reads_itself(&pipeline.transforms, id) {
                 return Err(fail("transforms", id, vec![FieldError::new("inputs",
-                    format!("`{input}` is written by a stream transform; stream transforms cannot read each other's topics yet (run the second one in its own pipeline)"))]));
+                    format!("`{input}` is written by this stream transform or by one that reads its output: stream transforms may read each other's topics, but not in a circle"))]));
             }
             if stream.batch.max_records == 0 {
                 return Err(fail(
@@ -407,6 +406,41 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// An input of stream transform `id` written by `id` itself or by a stream transform that
+/// reads, through others or directly, what `id` writes: a circle, which would never drain.
+fn reads_itself(
+    streams: &indexmap::IndexMap<String, super::StreamTransformOuter>,
+    id: &str,
+) -> Option<String> {
+    let writer_of = |topic: &String| streams.iter().find(|(_, s)| &s.topic == topic);
+    let stream = streams.get(id)?;
+    stream.inputs.iter().find_map(|input| {
+        // Walk upstream from the writer of `input`, each stream once.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut next: Vec<&str> = writer_of(input)
+            .map(|(w, _)| w.as_str())
+            .into_iter()
+            .collect();
+        while let Some(writer) = next.pop() {
+            if writer == id {
+                return Some(input.clone());
+            }
+            if !seen.insert(writer) {
+                continue;
+            }
+            if let Some(upstream) = streams.get(writer) {
+                next.extend(
+                    upstream
+                        .inputs
+                        .iter()
+                        .filter_map(|t| writer_of(t).map(|(w, _)| w.as_str())),
+                );
+            }
+        }
+        None
+    })
 }
 
 fn prefix(errors: Vec<FieldError>, prefix: &str) -> Vec<FieldError> {

@@ -110,8 +110,12 @@ pub(super) struct Supervisor {
     sinks: JoinSet<Ended>,
     dead_letter_sinks: JoinSet<Ended>,
     /// Cancelled once sources are done or on shutdown: stream transforms read what is left
-    /// and end.
+    /// and end, each once the stream transforms it reads from ended (`stream_drains`).
     drain: CancellationToken,
+    /// Per stream transform, what makes it read what is left and end.
+    stream_drains: BTreeMap<String, CancellationToken>,
+    /// Per stream transform, the stream transforms whose topics it reads.
+    upstream: BTreeMap<String, Vec<String>>,
     /// Cancelled once `drain` is and every stream transform ended: other sinks read what is
     /// left and end.
     drain_sinks: CancellationToken,
@@ -170,6 +174,24 @@ impl Supervisor {
             sinks: JoinSet::new(),
             dead_letter_sinks: JoinSet::new(),
             drain: CancellationToken::new(),
+            stream_drains: config
+                .transforms
+                .keys()
+                .map(|id| (id.clone(), CancellationToken::new()))
+                .collect(),
+            upstream: config
+                .transforms
+                .iter()
+                .map(|(id, stream)| {
+                    let reads: Vec<String> = config
+                        .transforms
+                        .iter()
+                        .filter(|(_, other)| stream.inputs.contains(&other.topic))
+                        .map(|(other, _)| other.clone())
+                        .collect();
+                    (id.clone(), reads)
+                })
+                .collect(),
             drain_sinks: CancellationToken::new(),
             drain_dead_letters: CancellationToken::new(),
             components,
@@ -208,6 +230,9 @@ impl Supervisor {
                     .all(|c| matches!(c.life, Life::Finished));
             if stopping || sources_finished || (self.options.once && !has_sources) {
                 self.drain.cancel();
+            }
+            if self.drain.is_cancelled() {
+                self.drain_streams(stopping);
             }
             if self.drain.is_cancelled() && self.streams.is_empty() {
                 self.drain_sinks.cancel();
@@ -266,6 +291,23 @@ impl Supervisor {
     }
 
     /// Notes how a task ended; starts it again when it was stopped to be restarted.
+    /// Drains each stream transform whose upstream stream transforms ended (finished; on
+    /// shutdown, also stopped or failed), so that it reads their last output first.
+    fn drain_streams(&self, stopping: bool) {
+        for (id, drain) in &self.stream_drains {
+            let upstream_ended = self.upstream.get(id).into_iter().flatten().all(|up| {
+                self.components.get(up).is_none_or(|c| match c.life {
+                    Life::Finished => true,
+                    Life::Stopped | Life::Failed => stopping,
+                    Life::Running | Life::Stopping { .. } => false,
+                })
+            });
+            if upstream_ended {
+                drain.cancel();
+            }
+        }
+    }
+
     async fn ended(&mut self, joined: Result<Ended, tokio::task::JoinError>) {
         let (id, result) = match joined {
             Ok(ended) => ended,
@@ -438,7 +480,7 @@ impl Supervisor {
             Role::Source => self.source(id, &stop, &deadline).await?,
             Role::Stream | Role::Sink | Role::DeadLetterSink => {
                 let set_drain = match role {
-                    Role::Stream => &self.drain,
+                    Role::Stream => self.stream_drains.get(id).unwrap_or(&self.drain),
                     Role::Sink => &self.drain_sinks,
                     _ => &self.drain_dead_letters,
                 };
