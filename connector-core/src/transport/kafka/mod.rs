@@ -880,6 +880,18 @@ struct Manifest {
     count: u32,
 }
 
+/// The generation of the next chunked snapshot after the last stored one, `last`: increasing
+/// (across restarts too, from the clock) and of the other parity, so that its chunks never
+/// replace those of `last`.
+fn next_generation(last: u64, now_ms: u64) -> u64 {
+    let next = (last + 1).max(now_ms);
+    if next % 2 == last % 2 {
+        next + 1
+    } else {
+        next
+    }
+}
+
 /// The key of chunk `index` of snapshots of `pipeline` with generation parity `parity`.
 fn chunk_key(pipeline: &str, parity: u64, index: u32) -> Vec<u8> {
     serde_json::to_vec(&(pipeline, "chunk", parity, index)).unwrap_or_default()
@@ -1275,8 +1287,7 @@ impl KafkaOffsetStore {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let generation = (loaded.generation + 1).max(now_ms);
-            loaded.generation = generation;
+            let generation = next_generation(loaded.generation, now_ms);
             let mut records = Vec::new();
             for (index, chunk) in snapshot.chunks(chunk_bytes).enumerate() {
                 let mut chunk = record(
@@ -1306,7 +1317,20 @@ impl KafkaOffsetStore {
                 .map_err(|e| TransportError::transient(e.message))?;
             let manifest = serde_json::to_vec(&serde_json::json!({ CHUNKS_FIELD: manifest }))
                 .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
-            vec![record(Self::snapshot_key(&self.pipeline), manifest)]
+            let manifest = vec![record(Self::snapshot_key(&self.pipeline), manifest)];
+            let (delivery, refused) = self
+                .writer
+                .hand_over(manifest, Some(loaded.partition))
+                .await?;
+            if let Some((_, reason)) = refused.into_iter().next() {
+                return Err(refusal(reason));
+            }
+            delivery
+                .await
+                .map_err(|e| TransportError::transient(e.message))?;
+            // Only a generation whose manifest is stored decides the next one's parity.
+            loaded.generation = generation;
+            return Ok(());
         };
         let (delivery, refused) = self
             .writer
@@ -1331,6 +1355,23 @@ const CHUNK_MARGIN: usize = 16 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_snapshot_generations_increase_and_alternate_parity() {
+        let mut last = 0;
+        for now_ms in [
+            1_700_000_000_000,
+            1_700_000_000_000,
+            1_700_000_000_002,
+            5,
+            1_800_000_000_001,
+        ] {
+            let next = next_generation(last, now_ms);
+            assert!(next > last && next >= now_ms, "{last} → {next} at {now_ms}");
+            assert_ne!(next % 2, last % 2, "{last} → {next} at {now_ms}");
+            last = next;
+        }
+    }
 
     #[test]
     fn authorization_failures_are_permanent_and_network_errors_are_not() {
