@@ -290,7 +290,6 @@ impl Supervisor {
         }
     }
 
-    /// Notes how a task ended; starts it again when it was stopped to be restarted.
     /// Drains each stream transform whose upstream stream transforms ended (finished; on
     /// shutdown, also stopped or failed), so that it reads their last output first.
     fn drain_streams(&self, stopping: bool) {
@@ -308,6 +307,7 @@ impl Supervisor {
         }
     }
 
+    /// Notes how a task ended; starts it again when it was stopped to be restarted.
     async fn ended(&mut self, joined: Result<Ended, tokio::task::JoinError>) {
         let (id, result) = match joined {
             Ok(ended) => ended,
