@@ -79,8 +79,8 @@ impl JqProgram {
 
     /// Every output of the program on `record`.
     pub fn run(&self, record: &Record) -> Result<Vec<Value>, String> {
-        if let Some(Ok(out)) = self.native.as_ref().map(|n| n.eval(&record.value)) {
-            return Ok(out.into_iter().collect());
+        if let Some(out) = self.run_native(&record.value) {
+            return Ok(out);
         }
         self.outputs(record, from_json(&record.value), collect)
     }
@@ -88,9 +88,9 @@ impl JqProgram {
     /// Like [`JqProgram::run`], but the record's value is moved into the program instead of
     /// copied (it is left null): for a transform that replaces it anyway.
     pub fn run_taking(&self, record: &mut Record) -> Result<Vec<Value>, String> {
-        if let Some(Ok(out)) = self.native.as_ref().map(|n| n.eval(&record.value)) {
+        if let Some(out) = self.run_native(&record.value) {
             record.value = Value::Null;
-            return Ok(out.into_iter().collect());
+            return Ok(out);
         }
         let input = from_json_owned(std::mem::take(&mut record.value));
         self.outputs(record, input, collect)
@@ -99,8 +99,10 @@ impl JqProgram {
     /// True when the program's first output is truthy (neither `false` nor `null`); a program
     /// with no output is false.
     pub fn matches(&self, record: &Record) -> Result<bool, String> {
-        if let Some(Ok(out)) = self.native.as_ref().map(|n| n.eval(&record.value)) {
-            return Ok(out.is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false))));
+        if let Some(out) = self.run_native(&record.value) {
+            return Ok(out
+                .first()
+                .is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false))));
         }
         self.outputs(record, from_json(&record.value), |out| match out.next() {
             None => Ok(false),

@@ -468,18 +468,9 @@ impl Transport for KafkaTransport {
     ) -> Result<(), TransportError> {
         let mut record = Record::new(status).with_key(b"status".to_vec());
         record.topic = name.into();
-        let (delivery, refused) = self
-            .new_writer()
-            .hand_over(vec![record], Some(slot))
-            .await?;
-        if let Some((_, reason)) = refused.into_iter().next() {
-            return Err(TransportError::fatal(format!(
-                "cannot write to `{name}`: {reason}"
-            )));
-        }
-        delivery.await.map_err(|e| {
-            TransportError::transient(format!("cannot write to `{name}`: {}", e.message))
-        })
+        self.new_writer()
+            .write_acknowledged(vec![record], slot, &format!("write to `{name}`"))
+            .await
     }
 
     async fn control_statuses(
@@ -936,18 +927,13 @@ impl KafkaOffsetStore {
         let mut marker = Record::new(started)
             .with_key(serde_json::to_vec(&(&self.pipeline, "start")).unwrap_or_default());
         marker.topic = topic.as_str().into();
-        let (delivery, refused) = self.writer.hand_over(vec![marker], Some(partition)).await?;
-        if let Some((_, reason)) = refused.into_iter().next() {
-            return Err(TransportError::fatal(format!(
-                "cannot write the start marker to `{topic}`: {reason}"
-            )));
-        }
-        delivery.await.map_err(|e| {
-            TransportError::transient(format!(
-                "cannot write the start marker to `{topic}`: {}",
-                e.message
-            ))
-        })?;
+        self.writer
+            .write_acknowledged(
+                vec![marker],
+                partition,
+                &format!("write the start marker to `{topic}`"),
+            )
+            .await?;
         // Nothing else of this pipeline is written there before the state is loaded, so the
         // end this producer saw acknowledged is just after the marker.
         let marker_at = self.producer.context().delivered.get(&topic, partition) - 1;
@@ -1270,12 +1256,6 @@ impl KafkaOffsetStore {
             record.topic = topic.clone();
             record
         };
-        let refusal = |reason: String| {
-            TransportError::fatal(format!(
-                "cannot store the source offsets of pipeline `{}`: {reason}",
-                self.pipeline
-            ))
-        };
         let chunk_bytes = self
             .writer
             .max_message_bytes
@@ -1305,29 +1285,16 @@ impl KafkaOffsetStore {
                 count: records.len() as u32,
             };
             // The chunks are all stored before the manifest that makes them the snapshot.
-            let (delivery, refused) = self
-                .writer
-                .hand_over(records, Some(loaded.partition))
+            let what = format!("store the source offsets of pipeline `{}`", self.pipeline);
+            self.writer
+                .write_acknowledged(records, loaded.partition, &what)
                 .await?;
-            if let Some((_, reason)) = refused.into_iter().next() {
-                return Err(refusal(reason));
-            }
-            delivery
-                .await
-                .map_err(|e| TransportError::transient(e.message))?;
             let manifest = serde_json::to_vec(&serde_json::json!({ CHUNKS_FIELD: manifest }))
                 .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
             let manifest = vec![record(Self::snapshot_key(&self.pipeline), manifest)];
-            let (delivery, refused) = self
-                .writer
-                .hand_over(manifest, Some(loaded.partition))
+            self.writer
+                .write_acknowledged(manifest, loaded.partition, &what)
                 .await?;
-            if let Some((_, reason)) = refused.into_iter().next() {
-                return Err(refusal(reason));
-            }
-            delivery
-                .await
-                .map_err(|e| TransportError::transient(e.message))?;
             // Only a generation whose manifest is stored decides the next one's parity.
             loaded.generation = generation;
             return Ok(());
@@ -1338,7 +1305,10 @@ impl KafkaOffsetStore {
             .await?;
         drop(state);
         if let Some((_, reason)) = refused.into_iter().next() {
-            return Err(refusal(reason));
+            return Err(TransportError::fatal(format!(
+                "cannot store the source offsets of pipeline `{}`: {reason}",
+                self.pipeline
+            )));
         }
         // Storing offsets again is harmless (the latest wins), so a failed delivery is one
         // more retryable failure: a broker answering an error while it stops must not end

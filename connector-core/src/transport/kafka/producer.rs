@@ -179,6 +179,23 @@ impl TopicWriter for KafkaWriter {
 }
 
 impl KafkaWriter {
+    /// Writes `records` to `partition` and waits until all are acknowledged; a refused record
+    /// fails it. Errors say `cannot {what}: …`.
+    pub(super) async fn write_acknowledged(
+        &self,
+        records: Vec<Record>,
+        partition: i32,
+        what: &str,
+    ) -> Result<(), TransportError> {
+        let (delivery, refused) = self.hand_over(records, Some(partition)).await?;
+        if let Some((_, reason)) = refused.into_iter().next() {
+            return Err(TransportError::fatal(format!("cannot {what}: {reason}")));
+        }
+        delivery
+            .await
+            .map_err(|e| TransportError::transient(format!("cannot {what}: {}", e.message)))
+    }
+
     /// [`TopicWriter::send_or_refuse`], every record to `partition` when it is set (else by key).
     pub(super) async fn hand_over(
         &self,
