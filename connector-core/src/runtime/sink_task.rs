@@ -25,6 +25,10 @@ const READ_AHEAD_POLL: usize = 500;
 /// How often a sink measures its consumer lag (for `/metrics` and the status page).
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
+/// Longest wait of a poll once the sink drains with nothing pending: how late it notices it
+/// has caught up.
+const DRAINING_POLL: Duration = Duration::from_millis(10);
+
 /// Batches of at least this many records are freed on a blocking thread.
 const DROP_APART: usize = 1_000;
 
@@ -184,6 +188,9 @@ impl SinkTask {
             let writer_waiting = !pending.is_empty() && self.reader.writer_waiting();
             let wait = match pending.since {
                 _ if writer_waiting => Duration::ZERO,
+                // Input has ended: what is left is there already, and an empty poll leads to
+                // the caught-up check.
+                None if draining => DRAINING_POLL,
                 Some(since) => self.batch.linger.saturating_sub(since.elapsed()),
                 None => self.batch.linger.max(Duration::from_millis(100)),
             }
@@ -889,6 +896,48 @@ mod tests {
         assert_eq!(puts[0].1, None);
         assert_eq!(puts[1].1.as_ref(), Some(&puts[1].0));
         assert_eq!(puts[2].1, None);
+    }
+
+    /// A sink whose input ends stops as soon as it has caught up, not after a poll's wait:
+    /// every `--once` run and every drain waits on it.
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_sink_ends_once_caught_up_without_waiting_out_a_poll() {
+        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
+        let reader = transport
+            .reader("g", &["t".to_string()])
+            .await
+            .expect("an embedded reader");
+        let task = SinkTask {
+            id: "sink".into(),
+            sink: Box::new(Slow {
+                puts: Puts::default(),
+            }),
+            reader,
+            transforms: Vec::new(),
+            batch: BatchConfig {
+                max_records: 10,
+                linger: Duration::from_secs(5),
+            },
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: ComponentMetrics::new("sink", "sink"),
+            group_linger: Duration::ZERO,
+            shutdown: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            hold_position_on_failure: false,
+        };
+        let drain = CancellationToken::new();
+        let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(60));
+        let running = tokio::spawn(task.run(drain.clone(), deadline.clone()));
+        tokio::time::sleep(Duration::from_millis(1_234)).await;
+        let drained_at = tokio::time::Instant::now();
+        drain.cancel();
+        running.await.unwrap().unwrap();
+        deadline.expire();
+        let took = drained_at.elapsed();
+        assert!(
+            took < Duration::from_millis(50),
+            "ended {took:?} after draining began"
+        );
     }
 
     /// A sink of a group that does not own every partition reads on for `group_linger` after
