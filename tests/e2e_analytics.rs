@@ -612,3 +612,74 @@ fn a_stream_transform_reads_another_one_s_output_and_drains_after_it() {
         }
     }
 }
+
+/// A stream transform checkpoints (and so commits its inputs) once per `checkpoint_interval`,
+/// and sooner when a writer of its inputs can send nothing more until it commits. Here the
+/// interval is an hour and the source may have two batches of 50 unacknowledged on the embedded
+/// transport, whose acknowledgements wait for the transform's commits: the run ends in seconds
+/// with every week, because the blocked source makes the transform checkpoint.
+#[test]
+fn a_stream_transform_checkpoints_early_when_its_source_waits_for_it() {
+    const SYMBOLS: usize = 30;
+    const DAYS: i64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let bars = dir.path().join("bars.ndjson");
+    let monday = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    let mut text = String::new();
+    for d in 0..DAYS {
+        let date = monday + chrono::Duration::days(d);
+        for k in 0..SYMBOLS {
+            text.push_str(&format!(
+                "{{\"Date\":\"{date}\",\"symbol\":\"S{k}\",\"v\":{d}}}\n"
+            ));
+        }
+    }
+    std::fs::write(&bars, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("held.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: held
+sources:
+  bars: {{ type: file, path: {bars}, topic: bars, key: /symbol, batch_size: 50, max_in_flight_batches: 2 }}
+transforms:
+  weekly:
+    type: window
+    inputs: [bars]
+    topic: weeks
+    size: 1w
+    time_field: Date
+    time_format: date
+    checkpoint_interval: 1h
+    batch: {{ max_records: 40, linger: 1h }}
+    aggregates: {{ days: count, last: last(v) }}
+sinks:
+  out: {{ type: file, topics: [weeks], path: {out} }}
+",
+            bars = bars.display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = sluice_run(&pipeline, dir.path().join("state"));
+    cmd.arg("--once");
+    let (status, log) = run_bounded(&mut cmd, std::time::Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let weeks = read_jsonl(&out);
+    // 14 whole weeks and 2 days of a 15th, per symbol.
+    assert_eq!(weeks.len(), 15 * SYMBOLS);
+    let days: i64 = weeks.iter().map(|w| w["days"].as_i64().unwrap()).sum();
+    assert_eq!(days, DAYS * SYMBOLS as i64, "every day in one week");
+    assert!(
+        weeks.iter().all(|w| w["last"].as_i64()
+            == Some(
+                (w["days"].as_i64().unwrap() - 1)
+                    + (NaiveDate::parse_from_str(&w["start"].as_str().unwrap()[..10], "%Y-%m-%d")
+                        .unwrap()
+                        - monday)
+                        .num_days()
+            )),
+        "each week's last day is its last"
+    );
+}

@@ -96,8 +96,21 @@ pub trait Sink: Send {
         self.put(batch).await
     }
 
-    /// Makes everything `put` so far durable. Consumer offsets are committed after it returns.
+    /// Makes everything `put` so far durable. Consumer offsets are committed after it returns,
+    /// unless [`Sink::pre_commit`] holds them back.
     async fn flush(&mut self) -> Result<(), ConnectorError>;
+
+    /// Called after a `flush` and whenever the task could commit offsets it holds back: whether
+    /// the consumer offsets of everything flushed may be committed now (Kafka Connect's
+    /// `preCommit`). A sink that makes its progress durable less often than it flushes (a
+    /// stream transform checkpoints its state every `checkpoint_interval`) answers false until
+    /// it has, and the task keeps the offsets for a later commit. With `now`, a writer waits for
+    /// this commit or the task gives up partitions or stops: the sink makes its progress
+    /// durable and answers true.
+    async fn pre_commit(&mut self, now: bool) -> Result<bool, ConnectorError> {
+        let _ = now;
+        Ok(true)
+    }
 
     /// The sink now reads `partitions` (at start, and when its worker group gives it more,
     /// maybe from another worker): a sink that keeps state per partition loads it here, as

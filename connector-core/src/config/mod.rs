@@ -326,10 +326,18 @@ pub struct StreamTransformOuter {
     pub inputs: Vec<String>,
     /// Topic it writes.
     pub topic: String,
-    /// How often its state is checkpointed with the input offsets it reflects (and its
-    /// output written): after `max_records` records or `linger`.
+    /// How often its output is written: after `max_records` records or `linger`.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Least time between two checkpoints of its state with the input offsets it reflects
+    /// (Kafka Streams' `commit.interval.ms`). Input offsets are committed only with a
+    /// checkpoint, so after a crash it reads up to this much input again (and writes the
+    /// same output again, numbered alike for `exactly_once` sinks). It checkpoints sooner
+    /// when a writer of its inputs waits for it (the embedded transport's sources, once their
+    /// sends in flight reach `max_in_flight_batches`), and when it stops or hands partitions
+    /// over.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// The transform's own config.
     #[serde(flatten)]
     pub inner: Box<dyn crate::stream::StreamTransformConfig>,
@@ -371,6 +379,10 @@ impl Default for BatchConfig {
             linger: default_linger(),
         }
     }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_max_records() -> usize {

@@ -68,9 +68,17 @@ struct Pending {
     prepared: Option<Prepared>,
 }
 
-/// (topic, partition) → next offset, of everything flushed so far: committed once more,
-/// waiting, when the task stops.
-type Flushed = BTreeMap<(Arc<str>, i32), i64>;
+/// (topic, partition) → next offset.
+type Offsets = BTreeMap<(Arc<str>, i32), i64>;
+
+/// Offsets of everything flushed so far.
+#[derive(Default)]
+struct Flushed {
+    /// Committed: committed once more, waiting, when the task stops.
+    committed: Offsets,
+    /// Flushed, but held back by the sink's [`Sink::pre_commit`].
+    held: Offsets,
+}
 
 /// What turns records read into a batch: decoding failures and transforms.
 struct Intake<'a> {
@@ -106,8 +114,13 @@ impl SinkTask {
         drain: CancellationToken,
         deadline: Deadline,
     ) -> Result<(), ConnectorError> {
-        let mut flushed = Flushed::new();
-        let result = match self.consume(&mut flushed, &drain, &deadline).await {
+        let mut flushed = Flushed::default();
+        let consumed = match self.consume(&mut flushed, &drain, &deadline).await {
+            // What the sink still holds back is made durable and committed before it ends.
+            Ok(()) => self.release(&mut flushed, true, &deadline).await,
+            Err(e) => Err(e),
+        };
+        let result = match consumed {
             Ok(()) => Ok(()),
             Err(Stopped::Abandoned) => {
                 tracing::warn!(component = %self.id, "shutdown deadline passed while a batch was being stored; it stays uncommitted and is read again by the next run");
@@ -116,7 +129,7 @@ impl SinkTask {
             Err(Stopped::Failed(e)) => Err(e),
         };
         if result.is_ok() {
-            self.commit(&flushed, true, &deadline).await;
+            self.commit(&flushed.committed, true, &deadline).await;
         }
         let hold = if result.is_ok() {
             self.stop.is_cancelled()
@@ -155,6 +168,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
+                self.release(flushed, true, deadline).await?;
                 tracing::info!(component = %self.id, "stopped; what it read is stored");
                 return Ok(());
             }
@@ -170,6 +184,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
+                self.release(flushed, true, deadline).await?;
                 tokio::select! {
                     _ = self.metrics.unpaused() => {}
                     _ = drain.cancelled() => {}
@@ -210,6 +225,11 @@ impl SinkTask {
             };
             let idle = !read_ahead && incoming.is_empty();
             self.intake().take(incoming, pending)?;
+            if idle && pending.is_empty() {
+                // Nothing new: offsets held back go once the sink allows (its interval passed,
+                // or a writer waits for them).
+                self.release(flushed, false, deadline).await?;
+            }
 
             let full = pending.records.len() >= self.batch.max_records;
             let lingered = pending
@@ -220,6 +240,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
+                self.release(flushed, true, deadline).await?;
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
@@ -302,11 +323,12 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
+                self.release(flushed, true, deadline).await?;
                 // Committed once more, waiting, and no longer this task's to commit.
-                let (handed, kept): (Flushed, Flushed) = std::mem::take(flushed)
+                let (handed, kept): (Offsets, Offsets) = std::mem::take(&mut flushed.committed)
                     .into_iter()
                     .partition(|(key, _)| partitions.contains(key));
-                *flushed = kept;
+                flushed.committed = kept;
                 self.commit(&handed, true, deadline).await;
                 let closing = partitions.clone();
                 with_retries(
@@ -368,6 +390,8 @@ impl SinkTask {
         deadline: &Deadline,
     ) -> Result<(), Stopped> {
         let batch = std::mem::take(pending);
+        // Stored without reading ahead: the task is about to give up partitions or stop.
+        let now = matches!(read_ahead, ReadAheadMode::Off);
         let SinkTask {
             id,
             sink,
@@ -405,10 +429,10 @@ impl SinkTask {
         };
         let (stored, ahead_error) = ahead.run(pending, storing).await;
         let (stored, dead_count) = stored?;
-        self.commit(&batch.offsets, false, deadline).await;
-        flushed.extend(batch.offsets);
+        flushed.held.extend(batch.offsets);
         ComponentMetrics::add(&self.metrics.records_out, stored);
         ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
+        self.release(flushed, now, deadline).await?;
         match ahead_error {
             // The batch is stored and committed; what failed while reading ahead fails the
             // task as it would have when read after it.
@@ -417,14 +441,39 @@ impl SinkTask {
         }
     }
 
+    /// Commits the offsets held back once the sink's [`Sink::pre_commit`] allows it; with `now`
+    /// (or while a writer is blocked on these commits) the sink makes its progress durable
+    /// first.
+    async fn release(
+        &mut self,
+        flushed: &mut Flushed,
+        now: bool,
+        deadline: &Deadline,
+    ) -> Result<(), Stopped> {
+        if flushed.held.is_empty() {
+            return Ok(());
+        }
+        let now = now || self.reader.writer_blocked();
+        let allowed = with_retries(
+            &self.id,
+            &mut self.sink,
+            "pre-commit",
+            move |sink, _| Box::pin(sink.pre_commit(now)),
+            &[],
+            deadline,
+        )
+        .await?;
+        if allowed {
+            let held = std::mem::take(&mut flushed.held);
+            self.commit(&held, false, deadline).await;
+            flushed.committed.extend(held);
+        }
+        Ok(())
+    }
+
     /// Commits `offsets`; `wait` for the last commit of the task. The data is stored already, so
     /// a commit that keeps failing only means reading it again (at-least-once): it is logged.
-    async fn commit(
-        &mut self,
-        offsets: &BTreeMap<(Arc<str>, i32), i64>,
-        wait: bool,
-        deadline: &Deadline,
-    ) {
+    async fn commit(&mut self, offsets: &Offsets, wait: bool, deadline: &Deadline) {
         let offsets: Vec<PartitionOffset> = offsets
             .iter()
             .map(|((topic, partition), offset)| PartitionOffset {
@@ -746,7 +795,11 @@ mod tests {
     struct Scripted {
         records: VecDeque<Record>,
         owns_all: bool,
+        /// Every commit, as (partition, offset) pairs.
+        commits: Commits,
     }
+
+    type Commits = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
 
     #[async_trait::async_trait]
     impl TopicReader for Scripted {
@@ -763,9 +816,11 @@ mod tests {
         }
         async fn commit(
             &mut self,
-            _: &[PartitionOffset],
+            offsets: &[PartitionOffset],
             _: bool,
         ) -> Result<(), crate::transport::TransportError> {
+            let offsets = offsets.iter().map(|o| (o.partition, o.offset)).collect();
+            self.commits.lock().unwrap().push(offsets);
             Ok(())
         }
         async fn caught_up(&mut self) -> Result<bool, crate::transport::TransportError> {
@@ -795,6 +850,56 @@ mod tests {
         ) -> Result<(), crate::transport::TransportError> {
             Ok(())
         }
+    }
+
+    /// A task of `sink` reading `reader`, in batches of 10 at most `linger` old.
+    fn task_of(
+        sink: Box<dyn Sink>,
+        reader: Box<dyn TopicReader>,
+        linger: Duration,
+        group_linger: Duration,
+    ) -> SinkTask {
+        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
+        SinkTask {
+            id: "sink".into(),
+            sink,
+            reader,
+            transforms: Vec::new(),
+            batch: BatchConfig {
+                max_records: 10,
+                linger,
+            },
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: ComponentMetrics::new("sink", "sink"),
+            group_linger,
+            shutdown: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            hold_position_on_failure: false,
+        }
+    }
+
+    /// Records at offsets 0..n of topic `t`, each holding its offset.
+    fn topic_t(n: i64) -> VecDeque<Record> {
+        (0..n)
+            .map(|offset| {
+                let mut record = Record::new(serde_json::json!(offset));
+                record.topic = "t".into();
+                record.offset = offset;
+                record
+            })
+            .collect()
+    }
+
+    /// Runs `task` with its input ended, until it stops (within 10 s).
+    async fn run_to_end(task: SinkTask) {
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(10));
+        tokio::time::timeout(Duration::from_secs(10), task.run(drain, deadline.clone()))
+            .await
+            .expect("the task stops once caught up")
+            .expect("the task succeeds");
+        deadline.expire();
     }
 
     /// Prepares a batch as the offsets of its records.
@@ -842,43 +947,19 @@ mod tests {
     /// what was prepared of exactly them; a batch that grows after is prepared by `put` itself.
     #[tokio::test]
     async fn full_batches_read_ahead_reach_the_sink_with_what_was_prepared_of_them() {
-        let records = (0..25)
-            .map(|offset| {
-                let mut record = Record::new(serde_json::json!(offset));
-                record.topic = "t".into();
-                record.offset = offset;
-                record
-            })
-            .collect();
+        let records = topic_t(25);
         let puts = Puts::default();
-        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
-        let task = SinkTask {
-            id: "sink".into(),
-            sink: Box::new(Slow { puts: puts.clone() }),
-            reader: Box::new(Scripted {
+        let task = task_of(
+            Box::new(Slow { puts: puts.clone() }),
+            Box::new(Scripted {
                 records,
                 owns_all: true,
+                commits: Commits::default(),
             }),
-            transforms: Vec::new(),
-            batch: BatchConfig {
-                max_records: 10,
-                linger: Duration::from_millis(50),
-            },
-            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
-            metrics: ComponentMetrics::new("sink", "sink"),
-            group_linger: Duration::ZERO,
-            shutdown: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            hold_position_on_failure: false,
-        };
-        let drain = CancellationToken::new();
-        drain.cancel();
-        let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(10));
-        tokio::time::timeout(Duration::from_secs(10), task.run(drain, deadline.clone()))
-            .await
-            .expect("the task stops once caught up")
-            .expect("the task succeeds");
-        deadline.expire();
+            Duration::from_millis(50),
+            Duration::ZERO,
+        );
+        run_to_end(task).await;
         let puts = puts.lock().unwrap().clone();
         let stored: Vec<i64> = puts.iter().flat_map(|(b, _)| b.clone()).collect();
         assert_eq!(
@@ -907,24 +988,14 @@ mod tests {
             .reader("g", &["t".to_string()])
             .await
             .expect("an embedded reader");
-        let task = SinkTask {
-            id: "sink".into(),
-            sink: Box::new(Slow {
+        let task = task_of(
+            Box::new(Slow {
                 puts: Puts::default(),
             }),
             reader,
-            transforms: Vec::new(),
-            batch: BatchConfig {
-                max_records: 10,
-                linger: Duration::from_secs(5),
-            },
-            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
-            metrics: ComponentMetrics::new("sink", "sink"),
-            group_linger: Duration::ZERO,
-            shutdown: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            hold_position_on_failure: false,
-        };
+            Duration::from_secs(5),
+            Duration::ZERO,
+        );
         let drain = CancellationToken::new();
         let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(60));
         let running = tokio::spawn(task.run(drain.clone(), deadline.clone()));
@@ -940,31 +1011,74 @@ mod tests {
         );
     }
 
+    /// Commits only when told to: what a stream transform does between checkpoints.
+    struct Holding {
+        pre_commits: Arc<Mutex<Vec<bool>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Holding {
+        async fn put(&mut self, _: &[Record]) -> Result<PutOutcome, ConnectorError> {
+            Ok(PutOutcome::default())
+        }
+        async fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        async fn pre_commit(&mut self, now: bool) -> Result<bool, ConnectorError> {
+            self.pre_commits.lock().unwrap().push(now);
+            Ok(now)
+        }
+    }
+
+    /// Offsets a sink's `pre_commit` holds back stay uncommitted, batch after batch, and are
+    /// committed, all of them, once the sink allows it (here when the task ends).
+    #[tokio::test]
+    async fn offsets_held_back_by_the_sink_are_committed_once_it_allows() {
+        let records = topic_t(25);
+        let commits = Commits::default();
+        let pre_commits = Arc::new(Mutex::new(Vec::new()));
+        let task = task_of(
+            Box::new(Holding {
+                pre_commits: pre_commits.clone(),
+            }),
+            Box::new(Scripted {
+                records,
+                owns_all: true,
+                commits: commits.clone(),
+            }),
+            Duration::from_millis(50),
+            Duration::ZERO,
+        );
+        run_to_end(task).await;
+        let asked = pre_commits.lock().unwrap().clone();
+        assert!(
+            asked.iter().filter(|now| !**now).count() >= 3,
+            "asked after each of the three batches: {asked:?}"
+        );
+        assert_eq!(asked.last(), Some(&true), "told to commit at the end");
+        let commits = commits.lock().unwrap().clone();
+        assert_eq!(
+            commits.first(),
+            Some(&vec![(-1, 25)]),
+            "nothing committed before the sink allowed it, then everything: {commits:?}"
+        );
+    }
+
     /// A sink of a group that does not own every partition reads on for `group_linger` after
     /// it starts draining, however long it ran before (a dead worker's partitions may come).
     #[tokio::test]
     async fn a_group_sink_lingers_after_draining_starts_not_after_it_started() {
         let puts = Puts::default();
-        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
-        let task = SinkTask {
-            id: "sink".into(),
-            sink: Box::new(Slow { puts }),
-            reader: Box::new(Scripted {
+        let task = task_of(
+            Box::new(Slow { puts }),
+            Box::new(Scripted {
                 records: VecDeque::new(),
                 owns_all: false,
+                commits: Commits::default(),
             }),
-            transforms: Vec::new(),
-            batch: BatchConfig {
-                max_records: 10,
-                linger: Duration::from_millis(50),
-            },
-            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
-            metrics: ComponentMetrics::new("sink", "sink"),
-            group_linger: Duration::from_millis(400),
-            shutdown: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            hold_position_on_failure: false,
-        };
+            Duration::from_millis(50),
+            Duration::from_millis(400),
+        );
         let drain = CancellationToken::new();
         let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(10));
         let running = tokio::spawn(task.run(drain.clone(), deadline.clone()));

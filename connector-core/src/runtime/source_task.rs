@@ -139,6 +139,8 @@ impl SourceTask {
         ));
 
         let produced = self.produce(&shutdown, &deadline, &failed, sent_tx).await;
+        // Nothing more to send: readers that hold their commits back commit now.
+        let _blocked = self.writer.blocked_on(std::slice::from_ref(&self.topic));
         let acked = acker
             .await
             .map_err(|e| ConnectorError::internal(format!("acknowledger panicked: {e}")));
@@ -307,6 +309,10 @@ impl SourceTask {
                 offsets,
                 records: count,
             };
+            // With every batch in flight unacknowledged, this waits for the oldest: readers
+            // that hold their commits back (stream transforms between checkpoints) commit now.
+            let _blocked = (sent.capacity() == 0)
+                .then(|| self.writer.blocked_on(std::slice::from_ref(&self.topic)));
             // Stops when the acknowledger did; its error is reported by `run`.
             tokio::select! {
                 _ = deadline.passed() => return Ok(()),

@@ -4,9 +4,11 @@
 //! output.
 //!
 //! ```text
-//! put(batch)  → operator.process(record) per record → output kept; bad and late records refused
-//! flush()     → output written to `topic` and acknowledged → checkpoint stored:
-//!               per input partition {offset, state, seen}
+//! put(batch)    → operator.process(record) per record → output kept; bad and late records refused
+//! flush()       → output written to `topic` and acknowledged
+//! pre_commit()  → once `checkpoint_interval` passed (or a writer of the inputs waits, or the
+//!                 task stops or hands partitions over): checkpoint stored, per input partition
+//!                 {offset, state, seen}; only then are the input offsets committed
 //! open(parts) → checkpoint read → operator.restore(part) → resume at its offset (Kafka)
 //! ```
 //! The checkpoint lives where the runtime stores source offsets (the offsets topic on Kafka,
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Input index given to output made when input ends (partial windows): numbered after any
 /// output of the last input (output indexes are the input's index × 1024 + their rank).
@@ -117,6 +120,12 @@ pub(super) struct StreamSink {
     partitions: HashMap<TopicPartition, Checkpoint>,
     /// Output made since the last flush.
     output: Vec<Record>,
+    /// Least time between two checkpoints.
+    checkpoint_interval: Duration,
+    /// When the last checkpoint was stored (or the transform started).
+    checkpointed_at: Instant,
+    /// Whether inputs were taken in since the last checkpoint.
+    dirty: bool,
 }
 
 impl StreamSink {
@@ -124,16 +133,16 @@ impl StreamSink {
         id: String,
         pipeline: String,
         operator: Box<dyn StreamOperator>,
-        writer: Arc<dyn TopicWriter>,
         topic: &str,
         transport: Arc<dyn Transport>,
         durable_offsets: bool,
+        checkpoint_interval: Duration,
     ) -> Self {
         StreamSink {
             id,
             pipeline,
             operator,
-            writer,
+            writer: transport.writer(),
             topic: topic.into(),
             transport,
             stores: HashMap::new(),
@@ -141,6 +150,9 @@ impl StreamSink {
             durable_offsets,
             partitions: HashMap::new(),
             output: Vec::new(),
+            checkpoint_interval,
+            checkpointed_at: Instant::now(),
+            dirty: false,
         }
     }
 
@@ -213,12 +225,51 @@ impl StreamSink {
             );
         }
     }
+
+    /// Stores the checkpoint of every owned partition: its next input offset, the operator's
+    /// state and the source positions taken in.
+    async fn checkpoint(&mut self) -> Result<(), ConnectorError> {
+        let mut writes = Vec::new();
+        for (partition, checkpoint) in &self.partitions {
+            let value = checkpoint
+                .to_value(self.operator.snapshot(partition))
+                .map_err(|e| {
+                    ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
+                })?;
+            writes.push((partition.clone(), value));
+        }
+        let partitions: Vec<TopicPartition> = writes.iter().map(|(p, _)| p.clone()).collect();
+        self.index(&partitions).await?;
+        for (partition, _) in &writes {
+            if !self.stores.contains_key(partition) {
+                let name = checkpoint_store(&self.pipeline, &self.id, partition);
+                let store = Self::store_of(&self.transport, name).await?;
+                self.stores.insert(partition.clone(), store);
+            }
+        }
+        let id = self.id.as_str();
+        let stores = &self.stores;
+        futures::future::try_join_all(writes.into_iter().map(|(partition, value)| async move {
+            let store = stores
+                .get(&partition)
+                .ok_or_else(|| ConnectorError::internal("no checkpoint store"))?;
+            let entry = HashMap::from([(CHECKPOINT.to_string(), value)]);
+            store.store(id, entry).await.map_err(|e| {
+                ConnectorError::transient(format!("cannot store the checkpoint: {}", e.message))
+            })
+        }))
+        .await?;
+        self.dirty = false;
+        self.checkpointed_at = Instant::now();
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl Sink for StreamSink {
     async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
         let mut outcome = PutOutcome::default();
+        self.dirty |= !batch.is_empty();
         for (i, record) in batch.iter().enumerate() {
             let partition: TopicPartition = (record.topic.clone(), record.partition);
             let numbered = exactly_once::position_of(record)
@@ -267,54 +318,37 @@ impl Sink for StreamSink {
         Ok(outcome)
     }
 
-    /// Writes the output, waits for it to be acknowledged, then checkpoints every partition.
+    /// Writes the output and waits for it to be acknowledged.
     async fn flush(&mut self) -> Result<(), ConnectorError> {
         let output = std::mem::take(&mut self.output);
-        if !output.is_empty() {
-            let delivery = self.writer.send(output).await.map_err(|e| {
-                ConnectorError::transient(format!(
-                    "cannot write to `{}`: {}",
-                    self.topic, e.message
-                ))
-            })?;
-            delivery.await.map_err(|e| {
-                ConnectorError::transient(format!(
-                    "`{}` did not take the output: {}",
-                    self.topic, e.message
-                ))
-            })?;
+        if output.is_empty() {
+            return Ok(());
         }
-        let mut writes = Vec::new();
-        for (partition, checkpoint) in &self.partitions {
-            let value = checkpoint
-                .to_value(self.operator.snapshot(partition))
-                .map_err(|e| {
-                    ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
-                })?;
-            writes.push((partition.clone(), value));
+        let delivery = self.writer.send(output).await.map_err(|e| {
+            ConnectorError::transient(format!("cannot write to `{}`: {}", self.topic, e.message))
+        })?;
+        // Nothing more is written until then: readers of the output that hold their commits
+        // back commit now.
+        let _blocked = self.writer.blocked_on(std::slice::from_ref(&self.topic));
+        delivery.await.map_err(|e| {
+            ConnectorError::transient(format!(
+                "`{}` did not take the output: {}",
+                self.topic, e.message
+            ))
+        })
+    }
+
+    /// Checkpoints when `now`, or once `checkpoint_interval` passed since the last one; the
+    /// input offsets are committed only then.
+    async fn pre_commit(&mut self, now: bool) -> Result<bool, ConnectorError> {
+        if !self.dirty {
+            return Ok(true);
         }
-        let partitions: Vec<TopicPartition> = writes.iter().map(|(p, _)| p.clone()).collect();
-        self.index(&partitions).await?;
-        for (partition, _) in &writes {
-            if !self.stores.contains_key(partition) {
-                let name = checkpoint_store(&self.pipeline, &self.id, partition);
-                let store = Self::store_of(&self.transport, name).await?;
-                self.stores.insert(partition.clone(), store);
-            }
+        if !now && self.checkpointed_at.elapsed() < self.checkpoint_interval {
+            return Ok(false);
         }
-        let id = self.id.as_str();
-        let stores = &self.stores;
-        futures::future::try_join_all(writes.into_iter().map(|(partition, value)| async move {
-            let store = stores
-                .get(&partition)
-                .ok_or_else(|| ConnectorError::internal("no checkpoint store"))?;
-            let entry = HashMap::from([(CHECKPOINT.to_string(), value)]);
-            store.store(id, entry).await.map_err(|e| {
-                ConnectorError::transient(format!("cannot store the checkpoint: {}", e.message))
-            })
-        }))
-        .await?;
-        Ok(())
+        self.checkpoint().await?;
+        Ok(true)
     }
 
     /// Restores the state of `partitions` from the checkpoint; on Kafka they resume at its
@@ -387,6 +421,8 @@ impl Sink for StreamSink {
             }
             self.output.extend(records);
         }
-        self.flush().await
+        self.dirty = true;
+        self.flush().await?;
+        self.checkpoint().await
     }
 }

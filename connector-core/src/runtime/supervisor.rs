@@ -605,10 +605,10 @@ impl Supervisor {
                         id.to_string(),
                         config.name.clone(),
                         operator,
-                        self.transport.writer(),
                         &stream.topic,
                         self.transport.clone(),
                         config.kafka.is_some(),
+                        stream.checkpoint_interval,
                     ));
                     (&stream.inputs, built, Vec::new(), stream.batch.clone())
                 }

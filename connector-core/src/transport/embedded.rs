@@ -43,6 +43,8 @@ struct Topic {
     committed_by_all: Vec<watch::Sender<Low>>,
     /// Woken when commits free space, for producers.
     space: Notify,
+    /// Writers blocked until records of this topic are committed (see [`super::Blocked`]).
+    blocked: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct TopicState {
@@ -114,6 +116,7 @@ impl Broker {
                     }),
                     committed_by_all: (0..n).map(|_| watch::channel(Low::default()).0).collect(),
                     space: Notify::new(),
+                    blocked: Arc::default(),
                 })
             })
             .clone()
@@ -268,6 +271,8 @@ impl TopicWriter for EmbeddedWriter {
         let mut waits = Vec::new();
         for (name, records) in by_topic {
             let topic = self.broker.topic(&name, 1);
+            // While the topic is full, this writer waits for its readers' commits.
+            let mut blocked = None;
             loop {
                 let space = topic.space.notified();
                 tokio::pin!(space);
@@ -275,8 +280,13 @@ impl TopicWriter for EmbeddedWriter {
                 if lock(&topic.state).retained < self.broker.capacity {
                     break;
                 }
+                if blocked.is_none() {
+                    blocked = Some(super::Blocked::counting(vec![topic.blocked.clone()]));
+                    self.broker.data.notify_waiters();
+                }
                 space.await;
             }
+            drop(blocked);
             let mut state = lock(&topic.state);
             let n = state.partitions.len();
             let mut last = vec![-1i64; n];
@@ -326,6 +336,18 @@ impl TopicWriter for EmbeddedWriter {
         }
         .boxed();
         Ok((delivery, Vec::new()))
+    }
+
+    fn blocked_on(&self, topics: &[Arc<str>]) -> super::Blocked {
+        let blocked = super::Blocked::counting(
+            topics
+                .iter()
+                .map(|name| self.broker.topic(name, 1).blocked.clone())
+                .collect(),
+        );
+        // Readers waiting for records wake to see it.
+        self.broker.data.notify_waiters();
+        blocked
     }
 }
 
@@ -422,6 +444,12 @@ impl TopicReader for EmbeddedReader {
                 .iter()
                 .any(|low| low.receiver_count() > 0)
         })
+    }
+
+    fn writer_blocked(&self) -> bool {
+        self.topics
+            .iter()
+            .any(|(topic, _)| topic.blocked.load(std::sync::atomic::Ordering::SeqCst) > 0)
     }
 
     async fn commit(

@@ -14,6 +14,8 @@ use futures::future::BoxFuture;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A transport failure.
@@ -157,6 +159,31 @@ pub trait Transport: Send + Sync {
     }
 }
 
+/// Held by a writer that can send nothing more until records it already wrote are stored (a
+/// source whose sends in flight reached their bound, a stream transform waiting for its
+/// output to be taken): readers of those topics see it through
+/// [`TopicReader::writer_blocked`]. Dropping it ends the wait.
+#[derive(Default)]
+pub struct Blocked(Vec<Arc<AtomicUsize>>);
+
+impl Blocked {
+    /// A wait counted in each of `counters`.
+    pub fn counting(counters: Vec<Arc<AtomicUsize>>) -> Self {
+        for c in &counters {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+        Blocked(counters)
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            c.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A record the transport refused at once, and why (it is larger than the topic takes).
 pub type Refused = (Record, String);
 
@@ -184,6 +211,13 @@ pub trait TopicWriter: Send + Sync {
         &self,
         records: Vec<Record>,
     ) -> Result<(Delivery, Vec<Refused>), TransportError>;
+
+    /// Marks this writer blocked on the acknowledgement of what it wrote to `topics` until the
+    /// guard is dropped. Only where acknowledgements wait for readers (the embedded transport)
+    /// does this tell them anything.
+    fn blocked_on(&self, _topics: &[Arc<str>]) -> Blocked {
+        Blocked::default()
+    }
 }
 
 /// A member of a consumer group.
@@ -212,6 +246,13 @@ pub trait TopicReader: Send {
     /// (the embedded transport acknowledges a send once every group committed it): a batch
     /// lingering for more records then only delays everyone, so the sink stores it at once.
     fn writer_waiting(&self) -> bool {
+        false
+    }
+
+    /// Whether a writer of these topics can send nothing more until this reader commits (see
+    /// [`Blocked`]): a sink that holds commits back (a stream transform between checkpoints)
+    /// commits now rather than stall it.
+    fn writer_blocked(&self) -> bool {
         false
     }
 
