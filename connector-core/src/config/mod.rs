@@ -335,7 +335,7 @@ pub struct StreamTransformOuter {
     /// same output again, numbered alike for `exactly_once` sinks). It checkpoints sooner
     /// when a writer of its inputs waits for it (the embedded transport's sources, once their
     /// sends in flight reach `max_in_flight_batches`), and when it stops or hands partitions
-    /// over.
+    /// over. `0s` checkpoints at every batch.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// The transform's own config.
