@@ -1,7 +1,9 @@
-//! A sink task: read → transforms → put(batch) → flush → commit consumer offsets.
+//! A sink task: read → transforms → put(batch) → flush → pre_commit → commit consumer offsets.
 //!
 //! Offsets are committed only after `flush` returned and every dead-letter record of the batch is
-//! acknowledged, so whatever is committed is in the store or in the dead-letter topic.
+//! acknowledged, so whatever is committed is in the store or in the dead-letter topic; a sink
+//! whose `pre_commit` holds them back (a stream transform between checkpoints) has them
+//! committed with a later flush, or before the task gives up partitions, pauses or ends.
 
 use super::dead_letter::{DeadLetters, Failure};
 use super::deadline::Deadline;

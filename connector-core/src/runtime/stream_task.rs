@@ -9,7 +9,7 @@
 //! pre_commit()  → once `checkpoint_interval` passed (or a writer of the inputs waits, or the
 //!                 task stops or hands partitions over): checkpoint stored, per input partition
 //!                 {offset, state, seen}; only then are the input offsets committed
-//! open(parts) → checkpoint read → operator.restore(part) → resume at its offset (Kafka)
+//! open(parts)   → checkpoint read → operator.restore(part) → resume at its offset (Kafka)
 //! ```
 //! The checkpoint lives where the runtime stores source offsets (the offsets topic on Kafka,
 //! the state dir on the embedded transport), one store per input partition,
