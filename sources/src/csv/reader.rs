@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
-/// Records per batch handed from the thread to the async side.
-const BATCH: usize = 1024;
+/// Records per batch handed from the thread to the async side: a source's default
+/// `batch_size`, so that a batch polled is one batch sent and the sends in flight hold
+/// `max_in_flight_batches` × `batch_size` records, as documented.
+const BATCH: usize = 2_000;
 
 /// Everything the reader thread needs, checked at build time.
 pub(crate) struct ReaderSettings {
