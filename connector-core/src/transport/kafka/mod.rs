@@ -977,6 +977,18 @@ fn partition_of(producer: &Producer, topic: &str, pipeline: &str) -> Result<i32,
     ))
 }
 
+/// The low and high watermarks of `partition` of `topic`.
+fn watermarks(
+    producer: &Producer,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), TransportError> {
+    producer
+        .client()
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}")))
+}
+
 /// The latest record's value of each of the first `partitions` partitions of `topic`, read by
 /// a consumer of no group; `None` where the partition is empty.
 fn latest_records(
@@ -989,12 +1001,7 @@ fn latest_records(
     let mut list = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for partition in 0..partitions {
-        let (low, high) = producer
-            .client()
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map_err(|e| {
-                TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
-            })?;
+        let (low, high) = watermarks(producer, topic, partition)?;
         if high > low {
             list.add_partition_offset(topic, partition, Offset::Offset(high - 1))
                 .map_err(|e| TransportError::fatal(e.to_string()))?;
@@ -1052,12 +1059,7 @@ fn read_back(
     mut upto: i64,
 ) -> Result<(PipelineOffsets, u64), TransportError> {
     let topic = &config.offsets_topic;
-    let (low, _) = producer
-        .client()
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(|e| {
-            TransportError::transient(format!("cannot read watermarks of `{topic}`: {e}"))
-        })?;
+    let (low, _) = watermarks(producer, topic, partition)?;
     if upto <= low {
         return Ok((PipelineOffsets::new(), 0));
     }
