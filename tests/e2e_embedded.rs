@@ -302,14 +302,19 @@ fn sigterm_while_a_sink_dead_letters_during_its_drain_exits_0_within_the_deadlin
     let state = dir.path().join("state");
     // One record a batch: the source is done at once and the archive sink still drains its
     // backlog (each batch waiting for its dead letters to be stored) when SIGTERM comes.
+    let log = dir.path().join("first-run.log");
     let mut child = sluice_run(&pipeline, &state)
         .env("SLUICE_SINKS__ARCHIVE__BATCH__MAX_RECORDS", "1")
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     wait_for_lines(&dir.path().join("out.jsonl"), 20, Duration::from_secs(20));
     let (status, took) = terminate(&mut child);
-    assert!(status.success(), "exit status {status}");
+    assert!(
+        status.success(),
+        "exit status {status}; its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let (data, dead) = dates_written(dir.path());
     assert!(

@@ -583,7 +583,14 @@ async fn store(
             delivery.await
         };
         match bounded(deadline, delivered).await {
-            Some(result) => result.map_err(|e| transport_error(id, e))?,
+            Some(Ok(())) => {}
+            // Past the deadline the dead-letter sink stops too, failing what it did not store:
+            // the batch stays uncommitted, as any batch cut short by the deadline.
+            Some(Err(e)) if deadline.is_passed() => {
+                tracing::warn!(component = %id, error = %e.message, "dead letters were not stored before the shutdown deadline");
+                return Err(Stopped::Abandoned);
+            }
+            Some(Err(e)) => return Err(transport_error(id, e).into()),
             None => return Err(Stopped::Abandoned),
         }
     }
@@ -1063,6 +1070,79 @@ mod tests {
             commits.first(),
             Some(&vec![(-1, 25)]),
             "nothing committed before the sink allowed it, then everything: {commits:?}"
+        );
+    }
+
+    /// Refuses every record for its content: each becomes a dead letter.
+    struct Refusing;
+
+    #[async_trait::async_trait]
+    impl Sink for Refusing {
+        async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+            Ok(PutOutcome {
+                rejected: (0..batch.len()).map(|i| (i, "refused".into())).collect(),
+                skipped: 0,
+            })
+        }
+        async fn flush(&mut self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+    }
+
+    /// At the shutdown deadline the dead-letter sink stops too, failing the delivery of dead
+    /// letters it had not stored. A sink waiting for them then stops like any sink at the
+    /// deadline (its batch uncommitted, read again next run); it does not fail the pipeline.
+    #[tokio::test]
+    async fn dead_letters_left_unstored_at_the_deadline_leave_the_batch_uncommitted() {
+        let transport = EmbeddedTransport::new(10, std::env::temp_dir());
+        let mut dead_letter_reader = transport
+            .reader("dead-letter-sink", &["dlq".to_string()])
+            .await
+            .expect("an embedded reader");
+        let commits = Commits::default();
+        let mut task = task_of(
+            Box::new(Refusing),
+            Box::new(Scripted {
+                records: topic_t(3),
+                owns_all: true,
+                commits: commits.clone(),
+            }),
+            Duration::from_millis(10),
+            Duration::ZERO,
+        );
+        task.dead_letters = DeadLetters::new(
+            ErrorsConfig {
+                tolerance: crate::config::Tolerance::All,
+                dead_letter_topic: Some("dlq".into()),
+                ..ErrorsConfig::default()
+            },
+            transport.writer(),
+        );
+        let deadline = Deadline::after(&CancellationToken::new(), Duration::from_secs(60));
+        let running = tokio::spawn(task.run(CancellationToken::new(), deadline.clone()));
+        let mut dead = 0;
+        while dead < 3 {
+            dead += tokio::time::timeout(
+                Duration::from_secs(10),
+                dead_letter_reader.poll(10, Duration::from_millis(100)),
+            )
+            .await
+            .expect("the dead letters arrive")
+            .expect("a poll")
+            .len();
+        }
+        // The deadline passes and the dead-letter sink stops, unstored, before the task runs on.
+        deadline.expire();
+        drop(dead_letter_reader);
+        let result = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the task stops at the deadline")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            commits.lock().unwrap().iter().all(|c| c.is_empty()),
+            "nothing committed: {:?}",
+            commits.lock().unwrap()
         );
     }
 
