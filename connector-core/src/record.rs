@@ -89,6 +89,16 @@ impl Record {
     }
 }
 
+/// Field `name` of an object: compared in order in a small object (a record's few fields),
+/// which is cheaper than hashing the name, and looked up by hash in a large one.
+pub fn field<'v>(object: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'v Value> {
+    if object.len() <= 16 {
+        object.iter().find(|(key, _)| *key == name).map(|(_, v)| v)
+    } else {
+        object.get(name)
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

@@ -6,7 +6,7 @@
 //! window. Cost per record: one parse of its time and fields, and for each window it falls
 //! in one update per aggregate (O(1)); closing windows is O(log open windows).
 
-use crate::keyed::{config_error, from_checkpoint, json_number, key_of, to_checkpoint};
+use crate::keyed::{config_error, from_checkpoint, json_number};
 use crate::path;
 use crate::time::EventTime;
 use schemars::JsonSchema;
@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 use sluice_core::stream::{Emitted, StreamOperator, StreamTransformConfig};
 use sluice_core::transport::TopicPartition;
 use sluice_core::{ConnectorError, FieldError, Record};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use smallvec::SmallVec;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 sluice_core::register_plugin!(StreamTransform, "window", WindowConfig);
@@ -256,79 +257,51 @@ fn parse_aggregate(output: &str, spec: &str) -> Result<Aggregate, String> {
     })
 }
 
-/// The running value of one aggregate in one window.
+/// The running value of one aggregate in one window. Checkpointed compactly (a one-letter tag
+/// and an array): the state of every open window is written at each checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "k")]
 enum Acc {
-    Count {
-        n: u64,
-    },
-    Sum {
-        int: i64,
-        float: f64,
-        floats: bool,
-        n: u64,
-    },
-    Extreme {
-        best: Option<Value>,
-        at: f64,
-    },
-    Avg {
-        sum: f64,
-        n: u64,
-    },
-    Edge {
-        value: Option<Value>,
-        time: i64,
-    },
-    Stddev {
-        n: u64,
-        mean: f64,
-        m2: f64,
-    },
+    /// Records counted.
+    #[serde(rename = "c")]
+    Count(u64),
+    /// Exact whole-number sum, float sum, whether the float sum is the one, values summed.
+    #[serde(rename = "s")]
+    Sum(i64, f64, bool, u64),
+    /// Least or greatest value so far, and it as a number.
+    #[serde(rename = "x")]
+    Extreme(Option<Value>, f64),
+    /// Sum and count of the values.
+    #[serde(rename = "a")]
+    Avg(f64, u64),
+    /// First or last value by event time, and that time.
+    #[serde(rename = "e")]
+    Edge(Option<Value>, i64),
+    /// Welford's count, mean and sum of squared deviations.
+    #[serde(rename = "d")]
+    Stddev(u64, f64, f64),
 }
 
 impl Acc {
     fn new(op: Op) -> Self {
         match op {
-            Op::Count => Acc::Count { n: 0 },
-            Op::Sum => Acc::Sum {
-                int: 0,
-                float: 0.0,
-                floats: false,
-                n: 0,
-            },
-            Op::Min | Op::Max => Acc::Extreme {
-                best: None,
-                at: 0.0,
-            },
-            Op::Avg => Acc::Avg { sum: 0.0, n: 0 },
-            Op::First | Op::Last => Acc::Edge {
-                value: None,
-                time: 0,
-            },
-            Op::Stddev => Acc::Stddev {
-                n: 0,
-                mean: 0.0,
-                m2: 0.0,
-            },
+            Op::Count => Acc::Count(0),
+            Op::Sum => Acc::Sum(0, 0.0, false, 0),
+            Op::Min | Op::Max => Acc::Extreme(None, 0.0),
+            Op::Avg => Acc::Avg(0.0, 0),
+            Op::First | Op::Last => Acc::Edge(None, 0),
+            Op::Stddev => Acc::Stddev(0, 0.0, 0.0),
         }
     }
 
     /// Adds `value` (present, not null) of a record at `time`.
     fn add(&mut self, op: Op, value: Option<&Value>, number: Option<f64>, time: i64) {
         match self {
-            Acc::Count { n } => {
+            Acc::Count(n) => {
                 if value.is_some() || op == Op::Count {
                     *n += 1
                 }
             }
-            Acc::Sum {
-                int,
-                float,
-                floats,
-                n,
-            } => {
+            Acc::Sum(int, float, floats, n) => {
                 if let Some(v) = value {
                     // Whole numbers add exactly until one is not whole or the sum overflows.
                     match v.as_i64().and_then(|i| int.checked_add(i)) {
@@ -339,7 +312,7 @@ impl Acc {
                     *n += 1;
                 }
             }
-            Acc::Extreme { best, at } => {
+            Acc::Extreme(best, at) => {
                 if let (Some(v), Some(x)) = (value, number) {
                     let better =
                         best.is_none() || (op == Op::Min && x < *at) || (op == Op::Max && x > *at);
@@ -349,16 +322,13 @@ impl Acc {
                     }
                 }
             }
-            Acc::Avg { sum, n } => {
+            Acc::Avg(sum, n) => {
                 if let Some(x) = number {
                     *sum += x;
                     *n += 1;
                 }
             }
-            Acc::Edge {
-                value: kept,
-                time: kept_time,
-            } => {
+            Acc::Edge(kept, kept_time) => {
                 if let Some(v) = value {
                     // Ties keep arrival order: the first stays first, the last one wins last.
                     let take = kept.is_none()
@@ -370,7 +340,7 @@ impl Acc {
                     }
                 }
             }
-            Acc::Stddev { n, mean, m2 } => {
+            Acc::Stddev(n, mean, m2) => {
                 if let Some(x) = number {
                     *n += 1;
                     let delta = x - *mean;
@@ -384,36 +354,45 @@ impl Acc {
     fn result(&self) -> Value {
         let float = json_number;
         match self {
-            Acc::Count { n } => Value::from(*n),
-            Acc::Sum { n: 0, .. } => Value::Null,
-            Acc::Sum {
-                int, floats: false, ..
-            } => Value::from(*int),
-            Acc::Sum { float: f, .. } => float(*f),
-            Acc::Extreme { best, .. } => best.clone().unwrap_or(Value::Null),
-            Acc::Avg { n: 0, .. } => Value::Null,
-            Acc::Avg { sum, n } => float(sum / *n as f64),
-            Acc::Edge { value, .. } => value.clone().unwrap_or(Value::Null),
-            Acc::Stddev { n, m2, .. } if *n >= 2 => float((m2 / (*n as f64 - 1.0)).sqrt()),
-            Acc::Stddev { .. } => Value::Null,
+            Acc::Count(n) => Value::from(*n),
+            Acc::Sum(.., 0) => Value::Null,
+            Acc::Sum(int, _, false, _) => Value::from(*int),
+            Acc::Sum(_, f, true, _) => float(*f),
+            Acc::Extreme(best, _) => best.clone().unwrap_or(Value::Null),
+            Acc::Avg(_, 0) => Value::Null,
+            Acc::Avg(sum, n) => float(sum / *n as f64),
+            Acc::Edge(value, _) => value.clone().unwrap_or(Value::Null),
+            Acc::Stddev(n, _, m2) if *n >= 2 => float((m2 / (*n as f64 - 1.0)).sqrt()),
+            Acc::Stddev(..) => Value::Null,
         }
     }
 }
 
-/// One open window of one key.
+/// One open window of one key; checkpointed as `[start, end, [aggregates]]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Open {
-    end: i64,
-    accs: Vec<Acc>,
+struct Open(i64, i64, Vec<Acc>);
+
+impl Open {
+    fn start(&self) -> i64 {
+        self.0
+    }
+
+    fn end(&self) -> i64 {
+        self.1
+    }
 }
+
+/// The open windows of one key, by start: one for tumbling windows, `size / hop` at most for
+/// hopping ones; kept inline in the key's entry, so that a record costs one hash lookup.
+type KeyWindows = SmallVec<[Open; 1]>;
 
 /// The state of one input partition.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct PartitionState {
     /// Latest event time seen (ms).
     watermark: Option<i64>,
-    /// Key → window start (ms) → window.
-    keys: HashMap<String, BTreeMap<i64, Open>>,
+    /// Key → its open windows.
+    keys: hashbrown::HashMap<String, KeyWindows>,
     /// (end, key, start) of every open window, to close them in order; rebuilt on restore.
     #[serde(skip)]
     closing: BTreeSet<(i64, String, i64)>,
@@ -427,16 +406,20 @@ impl PartitionState {
             .flat_map(|(key, windows)| {
                 windows
                     .iter()
-                    .map(move |(start, open)| (open.end, key.clone(), *start))
+                    .map(move |open| (open.end(), key.clone(), open.start()))
             })
             .collect();
     }
 }
 
 /// Per aggregate, the value of its field in a record (present, not null) and that as a number.
-type Inputs<'r> = Vec<(Option<&'r Value>, Option<f64>)>;
+type Inputs<'r> = SmallVec<[(Option<&'r Value>, Option<f64>); 8]>;
 
-struct Window {
+/// The windows (start, end, in ms) a time falls in.
+type Spans = SmallVec<[(i64, i64); 4]>;
+
+/// What the configuration says, checked.
+struct Spec {
     size: Every,
     hop: Every,
     aggregates: Vec<Aggregate>,
@@ -444,14 +427,20 @@ struct Window {
     lateness_ms: i64,
     emit: Emit,
     emit_partial: bool,
+}
+
+struct Window {
+    spec: Spec,
     partitions: HashMap<TopicPartition, PartitionState>,
     /// The last hop slot looked up (start, end) and the windows of a time in it: consecutive
     /// records mostly fall in the same slot, and calendar arithmetic is the costly part.
     last_slot: Option<Slot>,
+    /// Length of the last snapshot, to write the next one without growing its buffer.
+    snapshot_len: std::sync::atomic::AtomicUsize,
 }
 
 /// A hop slot (start, end, in ms) and the windows (start, end) of any time in it.
-type Slot = (i64, i64, Vec<(i64, i64)>);
+type Slot = (i64, i64, Spans);
 
 impl WindowConfig {
     fn operator(&self) -> Result<Window, Vec<FieldError>> {
@@ -499,15 +488,18 @@ impl WindowConfig {
         }
         match (size, hop, time) {
             (Ok(size), Ok(hop), Ok(time)) if errors.is_empty() => Ok(Window {
-                size,
-                hop,
-                aggregates,
-                time,
-                lateness_ms: self.allowed_lateness.as_millis() as i64,
-                emit: self.emit,
-                emit_partial: self.emit_partial,
+                spec: Spec {
+                    size,
+                    hop,
+                    aggregates,
+                    time,
+                    lateness_ms: self.allowed_lateness.as_millis() as i64,
+                    emit: self.emit,
+                    emit_partial: self.emit_partial,
+                },
                 partitions: HashMap::new(),
                 last_slot: None,
+                snapshot_len: Default::default(),
             }),
             _ => Err(errors),
         }
@@ -527,7 +519,7 @@ impl StreamTransformConfig for WindowConfig {
     }
 }
 
-impl Window {
+impl Spec {
     /// The fields the aggregates read, as values and numbers; an error for a value that
     /// should be a number and is not.
     fn inputs<'r>(&self, record: &'r Record) -> Result<Inputs<'r>, String> {
@@ -550,23 +542,40 @@ impl Window {
             .collect()
     }
 
+    fn output(&self, key: &str, open: &Open, finished: bool) -> Record {
+        let time = |ms: i64| self.time.write(ms);
+        let mut value = Map::with_capacity(self.aggregates.len() + 4);
+        value.insert("key".into(), Value::String(key.to_string()));
+        value.insert("start".into(), time(open.start()));
+        value.insert("end".into(), time(open.end()));
+        for (a, acc) in self.aggregates.iter().zip(&open.2) {
+            value.insert(a.output.clone(), acc.result());
+        }
+        value.insert("final".into(), Value::Bool(finished));
+        let mut record = Record::new(Value::Object(value)).with_key(key.as_bytes().to_vec());
+        record.timestamp = Some(open.start());
+        record
+    }
+}
+
+impl Window {
     /// Window starts (ms) and ends containing `t`.
-    fn windows_of(&mut self, t: i64) -> Result<Vec<(i64, i64)>, String> {
+    fn windows_of(&mut self, t: i64) -> Result<Spans, String> {
         if let Some((start, end, windows)) = &self.last_slot {
             if *start <= t && t < *end {
                 return Ok(windows.clone());
             }
         }
         let at = jiff::Timestamp::from_millisecond(t).map_err(|e| e.to_string())?;
-        let last = self.hop.align(at, self.time.zone())?;
+        let last = self.spec.hop.align(at, self.spec.time.zone())?;
         let slot = (
             last.timestamp().as_millisecond(),
-            self.hop.add(&last, 1)?.timestamp().as_millisecond(),
+            self.spec.hop.add(&last, 1)?.timestamp().as_millisecond(),
         );
-        let mut out = Vec::new();
+        let mut out = Spans::new();
         for k in 0.. {
-            let start = self.hop.add(&last, -k)?;
-            let end = self.size.add(&start, 1)?;
+            let start = self.spec.hop.add(&last, -k)?;
+            let end = self.spec.size.add(&start, 1)?;
             let (s, e) = (
                 start.timestamp().as_millisecond(),
                 end.timestamp().as_millisecond(),
@@ -580,110 +589,106 @@ impl Window {
         self.last_slot = Some((slot.0, slot.1, out.clone()));
         Ok(out)
     }
-
-    fn output(&self, key: &str, start: i64, open: &Open, finished: bool) -> Record {
-        let time = |ms: i64| self.time.write(ms);
-        let mut value = Map::new();
-        value.insert("key".into(), Value::String(key.to_string()));
-        value.insert("start".into(), time(start));
-        value.insert("end".into(), time(open.end));
-        for (a, acc) in self.aggregates.iter().zip(&open.accs) {
-            value.insert(a.output.clone(), acc.result());
-        }
-        value.insert("final".into(), Value::Bool(finished));
-        let mut record = Record::new(Value::Object(value)).with_key(key.as_bytes().to_vec());
-        record.timestamp = Some(start);
-        record
-    }
 }
 
 impl StreamOperator for Window {
     fn process(&mut self, partition: &TopicPartition, record: &Record) -> Emitted {
         let mut emitted = Emitted::default();
-        let prepared = self.time.of(record).and_then(|t| {
+        let prepared = self.spec.time.of(record).and_then(|t| {
             let windows = self.windows_of(t)?;
-            Ok((t, self.inputs(record)?, windows))
+            Ok((t, self.spec.inputs(record)?, windows))
         });
         let (t, inputs, windows) = match prepared {
             Ok(p) => p,
             Err(e) => return Emitted::refused(e),
         };
-        let key = key_of(record);
-        let state = self.partitions.entry(partition.clone()).or_default();
-        let watermark = state.watermark.unwrap_or(i64::MIN);
-        let mut changed = Vec::new();
-        for (start, end) in &windows {
-            if end.saturating_add(self.lateness_ms) <= watermark {
-                continue; // closed already
-            }
-            if !state.keys.contains_key(&key) {
-                state.keys.insert(key.clone(), BTreeMap::new());
-            }
-            let Some(windows) = state.keys.get_mut(&key) else {
-                continue;
-            };
-            let open = windows.entry(*start).or_insert_with(|| {
-                state.closing.insert((*end, key.clone(), *start));
-                Open {
-                    end: *end,
-                    accs: self.aggregates.iter().map(|a| Acc::new(a.op)).collect(),
-                }
-            });
-            for ((a, acc), (value, number)) in
-                self.aggregates.iter().zip(&mut open.accs).zip(&inputs)
-            {
-                acc.add(a.op, *value, *number, t);
-            }
-            changed.push(*start);
+        // Borrowed when the key is UTF-8, as keys are: no copy unless a window opens.
+        let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+        if !self.partitions.contains_key(partition) {
+            self.partitions
+                .insert(partition.clone(), PartitionState::default());
         }
-        if changed.is_empty() {
+        let Some(state) = self.partitions.get_mut(partition) else {
+            return emitted;
+        };
+        let watermark = state.watermark.unwrap_or(i64::MIN);
+        let changed: Spans = windows
+            .into_iter()
+            .filter(|(_, end)| end.saturating_add(self.spec.lateness_ms) > watermark)
+            .collect();
+        if !changed.is_empty() {
+            let opens = state.keys.entry_ref(key.as_ref()).or_default();
+            for &(start, end) in &changed {
+                let at = match opens.iter().position(|o| o.start() >= start) {
+                    Some(i) if opens[i].start() == start => i,
+                    found => {
+                        let i = found.unwrap_or(opens.len());
+                        let accs = self
+                            .spec
+                            .aggregates
+                            .iter()
+                            .map(|a| Acc::new(a.op))
+                            .collect();
+                        opens.insert(i, Open(start, end, accs));
+                        state.closing.insert((end, key.to_string(), start));
+                        i
+                    }
+                };
+                for ((a, acc), (value, number)) in self
+                    .spec
+                    .aggregates
+                    .iter()
+                    .zip(&mut opens[at].2)
+                    .zip(&inputs)
+                {
+                    acc.add(a.op, *value, *number, t);
+                }
+            }
+        } else {
             emitted.rejected = Some(format!(
                 "late: its time {} is more than allowed_lateness behind the latest time of its partition ({})",
                 jiff::Timestamp::from_millisecond(t).map(|t| t.to_string()).unwrap_or_default(),
                 jiff::Timestamp::from_millisecond(watermark).map(|t| t.to_string()).unwrap_or_default(),
             ));
         }
+        if self.spec.emit == Emit::Updates {
+            if let Some(opens) = state.keys.get(key.as_ref()) {
+                for open in opens
+                    .iter()
+                    .filter(|o| changed.iter().any(|c| c.0 == o.start()))
+                {
+                    emitted.records.push(self.spec.output(&key, open, false));
+                }
+            }
+        }
         let watermark = watermark.max(t);
         state.watermark = Some(watermark);
         // Close what the new watermark passed, in order of end, then key.
-        let mut closed = Vec::new();
         while let Some(first) = state.closing.first() {
-            if first.0.saturating_add(self.lateness_ms) > watermark {
+            if first.0.saturating_add(self.spec.lateness_ms) > watermark {
                 break;
             }
-            let Some((_, key, start)) = state.closing.pop_first() else {
+            let Some((_, closed_key, start)) = state.closing.pop_first() else {
                 break;
             };
-            if let Some(windows) = state.keys.get_mut(&key) {
-                if let Some(open) = windows.remove(&start) {
-                    closed.push((key.clone(), start, open));
+            let Some(opens) = state.keys.get_mut(&closed_key) else {
+                continue;
+            };
+            if let Some(i) = opens.iter().position(|o| o.start() == start) {
+                let open = opens.remove(i);
+                if opens.is_empty() {
+                    state.keys.remove(&closed_key);
                 }
-                if windows.is_empty() {
-                    state.keys.remove(&key);
-                }
+                emitted
+                    .records
+                    .push(self.spec.output(&closed_key, &open, true));
             }
-        }
-        if self.emit == Emit::Updates {
-            if let Some(windows) = self
-                .partitions
-                .get(partition)
-                .and_then(|s| s.keys.get(&key))
-            {
-                for start in &changed {
-                    if let Some(open) = windows.get(start) {
-                        emitted.records.push(self.output(&key, *start, open, false));
-                    }
-                }
-            }
-        }
-        for (key, start, open) in closed {
-            emitted.records.push(self.output(&key, start, &open, true));
         }
         emitted
     }
 
     fn flush(&mut self, partition: &TopicPartition) -> Vec<Record> {
-        if !self.emit_partial {
+        if !self.spec.emit_partial {
             return Vec::new();
         }
         let Some(state) = self.partitions.get(partition) else {
@@ -693,14 +698,25 @@ impl StreamOperator for Window {
             .closing
             .iter()
             .filter_map(|(_, key, start)| {
-                let open = state.keys.get(key)?.get(start)?;
-                Some(self.output(key, *start, open, false))
+                let open = state.keys.get(key)?.iter().find(|o| o.start() == *start)?;
+                Some(self.spec.output(key, open, false))
             })
             .collect()
     }
 
     fn snapshot(&self, partition: &TopicPartition) -> String {
-        to_checkpoint(self.partitions.get(partition))
+        use std::sync::atomic::Ordering;
+        let Some(state) = self.partitions.get(partition) else {
+            return String::new();
+        };
+        // The state is megabytes for many keys: written at once into a buffer of the last
+        // snapshot's size rather than grown (and copied) as it fills.
+        let mut text = Vec::with_capacity(self.snapshot_len.load(Ordering::Relaxed) + 1024);
+        if serde_json::to_writer(&mut text, state).is_err() {
+            return String::new();
+        }
+        self.snapshot_len.store(text.len(), Ordering::Relaxed);
+        String::from_utf8(text).unwrap_or_default()
     }
 
     fn restore(&mut self, partition: &TopicPartition, state: &str) -> Result<(), String> {

@@ -100,22 +100,12 @@ fn path<'v>(input: &'v Value, fields: &[String]) -> Result<&'v Value, Unsupporte
     let mut at = input;
     for field in fields {
         at = match at {
-            Value::Object(map) => field_of(map, field).unwrap_or(&Value::Null),
+            Value::Object(map) => crate::record::field(map, field).unwrap_or(&Value::Null),
             Value::Null => &Value::Null,
             _ => return Err(Unsupported),
         };
     }
     Ok(at)
-}
-
-/// Field `name` of `map`: compared in order in a small object (a record's few fields), which
-/// is cheaper than hashing the name.
-fn field_of<'v>(map: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
-    if map.len() <= 16 {
-        map.iter().find(|(key, _)| *key == name).map(|(_, v)| v)
-    } else {
-        map.get(name)
-    }
 }
 
 /// Arithmetic on two numbers, as jaq: integers stay integers for `+ - *` (overflow is left to
