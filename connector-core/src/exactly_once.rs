@@ -120,14 +120,14 @@ impl WrittenPositions {
 
     /// Sorts a batch (in topic order) into records to write and records already written.
     /// Records without the header are always written.
-    pub fn screen(&self, batch: &[Record]) -> Screened {
+    pub fn screen<R: std::borrow::Borrow<Record>>(&self, batch: &[R]) -> Screened {
         let mut screened = Screened {
             fresh: Vec::with_capacity(batch.len()),
             ..Screened::default()
         };
         // Consecutive records mostly share a key: its highest position so far is kept at hand.
         let mut current: Option<(PositionKey, Option<Position>)> = None;
-        for record in batch {
+        for record in batch.iter().map(R::borrow) {
             let Some((source, position)) = position_of(record) else {
                 screened.fresh.push(true);
                 continue;

@@ -46,7 +46,7 @@ pub type Prepared = Box<dyn Any + Send>;
 /// a request builder and a service the same way).
 pub trait PrepareBatch: Send + Sync {
     /// Prepares `batch`; [`Sink::put_prepared`] receives the result with the same batch.
-    fn prepare(&self, batch: &[Record]) -> Prepared;
+    fn prepare(&self, batch: &[Arc<Record>]) -> Prepared;
 }
 
 /// The YAML config of a sink; `type:` picks the implementation.
@@ -77,8 +77,10 @@ pub trait SinkConfig: Debug + Send + Sync {
 #[async_trait]
 pub trait Sink: Send {
     /// Writes a batch. Transient failures of the store should be retried inside, with backoff;
-    /// an `Err` with `retryable: true` makes the runtime retry the whole batch.
-    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError>;
+    /// an `Err` with `retryable: true` makes the runtime retry the whole batch. Records are
+    /// shared with the transport (the embedded transport's log keeps them until committed), so
+    /// reading them costs no copy.
+    async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError>;
 
     /// What prepares batches ahead of `put_prepared`, for sinks that split the two.
     fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
@@ -89,7 +91,7 @@ pub trait Sink: Send {
     /// stale (e.g. its tables changed since) and prepare the batch again.
     async fn put_prepared(
         &mut self,
-        batch: &[Record],
+        batch: &[Arc<Record>],
         prepared: Prepared,
     ) -> Result<PutOutcome, ConnectorError> {
         let _ = prepared;

@@ -7,6 +7,7 @@ use sluice_core::{
     async_trait, ConnectorError, FieldError, PutOutcome, Record, Sink, SinkBuildContext, SinkConfig,
 };
 use std::io::Write;
+use std::sync::Arc;
 
 sluice_core::register_plugin!(Sink, "console", ConsoleSinkConfig);
 
@@ -41,7 +42,7 @@ struct ConsoleSink {
 
 #[async_trait]
 impl Sink for ConsoleSink {
-    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+    async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
         let mut outcome = PutOutcome::default();
         for (i, record) in batch.iter().enumerate() {
             let before = self.buffer.len();

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 sluice_core::register_plugin!(Sink, "file", FileSinkConfig);
 
@@ -142,7 +143,7 @@ fn cut_unfinished_line(file: &File) -> std::io::Result<()> {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+    async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
         let templated = self.config.path.contains("{topic}");
         let mut outcome = PutOutcome::default();
         for (i, record) in batch.iter().enumerate() {
@@ -210,7 +211,12 @@ mod tests {
             let mut sink = config.build(SinkBuildContext::default()).await.unwrap();
             let mut r = Record::new(json!({ "round": round }));
             r.topic = "btc".into();
-            assert!(sink.put(&[r.clone(), r]).await.unwrap().rejected.is_empty());
+            assert!(sink
+                .put(&[Arc::new(r.clone()), Arc::new(r)])
+                .await
+                .unwrap()
+                .rejected
+                .is_empty());
             sink.flush().await.unwrap();
         }
         let text = std::fs::read_to_string(dir.path().join("sub/btc.jsonl")).unwrap();

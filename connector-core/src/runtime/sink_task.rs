@@ -60,7 +60,8 @@ pub(super) struct SinkTask {
 /// What has been read but not yet committed.
 #[derive(Default)]
 struct Pending {
-    records: Vec<Record>,
+    /// Shared with the transport (the embedded log), not copied.
+    records: Vec<Arc<Record>>,
     dead: Vec<Record>,
     /// (topic, partition) → next offset to commit.
     offsets: BTreeMap<(Arc<str>, i32), i64>,
@@ -525,7 +526,7 @@ async fn store(
     sink: &mut Box<dyn Sink>,
     dead_letters: &DeadLetters,
     metrics: &ComponentMetrics,
-    (mut batch, prepared): (Vec<Record>, Option<Prepared>),
+    (mut batch, prepared): (Vec<Arc<Record>>, Option<Prepared>),
     mut dead: Vec<Record>,
     deadline: &Deadline,
 ) -> Result<(usize, usize), Stopped> {
@@ -563,7 +564,7 @@ async fn store(
                 .in_component(id)
                 .into());
             }
-            let record = batch.swap_remove(index);
+            let record = Arc::unwrap_or_clone(batch.swap_remove(index));
             dead.extend(dead_letters.route(Failure {
                 component: id,
                 stage: "put",
@@ -637,13 +638,13 @@ impl Intake<'_> {
                         if out.is_empty() {
                             ComponentMetrics::add(&self.metrics.skipped, 1);
                         }
-                        pending.records.extend(out);
+                        pending.records.extend(out.into_iter().map(Arc::new));
                     }
                     Err(message) => pending.dead.extend(self.dead_letters.route(Failure {
                         component: self.id,
                         stage: "transform",
                         message,
-                        record,
+                        record: Arc::unwrap_or_clone(record),
                         raw: None,
                         location: None,
                     })?),
@@ -656,7 +657,7 @@ impl Intake<'_> {
                     component: self.id,
                     stage: "deserialize",
                     message: error,
-                    record: envelope,
+                    record: *envelope,
                     raw: Some(raw),
                     location: None,
                 })?),
@@ -742,9 +743,9 @@ async fn with_retries<T>(
     what: &str,
     op: impl for<'a> Fn(
         &'a mut Box<dyn Sink>,
-        &'a [Record],
+        &'a [Arc<Record>],
     ) -> futures::future::BoxFuture<'a, Result<T, ConnectorError>>,
-    batch: &[Record],
+    batch: &[Arc<Record>],
     deadline: &Deadline,
 ) -> Result<T, Stopped> {
     let mut backoff = Duration::from_millis(200);
@@ -821,7 +822,11 @@ mod tests {
                 tokio::time::sleep(wait.min(Duration::from_millis(5))).await;
             }
             let n = max.min(self.records.len());
-            Ok(self.records.drain(..n).map(Incoming::Record).collect())
+            Ok(self
+                .records
+                .drain(..n)
+                .map(|r| Incoming::Record(Arc::new(r)))
+                .collect())
         }
         async fn commit(
             &mut self,
@@ -915,7 +920,7 @@ mod tests {
     struct Offsets;
 
     impl PrepareBatch for Offsets {
-        fn prepare(&self, batch: &[Record]) -> Prepared {
+        fn prepare(&self, batch: &[Arc<Record>]) -> Prepared {
             Box::new(batch.iter().map(|r| r.offset).collect::<Vec<_>>())
         }
     }
@@ -929,7 +934,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Sink for Slow {
-        async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+        async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
             self.put_prepared(batch, Box::new(())).await
         }
         fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
@@ -937,7 +942,7 @@ mod tests {
         }
         async fn put_prepared(
             &mut self,
-            batch: &[Record],
+            batch: &[Arc<Record>],
             prepared: Prepared,
         ) -> Result<PutOutcome, ConnectorError> {
             // Long enough for the next batch to be read meanwhile.
@@ -1027,7 +1032,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Sink for Holding {
-        async fn put(&mut self, _: &[Record]) -> Result<PutOutcome, ConnectorError> {
+        async fn put(&mut self, _: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
             Ok(PutOutcome::default())
         }
         async fn flush(&mut self) -> Result<(), ConnectorError> {
@@ -1078,7 +1083,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Sink for Refusing {
-        async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+        async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
             Ok(PutOutcome {
                 rejected: (0..batch.len()).map(|i| (i, "refused".into())).collect(),
                 skipped: 0,

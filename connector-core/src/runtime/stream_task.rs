@@ -267,7 +267,7 @@ impl StreamSink {
 
 #[async_trait]
 impl Sink for StreamSink {
-    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+    async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
         let mut outcome = PutOutcome::default();
         self.dirty |= !batch.is_empty();
         for (i, record) in batch.iter().enumerate() {

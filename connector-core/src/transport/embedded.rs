@@ -382,7 +382,7 @@ impl EmbeddedReader {
                     let stop = (*pos + share as i64).min(log.end());
                     while *pos < stop && out.len() < max {
                         let record = &log.records[(*pos - log.base) as usize];
-                        out.push(Incoming::Record(Record::clone(record)));
+                        out.push(Incoming::Record(Arc::clone(record)));
                         *pos += 1;
                     }
                 }
@@ -567,7 +567,7 @@ mod tests {
                 return out;
             }
             out.extend(batch.into_iter().map(|i| match i {
-                Incoming::Record(r) => r,
+                Incoming::Record(r) => Arc::unwrap_or_clone(r),
                 Incoming::Undecodable { .. } => panic!("embedded records are always decoded"),
             }));
         }

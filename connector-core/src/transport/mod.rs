@@ -58,10 +58,12 @@ pub struct PartitionOffset {
 /// A record read from a topic, or bytes that are not a JSON record.
 #[derive(Debug)]
 pub enum Incoming {
-    Record(Record),
+    /// A record as the transport holds it: shared, not copied, with the embedded transport's
+    /// log (which keeps it until every reader committed it).
+    Record(std::sync::Arc<Record>),
     Undecodable {
         /// Coordinates and headers of the message; `value` is null.
-        envelope: Record,
+        envelope: Box<Record>,
         raw: Vec<u8>,
         error: String,
     },
@@ -70,7 +72,7 @@ pub enum Incoming {
 impl Incoming {
     /// Where the item sits in its topic.
     pub fn coordinates(&self) -> (&std::sync::Arc<str>, i32, i64) {
-        let r = match self {
+        let r: &Record = match self {
             Incoming::Record(r) => r,
             Incoming::Undecodable { envelope, .. } => envelope,
         };

@@ -3,6 +3,7 @@
 use super::config::{DocumentId, ElasticsearchSinkConfig, Tombstones, WriteMethod};
 use serde_json::{json, Value};
 use sluice_core::Record;
+use std::borrow::Borrow;
 
 /// Longest `_id` Elasticsearch accepts, in bytes.
 const MAX_ID_BYTES: usize = 512;
@@ -20,14 +21,14 @@ pub struct BulkItem {
 }
 
 /// The bulk items of a batch, and the records that cannot be documents (with why).
-pub fn bulk_items(
+pub fn bulk_items<R: Borrow<Record>>(
     config: &ElasticsearchSinkConfig,
-    batch: &[Record],
+    batch: &[R],
 ) -> (Vec<BulkItem>, Vec<(usize, String)>) {
     let mut items = Vec::with_capacity(batch.len());
     let mut refused = Vec::new();
     for (position, record) in batch.iter().enumerate() {
-        match item(config, position, record) {
+        match item(config, position, record.borrow()) {
             Ok(Some(item)) => items.push(item),
             Ok(None) => {}
             Err(reason) => refused.push((position, reason)),

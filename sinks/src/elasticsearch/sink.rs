@@ -15,6 +15,7 @@ use sluice_core::{
     async_trait, redact_url, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext,
 };
 use std::collections::HashSet;
+use std::sync::Arc;
 
 pub(super) struct ElasticsearchSink {
     config: ElasticsearchSinkConfig,
@@ -393,7 +394,7 @@ fn rounds(items: Vec<BulkItem>) -> Vec<Vec<BulkItem>> {
 
 #[async_trait]
 impl Sink for ElasticsearchSink {
-    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+    async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
         let (items, mut refused) = bulk_items(&self.config, batch);
         let indices: HashSet<String> = items.iter().map(|i| i.index.clone()).collect();
         for index in indices {

@@ -110,7 +110,7 @@ impl Planner {
     }
 
     /// The operations of `batch`; with `fresh` (exactly once) only of the records it marks.
-    fn ops<'a>(&self, batch: &'a [Record], fresh: Option<&[bool]>) -> BatchOps<'a> {
+    fn ops<'a>(&self, batch: &'a [Arc<Record>], fresh: Option<&[bool]>) -> BatchOps<'a> {
         let mut read = BatchOps {
             ops: Vec::with_capacity(batch.len()),
             offsets: BTreeMap::new(),
@@ -197,7 +197,7 @@ fn all_columns_known<'r, 'v: 'r>(
 struct PlannedAhead(Option<PlannedBatch>);
 
 impl PrepareBatch for Planner {
-    fn prepare(&self, batch: &[Record]) -> Prepared {
+    fn prepare(&self, batch: &[Arc<Record>]) -> Prepared {
         Box::new(PlannedAhead(self.plan(self.ops(batch, None), false)))
     }
 }
@@ -620,7 +620,7 @@ impl MysqlSink {
 
 #[async_trait]
 impl Sink for MysqlSink {
-    async fn put(&mut self, batch: &[Record]) -> Result<PutOutcome, ConnectorError> {
+    async fn put(&mut self, batch: &[Arc<Record>]) -> Result<PutOutcome, ConnectorError> {
         self.write_batch(batch, None).await
     }
 
@@ -630,7 +630,7 @@ impl Sink for MysqlSink {
 
     async fn put_prepared(
         &mut self,
-        batch: &[Record],
+        batch: &[Arc<Record>],
         prepared: Prepared,
     ) -> Result<PutOutcome, ConnectorError> {
         let planned = prepared
@@ -742,7 +742,7 @@ impl MysqlSink {
     /// Writes `batch`, with its statements if they were planned ahead.
     async fn write_batch(
         &mut self,
-        batch: &[Record],
+        batch: &[Arc<Record>],
         planned_ahead: Option<PlannedBatch>,
     ) -> Result<PutOutcome, ConnectorError> {
         let mut outcome = PutOutcome::default();
@@ -780,7 +780,7 @@ impl MysqlSink {
     /// Plans `batch`, creating or evolving its tables first where needed.
     async fn plan(
         &mut self,
-        batch: &[Record],
+        batch: &[Arc<Record>],
         fresh: Option<&[bool]>,
         one_by_one: bool,
     ) -> Result<PlannedBatch, ConnectorError> {

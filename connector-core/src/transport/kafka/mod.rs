@@ -648,11 +648,11 @@ impl KafkaReader {
             offset: message.offset(),
         };
         match message.payload() {
-            None => Incoming::Record(envelope),
+            None => Incoming::Record(Arc::new(envelope)),
             Some(bytes) => match serde_json::from_slice(bytes) {
-                Ok(value) => Incoming::Record(Record { value, ..envelope }),
+                Ok(value) => Incoming::Record(Arc::new(Record { value, ..envelope })),
                 Err(e) => Incoming::Undecodable {
-                    envelope,
+                    envelope: Box::new(envelope),
                     raw: bytes.to_vec(),
                     error: format!("value is not JSON: {e}"),
                 },
