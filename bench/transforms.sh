@@ -6,7 +6,7 @@
 #     (pipeline − plain pipeline) / records.
 #  2. The `window` stream transform making weekly candles of 10,000 symbols from the same
 #     records, against examples/window_loop.rs (serde_json + a hash map, by hand): with the
-#     source's default 8 batches in flight (the window checkpoints each time they all wait for
+#     source's default 32 batches in flight (the window checkpoints each time they all wait for
 #     it), and with 1,000 (then the topic's capacity, 200,000 records, bounds what waits);
 #     and the window operator alone (examples/window_operator.rs: same input and output, no
 #     pipeline). Peak RSS.

@@ -298,8 +298,9 @@ pub struct SourceOuter {
     /// Most batches written to the topic but not yet acknowledged by it. More keeps the broker
     /// busier; fewer bounds memory and what a crash can write twice (at most these batches,
     /// since a source offset is stored only once everything before it is acknowledged).
-    /// Unset: 32 on Kafka; 8 on the embedded transport, whose acknowledgements wait for the
-    /// sinks' commits anyway.
+    /// Unset: 32. On the embedded transport acknowledgements wait for the readers' commits,
+    /// so this also bounds how far a source runs ahead of a stream transform between its
+    /// checkpoints (it checkpoints early when all of them wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_batches: Option<usize>,
     /// Number this source's records for exactly-once sinks; unset follows the pipeline's
