@@ -99,10 +99,170 @@ pub fn field<'v>(object: &'v serde_json::Map<String, Value>, name: &str) -> Opti
     }
 }
 
+/// The value at JSON pointer `pointer` (`/a/0/b`): as [`Value::pointer`], without copying
+/// each segment when none is escaped (`~0`, `~1`), and finding fields as [`field`] does.
+pub fn pointer<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.contains('~') {
+        return value.pointer(pointer);
+    }
+    if pointer.is_empty() {
+        return Some(value);
+    }
+    let mut at = value;
+    for segment in pointer.strip_prefix('/')?.split('/') {
+        at = match at {
+            Value::Object(object) => field(object, segment)?,
+            Value::Array(items) => items.get(array_index(segment)?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+/// An array index of a JSON pointer: digits, without a leading zero.
+fn array_index(segment: &str) -> Option<usize> {
+    let digits = segment.bytes().all(|b| b.is_ascii_digit());
+    if !digits || segment.is_empty() || (segment.len() > 1 && segment.starts_with('0')) {
+        return None;
+    }
+    segment.parse().ok()
+}
+
+/// JSON text as a [`Value`], as `serde_json::from_slice` makes it, with each object made at
+/// its size rather than grown field by field (records are mostly small objects).
+pub fn parse_value(text: &[u8]) -> serde_json::Result<Value> {
+    use serde::de::DeserializeSeed;
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let value = ValueSeed.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+/// Builds [`Value`]s the way serde_json's own `Deserialize` does, but objects at their size.
+#[derive(Clone, Copy)]
+struct ValueSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields: smallvec::SmallVec<[(String, Value); 16]> = smallvec::SmallVec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self)?;
+            fields.push((name, value));
+        }
+        let mut object = serde_json::Map::with_capacity(fields.len());
+        // A repeated name keeps its first place and its last value, as serde_json does.
+        object.extend(fields);
+        Ok(Value::Object(object))
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parser makes exactly what serde_json makes, and refuses what it refuses.
+    #[test]
+    fn parse_value_agrees_with_serde_json() {
+        let texts = [
+            r#"{"Date":"2015-01-05","symbol":"S0","Open":465.864014,"Volume":21056800,"n":null}"#,
+            r#"{"b":1,"a":{"c":[1,-2,3.5e10,"x",true,null,{"d":{}}]},"b":2}"#,
+            r#"[0.1, 18446744073709551615, -9223372036854775808, 1e-7, "\u00e9\n"]"#,
+            r#""text""#,
+            "12",
+            r#"{"wide":{"f0":0,"f1":1,"f2":2,"f3":3,"f4":4,"f5":5,"f6":6,"f7":7,"f8":8,"f9":9,"f10":10,"f11":11,"f12":12,"f13":13,"f14":14,"f15":15,"f16":16,"f17":17}}"#,
+        ];
+        for text in texts {
+            let ours = parse_value(text.as_bytes()).unwrap();
+            let theirs: Value = serde_json::from_slice(text.as_bytes()).unwrap();
+            assert_eq!(ours, theirs, "{text}");
+            assert_eq!(ours.to_string(), theirs.to_string(), "order of {text}");
+        }
+        for bad in [r#"{"a":1"#, "1e400", r#"{"a":1} x"#, "", "[1,]"] {
+            assert!(parse_value(bad.as_bytes()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_slice::<Value>(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    /// Pointers find what `Value::pointer` finds, escaped segments included.
+    #[test]
+    fn pointer_agrees_with_serde_json() {
+        let value: Value =
+            serde_json::from_str(r#"{"a":{"b":[10,{"c":1}]},"x/y":2,"m~n":3,"":4,"0":{"01":5}}"#)
+                .unwrap();
+        for p in [
+            "", "/a", "/a/b", "/a/b/0", "/a/b/1/c", "/a/b/2", "/a/b/01", "/a/b/-", "/x~1y",
+            "/m~0n", "/", "/0/01", "/nope", "a", "/a/b/0/c",
+        ] {
+            assert_eq!(pointer(&value, p), value.pointer(p), "{p}");
+        }
+    }
 }

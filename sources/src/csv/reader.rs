@@ -658,21 +658,21 @@ fn json_record(
         return bad(path, line, offset, Vec::new(), message);
     }
     let text = row.as_slice();
-    let value: Value = match serde_json::from_slice(text) {
+    let value: Value = match sluice_core::record::parse_value(text) {
         Ok(value) => value,
         Err(e) => {
             return bad(path, line, offset, Vec::new(), format!("not JSON: {e}"));
         }
     };
     let key = key
-        .and_then(|pointer| value.pointer(pointer))
+        .and_then(|at| sluice_core::record::pointer(&value, at))
         .and_then(|k| match k {
             Value::Null => None,
             Value::String(s) => Some(s.as_bytes().to_vec()),
             other => Some(other.to_string().into_bytes()),
         });
     let timestamp = time
-        .and_then(|pointer| value.pointer(pointer))
+        .and_then(|at| sluice_core::record::pointer(&value, at))
         .and_then(crate::http::generic::time_millis);
     let mut record = if encode {
         Record {

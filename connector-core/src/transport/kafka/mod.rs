@@ -649,7 +649,7 @@ impl KafkaReader {
         };
         match message.payload() {
             None => Incoming::Record(Arc::new(envelope)),
-            Some(bytes) => match serde_json::from_slice(bytes) {
+            Some(bytes) => match crate::record::parse_value(bytes) {
                 Ok(value) => Incoming::Record(Arc::new(Record { value, ..envelope })),
                 Err(e) => Incoming::Undecodable {
                     envelope: Box::new(envelope),
