@@ -55,6 +55,8 @@ pub(super) struct SinkTask {
     /// Whether a failed task keeps its group's position too (it waits for a restart), rather
     /// than leave the group (see [`TopicReader::hold_position`]).
     pub hold_position_on_failure: bool,
+    /// When the last commit the sink allowed ended, and what asking for it cost.
+    pub last_release: Option<(Instant, Duration)>,
 }
 
 /// What has been read but not yet committed.
@@ -82,6 +84,23 @@ struct Flushed {
     /// Flushed, but held back by the sink's [`Sink::pre_commit`].
     held: Offsets,
 }
+
+/// When [`SinkTask::release`] asks the sink for the offsets it holds back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// A batch was stored: committed once the sink allows (its interval passed), or once a
+    /// writer waits for them, at most as often as keeps the sink's commit work to a fifth of
+    /// the time.
+    AfterBatch,
+    /// Nothing more to read: committed once the sink allows, or at once if a writer waits.
+    Idle,
+    /// Stopping, pausing or handing partitions over: committed now.
+    Now,
+}
+
+/// Least time between two commits a waiting writer forces, as a multiple of what the last
+/// commit cost (a stream transform's checkpoint of a large state takes tens of ms).
+const FORCED_COMMIT_SPACING: u32 = 4;
 
 /// What turns records read into a batch: decoding failures and transforms.
 struct Intake<'a> {
@@ -120,7 +139,7 @@ impl SinkTask {
         let mut flushed = Flushed::default();
         let consumed = match self.consume(&mut flushed, &drain, &deadline).await {
             // What the sink still holds back is made durable and committed before it ends.
-            Ok(()) => self.release(&mut flushed, true, &deadline).await,
+            Ok(()) => self.release(&mut flushed, Release::Now, &deadline).await,
             Err(e) => Err(e),
         };
         let result = match consumed {
@@ -171,7 +190,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
-                self.release(flushed, true, deadline).await?;
+                self.release(flushed, Release::Now, deadline).await?;
                 tracing::info!(component = %self.id, "stopped; what it read is stored");
                 return Ok(());
             }
@@ -187,7 +206,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
-                self.release(flushed, true, deadline).await?;
+                self.release(flushed, Release::Now, deadline).await?;
                 tokio::select! {
                     _ = self.metrics.unpaused() => {}
                     _ = drain.cancelled() => {}
@@ -204,8 +223,11 @@ impl SinkTask {
                 .max(1);
             // A writer waiting for what is pending sends nothing more until it is stored.
             let writer_waiting = !pending.is_empty() && self.reader.writer_waiting();
+            // A writer blocked on commits held back: if nothing is left to read, they go now.
+            let holding_up_writer =
+                pending.is_empty() && !flushed.held.is_empty() && self.reader.writer_blocked();
             let wait = match pending.since {
-                _ if writer_waiting => Duration::ZERO,
+                _ if writer_waiting || holding_up_writer => Duration::ZERO,
                 // Input has ended: what is left is there already, and an empty poll leads to
                 // the caught-up check.
                 None if draining => DRAINING_POLL,
@@ -231,7 +253,7 @@ impl SinkTask {
             if idle && pending.is_empty() {
                 // Nothing new: offsets held back go once the sink allows (its interval passed,
                 // or a writer waits for them).
-                self.release(flushed, false, deadline).await?;
+                self.release(flushed, Release::Idle, deadline).await?;
             }
 
             let full = pending.records.len() >= self.batch.max_records;
@@ -243,7 +265,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
-                self.release(flushed, true, deadline).await?;
+                self.release(flushed, Release::Now, deadline).await?;
                 tracing::warn!(component = %self.id, "shutdown deadline reached; stopping with unread records left for the next run");
                 return Ok(());
             }
@@ -326,7 +348,7 @@ impl SinkTask {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
-                self.release(flushed, true, deadline).await?;
+                self.release(flushed, Release::Now, deadline).await?;
                 // Committed once more, waiting, and no longer this task's to commit.
                 let (handed, kept): (Offsets, Offsets) = std::mem::take(&mut flushed.committed)
                     .into_iter()
@@ -435,7 +457,12 @@ impl SinkTask {
         flushed.held.extend(batch.offsets);
         ComponentMetrics::add(&self.metrics.records_out, stored);
         ComponentMetrics::add(&self.metrics.dead_lettered, dead_count);
-        self.release(flushed, now, deadline).await?;
+        let release = if now {
+            Release::Now
+        } else {
+            Release::AfterBatch
+        };
+        self.release(flushed, release, deadline).await?;
         match ahead_error {
             // The batch is stored and committed; what failed while reading ahead fails the
             // task as it would have when read after it.
@@ -450,13 +477,26 @@ impl SinkTask {
     async fn release(
         &mut self,
         flushed: &mut Flushed,
-        now: bool,
+        release: Release,
         deadline: &Deadline,
     ) -> Result<(), Stopped> {
         if flushed.held.is_empty() {
             return Ok(());
         }
-        let now = now || self.reader.writer_blocked();
+        // A writer waiting for these commits gets them at once when nothing else is left to
+        // do; with records still to read, not more often than bounds the commits' share of
+        // the time, or a writer that is always ahead would have the sink commit every batch.
+        let now = match release {
+            Release::Now => true,
+            Release::Idle => self.reader.writer_blocked(),
+            Release::AfterBatch => {
+                self.reader.writer_blocked()
+                    && self
+                        .last_release
+                        .is_none_or(|(ended, cost)| ended.elapsed() >= cost * FORCED_COMMIT_SPACING)
+            }
+        };
+        let started = Instant::now();
         let allowed = with_retries(
             &self.id,
             &mut self.sink,
@@ -470,6 +510,7 @@ impl SinkTask {
             let held = std::mem::take(&mut flushed.held);
             self.commit(&held, false, deadline).await;
             flushed.committed.extend(held);
+            self.last_release = Some((Instant::now(), started.elapsed()));
         }
         Ok(())
     }
@@ -807,6 +848,8 @@ mod tests {
         owns_all: bool,
         /// Every commit, as (partition, offset) pairs.
         commits: Commits,
+        /// Whether a writer of the topic always waits for this reader's commits.
+        writer_blocked: bool,
     }
 
     type Commits = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
@@ -851,6 +894,9 @@ mod tests {
         fn owns_every_partition(&self) -> bool {
             self.owns_all
         }
+        fn writer_blocked(&self) -> bool {
+            self.writer_blocked
+        }
         async fn assign(
             &mut self,
             _: &[TopicPartition],
@@ -889,6 +935,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             stop: CancellationToken::new(),
             hold_position_on_failure: false,
+            last_release: None,
         }
     }
 
@@ -969,6 +1016,7 @@ mod tests {
                 records,
                 owns_all: true,
                 commits: Commits::default(),
+                writer_blocked: false,
             }),
             Duration::from_millis(50),
             Duration::ZERO,
@@ -1028,6 +1076,8 @@ mod tests {
     /// Commits only when told to: what a stream transform does between checkpoints.
     struct Holding {
         pre_commits: Arc<Mutex<Vec<bool>>>,
+        /// How long a commit it allows takes (a checkpoint).
+        cost: Duration,
     }
 
     #[async_trait::async_trait]
@@ -1040,6 +1090,9 @@ mod tests {
         }
         async fn pre_commit(&mut self, now: bool) -> Result<bool, ConnectorError> {
             self.pre_commits.lock().unwrap().push(now);
+            if now {
+                tokio::time::sleep(self.cost).await;
+            }
             Ok(now)
         }
     }
@@ -1054,11 +1107,13 @@ mod tests {
         let task = task_of(
             Box::new(Holding {
                 pre_commits: pre_commits.clone(),
+                cost: Duration::ZERO,
             }),
             Box::new(Scripted {
                 records,
                 owns_all: true,
                 commits: commits.clone(),
+                writer_blocked: false,
             }),
             Duration::from_millis(50),
             Duration::ZERO,
@@ -1111,6 +1166,7 @@ mod tests {
                 records: topic_t(3),
                 owns_all: true,
                 commits: commits.clone(),
+                writer_blocked: false,
             }),
             Duration::from_millis(10),
             Duration::ZERO,
@@ -1151,6 +1207,38 @@ mod tests {
         );
     }
 
+    /// A writer always waiting for the commits a sink holds back (a source always ahead of a
+    /// stream transform) does not make it commit after every batch: such commits are spaced by
+    /// what they cost, and the rest wait until nothing is left to read, then go at once.
+    #[tokio::test]
+    async fn a_writer_always_waiting_gets_commits_spaced_by_their_cost() {
+        let commits = Commits::default();
+        let pre_commits = Arc::new(Mutex::new(Vec::new()));
+        let task = task_of(
+            Box::new(Holding {
+                pre_commits: pre_commits.clone(),
+                cost: Duration::from_millis(200),
+            }),
+            Box::new(Scripted {
+                records: topic_t(200),
+                owns_all: true,
+                commits: commits.clone(),
+                writer_blocked: true,
+            }),
+            Duration::from_millis(50),
+            Duration::ZERO,
+        );
+        run_to_end(task).await;
+        let asked = pre_commits.lock().unwrap().clone();
+        let forced = asked.iter().filter(|now| **now).count();
+        // 20 batches: the first forces a commit, the next ones come well within 4 × 200 ms of
+        // it and wait, until the input runs dry; then the end of the task.
+        assert!(asked.len() >= 20, "asked after each batch: {asked:?}");
+        assert!(forced <= 3, "{forced} forced commits: {asked:?}");
+        let commits = commits.lock().unwrap().clone();
+        assert_eq!(commits.last(), Some(&vec![(-1, 200)]), "{commits:?}");
+    }
+
     /// A sink of a group that does not own every partition reads on for `group_linger` after
     /// it starts draining, however long it ran before (a dead worker's partitions may come).
     #[tokio::test]
@@ -1162,6 +1250,7 @@ mod tests {
                 records: VecDeque::new(),
                 owns_all: false,
                 commits: Commits::default(),
+                writer_blocked: false,
             }),
             Duration::from_millis(50),
             Duration::from_millis(400),

@@ -634,6 +634,7 @@ impl Supervisor {
             stop: stopped_by_api.clone(),
             hold_position_on_failure: config.errors.on_task_failure
                 == OnTaskFailure::WaitForRestart,
+            last_release: None,
         })
     }
 
