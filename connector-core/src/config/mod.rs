@@ -335,8 +335,9 @@ pub struct StreamTransformOuter {
     /// checkpoint, so after a crash it reads up to this much input again (and writes the
     /// same output again, numbered alike for `exactly_once` sinks). It checkpoints sooner
     /// when a writer of its inputs waits for it (the embedded transport's sources, once their
-    /// sends in flight reach `max_in_flight_batches`), and when it stops or hands partitions
-    /// over. `0s` checkpoints at every batch.
+    /// sends in flight reach `max_in_flight_batches`): at once when it has read everything
+    /// there is, otherwise at most every 4× what its last checkpoint took. And when it stops
+    /// or hands partitions over. `0s` checkpoints at every batch.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// The transform's own config.
