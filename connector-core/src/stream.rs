@@ -52,8 +52,9 @@ pub trait StreamOperator: Send {
     fn flush(&mut self, partition: &TopicPartition) -> Vec<Record>;
 
     /// The state of `partition`, to checkpoint, as JSON text (written straight from the
-    /// state: no intermediate tree, which for thousands of keys costs more than the work).
-    fn snapshot(&self, partition: &TopicPartition) -> String;
+    /// state: no intermediate tree, which for thousands of keys costs more than the work), or
+    /// why it cannot be encoded.
+    fn snapshot(&self, partition: &TopicPartition) -> Result<String, String>;
 
     /// Takes back the state of `partition` from a checkpoint.
     /// `state` is what `snapshot` gave, or empty when nothing was checkpointed.

@@ -340,7 +340,7 @@ mod tests {
         for day in 0..10 {
             a.process(&tp(), &price(day, 100.0 + (day % 3) as f64));
         }
-        b.restore(&tp(), &a.snapshot(&tp())).unwrap();
+        b.restore(&tp(), &a.snapshot(&tp()).unwrap()).unwrap();
         let (x, y) = (
             a.process(&tp(), &price(10, 107.0)).records,
             b.process(&tp(), &price(10, 107.0)).records,

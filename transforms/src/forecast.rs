@@ -457,7 +457,7 @@ mod tests {
         }
         // Fits at records 20, 25, 30, 35, 40: five of two steps.
         assert_eq!(made, 10);
-        b.restore(&tp(), &a.snapshot(&tp())).unwrap();
+        b.restore(&tp(), &a.snapshot(&tp()).unwrap()).unwrap();
         for day in 40..45 {
             let (x, y) = (
                 a.process(&tp(), &price(day, series(day))).records,

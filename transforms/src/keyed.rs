@@ -61,8 +61,8 @@ impl<O: PerKey> StreamOperator for Keyed<O> {
         Vec::new()
     }
 
-    fn snapshot(&self, partition: &TopicPartition) -> String {
-        to_checkpoint(self.partitions.get(partition))
+    fn snapshot(&self, partition: &TopicPartition) -> Result<String, String> {
+        to_checkpoint(self.partitions.get(partition), 0)
     }
 
     fn restore(&mut self, partition: &TopicPartition, state: &str) -> Result<(), String> {
@@ -119,11 +119,16 @@ pub fn json_number(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
-/// A partition's state as checkpointed: JSON text (empty when there is none).
-pub fn to_checkpoint<S: Serialize>(state: Option<&S>) -> String {
-    state
-        .and_then(|s| serde_json::to_string(s).ok())
-        .unwrap_or_default()
+/// A partition's state as checkpointed: JSON text (empty when there is none), written into a
+/// buffer of `size_hint` bytes (the last snapshot's size: a large state is then not grown and
+/// copied as it fills). A state that cannot be encoded is an error, never an empty checkpoint.
+pub fn to_checkpoint<S: Serialize>(state: Option<&S>, size_hint: usize) -> Result<String, String> {
+    let Some(state) = state else {
+        return Ok(String::new());
+    };
+    let mut text = Vec::with_capacity(size_hint);
+    serde_json::to_writer(&mut text, state).map_err(|e| format!("cannot encode the state: {e}"))?;
+    String::from_utf8(text).map_err(|e| format!("cannot encode the state: {e}"))
 }
 
 /// A partition's state from its checkpoint (the default when there was none).
@@ -148,7 +153,7 @@ mod tests {
             .map(|i| (i as f64 * 0.7311).ln() / 3.0 - (i as f64).sqrt() * 1e-3)
             .collect();
         // Through the checkpoint's own JSON (the text as a JSON string).
-        let stored = serde_json::to_string(&to_checkpoint(Some(&numbers))).unwrap();
+        let stored = serde_json::to_string(&to_checkpoint(Some(&numbers), 0).unwrap()).unwrap();
         let text: String = serde_json::from_str(&stored).unwrap();
         let back: Vec<f64> = from_checkpoint(&text).unwrap();
         for (a, b) in numbers.iter().zip(&back) {

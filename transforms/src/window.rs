@@ -6,7 +6,7 @@
 //! window. Cost per record: one parse of its time and fields, and for each window it falls
 //! in one update per aggregate (O(1)); closing windows is O(log open windows).
 
-use crate::keyed::{config_error, from_checkpoint, json_number};
+use crate::keyed::{config_error, from_checkpoint, json_number, to_checkpoint};
 use crate::path;
 use crate::time::EventTime;
 use schemars::JsonSchema;
@@ -704,19 +704,12 @@ impl StreamOperator for Window {
             .collect()
     }
 
-    fn snapshot(&self, partition: &TopicPartition) -> String {
+    fn snapshot(&self, partition: &TopicPartition) -> Result<String, String> {
         use std::sync::atomic::Ordering;
-        let Some(state) = self.partitions.get(partition) else {
-            return String::new();
-        };
-        // The state is megabytes for many keys: written at once into a buffer of the last
-        // snapshot's size rather than grown (and copied) as it fills.
-        let mut text = Vec::with_capacity(self.snapshot_len.load(Ordering::Relaxed) + 1024);
-        if serde_json::to_writer(&mut text, state).is_err() {
-            return String::new();
-        }
+        let hint = self.snapshot_len.load(Ordering::Relaxed) + 1024;
+        let text = to_checkpoint(self.partitions.get(partition), hint)?;
         self.snapshot_len.store(text.len(), Ordering::Relaxed);
-        String::from_utf8(text).unwrap_or_default()
+        Ok(text)
     }
 
     fn restore(&mut self, partition: &TopicPartition, state: &str) -> Result<(), String> {
@@ -894,7 +887,7 @@ mod tests {
                 bar("2020-03-12", 2.0, 4.0, 1.0, 3.0, 20),
             ],
         );
-        let saved = op.snapshot(&tp());
+        let saved = op.snapshot(&tp()).unwrap();
         let mut restored = window(CANDLES);
         restored.restore(&tp(), &saved).unwrap();
         let out = run(

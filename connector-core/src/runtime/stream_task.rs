@@ -231,11 +231,13 @@ impl StreamSink {
     async fn checkpoint(&mut self) -> Result<(), ConnectorError> {
         let mut writes = Vec::new();
         for (partition, checkpoint) in &self.partitions {
-            let value = checkpoint
-                .to_value(self.operator.snapshot(partition))
-                .map_err(|e| {
-                    ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
-                })?;
+            let state = self
+                .operator
+                .snapshot(partition)
+                .map_err(ConnectorError::internal)?;
+            let value = checkpoint.to_value(state).map_err(|e| {
+                ConnectorError::internal(format!("cannot encode the checkpoint: {e}"))
+            })?;
             writes.push((partition.clone(), value));
         }
         let partitions: Vec<TopicPartition> = writes.iter().map(|(p, _)| p.clone()).collect();
