@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chaos runs, on tansu and MariaDB, with ROWS rows
+# Chaos runs, on the Kafka broker of scripts/broker.sh and MariaDB, with ROWS rows
 # (default 1,000,000) of BTC-USD numbered by a unique key `n`:
 #   1. kill -9 of sluice every 2-4 s, 10 times, then the same command to its end, for
 #      a. CSV → Kafka → MySQL with `exactly_once` (numbered source, exactly-once sink),
@@ -24,14 +24,14 @@ export CHAOS_KAFKA=127.0.0.1:$kport CHAOS_MYSQL_PORT=$mport
 services=${SLUICE_SERVICES_DIR:-${TMPDIR:-/tmp}/sluice-services}
 
 cargo build --release --quiet --bin sluice --example es_mock
-scripts/tansu.sh install
+scripts/broker.sh install
 bench_csv "$rows"
 export CHAOS_CSV=$work/chaos-$rows.csv
 [ -f "$CHAOS_CSV" ] || awk 'NR == 1 { print "n," $0; next } { print NR - 1 "," $0 }' "$BENCH_CSV" > "$CHAOS_CSV"
 
 es_pid=""
 cleanup() {
-  scripts/tansu.sh stop "$kport" || true
+  scripts/broker.sh stop "$kport" || true
   scripts/mariadb.sh stop "$mport" || true
   [ -z "$es_pid" ] || kill "$es_pid" 2>/dev/null || true
 }
@@ -45,9 +45,9 @@ trap cleanup EXIT
 # s), so the kill loops take KILL_ROWS rows (default 30,000) and the runs that do not resume
 # mid-topic (the MariaDB outage) use memory storage.
 fresh() {
-  scripts/tansu.sh stop "$kport"
+  scripts/broker.sh stop "$kport"
   rm -f "$services"/chaos-"$kport".db*
-  scripts/tansu.sh start "$kport" "${2:-sqlite://chaos-$kport.db}"
+  scripts/broker.sh start "$kport" "${2:-sqlite://chaos-$kport.db}"
   scripts/mariadb.sh stop "$mport"
   rm -rf "$services/mariadb-$mport"
   scripts/mariadb.sh start "$mport"
@@ -136,15 +136,15 @@ CHAOS_EXACTLY_ONCE=false CHAOS_RATE=100000 start_sluice bench/chaos-mysql.yaml
 sleep 4
 # A crash: a stopping tansu answers in-flight produce requests UNKNOWN_SERVER_ERROR, which
 # Kafka clients treat as permanent (a Kafka broker hands leadership over instead).
-kill -9 "$(cat "$services/tansu-$kport.pid")"; rm -f "$services/tansu-$kport.pid"
-sleep 3; scripts/tansu.sh start "$kport" "sqlite://chaos-$kport.db"
+kill -9 "$(cat "$services/broker-$kport.pid")"; rm -f "$services/broker-$kport.pid"
+sleep 3; scripts/broker.sh start "$kport" "sqlite://chaos-$kport.db"
 code=0; wait "$pid" || code=$?
 report "broker (SQLite storage) killed -9 4 s in, back 3 s later; source unnumbered" \
   "$(sql 'SELECT COUNT(*) FROM chaos')" "$(sql 'SELECT COUNT(DISTINCT n) FROM chaos')" \
   "$(dead_letters)" "$code" "-"
 
 echo "3/4 MariaDB stopped 30 s mid-run…" >&2
-fresh mariadb memory://tansu/
+fresh mariadb memory://nisshi/
 CHAOS_RATE=100000 start_sluice bench/chaos-mysql.yaml
 sleep 4
 scripts/mariadb.sh stop "$mport"; sleep 30; scripts/mariadb.sh start "$mport"
@@ -171,7 +171,7 @@ report "SIGTERM 2 s into an Elasticsearch outage, then a run to the end" \
 
 cat <<TABLE
 
-$n rows (kill -9 loops: the first $kill_rows at ${CHAOS_KILL_RATE:-2000} rows/s) of BTC-USD repeated, numbered by a unique key, tansu 0.6 (SQLite storage; memory for the runs that do not resume mid-topic), MariaDB $(sql "SELECT VERSION()"), $(nproc) cores.
+$n rows (kill -9 loops: the first $kill_rows at ${CHAOS_KILL_RATE:-2000} rows/s) of BTC-USD repeated, numbered by a unique key, nisshi 0.8.1 (SQLite storage; memory for the runs that do not resume mid-topic), MariaDB $(sql "SELECT VERSION()"), $(nproc) cores.
 Exit codes: 137 is a kill -9; 0 a run that ended or stopped as asked. Time to exit: from the
 SIGTERM to the exit (deadline: the ${drain} s drain timeout + 5 s). Duplicates are rows found
 more than once (MySQL tables without a key show them; Elasticsearch ids from keys cannot).

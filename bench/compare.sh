@@ -3,7 +3,7 @@
 # (default 1,000,000): is a change faster or slower, whatever the machine is doing meanwhile?
 #   bench/compare.sh OLD_BIN NEW_BIN [ROWS]
 # Jobs: CSV → Kafka, CSV → Kafka → file, Kafka → MySQL (--once), Kafka → Elasticsearch
-# (--once, the in-repo stand-in). Each Kafka job on a fresh tansu (memory storage). Prints, per
+# (--once, the in-repo stand-in). Each Kafka job on a fresh broker (memory storage). Prints, per
 # job, the median active rate (sluice's own summary), peak RSS and CPU seconds of each binary,
 # and the median of the per-round ratios new/old.
 set -euo pipefail
@@ -18,7 +18,7 @@ mport=${BENCH_MYSQL_PORT:-13306}
 export BENCH_KAFKA=127.0.0.1:$port BENCH_MYSQL_PORT=$mport BENCH_OUT=$work/out.jsonl
 
 cargo build --release --quiet --example es_mock
-scripts/tansu.sh install
+scripts/broker.sh install
 bench_csv "$rows"
 trap 'stop_services "$port" "$mport"' EXIT
 fresh_mariadb "$mport"
@@ -73,7 +73,7 @@ done
 
 cat <<TABLE
 
-$n rows of BTC-USD, tansu 0.6 memory storage, MariaDB, the Elasticsearch stand-in, $(nproc) cores; $rounds interleaved rounds.
+$n rows of BTC-USD, nisshi 0.8.1 memory storage, MariaDB, the Elasticsearch stand-in, $(nproc) cores; $rounds interleaved rounds.
 old: $old
 new: $new
 Rates are active rates from sluice's summary (records out over the component's time from its

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP source benchmark: the `http` source paging through RECORDS records (1,000 a page, next-
 # token pagination) served by the tests' API stand-in (examples/api_server.rs) into a 10-partition
-# topic on tansu, against the same job written by hand on reqwest + rdkafka
+# topic on the broker, against the same job written by hand on reqwest + rdkafka
 # (examples/http_to_kafka.rs), in BENCH_ROUNDS (default 3) interleaved rounds; medians.
 #   bench/http.sh [RECORDS]      (default 1000000)
 set -euo pipefail
@@ -13,9 +13,9 @@ kport=${BENCH_PORT:-19092}
 export BENCH_KAFKA=127.0.0.1:$kport
 
 cargo build --release --quiet --bin sluice --example api_server --example http_to_kafka
-scripts/tansu.sh install
+scripts/broker.sh install
 api_pid=""
-trap 'scripts/tansu.sh stop "$kport"; [ -z "$api_pid" ] || kill "$api_pid" 2>/dev/null || true' EXIT
+trap 'scripts/broker.sh stop "$kport"; [ -z "$api_pid" ] || kill "$api_pid" 2>/dev/null || true' EXIT
 fresh_broker "$kport"
 target/release/examples/api_server "$n" 1000 > "$work/api.url" & api_pid=$!
 for _ in $(seq 100); do [ -s "$work/api.url" ] && break; sleep 0.1; done
@@ -38,7 +38,7 @@ done
 
 cat <<TABLE
 
-$n records in pages of 1,000 from the local API stand-in into topic bench-http (10 partitions, tansu 0.6 memory storage), $(nproc) cores.
+$n records in pages of 1,000 from the local API stand-in into topic bench-http (10 partitions, nisshi 0.8.1 memory storage), $(nproc) cores.
 "active" is sluice's own summary (records out over the source's time from its first record to its end);
 the hand-written loop times its first request to its last acknowledgement.
 

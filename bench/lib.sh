@@ -17,8 +17,8 @@ bench_csv() {
   n=$(( $(wc -l < "$BENCH_CSV") - 1 ))
 }
 
-# fresh_broker PORT [STORAGE]: a new tansu broker (memory storage unless STORAGE is given).
-fresh_broker() { scripts/tansu.sh stop "$1"; scripts/tansu.sh start "$1" ${2:+"$2"}; }
+# fresh_broker PORT [STORAGE]: a new broker (scripts/broker.sh) (memory storage unless STORAGE is given).
+fresh_broker() { scripts/broker.sh stop "$1"; scripts/broker.sh start "$1" ${2:+"$2"}; }
 
 # measure CMD…: runs it; sets secs (wall), rss (peak KiB), cpu (user+sys seconds).
 measure() {
@@ -64,7 +64,7 @@ start_es_mock() {
 
 # stop_services KAFKA_PORT MYSQL_PORT: stops what the script started.
 stop_services() {
-  scripts/tansu.sh stop "$1"
+  scripts/broker.sh stop "$1"
   scripts/mariadb.sh stop "$2"
   [ -z "$es_pid" ] || kill "$es_pid" 2>/dev/null || true
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks of issue #2: tests/fixtures/BTC-USD.csv repeated to >= 1,000,000 rows,
-#   CSV → Kafka (tansu, memory storage), CSV → Kafka → file, CSV → embedded → file,
+#   CSV → Kafka (scripts/broker.sh, memory storage), CSV → Kafka → file, CSV → embedded → file,
 # against baselines measured in the same run on the same broker: the seeds' producer
 # (kafka-python, json.dumps per row), a raw librdkafka producer doing the same job by hand
 # (examples/raw_producer.rs: rdkafka, reads, types and encodes every row) and the raw librdkafka
@@ -20,11 +20,11 @@ export BENCH_KAFKA=127.0.0.1:$port BENCH_OUT=$work/out.jsonl
 
 python3 -c "import kafka, confluent_kafka" 2>/dev/null || pip install --quiet kafka-python confluent-kafka
 cargo build --release --quiet --bin sluice --example raw_producer
-scripts/tansu.sh install
+scripts/broker.sh install
 
 bench_csv "$rows"
 
-trap 'scripts/tansu.sh stop "$port"' EXIT
+trap 'scripts/broker.sh stop "$port"' EXIT
 
 fresh_broker "$port"; python3 bench/producers.py create - "$BENCH_KAFKA" bench-seeds
 measure python3 bench/producers.py seeds "$BENCH_CSV" "$BENCH_KAFKA" bench-seeds
@@ -68,7 +68,7 @@ emb_s=$secs; emb_r=$(rate "$secs"); emb_rss=$rss; emb_a=$(summary_rate bench-emb
 
 cat <<TABLE
 
-$n rows of BTC-USD (Yahoo CSV layout), tansu 0.6 memory storage on loopback, $(nproc) cores.
+$n rows of BTC-USD (Yahoo CSV layout), nisshi 0.8.1 memory storage on loopback, $(nproc) cores.
 "whole run": the sluice process from start to exit (start-up, connecting, topic creation
 included). "active": sluice's own summary, records out over the component's time from its first
 record to its end -- what the baselines' timers cover (by hand: first row read to last

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sink benchmarks on >= 1,000,000 rows of BTC-USD written to topic `bench-sluice` (tansu,
+# Sink benchmarks on >= 1,000,000 rows of BTC-USD written to topic `bench-sluice` (broker of scripts/broker.sh,
 # memory storage) by sluice's csv source:
 #   Kafka → MySQL (MariaDB on loopback) with `sluice run --once`, in BENCH_ROUNDS (default 3)
 #   interleaved rounds against its like-for-like baseline -- the same rows inserted by hand with
@@ -21,7 +21,7 @@ export BENCH_KAFKA=127.0.0.1:$kport BENCH_MYSQL_PORT=$mport
 
 python3 -c "import kafka, confluent_kafka, pymysql" 2>/dev/null || pip install --quiet kafka-python confluent-kafka pymysql
 cargo build --release --quiet --bin sluice --example es_mock --example mysql_insert_loop
-scripts/tansu.sh install
+scripts/broker.sh install
 bench_csv "$rows"
 
 trap 'stop_services "$kport" "$mport"' EXIT
@@ -71,7 +71,7 @@ indexed=$(curl -s "$BENCH_ES_URL/bench/_count" | python3 -c "import json,sys; pr
 lower=$(python3 -c "print(min($consume_r, $load_r))")
 cat <<TABLE
 
-$n rows of BTC-USD in topic bench-sluice (10 partitions, tansu 0.6 memory storage), MariaDB $(sql "SELECT VERSION()"), $(nproc) cores.
+$n rows of BTC-USD in topic bench-sluice (10 partitions, nisshi 0.8.1 memory storage), MariaDB $(sql "SELECT VERSION()"), $(nproc) cores.
 The ceilings time only their work (the read loop; the LOAD DATA statement); "active" is sluice's
 own summary: rows out over the sink's time from its first record to its end (whole run: the
 process from start to exit, connecting and reading committed offsets included). The seeds' way
@@ -79,7 +79,7 @@ is timed as a whole process; it has no start-up to speak of next to its 40 s.
 
 | run | seconds (whole run) | rows/s (whole run) | rows/s (active) | vs like-for-like baseline (active, median of rounds) | vs lower ceiling (active) | vs seeds' Python | peak RSS |
 |---|---:|---:|---:|---:|---:|---:|---:|
-| ceiling: raw consume of the topic (confluent-kafka, nothing done; fetch.min.bytes 1 MiB, which doubles tansu's rate) | | | $consume_r | | | | |
+| ceiling: raw consume of the topic (confluent-kafka, nothing done; fetch.min.bytes 1 MiB, which doubles the broker's rate) | | | $consume_r | | | | |
 | ceiling: LOAD DATA LOCAL INFILE of the CSV file | | | $load_r [$(range "${load_rs[@]}")] | | | | |
 | baseline: by hand, mysql_async multi-row INSERT, 5,000 rows per statement and transaction, from the CSV (examples/mysql_insert_loop.rs, no Kafka) | | | $(median "${hand_rs[@]}") [$(range "${hand_rs[@]}")] | 1.00× | | | |
 | baseline: seeds' way (kafka-python consumer + pymysql executemany) | $(printf %.2f "$seeds_s") | $seeds_r | | | $(ratio "$seeds_r" "$lower") | 1.00× | |

@@ -15,8 +15,8 @@ port=${BENCH_STARTUP_PORT:-19392}
 export BENCH_KAFKA=127.0.0.1:$port
 python3 -c "import confluent_kafka" 2>/dev/null || pip install --quiet confluent-kafka
 cargo build --release --quiet --bin sluice
-scripts/tansu.sh install
-trap 'scripts/tansu.sh stop "$port"' EXIT
+scripts/broker.sh install
+trap 'scripts/broker.sh stop "$port"' EXIT
 
 # A pipeline whose datagen source has already sent its one record: a run is all start-up.
 pipeline() {
@@ -36,10 +36,10 @@ timed() { # timed FILE: seconds from start to exit of `sluice run --once`
 }
 
 rows=()
-for storage in memory://tansu/ sqlite://startup.db; do
-  scripts/tansu.sh stop "$port"
+for storage in memory://nisshi/ sqlite://startup.db; do
+  scripts/broker.sh stop "$port"
   rm -f "${SLUICE_SERVICES_DIR:-${TMPDIR:-/tmp}/sluice-services}"/startup.db*
-  scripts/tansu.sh start "$port" "$storage"
+  scripts/broker.sh start "$port" "$storage"
   fresh=$(pipeline fresh); aged=$(pipeline aged)
   target/release/sluice run --once "$fresh" --state-dir "$work/startup-state" 2>/dev/null
   target/release/sluice run --once "$aged" --state-dir "$work/startup-state" 2>/dev/null
@@ -67,7 +67,7 @@ cat <<TABLE
 
 \`sluice run --once\`, start to exit, of a pipeline with nothing left to send; medians of $rounds interleaved rounds (range).
 
-| tansu storage | no stored offset updates | $updates stored offset updates |
+| broker storage | no stored offset updates | $updates stored offset updates |
 |---|---:|---:|
 $(printf '%s\n' "${rows[@]}")
 TABLE

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale-out on one machine: Kafka → MySQL (bench/kafka-to-mysql-workers.yaml, a `worker:` group)
 # with one worker against two workers started together, in BENCH_ROUNDS (default 3)
-# interleaved rounds, on >= ROWS rows of BTC-USD in topic `bench-sluice` (10 partitions, tansu
+# interleaved rounds, on >= ROWS rows of BTC-USD in topic `bench-sluice` (10 partitions, broker of scripts/broker.sh,
 # with SQLite storage: its memory storage skips records when a consumer starts inside a batch,
 # which a partition handed over between workers does). Each run reads the topic as a new group (`--once`: a worker ends once its
 # partitions are read). Prints whole-run rates, CPU seconds (user+sys of every worker) and the
@@ -17,7 +17,7 @@ mport=${BENCH_MYSQL_PORT:-13306}
 export BENCH_KAFKA=127.0.0.1:$kport BENCH_MYSQL_PORT=$mport
 
 cargo build --release --quiet --bin sluice
-scripts/tansu.sh install
+scripts/broker.sh install
 bench_csv "$rows"
 trap 'stop_services "$kport" "$mport"' EXIT
 rm -f "${SLUICE_SERVICES_DIR:-${TMPDIR:-/tmp}/sluice-services}/bench-workers.db"
@@ -51,7 +51,7 @@ done
 
 cat <<TABLE
 
-$n rows of BTC-USD in topic bench-sluice (10 partitions, tansu 0.6 SQLite storage), MariaDB $(sql "SELECT VERSION()"), $(nproc) cores.
+$n rows of BTC-USD in topic bench-sluice (10 partitions, nisshi 0.8.1 SQLite storage), MariaDB $(sql "SELECT VERSION()"), $(nproc) cores.
 Whole runs (start, group join, reading, storing, exit), medians of $rounds interleaved rounds.
 
 | run | rows/s (whole run) | CPU seconds (all workers) | vs one worker |

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: provisions what the tests need, checks style, runs every test.
 #
-# - tansu (a Kafka-protocol broker) is built from crates.io if missing; each Kafka test starts
+# - nisshi (a Kafka-protocol broker, scripts/broker.sh) is built from crates.io if missing; each Kafka test starts
 #   and stops its own private broker on a free loopback port (memory or sqlite storage).
 # - MariaDB comes from Debian's mariadb-server (installed if missing); each MySQL test creates
 #   its own data folder and server on a free loopback port. The MySQL TLS test makes its
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/tansu.sh install
+scripts/broker.sh install
 missing=""
 command -v mariadb-install-db >/dev/null 2>&1 || missing="$missing mariadb-server mariadb-client"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"

@@ -262,7 +262,7 @@ fn forecasts_backtest_against_the_naive_forecast_with_calibrated_intervals() {
     assert!((0.90..=0.975).contains(&coverage95), "{table}");
 }
 
-/// Runs `pipeline` on tansu with its output topic `topic` into a file, and returns the output
+/// Runs `pipeline` on Kafka with its output topic `topic` into a file, and returns the output
 /// records and how many were out at the kill; with `kill_after` lines, the run is killed (-9)
 /// once that many are out, then run again to the end, and the second run's output appended.
 fn run_on_kafka(
@@ -271,7 +271,7 @@ fn run_on_kafka(
     transform: &str,
     kill_after: Option<usize>,
 ) -> (Vec<Value>, usize) {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let path = with_sinks(
@@ -288,7 +288,7 @@ fn run_on_kafka(
         let mut cmd = sluice_run(&path, dir.path().join("state"));
         cmd.arg("--once")
             .arg("--kafka")
-            .arg(tansu.addr())
+            .arg(broker.addr())
             .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "500")
             .env(
                 format!(
@@ -490,7 +490,7 @@ sinks:
 #[test]
 fn a_window_state_larger_than_a_kafka_record_is_checkpointed_and_restored() {
     const SYMBOLS: usize = 20_000;
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let bars = dir.path().join("bars.ndjson");
     let days = |dates: &[&str]| {
@@ -536,7 +536,7 @@ sinks:
     .unwrap();
     let run = || {
         let mut cmd = sluice_run(&pipeline, dir.path().join("state"));
-        cmd.arg("--once").arg("--kafka").arg(tansu.addr());
+        cmd.arg("--once").arg("--kafka").arg(broker.addr());
         let (status, log) = run_bounded(&mut cmd, std::time::Duration::from_secs(300));
         assert!(status.success(), "{log}");
     };

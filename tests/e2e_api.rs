@@ -534,7 +534,7 @@ fn a_stopped_source_resets_its_offsets_and_reads_its_input_again() {
 /// start with no state and writes every weekly candle again, those before the stop the same.
 #[test]
 fn a_stopped_stream_transform_resets_its_state_and_computes_everything_again() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("candles.jsonl");
     let port = free_port();
@@ -543,7 +543,7 @@ fn a_stopped_stream_transform_resets_its_state_and_computes_everything_again() {
         dir.path().join("state"),
     )
     .arg("--kafka")
-    .arg(tansu.addr())
+    .arg(broker.addr())
     .env("CANDLES_OUT", &out)
     .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
     .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "250")

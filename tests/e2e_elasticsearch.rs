@@ -87,11 +87,11 @@ fn es_pipeline(dir: &Path, kafka: &str, url: &str, index: &str) -> Command {
 #[test]
 fn the_btc_history_is_indexed_once_with_the_seed_mapping() {
     let (url, _mock) = cluster(Faults::default());
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let index = index_name("bitcoin_kafka");
     assert!(
-        run(&mut es_pipeline(dir.path(), &tansu.addr(), &url, &index))
+        run(&mut es_pipeline(dir.path(), &broker.addr(), &url, &index))
             .status
             .success()
     );
@@ -109,7 +109,7 @@ fn the_btc_history_is_indexed_once_with_the_seed_mapping() {
     let (_, hits) = http("GET", &url, &format!("/{index}/_search"), "");
     assert_eq!(hits["hits"]["total"]["value"], 2530);
     // Replayed from the start under another name: same ids, so nothing is added.
-    let mut replay = es_pipeline(dir.path(), &tansu.addr(), &url, &index);
+    let mut replay = es_pipeline(dir.path(), &broker.addr(), &url, &index);
     replay.env("SLUICE_NAME", "btc-es-replay");
     assert!(run(&mut replay).status.success());
     assert_eq!(doc_count(&url, &index), 2530);
@@ -259,9 +259,9 @@ fn an_existing_index_with_a_conflicting_mapping_is_a_startup_error() {
         r#"{"mappings":{"properties":{"Date":{"type":"keyword"}}}}"#,
     );
     assert_eq!(status, 200);
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&mut es_pipeline(dir.path(), &tansu.addr(), &url, &index));
+    let out = run(&mut es_pipeline(dir.path(), &broker.addr(), &url, &index));
     assert_ne!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -577,7 +577,7 @@ fn sigterm_during_an_outage_exits_within_the_deadline_and_loses_nothing() {
 #[test]
 fn tombstones_delete_by_key_and_are_refused_when_ids_are_not_keys() {
     let (url, _mock) = cluster(Faults::default());
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let pipeline = |name: &str, index: &str, ids: &str| {
         let file = dir.path().join(format!("{name}.yaml"));
@@ -598,7 +598,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq-{name} }}
         let mut cmd = sluice();
         cmd.args(["run", "--once"])
             .arg(&file)
-            .args(["--kafka", &tansu.addr(), "--state-dir"])
+            .args(["--kafka", &broker.addr(), "--state-dir"])
             .arg(dir.path().join("state"));
         cmd
     };
@@ -606,7 +606,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq-{name} }}
     let by_coordinates = index_name("bycoords");
     assert!(run(&mut pipeline("bykey", &by_key, "key")).status.success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "events",
         &[
             (Some("a"), Some(r#"{"n":1}"#)),

@@ -1,5 +1,5 @@
 //! The HTTP sources end to end, as a user runs them: the example pipelines against a local server
-//! answering like the APIs do (tests/common/api_mock.rs), through tansu or the embedded transport
+//! answering like the APIs do (tests/common/api_mock.rs), through Kafka or the embedded transport
 //! into files.
 
 mod common;
@@ -52,14 +52,14 @@ fn faults(records: u64) -> ApiFaults {
 
 #[test]
 fn pages_arrive_once_each_across_a_stop_and_a_kill_9_through_kafka() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let api = ApiMock::start(ApiFaults {
         page_delay_ms: 100,
         ..faults(3000)
     });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("items.jsonl");
-    let run = || Logged::spawn(&mut items_pipeline(&api, dir.path(), Some(&tansu.addr())));
+    let run = || Logged::spawn(&mut items_pipeline(&api, dir.path(), Some(&broker.addr())));
 
     // A graceful stop mid-page-chain: the next run goes on exactly where it stopped.
     let mut first = run();
@@ -262,12 +262,12 @@ fn messari_polls_make_one_record_per_new_price_time_in_both_apis_and_resume_afte
     }
 }
 
-/// Messari and Yahoo through tansu, each killed (-9) once its offsets were stored, then run
+/// Messari and Yahoo through Kafka, each killed (-9) once its offsets were stored, then run
 /// again: no price time and no final bar arrives twice, none is missing, and the runs after
 /// the kill go on from where the killed ones were.
 #[test]
 fn messari_and_yahoo_through_kafka_resume_after_a_kill_9_without_repeats() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let api = ApiMock::start(ApiFaults {
         required_header: Some(("x-messari-api-key".into(), "key-7Hq3".into())),
         live_bar: true,
@@ -276,7 +276,7 @@ fn messari_and_yahoo_through_kafka_resume_after_a_kill_9_without_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let messari = |dir: &Path| {
         let mut cmd = messari_pipeline(&api, dir, "v2");
-        cmd.args(["--kafka", &tansu.addr()]);
+        cmd.args(["--kafka", &broker.addr()]);
         Logged::spawn(&mut cmd)
     };
     let prices = dir.path().join("prices.jsonl");
@@ -304,7 +304,7 @@ fn messari_and_yahoo_through_kafka_resume_after_a_kill_9_without_repeats() {
     let bars_out = yahoo_dir.join("bars.jsonl");
     let yahoo = || {
         let mut cmd = yahoo_pipeline(&api, &yahoo_dir, "BTC-USD");
-        cmd.args(["--kafka", &tansu.addr()]);
+        cmd.args(["--kafka", &broker.addr()]);
         Logged::spawn(&mut cmd)
     };
     let mut first = yahoo();

@@ -1,5 +1,5 @@
 //! The `file` source (JSON lines) end to end, as a user runs `pipelines/json-lines-to-file.yaml`:
-//! a glob of files followed as they grow, through tansu into a file, across a graceful stop and a
+//! a glob of files followed as they grow, through Kafka into a file, across a graceful stop and a
 //! kill -9.
 
 mod common;
@@ -42,7 +42,7 @@ fn arrivals(out: &Path) -> HashMap<u64, usize> {
 
 #[test]
 fn followed_files_arrive_once_each_across_a_stop_and_a_kill_9_through_kafka() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -55,7 +55,7 @@ fn followed_files_arrive_once_each_across_a_stop_and_a_kill_9_through_kafka() {
             root().join("pipelines/json-lines-to-file.yaml"),
             dir.path().join("state"),
         );
-        cmd.args(["--kafka", &tansu.addr()])
+        cmd.args(["--kafka", &broker.addr()])
             .env("JSONL_IN", input.join("*.jsonl"))
             .env("JSONL_KEY", "/id")
             .env("JSONL_TIME", "/at")

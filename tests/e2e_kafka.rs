@@ -1,4 +1,4 @@
-//! End to end on Kafka: the `sluice` binary against a real Kafka-protocol broker (tansu, started
+//! End to end on Kafka: the `sluice` binary against a real Kafka-protocol broker (nisshi, started
 //! privately for each test on a free loopback port).
 
 mod common;
@@ -19,8 +19,8 @@ fn consumer(addr: &str) -> BaseConsumer {
         .expect("consumer")
 }
 
-/// Partition count and number of messages of `topic`, counted by reading them all (tansu 0.6's
-/// high watermarks stop at the base offset of the last batch, so they can't be summed).
+/// Partition count and number of messages of `topic`, counted by reading them all (some brokers'
+/// high watermarks stop at the base offset of the last batch, tansu 0.6's did, so they can't be summed).
 fn topic_layout(addr: &str, topic: &str) -> (usize, i64) {
     let c = consumer(addr);
     let metadata = c
@@ -48,13 +48,13 @@ fn topic_layout(addr: &str, topic: &str) -> (usize, i64) {
 
 #[test]
 fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let out = run(&mut btc_pipeline(
         dir.path(),
         &csv,
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &[],
     ));
     assert!(out.status.success());
@@ -64,19 +64,19 @@ fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
         "duplicates"
     );
     assert_eq!(count_lines(&dir.path().join("bitcoin-dlq.jsonl")), 4);
-    assert_eq!(topic_layout(&tansu.addr(), "bitcoin"), (10, 2530));
-    assert_eq!(topic_layout(&tansu.addr(), "bitcoin-dlq").1, 4);
+    assert_eq!(topic_layout(&broker.addr(), "bitcoin"), (10, 2530));
+    assert_eq!(topic_layout(&broker.addr(), "bitcoin-dlq").1, 4);
     // Run again: the source resumes at its stored offset and the sinks at their committed ones.
     assert!(run(&mut btc_pipeline(
         dir.path(),
         &csv,
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &[]
     ))
     .status
     .success());
     assert_eq!(
-        topic_layout(&tansu.addr(), "bitcoin").1,
+        topic_layout(&broker.addr(), "bitcoin").1,
         2530,
         "the source sent rows again"
     );
@@ -91,7 +91,7 @@ fn the_btc_history_goes_through_a_10_partition_topic_and_arrives_once() {
 /// flushed but not committed plus what the source sent since it last stored its offsets.
 #[test]
 fn kill_9_mid_run_then_rerun_loses_no_row() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let slow = [
@@ -104,13 +104,13 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
     let first = interrupt_then_rerun(
         dir.path(),
         &csv,
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &slow,
         500,
         Stop::Kill,
     );
     let duplicates = check_every_row_arrived(&csv, &dir.path().join("bitcoin.jsonl"));
-    let in_topic = topic_layout(&tansu.addr(), "bitcoin").1 - BTC_ROWS as i64;
+    let in_topic = topic_layout(&broker.addr(), "bitcoin").1 - BTC_ROWS as i64;
     eprintln!(
         "killed after {} rows; {duplicates} duplicates in the file, {in_topic} in the topic",
         first.rows_before
@@ -129,14 +129,14 @@ fn kill_9_mid_run_then_rerun_loses_no_row() {
 
 #[test]
 fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let slow = [("SLUICE_SOURCES__YAHOO_CSV__RATE", "800")];
     let first = interrupt_then_rerun(
         dir.path(),
         &csv,
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &slow,
         200,
         Stop::Term,
@@ -153,7 +153,7 @@ fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
         "a graceful stop commits everything it wrote"
     );
     assert_eq!(
-        topic_layout(&tansu.addr(), "bitcoin").1,
+        topic_layout(&broker.addr(), "bitcoin").1,
         BTC_ROWS as i64,
         "the source resent acknowledged rows"
     );
@@ -163,19 +163,19 @@ fn sigterm_exits_0_within_10s_with_everything_flushed_and_committed() {
 /// `sluice` reconnects and completes with nothing missing.
 #[test]
 fn a_broker_restart_mid_run_loses_nothing() {
-    let mut tansu = Tansu::start();
+    let mut broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let out = dir.path().join("bitcoin.jsonl");
     let slow = [("SLUICE_SOURCES__YAHOO_CSV__RATE", "500")];
-    let mut child = btc_pipeline(dir.path(), &csv, Some(&tansu.addr()), &slow)
+    let mut child = btc_pipeline(dir.path(), &csv, Some(&broker.addr()), &slow)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for_lines(&out, 300, Duration::from_secs(60));
-    tansu.kill();
+    broker.kill();
     std::thread::sleep(Duration::from_secs(3));
-    tansu.restart();
+    broker.restart();
     let status = wait_exit(&mut child, Duration::from_secs(120));
     assert!(status.success(), "exit status {status}");
     let duplicates = check_every_row_arrived(&csv, &out);
@@ -210,9 +210,9 @@ fn an_unreachable_kafka_fails_clearly_after_bounded_retries() {
 
 #[test]
 fn an_existing_topic_with_other_partitions_is_reported() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", tansu.addr())
+        .set("bootstrap.servers", broker.addr())
         .create()
         .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -228,7 +228,7 @@ fn an_existing_topic_with_other_partitions_is_reported() {
     let out = run(&mut btc_pipeline(
         dir.path(),
         &fixture("btc-sample.csv"),
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &[],
     ));
     assert_eq!(out.status.code(), Some(1));
@@ -243,7 +243,7 @@ fn an_existing_topic_with_other_partitions_is_reported() {
 /// and the limit (it failed the run, and every run after it).
 #[test]
 fn a_record_over_the_message_size_limit_is_dead_lettered_and_the_rest_lands() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("wide.csv");
     let wide = "x".repeat(1_500_000);
@@ -273,7 +273,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
     let out = run(sluice()
         .arg("run")
         .arg(&pipeline)
-        .args(["--kafka", &tansu.addr(), "--state-dir"])
+        .args(["--kafka", &broker.addr(), "--state-dir"])
         .arg(dir.path()));
     assert!(out.status.success());
     let rows = read_jsonl(&dir.path().join("out.jsonl"));
@@ -297,7 +297,7 @@ errors: {{ tolerance: all, dead_letter_topic: dlq }}
 /// producer refused `compression.type: zstd` and consumers could not read such a topic).
 #[test]
 fn a_zstd_compressed_topic_round_trips() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     // Dotted librdkafka keys cannot come through `SLUICE_…` variables (figment reads the dots
@@ -314,7 +314,7 @@ fn a_zstd_compressed_topic_round_trips() {
         &file,
         dir.path(),
         &csv,
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &[],
     ));
     assert!(out.status.success());
@@ -325,18 +325,18 @@ fn a_zstd_compressed_topic_round_trips() {
 }
 
 /// A finished source run again sends nothing: start-up reads the source offsets stored last,
-/// although tansu's high watermark stops at the base offset of the last batch (reading up to it
+/// although a broker's high watermark may stop (tansu 0.6's did) at the base offset of the last batch (reading up to it
 /// missed the offsets stored after the first record of the last batch: with the files of a
 /// glob stored together in an order that varies, the last file was mostly read again, and
 /// every restart re-sent what runs before had stored past).
 #[test]
 fn a_rerun_resumes_at_the_source_offsets_stored_last() {
-    for storage in ["memory://tansu/", "sqlite://tansu.db"] {
-        rerun_case(&Tansu::start_with_storage(storage), storage);
+    for storage in ["memory://nisshi/", "sqlite://nisshi.db"] {
+        rerun_case(&Broker::start_with_storage(storage), storage);
     }
 }
 
-fn rerun_case(tansu: &Tansu, storage: &str) {
+fn rerun_case(broker: &Broker, storage: &str) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -369,7 +369,7 @@ sinks:
     topics: [rows]
     path: {}
 ",
-            tansu.addr(),
+            broker.addr(),
             input.display(),
             out.display()
         ),
@@ -391,14 +391,14 @@ sinks:
 /// start, so the file ends with what came before the stop plus every row once more.
 #[test]
 fn a_stopped_sink_resets_its_group_and_reads_the_topic_again() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let port = free_port();
     let mut child = btc_pipeline(
         dir.path(),
         &csv,
-        Some(&tansu.addr()),
+        Some(&broker.addr()),
         &[
             ("SLUICE_SOURCES__YAHOO_CSV__RATE", "500"),
             ("SLUICE_LISTEN", &format!("127.0.0.1:{port}")),

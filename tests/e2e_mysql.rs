@@ -1,5 +1,5 @@
 //! End to end into MySQL: the `sluice` binary against a real MariaDB server and a real
-//! Kafka-protocol broker (tansu), both started privately for each test on loopback.
+//! Kafka-protocol broker (nisshi), both started privately for each test on loopback.
 
 mod common;
 
@@ -91,13 +91,13 @@ fn wait_for_rows(db: &MariaDb, table: &str, n: i64) {
 
 #[test]
 fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     assert!(run(&mut mysql_pipeline(
         dir.path(),
         &csv,
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         &[]
     ))
@@ -128,7 +128,7 @@ fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing(
     assert!(run(&mut mysql_pipeline(
         dir.path(),
         &csv,
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         &replay
     ))
@@ -149,7 +149,7 @@ fn the_btc_history_lands_once_with_equal_sums_and_an_upsert_replay_adds_nothing(
 /// store re-sends those rows as new records (at-least-once), which no sink can tell apart.
 #[test]
 fn exactly_once_survives_kill_9_in_insert_mode_without_a_duplicate() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let pipeline = dir.path().join("eo.yaml");
@@ -168,7 +168,7 @@ fn exactly_once_survives_kill_9_in_insert_mode_without_a_duplicate() {
         let mut cmd = sluice();
         cmd.arg("run")
             .arg(&pipeline)
-            .args(["--kafka", &tansu.addr(), "--state-dir"])
+            .args(["--kafka", &broker.addr(), "--state-dir"])
             .arg(dir.path());
         cmd
     };
@@ -191,14 +191,14 @@ fn exactly_once_survives_kill_9_in_insert_mode_without_a_duplicate() {
 /// bounded, then completes with nothing lost.
 #[test]
 fn a_30_second_database_outage_is_waited_out() {
-    let (tansu, mut db) = (Tansu::start(), MariaDb::start());
+    let (broker, mut db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let slow = [
         ("SLUICE_SOURCES__YAHOO_CSV__RATE", "500"),
         ("SLUICE_SINKS__BITCOIN_TABLE__BATCH__MAX_RECORDS", "100"),
     ];
-    let mut child = mysql_pipeline(dir.path(), &csv, &tansu.addr(), &db, &slow)
+    let mut child = mysql_pipeline(dir.path(), &csv, &broker.addr(), &db, &slow)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -234,13 +234,13 @@ fn a_30_second_database_outage_is_waited_out() {
 
 #[test]
 fn a_wrong_password_or_unreachable_server_fails_clearly_naming_the_sink() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("btc-sample.csv");
     let out = run(&mut mysql_pipeline(
         dir.path(),
         &csv,
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         &[("MYSQL_PASSWORD", "wrong")],
     ));
@@ -258,7 +258,7 @@ fn a_wrong_password_or_unreachable_server_fails_clearly_naming_the_sink() {
     let out = run(&mut mysql_pipeline(
         dir.path(),
         &csv,
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         &[("MYSQL_URL", &closed)],
     ));
@@ -281,8 +281,8 @@ fn a_row_the_server_refuses_is_dead_lettered_and_the_rest_lands() {
 /// the transaction that stores offsets past it commits.
 #[test]
 fn with_exactly_once_a_refused_row_is_dead_lettered_too() {
-    let tansu = Tansu::start();
-    refused_row_case(Some(&tansu.addr()));
+    let broker = Broker::start();
+    refused_row_case(Some(&broker.addr()));
 }
 
 fn refused_row_case(kafka: Option<&str>) {
@@ -380,17 +380,17 @@ errors: {{ tolerance: all, dead_letter_topic: {name}-dlq }}
 /// two rows (binary collation).
 #[test]
 fn one_batch_keeps_the_order_of_each_keys_upserts_and_deletes() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let sink = "    table: kv
     insert_mode: upsert
     primary_key: { mode: record_key, fields: [k] }
     delete_on_tombstone: true";
     // Topics first: the pipeline creates them.
-    let mut first = sink_only(dir.path(), "order", &tansu.addr(), &db, "kv", sink);
+    let mut first = sink_only(dir.path(), "order", &broker.addr(), &db, "kv", sink);
     assert!(run(&mut first).status.success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "kv",
         &[
             (Some("K"), Some(r#"{"v":1,"w":"a"}"#)),
@@ -405,7 +405,7 @@ fn one_batch_keeps_the_order_of_each_keys_upserts_and_deletes() {
     let out = run(&mut sink_only(
         dir.path(),
         "order",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "kv",
         sink,
@@ -423,7 +423,7 @@ fn one_batch_keeps_the_order_of_each_keys_upserts_and_deletes() {
 /// of a record with only its key changes nothing (it generated `SET  WHERE`).
 #[test]
 fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let upsert = "    table: partial
     insert_mode: upsert
@@ -431,7 +431,7 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     assert!(run(&mut sink_only(
         dir.path(),
         "partial",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "p",
         upsert
@@ -439,14 +439,14 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     .status
     .success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "p",
         &[(None, Some(r#"{"id":1,"a":1,"b":1}"#))],
     );
     assert!(run(&mut sink_only(
         dir.path(),
         "partial",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "p",
         upsert
@@ -454,7 +454,7 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     .status
     .success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "p",
         &[
             (None, Some(r#"{"id":1,"a":2}"#)),
@@ -464,7 +464,7 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     assert!(run(&mut sink_only(
         dir.path(),
         "partial",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "p",
         upsert
@@ -484,7 +484,7 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     assert!(run(&mut sink_only(
         dir.path(),
         "update",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "u",
         update
@@ -492,7 +492,7 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     .status
     .success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "u",
         &[
             (None, Some(r#"{"id":1,"b":7}"#)),
@@ -502,7 +502,7 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
     let out = run(&mut sink_only(
         dir.path(),
         "update",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "u",
         update,
@@ -521,14 +521,14 @@ fn upserts_and_updates_leave_the_columns_a_record_lacks_untouched() {
 /// (`NO_ZERO_DATE` in the session's strict mode) and dead-lettered.
 #[test]
 fn json_columns_get_json_text_and_zero_dates_are_refused() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let sink = "    table: docs
     columns: { d: DATE, doc: JSON }";
     assert!(run(&mut sink_only(
         dir.path(),
         "docs",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "docs",
         sink
@@ -536,7 +536,7 @@ fn json_columns_get_json_text_and_zero_dates_are_refused() {
     .status
     .success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "docs",
         &[
             (None, Some(r#"{"n":1,"doc":{"a":1},"d":"2020-01-01"}"#)),
@@ -548,7 +548,7 @@ fn json_columns_get_json_text_and_zero_dates_are_refused() {
     let out = run(&mut sink_only(
         dir.path(),
         "docs",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "docs",
         sink,
@@ -807,8 +807,8 @@ fn a_server_starting_leaves_the_temporary_tables_of_running_servers_alone() {
 /// transport (where the in-process topics are lost with each kill).
 #[test]
 fn exactly_once_sources_and_sink_survive_kills_mid_source_without_a_duplicate() {
-    let tansu = Tansu::start();
-    kills_mid_source_case(Some(&tansu.addr()));
+    let broker = Broker::start();
+    kills_mid_source_case(Some(&broker.addr()));
     kills_mid_source_case(None);
 }
 
@@ -886,7 +886,7 @@ fn kills_mid_source_case(kafka: Option<&str>) {
 /// the rows, so a second run adds nothing.
 #[test]
 fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     db.sql(
         "CREATE TABLE loads (id BIGINT NOT NULL, note TEXT NULL, n DOUBLE NULL, tags JSON NULL, day DATE NULL)",
@@ -898,7 +898,7 @@ fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() 
     assert!(run(&mut sink_only(
         dir.path(),
         "loads",
-        &tansu.addr(),
+        &broker.addr(),
         &db,
         "loads",
         sink
@@ -906,7 +906,7 @@ fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() 
     .status
     .success());
     produce(
-        &tansu.addr(),
+        &broker.addr(),
         "loads",
         &[
             (
@@ -933,7 +933,7 @@ fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() 
         let out = run(&mut sink_only(
             dir.path(),
             "loads",
-            &tansu.addr(),
+            &broker.addr(),
             &db,
             "loads",
             sink,
@@ -964,7 +964,7 @@ fn load_data_appends_every_value_as_written_and_dead_letters_only_the_bad_row() 
 /// writes the whole topic again after what it wrote before the stop.
 #[test]
 fn resetting_an_exactly_once_sink_forgets_its_stored_positions() {
-    let (tansu, db) = (Tansu::start(), MariaDb::start());
+    let (broker, db) = (Broker::start(), MariaDb::start());
     let dir = tempfile::tempdir().unwrap();
     let csv = fixture("BTC-USD.csv");
     let pipeline = dir.path().join("eo.yaml");
@@ -983,7 +983,7 @@ fn resetting_an_exactly_once_sink_forgets_its_stored_positions() {
     let mut child = sluice()
         .arg("run")
         .arg(&pipeline)
-        .args(["--kafka", &tansu.addr(), "--state-dir"])
+        .args(["--kafka", &broker.addr(), "--state-dir"])
         .arg(dir.path())
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .stderr(Stdio::null())

@@ -1,5 +1,5 @@
 //! The `twitter` source end to end, as a user runs `pipelines/election-tweets-to-mysql.yaml`:
-//! against a local server answering like X's API v2 (tests/common/x_mock.rs), through tansu
+//! against a local server answering like X's API v2 (tests/common/x_mock.rs), through Kafka
 //! into MariaDB, or through the embedded transport into a file.
 
 mod common;
@@ -71,7 +71,7 @@ fn gaps_ms(x: &XMock) -> Vec<u128> {
 
 #[test]
 fn the_stream_lands_in_mysql_once_per_post_across_disconnects_and_a_kill_9() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let db = MariaDb::start();
     let mut steps_2: Vec<Step> = (5..8).map(post).collect();
     steps_2.push(post(4)); // sent again: skipped
@@ -96,7 +96,7 @@ fn the_stream_lands_in_mysql_once_per_post_across_disconnects_and_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
         let mut cmd = pipeline(&x, &root().join(PIPELINE), &dir.path().join("state"));
-        cmd.args(["--kafka", &tansu.addr()])
+        cmd.args(["--kafka", &broker.addr()])
             .env("MYSQL_URL", db.url())
             .env("MYSQL_PASSWORD", "pw")
             .env("X_DLQ_OUT", dir.path().join("dlq.jsonl"));
@@ -272,7 +272,7 @@ fn arrivals(out: &Path) -> HashMap<u64, usize> {
 
 #[test]
 fn recent_search_resumes_its_scan_after_a_stop_and_a_kill_9_through_kafka() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let x = XMock::start(XScript {
         token: TOKEN.into(),
         posts: 400,
@@ -286,7 +286,7 @@ fn recent_search_resumes_its_scan_after_a_stop_and_a_kill_9_through_kafka() {
     let out = dir.path().join("out.jsonl");
     let run = || {
         let mut cmd = pipeline(&x, &path, &dir.path().join("state"));
-        cmd.args(["--kafka", &tansu.addr()])
+        cmd.args(["--kafka", &broker.addr()])
             .env("X_MODE", "recent_search");
         Logged::spawn(&mut cmd)
     };

@@ -71,7 +71,7 @@ fn runs_without_secrets(what: &str, cmd: &mut Command) -> std::process::Output {
 
 #[test]
 fn no_pipeline_and_no_broken_config_prints_a_secret() {
-    let tansu = Tansu::start();
+    let broker = Broker::start();
     let db = MariaDb::start();
     db.admin_sql(&format!(
         "ALTER USER 'sluice'@'127.0.0.1' IDENTIFIED BY '{MYSQL_SENTINEL}'"
@@ -108,7 +108,7 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
             .env("BTC_DLQ_OUT", dir.path().join("dlq.jsonl"))
             .env("JSONL_OUT", dir.path().join("lines.jsonl"))
             .env("JSONL_DLQ_OUT", dir.path().join("lines-dlq.jsonl"))
-            .env("KAFKA_BOOTSTRAP", tansu.addr())
+            .env("KAFKA_BOOTSTRAP", broker.addr())
             .env("MYSQL_URL", db.url())
             .env("MYSQL_PASSWORD", MYSQL_SENTINEL)
             .env("ELASTICSEARCH_URL", &es_url);
@@ -260,7 +260,7 @@ fn no_pipeline_and_no_broken_config_prints_a_secret() {
                 "name: btc-history\n",
                 &format!(
                     "name: btc-sasl\nkafka:\n  bootstrap_servers: {}\n  connect_timeout: 3s\n  client: {client}\n",
-                    tansu.addr()
+                    broker.addr()
                 ),
             );
         std::fs::write(&file, yaml).unwrap();

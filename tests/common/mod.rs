@@ -1,5 +1,5 @@
 //! Helpers for the end-to-end tests: run the `sluice` binary as a user would, start a private
-//! tansu broker on a free loopback port, and check what arrived, record by record.
+//! Kafka-protocol broker on a free loopback port, and check what arrived, record by record.
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod api_mock;
@@ -328,36 +328,35 @@ pub fn check_every_row_arrived(csv: &Path, out: &Path) -> usize {
     written.len() - by_date.len()
 }
 
-/// A private tansu broker on a free loopback port, stopped on drop.
+/// A private Kafka-protocol broker (nisshi, see `scripts/broker.sh`) on a free loopback port,
+/// stopped on drop.
 ///
-/// Tests use SQLite storage: tansu 0.6's memory engine answers a fetch that starts inside a
-/// record batch with a later batch or with nothing (fetch from 58 → 59…, from 100 → nothing,
-/// seen here), so a consumer resuming at its committed offset silently misses records, and it
-/// reports high watermarks at the base offset of the last batch. SQLite storage does neither.
-pub struct Tansu {
+/// Tests use SQLite storage, which survives a broker restart. (tansu 0.6, the broker before,
+/// also lost records from its memory storage for a consumer resuming inside a record batch.)
+pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     storage: String,
     dir: tempfile::TempDir,
 }
 
-impl Tansu {
+impl Broker {
     /// SQLite storage in a temporary folder; it also survives a broker restart.
     pub fn start() -> Self {
-        Self::start_with_storage("sqlite://tansu.db")
+        Self::start_with_storage("sqlite://nisshi.db")
     }
 
-    /// A broker on `storage`, e.g. `memory://tansu/` (the default of `scripts/tansu.sh`).
+    /// A broker on `storage`, e.g. `memory://nisshi/` (the default of `scripts/broker.sh`).
     pub fn start_with_storage(storage: &str) -> Self {
         let port = free_port();
-        let mut tansu = Tansu {
+        let mut broker = Broker {
             child: None,
             port,
             storage: storage.into(),
             dir: tempfile::tempdir().expect("temp dir"),
         };
-        tansu.spawn();
-        tansu
+        broker.spawn();
+        broker
     }
 
     pub fn addr(&self) -> String {
@@ -365,12 +364,12 @@ impl Tansu {
     }
 
     fn spawn(&mut self) {
-        let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let bin = std::env::var("BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(self.dir.path().join("broker.log"))
             .expect("log file");
         let child = Command::new(&bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
@@ -378,9 +377,9 @@ impl Tansu {
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu (`{bin}`): {e}. Install it with scripts/test.sh, or set TANSU_BIN."));
+            .unwrap_or_else(|e| panic!("cannot start the broker (`{bin}`): {e}. Install it with scripts/test.sh, or set BROKER_BIN."));
         self.child = Some(child);
-        wait_listening(self.port, "tansu");
+        wait_listening(self.port, "the broker");
     }
 
     pub fn kill(&mut self) {
@@ -396,7 +395,7 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
+impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
