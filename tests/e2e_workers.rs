@@ -770,3 +770,69 @@ sources:
     );
     eprintln!("b wrote {b_wrote} of {CLOSED} candles");
 }
+
+/// Without a `worker:` section, a second `sluice run` of the same pipeline on Kafka is a
+/// second worker of its group, not a second reader: the two split the partitions, and every
+/// row fed afterwards is written once, by one of them.
+#[test]
+fn a_second_copy_of_a_pipeline_is_a_second_worker_without_a_worker_section() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = pipeline_file(
+        dir.path(),
+        &broker.addr(),
+        "    type: file\n    path: unused.jsonl\n",
+    );
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, text.replace(WORKER, "")).unwrap();
+    let out = |name: &str| dir.path().join(format!("out-{name}.jsonl"));
+    let env = |name: &str| vec![("SLUICE_SINKS__ROWS__PATH", out(name).display().to_string())];
+    let mut workers = [
+        Worker::start("a", &pipeline, dir.path(), &env("a")),
+        Worker::start("b", &pipeline, dir.path(), &env("b")),
+    ];
+    wait_until(
+        "two copies split the 10 partitions",
+        Duration::from_secs(60),
+        || {
+            let owned: Vec<BTreeSet<String>> = workers.iter().map(Worker::owned).collect();
+            let held: usize = owned.iter().map(BTreeSet::len).sum();
+            let all: BTreeSet<&String> = owned.iter().flatten().collect();
+            all.len() == 10 && held == 10 && owned.iter().all(|o| !o.is_empty())
+        },
+    );
+    let mut feeding = sluice_run(
+        feeder(dir.path(), &broker.addr(), false),
+        dir.path().join("state-feed"),
+    )
+    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "5000")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    assert!(wait_exit(&mut feeding, Duration::from_secs(60)).success());
+    let lines = || -> Vec<String> {
+        ["a", "b"]
+            .iter()
+            .flat_map(|w| {
+                std::fs::read_to_string(out(w))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.ends_with('}'))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    wait_until("every row arrives", Duration::from_secs(60), || {
+        lines().len() >= ROWS
+    });
+    for w in &mut workers {
+        let (status, _) = terminate(&mut w.child);
+        assert!(status.success(), "worker {}: {status}", w.name);
+    }
+    let written = lines();
+    let distinct: BTreeSet<&String> = written.iter().collect();
+    assert_eq!(distinct.len(), ROWS, "every row written");
+    assert_eq!(written.len(), ROWS, "no row written by both copies");
+}

@@ -24,10 +24,11 @@ pub struct PipelineConfig {
     /// Kafka cluster to use. Without this section records flow through the embedded in-process log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaConfig>,
-    /// Share the pipeline with other `sluice run` processes of it (Kafka only): with this
-    /// section every process running the same pipeline against the same cluster is a worker of
-    /// one group, and sinks' partitions and sources' work units are spread over the live
-    /// workers. Without it a process reads every partition and runs every source itself.
+    /// The worker group's settings (Kafka only). On Kafka every `sluice run` process of the
+    /// same pipeline against the same cluster is a worker of one group, with or without this
+    /// section: sinks' partitions and sources' work units are spread over the live workers,
+    /// and a second copy of the pipeline is a second worker, never a second reader. Without
+    /// the section the defaults apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerConfig>,
     /// Settings of the embedded transport (used when `kafka` is absent).
@@ -59,6 +60,14 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// The worker group this process joins: on Kafka always (with the `worker` settings or
+    /// their defaults), on the embedded transport never.
+    pub fn worker_group(&self) -> Option<WorkerConfig> {
+        self.kafka
+            .as_ref()
+            .map(|_| self.worker.clone().unwrap_or_default())
+    }
+
     /// Whether the source `id` numbers its records for exactly-once sinks.
     pub fn source_exactly_once(&self, id: &str) -> bool {
         self.sources

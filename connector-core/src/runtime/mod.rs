@@ -168,7 +168,7 @@ impl PipelineRun {
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
             Some(kafka) => Arc::new(
-                KafkaTransport::connect(kafka, config.worker.as_ref())
+                KafkaTransport::connect(kafka, config.worker_group().as_ref())
                     .await
                     .map_err(|e| transport_error(pipeline, e))?,
             ),
@@ -236,10 +236,9 @@ impl PipelineRun {
 /// How long a worker of a group whose own work is done stays, to take over that of a worker
 /// that dies (noticed after its session timeout, then a rebalance); zero outside a group.
 fn group_linger(config: &PipelineConfig) -> Duration {
-    match (&config.kafka, &config.worker) {
-        (Some(_), Some(worker)) => worker.session_timeout * 2,
-        _ => Duration::ZERO,
-    }
+    config
+        .worker_group()
+        .map_or(Duration::ZERO, |worker| worker.session_timeout * 2)
 }
 
 /// An id for one failure, in its log line and in the REST API's status.

@@ -540,7 +540,7 @@ impl Supervisor {
         let Some(source) = config.sources.get(id) else {
             return Err(ConnectorError::internal("no such source").in_component(id));
         };
-        if config.worker.is_some() && config.kafka.is_some() {
+        if config.worker_group().is_some() {
             // Shared by the worker group: this worker runs the units it is assigned.
             let slots = source.inner.work_units().unwrap_or(1).max(1) as i32;
             let topic = units::control_topic(pipeline, id);
@@ -671,7 +671,7 @@ impl Supervisor {
                         .await
                         .map_err(|e| transport_error(id, e))?;
                     store.remove(id).await.map_err(|e| transport_error(id, e))?;
-                    if self.run.config.worker.is_some() {
+                    if self.run.config.worker_group().is_some() {
                         // Its units are to be read again: no worker may leave on their account.
                         self.transport
                             .set_control_status(
