@@ -107,24 +107,28 @@ fn the_stream_lands_in_mysql_once_per_post_across_disconnects_and_a_kill_9() {
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     };
-    let wait_rows = |n: i64| {
+    // Waits for `n` rows; past 60 s, stops the run and fails with its log.
+    let wait_rows = |n: i64, running: &mut Logged| {
         let started = std::time::Instant::now();
         while rows(&db) < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{} of {n} rows",
-                rows(&db)
-            );
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = running.child.kill();
+                running.exit(Duration::from_secs(10));
+                panic!(
+                    "{} of {n} rows after 60 s (the run's log is above)",
+                    rows(&db)
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     };
 
     let mut first = run();
-    wait_rows(8);
+    wait_rows(8, &mut first);
     first.child.kill().unwrap();
     first.exit(Duration::from_secs(10));
     let mut second = run();
-    wait_rows(10);
+    wait_rows(10, &mut second);
     std::thread::sleep(Duration::from_millis(500));
     let (status, _) = terminate(&mut second.child);
     let (_, stderr) = second.exit(Duration::from_secs(10));

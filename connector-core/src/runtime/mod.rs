@@ -168,7 +168,7 @@ impl PipelineRun {
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
             Some(kafka) => Arc::new(
-                KafkaTransport::connect(kafka, config.worker_group().as_ref())
+                KafkaTransport::connect(kafka, &config.worker_group().unwrap_or_default())
                     .await
                     .map_err(|e| transport_error(pipeline, e))?,
             ),

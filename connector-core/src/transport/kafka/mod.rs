@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 /// Transport over a Kafka cluster.
 pub struct KafkaTransport {
     config: KafkaConfig,
-    /// Group membership of the readers, when the pipeline has a `worker` section; without,
-    /// each reader owns every partition of its topics.
-    worker: Option<WorkerConfig>,
+    /// Group membership of the readers: every reader is a member of its group, and the
+    /// partitions of its topics are spread over the group's live workers.
+    worker: WorkerConfig,
     producer: Producer,
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
@@ -57,7 +57,7 @@ impl KafkaTransport {
     /// Connects and checks the cluster answers, retrying until `connect_timeout`.
     pub async fn connect(
         config: &KafkaConfig,
-        worker: Option<&WorkerConfig>,
+        worker: &WorkerConfig,
     ) -> Result<Self, TransportError> {
         let mut client = base_config(config);
         client
@@ -82,7 +82,7 @@ impl KafkaTransport {
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let transport = KafkaTransport {
             config: config.clone(),
-            worker: worker.cloned(),
+            worker: worker.clone(),
             producer,
             max_message_bytes,
         };
@@ -379,21 +379,19 @@ impl Transport for KafkaTransport {
             .set("fetch.max.bytes", "4194304")
             .set("fetch.min.bytes", "524288")
             .set("fetch.wait.max.ms", "100");
-        if let Some(worker) = &self.worker {
-            // Workers of a pipeline share each sink's partitions (Kafka Connect's way): on a
-            // rebalance a member gives up only the partitions that move, after storing and
-            // committing what it read of them.
-            client
-                .set("partition.assignment.strategy", "cooperative-sticky")
-                .set(
-                    "session.timeout.ms",
-                    worker.session_timeout.as_millis().to_string(),
-                )
-                .set(
-                    "heartbeat.interval.ms",
-                    worker.heartbeat_interval.as_millis().to_string(),
-                );
-        }
+        // Workers of a pipeline share each sink's partitions (Kafka Connect's way): on a
+        // rebalance a member gives up only the partitions that move, after storing and
+        // committing what it read of them.
+        client
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                self.worker.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                self.worker.heartbeat_interval.as_millis().to_string(),
+            );
         for (k, v) in &self.config.consumer {
             client.set(k, v);
         }
@@ -412,23 +410,10 @@ impl Transport for KafkaTransport {
                 redact(&self.config, e)
             ))
         })?;
-        if self.worker.is_some() {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            consumer.subscribe(&names).map_err(|e| {
-                TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}"))
-            })?;
-        } else {
-            // The only reader of its group: every partition, at the group's committed offsets,
-            // without joining (no rebalance waiting out the member of a killed process).
-            let all = topics
-                .iter()
-                .flat_map(|topic| {
-                    let partitions = layout.get(topic).map_or(0, |(p, _)| *p);
-                    (0..partitions).map(move |p| (Arc::<str>::from(topic.as_str()), p))
-                })
-                .collect();
-            changes.report(Rebalance::Assign(all));
-        }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| TransportError::fatal(format!("cannot subscribe to {topics:?}: {e}")))?;
         Ok(Box::new(KafkaReader {
             consumer: Arc::new(consumer),
             changes,
