@@ -39,6 +39,9 @@ pub struct CsvSourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Column (declared `date` or `timestamp`) that gives the record time; otherwise the time of reading.
+    /// On Kafka the record time is the message timestamp, and brokers delete messages older
+    /// than the topic's `retention.ms` (7 days by default): give a topic fed with history
+    /// `config: { retention.ms: "-1" }` (see `pipelines/btc-history-csv-to-file.yaml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_column: Option<String>,
     /// Rows whose every column but `key` and `timestamp_column` is null (Yahoo's `null` days):
