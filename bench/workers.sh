@@ -2,11 +2,11 @@
 # Scale-out on one machine: Kafka → MySQL (bench/kafka-to-mysql-workers.yaml, a `worker:` group)
 # with one worker against two workers started together, in BENCH_ROUNDS (default 3)
 # interleaved rounds, on >= ROWS rows of BTC-USD in topic `bench-sluice` (10 partitions, broker of scripts/broker.sh,
-# with SQLite storage: its memory storage skips records when a consumer starts inside a batch,
-# which a partition handed over between workers does). Each run reads the topic as a new group (`--once`: a worker ends once its
-# partitions are read). Prints whole-run rates, CPU seconds (user+sys of every worker) and the
-# ratio of two workers to one.
-#   bench/workers.sh [ROWS]      (default 1000000)
+# with SQLite storage: tansu 0.6's memory storage skipped records when a consumer started inside
+# a batch, which a partition handed over between workers does). Each run reads the topic as a new group (`--once`: a worker ends once its
+# partitions are read, after twice the session timeout if it does not own them all). Prints
+# whole-run rates, CPU seconds (user+sys of every worker) and the ratio of two workers to one.
+#   bench/workers.sh [ROWS]      (default 1000000; BENCH_SESSION: the group's session timeout, 10s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
