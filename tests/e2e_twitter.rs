@@ -75,7 +75,13 @@ fn the_stream_lands_in_mysql_once_per_post_across_disconnects_and_a_kill_9() {
     let db = MariaDb::start();
     let mut steps_2: Vec<Step> = (5..8).map(post).collect();
     steps_2.push(post(4)); // sent again: skipped
-    steps_2.push(Step::Pause(120_000));
+                           // Keep-alives (blank lines) until the kill: a silent connection would stall (400 ms), and
+                           // the first run would reconnect and take the next connection's posts, meant for the
+                           // second run, which it may not store before the kill (the stream cannot replay them).
+    for _ in 0..1200 {
+        steps_2.push(Step::Line(String::new()));
+        steps_2.push(Step::Pause(100));
+    }
     let x = XMock::start(XScript {
         token: TOKEN.into(),
         rules: vec![
