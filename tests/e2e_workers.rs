@@ -78,6 +78,13 @@ impl Worker {
     }
 }
 
+/// Whether `shares` split `count` things: each held by exactly one, every share non-empty.
+fn split_disjointly(shares: &[BTreeSet<String>], count: usize) -> bool {
+    let held: usize = shares.iter().map(BTreeSet::len).sum();
+    let all: BTreeSet<&String> = shares.iter().flatten().collect();
+    all.len() == count && held == count && shares.iter().all(|s| !s.is_empty())
+}
+
 /// Partitions named by `reading partitions` lines minus those of `gave up partitions` lines.
 fn owned_by(log: &str) -> BTreeSet<String> {
     let mut owned = BTreeSet::new();
@@ -145,9 +152,7 @@ fn two_then_three_workers_and_a_kill(
     // Every partition read by exactly one worker, and every worker reads some.
     let spread = |workers: &[Worker]| {
         let owned: Vec<BTreeSet<String>> = workers.iter().map(Worker::owned).collect();
-        let all: BTreeSet<&String> = owned.iter().flatten().collect();
-        let held: usize = owned.iter().map(BTreeSet::len).sum();
-        all.len() == 10 && held == 10 && owned.iter().all(|o| !o.is_empty())
+        split_disjointly(&owned, 10)
     };
     let took = wait_until(
         "two workers share the 10 partitions",
@@ -501,9 +506,7 @@ fn two_workers_split_a_csv_glob_and_the_survivor_finishes_a_killed_workers_files
         Duration::from_secs(60),
         || {
             let shares: Vec<BTreeSet<String>> = workers.iter().map(units_of).collect();
-            let held: usize = shares.iter().map(BTreeSet::len).sum();
-            let all: BTreeSet<&String> = shares.iter().flatten().collect();
-            all.len() == FILES && held == FILES && shares.iter().all(|s| !s.is_empty())
+            split_disjointly(&shares, FILES)
         },
     );
     let shares: Vec<BTreeSet<String>> = workers.iter().map(units_of).collect();
@@ -796,9 +799,7 @@ fn a_second_copy_of_a_pipeline_is_a_second_worker_without_a_worker_section() {
         Duration::from_secs(60),
         || {
             let owned: Vec<BTreeSet<String>> = workers.iter().map(Worker::owned).collect();
-            let held: usize = owned.iter().map(BTreeSet::len).sum();
-            let all: BTreeSet<&String> = owned.iter().flatten().collect();
-            all.len() == 10 && held == 10 && owned.iter().all(|o| !o.is_empty())
+            split_disjointly(&owned, 10)
         },
     );
     let mut feeding = sluice_run(
