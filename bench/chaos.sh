@@ -5,14 +5,16 @@
 #      a. CSV → Kafka → MySQL with `exactly_once` (numbered source, exactly-once sink),
 #      b. the same with the source unnumbered (duplicates allowed, up to the stated bound),
 #      c. CSV → Kafka → Elasticsearch stand-in, ids from the key,
-#      d. CSV → embedded transport → MySQL with `exactly_once`;
+#      d. CSV → embedded transport → MySQL with `exactly_once`,
+#      e. two stream transforms in a row (datagen, 8 symbols → 4 partitions → weekly candles →
+#         1 partition → indicators → MySQL `exactly_once`), compared with a run never killed;
 #   2. the broker killed (kill -9: a crash) mid-run and started again 3 s later;
 #   3. MariaDB stopped for 30 s mid-run;
 #   4. SIGTERM during an outage of the Elasticsearch stand-in, then a run to the end.
 # Prints per scenario: rows expected, found, distinct, duplicates, dead letters, exit codes and
 # time to exit. Nothing may be lost, every stop must come within the drain deadline, and with
 # `exactly_once` there may be no duplicate; without it, at most the bound printed.
-#   bench/chaos.sh [ROWS]
+#   bench/chaos.sh [ROWS]            (CHAOS_ONLY=1e,3 runs only those scenarios)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
@@ -22,6 +24,9 @@ mport=${CHAOS_MYSQL_PORT:-13316}
 drain=7 # sluice's default --drain-timeout, in seconds
 export CHAOS_KAFKA=127.0.0.1:$kport CHAOS_MYSQL_PORT=$mport
 services=${SLUICE_SERVICES_DIR:-${TMPDIR:-/tmp}/sluice-services}
+only=${CHAOS_ONLY:-}
+# want SCENARIO: whether to run it (every scenario unless CHAOS_ONLY names some).
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
 cargo build --release --quiet --bin sluice --example es_mock
 scripts/broker.sh install
@@ -109,10 +114,14 @@ start_es() {
 }
 es_count() { curl -s "$CHAOS_ES_URL/chaos/_count" | python3 -c "import json, sys; print(json.load(sys.stdin).get('count', 0))"; }
 
+if want 1a; then
 echo "1a/4 kill -9 ×10, CSV → Kafka → MySQL, exactly once…" >&2
 fresh kill9
 kill_loop "kill -9 ×10, CSV → Kafka → MySQL, \`exactly_once\`" bench/chaos-mysql.yaml rows
 
+fi
+
+if want 1b; then
 echo "1b/4 kill -9 ×10, CSV → Kafka → MySQL, source unnumbered…" >&2
 fresh kill9-plain
 # A kill re-sends what the source sent after its last stored offsets: at most its
@@ -120,16 +129,52 @@ fresh kill9-plain
 bound=$(( 10 * (32 * 2000 + ${CHAOS_KILL_RATE:-2000}) ))
 CHAOS_EXACTLY_ONCE=false kill_loop "kill -9 ×10, CSV → Kafka → MySQL, source unnumbered (bound $bound)" bench/chaos-mysql.yaml rows "$bound"
 
+fi
+
+if want 1c; then
 echo "1c/4 kill -9 ×10, CSV → Kafka → Elasticsearch…" >&2
 fresh kill9-es
 start_es
 kill_loop "kill -9 ×10, CSV → Kafka → Elasticsearch stand-in, ids from the key" bench/chaos-es.yaml es
 kill "$es_pid"; es_pid=""
 
+fi
+
+if want 1d; then
 echo "1d/4 kill -9 ×10, CSV → embedded → MySQL, exactly once…" >&2
 fresh kill9-embedded
 kill_loop "kill -9 ×10, CSV → embedded → MySQL, \`exactly_once\`" bench/chaos-mysql-embedded.yaml rows
 
+fi
+
+if want 1e; then
+echo "1e kill -9 ×10, two stream transforms in a row → MySQL, exactly once…" >&2
+fresh chain
+# The reference: the same pipeline under another name and table, never killed.
+CHAOS_CHAIN_NAME=chaos-chain-ref CHAOS_CHAIN_TABLE=chain_ref CHAOS_RATE=100000 timeout 600 \
+  target/release/sluice run bench/chaos-chain.yaml --state-dir "$work/chaos-state-ref" 2>>"$work/chaos.log"
+codes=""
+export CHAOS_RATE=${CHAOS_CHAIN_RATE:-500}
+for _ in $(seq 10); do
+  start_sluice bench/chaos-chain.yaml
+  sleep "$(python3 -c 'import random; print(round(random.uniform(2, 4), 1))')"
+  kill -9 "$pid" 2>/dev/null || true
+  code=0; wait "$pid" || code=$?
+  codes="$codes$code,"
+done
+start=$(now); code=0; timeout 900 target/release/sluice run bench/chaos-chain.yaml --state-dir "$work/chaos-state" 2>>"$work/chaos.log" || code=$?
+unset CHAOS_RATE
+expected=$(sql 'SELECT COUNT(*) FROM chain_ref')
+found=$(sql 'SELECT COUNT(*) FROM chain')
+distinct=$(sql 'SELECT COUNT(DISTINCT `key`, `start`) FROM chain')
+# Rows equal to the reference's row of the same candle, indicators included.
+equal=$(sql 'SELECT COUNT(*) FROM chain c JOIN chain_ref r ON c.`key` = r.`key` AND c.`start` = r.`start` WHERE c.`close` <=> r.`close` AND c.`volume` <=> r.`volume` AND c.`sma_4` <=> r.`sma_4` AND c.`ema_4` <=> r.`ema_4` AND c.`final` <=> r.`final`')
+report "kill -9 ×10, datagen → 4 partitions → window → 1 partition → indicators → MySQL, \`exactly_once\` ($equal of $expected rows equal to a run never killed)" \
+  "$found" "$distinct" "0" "${codes}${code}" "final run $(since "$start") s" "" 0 "$expected"
+[ "$equal" -eq "$expected" ] || verdicts+=("$(( expected - equal )) ROWS DIFFER FROM THE REFERENCE")
+fi
+
+if want 2; then
 echo "2/4 broker restart mid-run…" >&2
 fresh broker
 CHAOS_EXACTLY_ONCE=false CHAOS_RATE=100000 start_sluice bench/chaos-mysql.yaml
@@ -143,6 +188,9 @@ report "broker (SQLite storage) killed -9 4 s in, back 3 s later; source unnumbe
   "$(sql 'SELECT COUNT(*) FROM chaos')" "$(sql 'SELECT COUNT(DISTINCT n) FROM chaos')" \
   "$(dead_letters)" "$code" "-"
 
+fi
+
+if want 3; then
 echo "3/4 MariaDB stopped 30 s mid-run…" >&2
 fresh mariadb memory://nisshi/
 CHAOS_RATE=100000 start_sluice bench/chaos-mysql.yaml
@@ -153,6 +201,9 @@ report "MariaDB stopped 4 s in, for 30 s" \
   "$(sql 'SELECT COUNT(*) FROM chaos')" "$(sql 'SELECT COUNT(DISTINCT n) FROM chaos')" \
   "$(dead_letters)" "$code" "-"
 
+fi
+
+if want 4; then
 echo "4/4 SIGTERM during an Elasticsearch outage…" >&2
 fresh es # the run after the SIGTERM resumes mid-topic
 start_es
@@ -168,6 +219,8 @@ code2=0; timeout 900 target/release/sluice run bench/chaos-es.yaml --state-dir "
 docs=$(es_count) # ids are the unique keys: documents = distinct rows
 report "SIGTERM 2 s into an Elasticsearch outage, then a run to the end" \
   "$docs" "$docs" "$(dead_letters)" "$code,$code2" "$took s" "$(( drain + 5 ))"
+
+fi
 
 cat <<TABLE
 

@@ -328,3 +328,41 @@ sinks:",
     assert!(err.contains("`a`") && err.contains("inputs"), "{err}");
     assert!(err.contains("not in a circle"), "{err}");
 }
+
+/// Through a stream transform too: on the embedded transport its output is numbered only from
+/// numbered inputs, so an exactly-once sink behind it needs the sources' numbering.
+#[test]
+fn an_embedded_exactly_once_sink_behind_a_stream_transform_needs_numbered_sources() {
+    let e = broken(|y| {
+        with_sink(
+            &y.replace(
+                "sinks:",
+                "transforms:\n  weekly: { type: window, inputs: [t], topic: w, size: 7d, aggregates: { n: count } }\nsinks:",
+            ),
+            "    type: mysql\n    topics: [w]\n    url: mysql://u@127.0.0.1:1/db\n    exactly_once: true\n",
+        )
+    });
+    assert!(
+        e.contains("`out`") && e.contains("exactly_once") && e.contains("`src`"),
+        "{e}"
+    );
+}
+
+/// Exactly-once needs a record sent again to land where it landed before, in order: a
+/// producer override that gives up idempotence or Kafka's key partitioner is refused by name.
+#[test]
+fn exactly_once_refuses_producer_overrides_that_move_or_reorder_records() {
+    for (name, value) in [
+        ("partitioner", "random"),
+        ("enable.idempotence", "false"),
+        ("message.timeout.ms", "30000"),
+    ] {
+        let e = broken(|y| {
+            format!(
+                "{y}exactly_once: true\nkafka:\n  bootstrap_servers: \"127.0.0.1:1\"\n  producer: {{ {name}: \"{value}\" }}\n"
+            )
+        });
+        assert!(e.contains(&format!("kafka.producer.{name}")), "{e}");
+        assert!(e.contains("exactly_once"), "{e}");
+    }
+}

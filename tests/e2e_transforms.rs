@@ -102,3 +102,66 @@ fn a_broken_jq_program_is_reported_by_validate_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// A `route` on a source sends each record to the topic it names (the source's `topic` is only
+/// where records go unless a transform says otherwise): big moves to `prices-big`, the rest
+/// stays in `prices`.
+#[test]
+fn a_route_on_a_source_sends_records_to_the_topic_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("prices.csv");
+    std::fs::write(
+        &csv,
+        "Date,Open,Close\n2020-03-11,7900.5,7911.4\n2020-03-12,7913.6,4970.8\n2020-03-13,4860.7,5563.7\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("route.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: route
+topics:
+  prices: {{ partitions: 1 }}
+  prices-big: {{ partitions: 1 }}
+sources:
+  prices:
+    type: csv
+    path: {csv}
+    topic: prices
+    columns: {{ Date: string, Open: float, Close: float }}
+    transforms:
+      - {{ type: route, template: "{{topic}}-big", when: '.Close - .Open > 500 or .Open - .Close > 500' }}
+sinks:
+  archive:
+    type: file
+    topics: [prices, prices-big]
+    format: envelope
+    path: {out}
+"#,
+            csv = csv.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let status = run(&mut sluice_run(&pipeline, dir.path().join("state"))).status;
+    assert!(status.success());
+    let mut topics: Vec<(String, String)> = read_jsonl(&out)
+        .iter()
+        .map(|r| {
+            (
+                r["value"]["Date"].as_str().unwrap().to_string(),
+                r["topic"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            ("2020-03-11".into(), "prices".into()),
+            ("2020-03-12".into(), "prices-big".into()),
+            ("2020-03-13".into(), "prices-big".into()),
+        ]
+    );
+}

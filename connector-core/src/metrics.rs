@@ -34,6 +34,9 @@ pub struct ComponentMetrics {
     /// What this process last stored as the component's offsets, in Kafka Connect's shape
     /// (`{partition, offset}`), by partition.
     offsets: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// Whether its last start failed while building (connecting): then the failure is one of
+    /// the run's setup, as a failure before any task started is.
+    build_failed: std::sync::atomic::AtomicBool,
 }
 
 /// A component's failure as the REST API shows it.
@@ -96,6 +99,16 @@ impl ComponentMetrics {
 
     fn finished(&self) -> Option<Instant> {
         *self.finished_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes whether the component's last start failed while building (connecting).
+    pub fn set_build_failed(&self, failed: bool) {
+        self.build_failed.store(failed, Ordering::Relaxed);
+    }
+
+    /// Whether the component's last start failed while building (connecting).
+    pub fn build_failed(&self) -> bool {
+        self.build_failed.load(Ordering::Relaxed)
     }
 
     /// The component runs again (restarted or resumed after a stop): no failure, not stopped.

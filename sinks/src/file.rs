@@ -2,7 +2,8 @@
 //!
 //! Only whole lines stay in the file: a write that fails part way is cut back before it is
 //! retried, a last line left unfinished by a crash is cut when the file is opened (its records
-//! were not committed, so they are written again), and a new file's folder is fsynced with it.
+//! were not committed, so they are written again), and a new file's name and folders are fsynced
+//! when it is created, before its first write.
 
 use crate::encoding::{write_line, LineFormat};
 use schemars::JsonSchema;
@@ -56,50 +57,46 @@ struct FileSink {
 /// An open output file.
 struct Output {
     file: File,
-    /// Folders created with the file (the file's own first): fsynced, once, after its first
-    /// write, so that a crash cannot lose the file's name after its offsets are committed.
-    unsynced_dirs: Vec<PathBuf>,
+}
+
+/// The folder holding `path`: `.` for a bare file name (whose `parent()` is the empty path).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 impl Output {
     /// Opens `path` for appending, creating it and its folders; cuts an unfinished last line.
+    ///
+    /// A new file's name and the folders made for it are fsynced in their parents here, before
+    /// any record is written: once [`Output::append`] has made a flush's bytes durable, nothing
+    /// of that flush is left that could fail and have them written again.
     fn open(path: &Path) -> Result<Output, ConnectorError> {
         let cannot = |what: &str, p: &Path, e: std::io::Error| {
             ConnectorError::external(format!("cannot {what} {}: {e}", p.display()))
         };
-        let mut unsynced_dirs = Vec::new();
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        // The folders to create, deepest first; each new one must be fsynced in its parent.
-        let mut missing = dir;
-        while !missing.exists() {
-            unsynced_dirs.push(missing.parent().unwrap_or(Path::new(".")).to_path_buf());
-            match missing.parent() {
-                Some(p) if !p.as_os_str().is_empty() => missing = p,
-                _ => break,
-            }
-        }
+        let dir = folder_of(path);
+        let unsynced = folders_to_sync(path);
         std::fs::create_dir_all(dir).map_err(|e| cannot("create", dir, e))?;
-        if !path.exists() {
-            unsynced_dirs.insert(0, dir.to_path_buf());
-        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(path)
             .map_err(|e| cannot("open", path, e))?;
+        for folder in &unsynced {
+            File::open(folder)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| cannot("sync the folder", folder, e))?;
+        }
         cut_unfinished_line(&file).map_err(|e| cannot("repair the last line of", path, e))?;
-        Ok(Output {
-            file,
-            unsynced_dirs,
-        })
+        Ok(Output { file })
     }
 
     /// Appends `bytes` and makes them durable; on failure the file is cut back to where it
-    /// was, so a retry does not leave a torn line.
+    /// was, so a retry writes them once and leaves no torn line.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let before = self.file.metadata()?.len();
         let written = self
@@ -110,11 +107,25 @@ impl Output {
             self.file.set_len(before)?;
             return Err(e);
         }
-        for dir in std::mem::take(&mut self.unsynced_dirs) {
-            File::open(&dir)?.sync_all()?;
-        }
         Ok(())
     }
+}
+
+/// The folders whose entries change when `path` is created: the file's own folder if the file
+/// is new, and the parent of every folder that must be made for it (deepest first). Each is
+/// fsynced so that a crash cannot lose the file's name after its offsets are committed.
+fn folders_to_sync(path: &Path) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    if !path.exists() {
+        folders.push(folder_of(path).to_path_buf());
+    }
+    let mut missing = folder_of(path);
+    while !missing.exists() {
+        // Ends at `.` or `/` at the latest, which exist.
+        missing = folder_of(missing);
+        folders.push(missing.to_path_buf());
+    }
+    folders
 }
 
 /// Cuts `file` after its last newline: what follows is a line a crash left unfinished.
@@ -243,18 +254,74 @@ mod tests {
     fn a_new_file_and_the_folders_created_for_it_are_synced_in_their_parents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/out.jsonl");
-        let mut output = Output::open(&path).unwrap();
         assert_eq!(
-            output.unsynced_dirs,
+            folders_to_sync(&path),
             [
                 dir.path().join("a/b"),
                 dir.path().join("a"),
                 dir.path().to_path_buf()
             ]
         );
+        let mut output = Output::open(&path).unwrap();
         output.append(b"x\n").unwrap();
-        assert!(output.unsynced_dirs.is_empty());
         // An existing file in an existing folder needs nothing synced but its data.
-        assert!(Output::open(&path).unwrap().unsynced_dirs.is_empty());
+        assert!(folders_to_sync(&path).is_empty());
+    }
+
+    /// A fresh clone has no `out/`: `out/quickstart.jsonl` is a file in a new folder whose
+    /// parent is the working directory, written as a relative path.
+    #[test]
+    fn a_relative_path_in_a_new_folder_syncs_the_working_directory_not_an_empty_path() {
+        assert_eq!(
+            folders_to_sync(Path::new("no-such-folder-here/x.jsonl")),
+            [PathBuf::from("no-such-folder-here"), PathBuf::from(".")]
+        );
+        assert_eq!(
+            folders_to_sync(Path::new("no-such-a/no-such-b/x.jsonl")),
+            [
+                PathBuf::from("no-such-a/no-such-b"),
+                PathBuf::from("no-such-a"),
+                PathBuf::from(".")
+            ]
+        );
+        assert_eq!(
+            folders_to_sync(Path::new("no-such-file.jsonl")),
+            [PathBuf::from(".")]
+        );
+    }
+
+    /// Written from a relative path in a new folder, each flush's lines are in the file once:
+    /// nothing after the write fails the flush and has them written again.
+    #[tokio::test]
+    async fn the_first_flush_into_a_new_relative_folder_succeeds_and_writes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let _cwd = CurrentDir::enter(dir.path());
+        let config: FileSinkConfig = serde_yaml::from_str("path: out/q.jsonl").unwrap();
+        let mut sink = config.build(SinkBuildContext::default()).await.unwrap();
+        let record = Arc::new(Record::new(json!({ "n": 1 })));
+        sink.put(&[record]).await.unwrap();
+        sink.flush().await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/q.jsonl")).unwrap(),
+            "{\"n\":1}\n"
+        );
+    }
+
+    /// Changes the process's working directory while alive (tests of relative paths).
+    struct CurrentDir(PathBuf);
+
+    impl CurrentDir {
+        fn enter(dir: &Path) -> CurrentDir {
+            let before = std::env::current_dir().unwrap();
+            std::env::set_current_dir(dir).unwrap();
+            CurrentDir(before)
+        }
+    }
+
+    impl Drop for CurrentDir {
+        fn drop(&mut self) {
+            let _ = std::env::set_current_dir(&self.0);
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! `type: datagen` — seeded synthetic market data (OHLCV candles or trade ticks) for offline
 //! demos and benchmarks. The same seed gives the same records; a restart resumes at the stored
-//! record number and regenerates the rest exactly.
+//! record number and regenerates the rest exactly. Records are dated `interval` apart per
+//! symbol from a fixed start, and never ahead of the clock: a broker refuses records dated in
+//! its future (Kafka's `log.message.timestamp.after.max.ms`), so once the calendar reaches
+//! now the generator waits for each record's time, like a live feed.
 
 use crate::pace::Pace;
 use schemars::JsonSchema;
@@ -35,6 +38,17 @@ pub struct DatagenSourceConfig {
     /// Price of every symbol at the start.
     #[serde(default = "default_start_price")]
     pub start_price: f64,
+    /// Time between two records of a symbol (`1d`, `1h`, `250ms`); default `1d` for `ohlcv`
+    /// (from 2014-09-17, `Date` as `YYYY-MM-DD`; other intervals give RFC 3339 times) and
+    /// `250ms` for `ticks` (from 2020-09-13). A record is never dated ahead of the clock: once
+    /// the calendar reaches now, each waits for its time.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub interval: Option<std::time::Duration>,
 }
 
 /// What the generated records look like.
@@ -73,6 +87,12 @@ impl SourceConfig for DatagenSourceConfig {
         if !(self.start_price > 0.0 && self.start_price.is_finite()) {
             errors.push(FieldError::new("start_price", "must be a positive number"));
         }
+        if self.interval.is_some_and(|i| i.as_millis() == 0) {
+            errors.push(FieldError::new(
+                "interval",
+                "must be at least 1ms (records are dated in milliseconds)",
+            ));
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -94,6 +114,8 @@ impl SourceConfig for DatagenSourceConfig {
             partition: PARTITION.into(),
             pace: self.rate.map(Pace::new),
             generator,
+            component: ctx.component.clone(),
+            told_waiting: false,
         }))
     }
 }
@@ -119,12 +141,32 @@ impl Generator {
         }
     }
 
+    /// Milliseconds between two records of a symbol.
+    fn interval_ms(&self) -> i64 {
+        match (self.config.interval, self.config.shape) {
+            (Some(interval), _) => i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            (None, Shape::Ohlcv) => DAY_MS,
+            (None, Shape::Ticks) => 250,
+        }
+    }
+
+    /// The time of the record numbered `index`, in epoch milliseconds.
+    fn time_of(&self, index: u64) -> i64 {
+        let step = index / self.config.symbols.len() as u64;
+        let start = match self.config.shape {
+            Shape::Ohlcv => 1_410_912_000_000, // 2014-09-17
+            Shape::Ticks => 1_600_000_000_000, // 2020-09-13
+        };
+        (step as i64)
+            .saturating_mul(self.interval_ms())
+            .saturating_add(start)
+    }
+
     fn next_value(&mut self) -> (String, Value, i64) {
         let n = self.config.symbols.len();
         let s = (self.index % n as u64) as usize;
-        let step = self.index / n as u64;
+        let ts = self.time_of(self.index);
         self.index += 1;
-        let day_ms = 86_400_000i64;
         let open = self.prices[s];
         // Daily log-return of about 4 % standard deviation, like BTC.
         let ret = (self.rng.unit() - 0.5) * 0.14;
@@ -136,8 +178,11 @@ impl Generator {
                 let high = open.max(close) * (1.0 + self.rng.unit() * 0.03);
                 let low = open.min(close) * (1.0 - self.rng.unit() * 0.03);
                 let volume = (1e7 + self.rng.unit() * 5e7) as i64;
-                let ts = 1_410_912_000_000 + step as i64 * day_ms; // from 2014-09-17
-                let date = chrono_date(ts);
+                let date = if self.interval_ms() % DAY_MS == 0 {
+                    chrono_date(ts)
+                } else {
+                    chrono_time(ts)
+                };
                 let value = json!({
                     "Symbol": symbol, "Date": date, "Open": round(open), "High": round(high),
                     "Low": round(low), "Close": round(close), "Adj Close": round(close), "Volume": volume,
@@ -145,7 +190,6 @@ impl Generator {
                 (symbol, value, ts)
             }
             Shape::Ticks => {
-                let ts = 1_600_000_000_000 + step as i64 * 250;
                 let size = (self.rng.unit() * 2.0 * 1e4).round() / 1e4;
                 let side = if ret >= 0.0 { "buy" } else { "sell" };
                 let value = json!({ "symbol": symbol, "ts": ts, "price": round(close), "size": size, "side": side });
@@ -157,6 +201,15 @@ impl Generator {
 
 fn round(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// RFC 3339 time (UTC, seconds) of epoch milliseconds.
+fn chrono_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
 }
 
 /// `YYYY-MM-DD` of epoch milliseconds.
@@ -188,6 +241,18 @@ struct DatagenSource {
     partition: std::sync::Arc<str>,
     generator: Generator,
     pace: Option<Pace>,
+    component: String,
+    /// Whether the log said once that records wait for their time.
+    told_waiting: bool,
+}
+
+/// Longest single wait for a record's time, so that `poll` returns now and then.
+const MAX_WAIT_MS: i64 = 1_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[async_trait]
@@ -199,6 +264,28 @@ impl Source for DatagenSource {
             return Ok(None);
         }
         let mut take = left.map_or(max, |l| (l as usize).min(max));
+        // Only records whose time has come: a broker refuses records dated ahead of its clock.
+        let now = now_ms();
+        let first = self.generator.index;
+        let due = (0..take as u64)
+            .take_while(|i| self.generator.time_of(first + i) <= now)
+            .count();
+        if due == 0 {
+            let at = self.generator.time_of(first);
+            if !self.told_waiting {
+                self.told_waiting = true;
+                tracing::info!(
+                    component = %self.component,
+                    record = first,
+                    time = %chrono_time(at),
+                    "the generated calendar reached the clock: each record now waits for its time (a shorter `interval` or a lower `count` keeps it in the past)"
+                );
+            }
+            let wait = (at - now).clamp(1, MAX_WAIT_MS);
+            tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+            return Ok(Some(Vec::new()));
+        }
+        take = due;
         if let Some(pace) = &mut self.pace {
             take = pace.wait_for(take).await;
         }
@@ -256,6 +343,39 @@ mod tests {
         };
         let rest = values(&mut config(20).build(ctx).await.unwrap()).await;
         assert_eq!(rest, all[12..]);
+    }
+
+    #[tokio::test]
+    async fn no_record_is_dated_ahead_of_the_clock() {
+        // 2 symbols a day apart from 2014: past ~9,000 records the calendar reaches now.
+        let mut source = config(20_000)
+            .build(SourceBuildContext::default())
+            .await
+            .unwrap();
+        let mut times = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(3) {
+            match source.poll(500).await.unwrap() {
+                Some(batch) if batch.is_empty() => break,
+                Some(batch) => times.extend(batch.into_iter().map(|r| match r.payload {
+                    Payload::Record(r) => r.timestamp.unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })),
+                None => break,
+            }
+        }
+        let now = now_ms();
+        assert!(times.len() > 8_000, "{} records", times.len());
+        assert!(times.len() < 20_000, "{} records", times.len());
+        assert!(times.iter().all(|t| *t <= now));
+    }
+
+    #[tokio::test]
+    async fn an_hourly_interval_dates_records_an_hour_apart_with_their_time() {
+        let config: DatagenSourceConfig = serde_yaml::from_str("count: 4\ninterval: 1h\n").unwrap();
+        let all = values(&mut config.build(SourceBuildContext::default()).await.unwrap()).await;
+        assert_eq!(all[0]["Date"], "2014-09-17T00:00:00Z");
+        assert_eq!(all[1]["Date"], "2014-09-17T01:00:00Z");
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub struct WindowConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "String")]
     pub allowed_lateness: Duration,
+    /// How far ahead of the clock a record's time may lie (default `1d`): a record dated
+    /// later is a bad record (dead-lettered), since it would move its partition's latest time
+    /// for good and make every record after it late.
+    #[serde(default = "one_day", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_ahead_of_clock: Duration,
     /// `close` (default): write a window once, when it closes; `updates`: also write it
     /// (`final: false`) every time a record changes it.
     #[serde(default)]
@@ -62,6 +68,10 @@ pub struct WindowConfig {
     /// `final: false` (default true).
     #[serde(default = "yes")]
     pub emit_partial: bool,
+}
+
+fn one_day() -> Duration {
+    Duration::from_secs(86_400)
 }
 
 fn default_time_format() -> String {
@@ -425,6 +435,8 @@ struct Spec {
     aggregates: Vec<Aggregate>,
     time: EventTime,
     lateness_ms: i64,
+    /// Most milliseconds a record's time may lie ahead of the clock.
+    max_ahead_ms: i64,
     emit: Emit,
     emit_partial: bool,
 }
@@ -494,6 +506,8 @@ impl WindowConfig {
                     aggregates,
                     time,
                     lateness_ms: self.allowed_lateness.as_millis() as i64,
+                    max_ahead_ms: i64::try_from(self.max_ahead_of_clock.as_millis())
+                        .unwrap_or(i64::MAX),
                     emit: self.emit,
                     emit_partial: self.emit_partial,
                 },
@@ -602,6 +616,15 @@ impl StreamOperator for Window {
             Ok(p) => p,
             Err(e) => return Emitted::refused(e),
         };
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if t > clock.saturating_add(self.spec.max_ahead_ms) {
+            return Emitted::refused(format!(
+                "its time {} lies more than max_ahead_of_clock ahead of the clock; taken in, it would make every record after it late",
+                jiff::Timestamp::from_millisecond(t).map(|t| t.to_string()).unwrap_or_default(),
+            ));
+        }
         // Borrowed when the key is UTF-8, as keys are: no copy unless a window opens.
         let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
         if !self.partitions.contains_key(partition) {
@@ -791,6 +814,25 @@ mod tests {
         assert_eq!(partial[0].value["start"], "2020-03-16T00:00:00Z");
         assert_eq!(partial[0].value["final"], false);
         assert_eq!(partial[0].value["days"], 1);
+    }
+
+    /// One record dated far in the future must not move the watermark: it is refused, and
+    /// the records after it are not late.
+    #[test]
+    fn a_record_dated_far_ahead_of_the_clock_is_refused_and_moves_nothing() {
+        let mut op = window(CANDLES);
+        run(&mut *op, vec![bar("2020-03-16", 1.0, 1.0, 1.0, 1.0, 1)]);
+        let e = op.process(&tp(), &bar("2099-01-01", 1.0, 1.0, 1.0, 1.0, 1));
+        assert!(
+            e.rejected
+                .as_deref()
+                .unwrap_or_default()
+                .contains("max_ahead_of_clock"),
+            "{:?}",
+            e.rejected
+        );
+        let e = op.process(&tp(), &bar("2020-03-17", 1.0, 1.0, 1.0, 1.0, 1));
+        assert_eq!(e.rejected, None);
     }
 
     #[test]

@@ -360,6 +360,27 @@ impl Loader<'_> {
                 ));
             }
         }
+        if let Some(kafka) = &pipeline.kafka {
+            let numbered = pipeline
+                .sources
+                .keys()
+                .any(|id| pipeline.source_exactly_once(id));
+            // Exactly-once relies on a record sent again landing where it landed before, in
+            // order: librdkafka's idempotence and Sluice's partitioner.
+            let breaking = kafka.producer.iter().find(|(name, value)| {
+                (name.as_str() == "enable.idempotence" && value.trim() != "true")
+                    || (name.as_str() == "partitioner" && value.trim() != "murmur2_random")
+                    || (name.as_str() == "message.timeout.ms" && value.trim() != "0")
+            });
+            if let (true, Some((name, _))) = (numbered, breaking) {
+                return Err(self.error(
+                    find_line(self.text, &["kafka", "producer"]),
+                    None,
+                    Some(format!("kafka.producer.{name}")),
+                    "cannot be changed with `exactly_once`: a record a source sends again after a crash must land in the partition it landed in before, after the records sent before it (Sluice sets the idempotent producer, Kafka's key partitioner and no delivery timeout, which would leave gaps); remove it",
+                ));
+            }
+        }
         if pipeline.kafka.is_none() {
             // In-process topics end with the process: whatever nobody reads is gone.
             let read: Vec<&String> = pipeline
@@ -388,8 +409,11 @@ impl Loader<'_> {
                 // In-process topics are gone after a crash: only the sources' numbering tells
                 // what an earlier run wrote.
                 if let Some(field) = sink.inner.exactly_once() {
+                    // Through stream transforms too: their output is numbered from their
+                    // inputs' numbers, and on the embedded transport from nothing else.
+                    let feeding = upstream_topics(pipeline, &sink.topics);
                     let unnumbered = pipeline.sources.iter().find(|(source_id, s)| {
-                        sink.topics.contains(&s.topic) && !pipeline.source_exactly_once(source_id)
+                        feeding.contains(&s.topic) && !pipeline.source_exactly_once(source_id)
                     });
                     if let Some((source_id, _)) = unnumbered {
                         return Err(fail("sinks", id, vec![FieldError::new(field,
@@ -406,6 +430,24 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// `topics` and every topic whose records reach them through stream transforms.
+fn upstream_topics(pipeline: &PipelineConfig, topics: &[String]) -> Vec<String> {
+    let mut found: Vec<String> = topics.to_vec();
+    let mut at = 0;
+    while at < found.len() {
+        let topic = found[at].clone();
+        for stream in pipeline.transforms.values().filter(|s| s.topic == topic) {
+            for input in &stream.inputs {
+                if !found.contains(input) {
+                    found.push(input.clone());
+                }
+            }
+        }
+        at += 1;
+    }
+    found
 }
 
 /// An input of stream transform `id` written by `id` itself or by a stream transform that

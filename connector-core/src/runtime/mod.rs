@@ -117,14 +117,27 @@ impl PipelineRun {
 
     /// Runs until the sources finish and the sinks have caught up, or until shutdown.
     pub async fn run(self: &Arc<Self>, options: RunOptions) -> Result<(), RunError> {
-        let transport = self.connect(&options).await.map_err(RunError::Setup)?;
+        // A stop while the cluster does not answer ends the run at once: nothing moved yet.
+        let transport = tokio::select! {
+            biased;
+            _ = options.shutdown.cancelled() => return Ok(()),
+            transport = self.connect(&options) => transport.map_err(RunError::Setup)?,
+        };
         let supervisor = supervisor::Supervisor::start(self.clone(), options, transport)
             .await
             .map_err(RunError::Setup)?;
         let (commands, requests) = tokio::sync::mpsc::channel(16);
         *self.commands.lock().unwrap_or_else(|e| e.into_inner()) = Some(commands);
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        let result = supervisor.wait(requests).await.map_err(RunError::Run);
+        // A component that failed to build (connect) is a failure of the setup, as before
+        // any task started: a user's error there is the pipeline file's (exit 2).
+        let result = supervisor.wait(requests).await.map_err(|e| {
+            if self.metrics_of(&e.component).build_failed() {
+                RunError::Setup(e)
+            } else {
+                RunError::Run(e)
+            }
+        });
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
         *self.commands.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -168,9 +181,16 @@ impl PipelineRun {
         let pipeline = config.name.as_str();
         let transport: Arc<dyn Transport> = match &config.kafka {
             Some(kafka) => Arc::new(
-                KafkaTransport::connect(kafka, &config.worker_group().unwrap_or_default())
-                    .await
-                    .map_err(|e| transport_error(pipeline, e))?,
+                KafkaTransport::connect(
+                    kafka,
+                    &config.worker_group().unwrap_or_default(),
+                    config
+                        .sources
+                        .keys()
+                        .any(|id| config.source_exactly_once(id)),
+                )
+                .await
+                .map_err(|e| transport_error(pipeline, e))?,
             ),
             None => Arc::new(EmbeddedTransport::new(
                 config.embedded.capacity,
@@ -241,6 +261,26 @@ fn group_linger(config: &PipelineConfig) -> Duration {
         .map_or(Duration::ZERO, |worker| worker.session_timeout * 2)
 }
 
+/// Runs a task of component `owner`; a panic in it ends it as a failure of the component
+/// (which the supervisor reports and acts on) rather than silently.
+async fn panic_as_error(
+    task: impl std::future::Future<Output = Result<(), ConnectorError>>,
+    owner: &str,
+) -> Result<(), ConnectorError> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(task)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(ConnectorError::internal(format!("the task panicked: {what}")).in_component(owner))
+        })
+}
+
 /// An id for one failure, in its log line and in the REST API's status.
 fn trace_id() -> String {
     let now = std::time::SystemTime::now()
@@ -288,4 +328,21 @@ pub(crate) fn apply_transforms(
         current = next;
     }
     Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_ends_as_a_failure_of_its_component() {
+        let result = panic_as_error(async { panic!("boom") }, "src").await;
+        let error = result.unwrap_err();
+        assert_eq!(error.component, "src");
+        assert!(
+            error.message.contains("panicked: boom"),
+            "{}",
+            error.message
+        );
+    }
 }

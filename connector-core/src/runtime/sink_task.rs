@@ -129,7 +129,62 @@ impl From<ConnectorError> for Stopped {
     }
 }
 
+/// Connecting a sink to its store (its `build`), run inside its task.
+pub(super) type SinkBuild =
+    futures::future::BoxFuture<'static, Result<Box<dyn Sink>, ConnectorError>>;
+
+/// The sink of a task whose store is not connected yet (see [`SinkTask::connect_and_run`]).
+pub(super) struct NotConnected;
+
+#[async_trait::async_trait]
+impl Sink for NotConnected {
+    async fn put(&mut self, _: &[Arc<Record>]) -> Result<crate::PutOutcome, ConnectorError> {
+        Err(ConnectorError::internal("the sink is not connected"))
+    }
+    async fn flush(&mut self) -> Result<(), ConnectorError> {
+        Err(ConnectorError::internal("the sink is not connected"))
+    }
+}
+
 impl SinkTask {
+    /// Connects the sink (`build`, which a store that never answers can make last forever) and
+    /// runs it. A stop or shutdown meanwhile ends the task at once, with nothing read; a
+    /// failed connect fails the task like any later failure, so that with
+    /// `on_task_failure: wait_for_restart` it waits for a restart while the rest runs.
+    pub async fn connect_and_run(
+        mut self,
+        build: SinkBuild,
+        drain: CancellationToken,
+        deadline: Deadline,
+    ) -> Result<(), ConnectorError> {
+        let built = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            built = build => Some(built),
+        };
+        match built {
+            Some(Ok(sink)) => {
+                self.metrics.set_build_failed(false);
+                self.sink = sink;
+                self.run(drain, deadline).await
+            }
+            Some(Err(e)) => {
+                if self.hold_position_on_failure {
+                    self.reader.hold_position();
+                }
+                self.metrics.set_build_failed(true);
+                self.metrics.finish();
+                Err(e)
+            }
+            None => {
+                tracing::info!(component = %self.id, "stopped while connecting");
+                self.reader.hold_position();
+                self.metrics.finish();
+                Ok(())
+            }
+        }
+    }
+
     /// Runs until `drain` is cancelled and the sink has caught up, or until `deadline`.
     pub async fn run(
         mut self,

@@ -171,17 +171,39 @@ impl SourceTask {
                     _ = self.metrics.unpaused() => tracing::info!(component = %self.id, "resumed"),
                 }
             }
-            let polled = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = failed.cancelled() => return Ok(()),
-                polled = self.source.poll(self.batch_size) => polled.map_err(|e| e.in_component(&self.id))?,
-            };
+            // On a stop, a poll that already holds its answer (an API's response that has
+            // arrived) still hands it over: what a live API answered cannot be asked again.
+            // It gets `STOP_GRACE` to do so; one still waiting for its next request is dropped.
+            let mut stopping = false;
+            let polled = {
+                let poll = self.source.poll(self.batch_size);
+                tokio::pin!(poll);
+                tokio::select! {
+                    biased;
+                    _ = failed.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => {
+                        stopping = true;
+                        let grace = tokio::time::timeout(STOP_GRACE, &mut poll);
+                        tokio::select! {
+                            _ = deadline.passed() => return Ok(()),
+                            polled = grace => match polled {
+                                Ok(polled) => polled,
+                                Err(_) => return Ok(()),
+                            },
+                        }
+                    }
+                    polled = &mut poll => polled,
+                }
+            }
+            .map_err(|e| e.in_component(&self.id))?;
             let Some(items) = polled else {
                 tracing::info!(component = %self.id, "source finished");
                 return Ok(());
             };
             if items.is_empty() {
+                if stopping {
+                    return Ok(());
+                }
                 continue;
             }
             self.metrics.received(items.len());
@@ -201,6 +223,9 @@ impl SourceTask {
                         records.push(record);
                     }
                     Payload::Record(mut record) => {
+                        // The source's topic, set before the transforms: a `route` among them
+                        // may change it.
+                        record.topic.clone_from(&self.topic);
                         record.decode_value().map_err(|e| {
                             ConnectorError::internal(format!(
                                 "the source wrote a value that is not JSON: {e}"
@@ -211,10 +236,7 @@ impl SourceTask {
                             Ok(out) if out.is_empty() => {
                                 ComponentMetrics::add(&self.metrics.skipped, 1)
                             }
-                            Ok(out) => records.extend(out.into_iter().map(|mut r| {
-                                r.topic = self.topic.clone();
-                                r
-                            })),
+                            Ok(out) => records.extend(out),
                             Err(message) => {
                                 records.extend(self.dead_letters.route(Failure {
                                     component: &self.id,
@@ -319,9 +341,15 @@ impl SourceTask {
                 _ = failed.cancelled() => return Ok(()),
                 sent = sent.send(batch) => if sent.is_err() { return Ok(()) },
             }
+            if stopping {
+                return Ok(());
+            }
         }
     }
 }
+
+/// How long a stopping source's poll in progress may take to hand over what it holds.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// Bytes of an oversized record's value kept in its dead letter.
 const OVERSIZED_VALUE_KEPT: usize = 1024;
@@ -450,4 +478,95 @@ async fn store_offsets(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ErrorsConfig;
+    use crate::transport::{embedded::EmbeddedTransport, Refused, Transport, TransportError};
+    use crate::SourceRecord;
+    use std::sync::Mutex;
+
+    /// A live API: the answer to its request arrives `answer_after` into the poll.
+    struct SlowAnswer {
+        answer_after: Duration,
+        answered: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for SlowAnswer {
+        async fn poll(&mut self, _: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+            if self.answered {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.answer_after).await;
+            self.answered = true;
+            Ok(Some(
+                (0..3)
+                    .map(|i| SourceRecord {
+                        partition: "api".into(),
+                        offset: Value::from(i + 1),
+                        position: None,
+                        payload: Payload::Record(Record::new(serde_json::json!({ "price": i }))),
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Keeps what it is sent and acknowledges it at once.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<Record>>);
+
+    #[async_trait::async_trait]
+    impl TopicWriter for Kept {
+        async fn send_or_refuse(
+            &self,
+            records: Vec<Record>,
+        ) -> Result<(Delivery, Vec<Refused>), TransportError> {
+            self.0.lock().unwrap().extend(records);
+            Ok((Box::pin(async { Ok(()) }), Vec::new()))
+        }
+    }
+
+    /// SIGTERM 5 ms before a live API's answer arrives: the answer is still sent, and its
+    /// offsets stored, rather than dropped with the poll.
+    #[tokio::test]
+    async fn a_stop_while_an_answer_arrives_still_sends_it_and_stores_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let transport = EmbeddedTransport::new(100, dir.path().to_path_buf());
+        let offsets: Arc<dyn OffsetStore> = Arc::from(transport.offset_store("p").await.unwrap());
+        let kept = Arc::new(Kept::default());
+        let task = SourceTask {
+            id: "messari".into(),
+            source: Box::new(SlowAnswer {
+                answer_after: Duration::from_millis(105),
+                answered: false,
+            }),
+            topic: "prices".into(),
+            batch_size: 100,
+            max_in_flight_batches: 4,
+            transforms: Vec::new(),
+            writer: kept.clone(),
+            offsets: offsets.clone(),
+            offsets_store_interval: Duration::ZERO,
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: ComponentMetrics::new("source", "messari"),
+            numbering: None,
+        };
+        let shutdown = CancellationToken::new();
+        let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
+        let running = tokio::spawn(task.run(shutdown.clone(), deadline));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the task ends")
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.0.lock().unwrap().len(), 3, "the answer was sent");
+        let stored = offsets.load("messari").await.unwrap();
+        assert_eq!(stored.get("api"), Some(&Value::from(3)));
+    }
 }

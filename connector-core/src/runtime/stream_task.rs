@@ -23,6 +23,7 @@
 //! already holds them, which is what keeps the embedded transport (whose offsets restart at 0)
 //! exact.
 
+use super::dead_letter::{DeadLetters, Failure};
 use crate::exactly_once::{self, Position};
 use crate::stream::StreamOperator;
 use crate::transport::{OffsetStore, PartitionOffset, TopicPartition, TopicWriter, Transport};
@@ -102,6 +103,15 @@ impl Checkpoint {
     }
 }
 
+/// How a stream transform checkpoints.
+pub(super) struct Checkpoints {
+    /// Whether input offsets stay valid across runs (Kafka): then a restart resumes at the
+    /// checkpoint's offset and outputs of unnumbered inputs are numbered by it.
+    pub durable_offsets: bool,
+    /// Least time between two checkpoints.
+    pub interval: Duration,
+}
+
 pub(super) struct StreamSink {
     id: String,
     pipeline: String,
@@ -118,8 +128,14 @@ pub(super) struct StreamSink {
     durable_offsets: bool,
     /// Per owned input partition: what the next checkpoint stores (state is taken at flush).
     partitions: HashMap<TopicPartition, Checkpoint>,
-    /// Output made since the last flush.
+    /// Output made since the last flush; kept until the topic acknowledged it, so a failed
+    /// flush sends it again when retried.
     output: Vec<Record>,
+    /// Output the topic refused outright (larger than it takes), with the reason: dead letters
+    /// still to deliver, kept until they are.
+    refused: Vec<(Record, String)>,
+    /// Where refused output goes.
+    dead_letters: DeadLetters,
     /// Least time between two checkpoints.
     checkpoint_interval: Duration,
     /// When the last checkpoint was stored (or the transform started).
@@ -129,15 +145,20 @@ pub(super) struct StreamSink {
 }
 
 impl StreamSink {
+    /// Transform `id` of `pipeline`, writing `topic`.
     pub fn new(
         id: String,
         pipeline: String,
         operator: Box<dyn StreamOperator>,
         topic: &str,
         transport: Arc<dyn Transport>,
-        durable_offsets: bool,
-        checkpoint_interval: Duration,
+        checkpoints: Checkpoints,
+        dead_letters: DeadLetters,
     ) -> Self {
+        let Checkpoints {
+            durable_offsets,
+            interval: checkpoint_interval,
+        } = checkpoints;
         StreamSink {
             id,
             pipeline,
@@ -150,6 +171,8 @@ impl StreamSink {
             durable_offsets,
             partitions: HashMap::new(),
             output: Vec::new(),
+            refused: Vec::new(),
+            dead_letters,
             checkpoint_interval,
             checkpointed_at: Instant::now(),
             dirty: false,
@@ -226,6 +249,34 @@ impl StreamSink {
         }
     }
 
+    /// Delivers the refused output as dead letters (or fails the transform when bad records
+    /// are not tolerated); they are forgotten only once stored.
+    async fn deliver_refused(&mut self) -> Result<(), ConnectorError> {
+        if self.refused.is_empty() {
+            return Ok(());
+        }
+        let mut dead = Vec::with_capacity(self.refused.len());
+        for (record, reason) in &self.refused {
+            let failure = Failure {
+                component: &self.id,
+                stage: "put",
+                message: format!("output to `{}` refused: {reason}", self.topic),
+                record: record.clone(),
+                raw: None,
+                location: None,
+            };
+            dead.extend(self.dead_letters.route(failure)?);
+        }
+        let delivery = self.dead_letters.writer.send(dead).await.map_err(|e| {
+            ConnectorError::transient(format!("cannot write dead letters: {}", e.message))
+        })?;
+        delivery.await.map_err(|e| {
+            ConnectorError::transient(format!("dead letters were not stored: {}", e.message))
+        })?;
+        self.refused.clear();
+        Ok(())
+    }
+
     /// Stores the checkpoint of every owned partition: its next input offset, the operator's
     /// state and the source positions taken in.
     async fn checkpoint(&mut self) -> Result<(), ConnectorError> {
@@ -290,7 +341,10 @@ impl Sink for StreamSink {
                         continue;
                     }
                     checkpoint.seen.insert(source.clone(), *position);
-                    Some((source.clone(), *position))
+                    // Output is numbered per input partition: inputs of one source partition
+                    // are in order within a topic partition, not across them, and the output
+                    // of several input partitions may share an output partition.
+                    Some((format!("{}/{source}", Self::key(&partition)), *position))
                 }
                 None if self.durable_offsets => Some((
                     Self::key(&partition),
@@ -320,26 +374,36 @@ impl Sink for StreamSink {
         Ok(outcome)
     }
 
-    /// Writes the output and waits for it to be acknowledged.
+    /// Writes the output and waits for it to be acknowledged; output the topic refuses
+    /// outright becomes a dead letter. Until both are stored, the output is kept: a retried
+    /// flush sends it again (its `sluice.position` headers let exactly-once readers skip the
+    /// part that had arrived).
     async fn flush(&mut self) -> Result<(), ConnectorError> {
-        let output = std::mem::take(&mut self.output);
-        if output.is_empty() {
-            return Ok(());
+        if !self.output.is_empty() {
+            let (delivery, refused) = self
+                .writer
+                .send_or_refuse(self.output.clone())
+                .await
+                .map_err(|e| {
+                    ConnectorError::transient(format!(
+                        "cannot write to `{}`: {}",
+                        self.topic, e.message
+                    ))
+                })?;
+            // Nothing more is written until then: readers of the output that hold their
+            // commits back commit now.
+            let _blocked = self.writer.blocked_on(std::slice::from_ref(&self.topic));
+            delivery.await.map_err(|e| {
+                ConnectorError::transient(format!(
+                    "`{}` did not take the output: {}",
+                    self.topic, e.message
+                ))
+            })?;
+            self.output.clear();
+            self.refused.extend(refused);
         }
-        let delivery = self.writer.send(output).await.map_err(|e| {
-            ConnectorError::transient(format!("cannot write to `{}`: {}", self.topic, e.message))
-        })?;
-        // Nothing more is written until then: readers of the output that hold their commits
-        // back commit now.
-        let _blocked = self.writer.blocked_on(std::slice::from_ref(&self.topic));
-        delivery.await.map_err(|e| {
-            ConnectorError::transient(format!(
-                "`{}` did not take the output: {}",
-                self.topic, e.message
-            ))
-        })
+        self.deliver_refused().await
     }
-
     /// Checkpoints when `now`, or once `checkpoint_interval` passed since the last one; the
     /// input offsets are committed only then.
     async fn pre_commit(&mut self, now: bool) -> Result<bool, ConnectorError> {
@@ -426,5 +490,189 @@ impl Sink for StreamSink {
         self.dirty = true;
         self.flush().await?;
         self.checkpoint().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ErrorsConfig, Tolerance};
+    use crate::stream::Emitted;
+    use crate::transport::{embedded::EmbeddedTransport, Delivery, Refused, TransportError};
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Writes every input as it is, keyed as it came.
+    struct PassThrough;
+
+    impl StreamOperator for PassThrough {
+        fn process(&mut self, _: &TopicPartition, record: &Record) -> Emitted {
+            let mut out = Record::new(record.value.clone());
+            out.key.clone_from(&record.key);
+            Emitted {
+                records: vec![out],
+                rejected: None,
+            }
+        }
+        fn flush(&mut self, _: &TopicPartition) -> Vec<Record> {
+            Vec::new()
+        }
+        fn snapshot(&self, _: &TopicPartition) -> Result<String, String> {
+            Ok(String::new())
+        }
+        fn restore(&mut self, _: &TopicPartition, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn forget(&mut self, _: &TopicPartition) {}
+    }
+
+    /// A topic writer that fails its first `fail` sends after taking them, refuses records
+    /// whose value holds `"big"` (unless `takes_big`), and keeps what it stored.
+    #[derive(Default)]
+    struct Flaky {
+        fail: Mutex<usize>,
+        takes_big: bool,
+        stored: Mutex<Vec<Record>>,
+    }
+
+    #[async_trait]
+    impl TopicWriter for Flaky {
+        async fn send_or_refuse(
+            &self,
+            records: Vec<Record>,
+        ) -> Result<(Delivery, Vec<Refused>), TransportError> {
+            let fail = {
+                let mut fail = self.fail.lock().unwrap();
+                let now = *fail > 0;
+                *fail = fail.saturating_sub(1);
+                now
+            };
+            let (refused, taken): (Vec<Record>, Vec<Record>) = records
+                .into_iter()
+                .partition(|r| !self.takes_big && r.value.get("big").is_some());
+            if !fail {
+                self.stored.lock().unwrap().extend(taken);
+            }
+            let delivery: Delivery = Box::pin(async move {
+                if fail {
+                    Err(TransportError::transient("the leader went away"))
+                } else {
+                    Ok(())
+                }
+            });
+            let refused = refused
+                .into_iter()
+                .map(|r| (r, "larger than message.max.bytes".to_string()))
+                .collect();
+            Ok((delivery, refused))
+        }
+    }
+
+    fn sink(writer: Arc<Flaky>, dead: Arc<Flaky>, tolerance: Tolerance) -> StreamSink {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let transport: Arc<dyn Transport> = Arc::new(EmbeddedTransport::new(1000, dir));
+        let errors = ErrorsConfig {
+            tolerance,
+            dead_letter_topic: Some("dlq".into()),
+            ..ErrorsConfig::default()
+        };
+        let checkpoints = Checkpoints {
+            durable_offsets: false,
+            interval: Duration::from_secs(5),
+        };
+        let mut sink = StreamSink::new(
+            "t".into(),
+            "p".into(),
+            Box::new(PassThrough),
+            "out",
+            transport,
+            checkpoints,
+            DeadLetters::new(errors, dead),
+        );
+        sink.writer = writer;
+        sink
+    }
+
+    fn input(n: u64, partition: i32) -> Arc<Record> {
+        let mut record = Record::new(json!({ "n": n }));
+        record.topic = "in".into();
+        record.partition = partition;
+        record.offset = n as i64;
+        Arc::new(record)
+    }
+
+    #[tokio::test]
+    async fn a_flush_that_failed_sends_the_same_output_when_retried() {
+        let writer = Arc::new(Flaky {
+            fail: Mutex::new(1),
+            ..Flaky::default()
+        });
+        let mut sink = sink(writer.clone(), Arc::default(), Tolerance::All);
+        sink.put(&[input(0, 0), input(1, 0)]).await.unwrap();
+        assert!(sink.flush().await.is_err());
+        sink.flush().await.unwrap();
+        let stored = writer.stored.lock().unwrap();
+        let values: Vec<&Value> = stored.iter().map(|r| &r.value).collect();
+        assert_eq!(values, [&json!({ "n": 0 }), &json!({ "n": 1 })]);
+    }
+
+    #[tokio::test]
+    async fn output_the_topic_refuses_becomes_a_dead_letter() {
+        let writer = Arc::new(Flaky::default());
+        let dead = Arc::new(Flaky {
+            takes_big: true,
+            ..Flaky::default()
+        });
+        let mut sink = sink(writer.clone(), dead.clone(), Tolerance::All);
+        let mut big = Record::new(json!({ "big": "x" }));
+        big.topic = "in".into();
+        big.offset = 1;
+        sink.put(&[input(0, 0), Arc::new(big)]).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(writer.stored.lock().unwrap().len(), 1);
+        let dead = dead.stored.lock().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].value, json!({ "big": "x" }));
+        assert_eq!(&*dead[0].topic, "dlq");
+    }
+
+    #[tokio::test]
+    async fn refused_output_fails_the_transform_when_bad_records_are_not_tolerated() {
+        let mut sink = sink(Arc::default(), Arc::default(), Tolerance::None);
+        let mut big = Record::new(json!({ "big": "x" }));
+        big.topic = "in".into();
+        sink.put(&[Arc::new(big)]).await.unwrap();
+        let error = sink.flush().await.unwrap_err();
+        assert!(error.message.contains("refused"), "{}", error.message);
+    }
+
+    /// Inputs of one source partition spread over input partitions 0 and 1 (positions 0, 2, 4
+    /// in one and 1, 3, 5 in the other) and written to one output partition must give each
+    /// input partition's output a sequence of its own, or exactly-once readers skip most of it.
+    #[tokio::test]
+    async fn output_is_numbered_per_input_partition() {
+        let writer = Arc::new(Flaky::default());
+        let mut sink = sink(writer.clone(), Arc::default(), Tolerance::All);
+        let numbered = |n: u64| {
+            let mut record = Arc::unwrap_or_clone(input(n, (n % 2) as i32));
+            exactly_once::stamp(&mut record, "p/src/file", Position { input: n, index: 0 });
+            Arc::new(record)
+        };
+        // Input partition 0 is read first, then 1: output positions interleave.
+        let batch: Vec<_> = [0, 2, 4, 1, 3, 5].into_iter().map(numbered).collect();
+        sink.put(&batch).await.unwrap();
+        sink.flush().await.unwrap();
+        let mut stored: Vec<Record> = std::mem::take(&mut *writer.stored.lock().unwrap());
+        for r in &mut stored {
+            r.topic = "out".into();
+            r.partition = 0;
+        }
+        let screened = exactly_once::WrittenPositions::default().screen(&stored);
+        assert_eq!(screened.duplicates, 0, "{:?}", screened.fresh);
+        let names: HashSet<&str> = stored
+            .iter()
+            .map(|r| exactly_once::position_of(r).unwrap().0)
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }

@@ -484,30 +484,16 @@ impl Supervisor {
                     Role::Sink => &self.drain_sinks,
                     _ => &self.drain_dead_letters,
                 };
-                let task = self
-                    .sink(id, &stop, &stopped_by_api)
-                    .await?
-                    .run(set_drain.clone(), deadline.clone())
+                let (task, build) = self.sink(id, &stop, &stopped_by_api).await?;
+                let task = task
+                    .connect_and_run(build, set_drain.clone(), deadline.clone())
                     .boxed();
                 (task, 0)
             }
         };
         let owner = id.to_string();
         let caught = async move {
-            let result = std::panic::AssertUnwindSafe(task)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(
-                        ConnectorError::internal(format!("the task panicked: {what}"))
-                            .in_component(&owner),
-                    )
-                });
+            let result = super::panic_as_error(task, &owner).await;
             (owner, result)
         };
         match role {
@@ -565,39 +551,61 @@ impl Supervisor {
             .load(id)
             .await
             .map_err(|e| transport_error(id, e))?;
-        let task = self
-            .run
-            .source_task(
-                id,
-                &self.transport,
-                self.offsets.clone(),
-                stored,
-                None,
-                &self.dead_letters,
-            )
-            .await?;
-        Ok((task.run(stop.clone(), deadline.clone()).boxed(), 0))
+        // Built inside the task: a connect that never answers must not hold up a stop, and a
+        // failed one fails this component alone when it may wait for a restart.
+        let (run, transport, offsets) = (
+            self.run.clone(),
+            self.transport.clone(),
+            self.offsets.clone(),
+        );
+        let (dead_letters, owner) = (self.dead_letters.clone(), id.to_string());
+        let (stop, deadline) = (stop.clone(), deadline.clone());
+        let task = async move {
+            let build = run.source_task(&owner, &transport, offsets, stored, None, &dead_letters);
+            let task = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    tracing::info!(component = %owner, "stopped while connecting");
+                    run.metrics_of(&owner).finish();
+                    return Ok(());
+                }
+                task = build => task,
+            };
+            run.metrics_of(&owner).set_build_failed(task.is_err());
+            task?.run(stop, deadline).await
+        };
+        Ok((task.boxed(), 0))
     }
 
-    /// Sink `id`'s task, reading as its consumer group.
+    /// Sink `id`'s task, reading as its consumer group, and the connect of its sink, which
+    /// the task makes (see [`sink_task::SinkTask::connect_and_run`]). The reader is made here,
+    /// before the task runs: the embedded log keeps records only for the groups that exist.
     async fn sink(
         &self,
         id: &str,
         stop: &CancellationToken,
         stopped_by_api: &CancellationToken,
-    ) -> Result<sink_task::SinkTask, ConnectorError> {
+    ) -> Result<(sink_task::SinkTask, sink_task::SinkBuild), ConnectorError> {
         let config = &self.run.config;
         let group = sink_group(&config.name, id);
-        let (topics, built, transforms, batch) =
+        let (topics, build, transforms, batch) =
             match (config.sinks.get(id), config.transforms.get(id)) {
                 (Some(sink), _) => {
-                    let built = sink
-                        .inner
-                        .build(self.sink_context(id, &group))
-                        .await
-                        .map_err(|e| e.in_component(id))?;
+                    let run = self.run.clone();
+                    let context = self.sink_context(id, &group);
+                    let owner = id.to_string();
+                    let build: sink_task::SinkBuild = async move {
+                        let sink = run.config.sinks.get(&owner).ok_or_else(|| {
+                            ConnectorError::internal("no such sink").in_component(&owner)
+                        })?;
+                        sink.inner
+                            .build(context)
+                            .await
+                            .map_err(|e| e.in_component(&owner))
+                    }
+                    .boxed();
                     let transforms = super::build_transforms(id, &sink.transforms)?;
-                    (&sink.topics, built, transforms, sink.batch.clone())
+                    (&sink.topics, build, transforms, sink.batch.clone())
                 }
                 (None, Some(stream)) => {
                     let operator = stream.inner.build().map_err(|e| e.in_component(id))?;
@@ -607,10 +615,14 @@ impl Supervisor {
                         operator,
                         &stream.topic,
                         self.transport.clone(),
-                        config.kafka.is_some(),
-                        stream.checkpoint_interval,
+                        stream_task::Checkpoints {
+                            durable_offsets: config.kafka.is_some(),
+                            interval: stream.checkpoint_interval,
+                        },
+                        self.dead_letters.clone(),
                     ));
-                    (&stream.inputs, built, Vec::new(), stream.batch.clone())
+                    let build: sink_task::SinkBuild = futures::future::ready(Ok(built)).boxed();
+                    (&stream.inputs, build, Vec::new(), stream.batch.clone())
                 }
                 (None, None) => {
                     return Err(ConnectorError::internal("no such sink").in_component(id))
@@ -621,9 +633,9 @@ impl Supervisor {
             .reader(&group, topics)
             .await
             .map_err(|e| transport_error(id, e))?;
-        Ok(sink_task::SinkTask {
+        let task = sink_task::SinkTask {
             id: id.to_string(),
-            sink: built,
+            sink: Box::new(sink_task::NotConnected),
             reader,
             transforms,
             batch,
@@ -635,7 +647,8 @@ impl Supervisor {
             hold_position_on_failure: config.errors.on_task_failure
                 == OnTaskFailure::WaitForRestart,
             last_release: None,
-        })
+        };
+        Ok((task, build))
     }
 
     fn sink_context(&self, id: &str, group: &str) -> SinkBuildContext {
@@ -660,6 +673,15 @@ impl Supervisor {
         let pipeline = self.run.config.name.as_str();
         match component.role {
             Role::Source => {
+                if self.run.config.worker_group().is_some() {
+                    // Other workers that still run the source would store its offsets again
+                    // within a second: refused while its units group has members, as the
+                    // reset of a sink is while its consumer group has.
+                    self.transport
+                        .reset_group(&units::units_group(pipeline, id))
+                        .await
+                        .map_err(|e| transport_error(id, e))?;
+                }
                 self.offsets
                     .remove(id)
                     .await

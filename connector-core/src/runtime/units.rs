@@ -42,6 +42,11 @@ pub(super) fn control_topic(pipeline: &str, id: &str) -> String {
     format!("sluice-units.{}.{}", clean(pipeline), clean(id))
 }
 
+/// The consumer group whose members share the work units of source `id` of `pipeline`.
+pub(super) fn units_group(pipeline: &str, id: &str) -> String {
+    format!("sluice-{pipeline}-{id}-units")
+}
+
 /// The offsets-store name under which work-unit slot `slot` of source `id` keeps its offsets.
 pub(super) fn slot_store(pipeline: &str, id: &str, slot: i32) -> String {
     format!("{pipeline}/{id}/unit-{slot}")
@@ -75,13 +80,16 @@ impl Units {
         deadline: Deadline,
     ) -> Result<(), ConnectorError> {
         let pipeline = self.run.config.name.clone();
-        let group = format!("sluice-{pipeline}-{}-units", self.id);
+        let group = units_group(&pipeline, &self.id);
         let mut reader = self
             .transport
             .reader(&group, std::slice::from_ref(&self.topic))
             .await
             .map_err(|e| transport_error(&self.id, e))?;
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        // The slots' instances: each reports how it ended, a panic too (as a failure); any
+        // still running when this ends are aborted with the set, never left detached.
+        let mut instances = tokio::task::JoinSet::new();
         // Slot → what stops its instance.
         let mut running: BTreeMap<i32, CancellationToken> = BTreeMap::new();
         let mut held: BTreeSet<i32> = BTreeSet::new();
@@ -100,7 +108,10 @@ impl Units {
                         joined = true;
                         for (_, slot) in &slots {
                             held.insert(*slot);
-                            match self.start(*slot, &ended_tx, &shutdown, &deadline).await {
+                            let started = self
+                                .start(*slot, &ended_tx, &shutdown, &deadline, &mut instances)
+                                .await;
+                            match started {
                                 Ok(stop) => {
                                     running.insert(*slot, stop);
                                 }
@@ -248,6 +259,7 @@ impl Units {
         ended: &mpsc::UnboundedSender<Ended>,
         shutdown: &CancellationToken,
         deadline: &Deadline,
+        instances: &mut tokio::task::JoinSet<()>,
     ) -> Result<CancellationToken, ConnectorError> {
         let share = UnitShare {
             count: self.count,
@@ -281,8 +293,9 @@ impl Units {
         self.set_status(slot, false).await?;
         let stop = shutdown.child_token();
         let (ended, token, deadline) = (ended.clone(), stop.clone(), deadline.clone());
-        tokio::spawn(async move {
-            let result = task.run(token.clone(), deadline).await;
+        let owner = self.id.clone();
+        instances.spawn(async move {
+            let result = super::panic_as_error(task.run(token.clone(), deadline), &owner).await;
             let _ = ended.send((slot, token.is_cancelled(), result));
         });
         Ok(stop)

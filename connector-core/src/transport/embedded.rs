@@ -8,7 +8,7 @@
 //! at once. Producers wait while a topic holds `capacity` records not yet committed by every group.
 
 use super::{
-    partition_for_key, Delivery, Incoming, OffsetStore, PartitionOffset, Rebalance, TopicPartition,
+    fixed_partition, Delivery, Incoming, OffsetStore, PartitionOffset, Rebalance, TopicPartition,
     TopicReader, TopicWriter, Transport, TransportError,
 };
 use crate::config::TopicSpec;
@@ -295,8 +295,8 @@ impl TopicWriter for EmbeddedWriter {
             let n = state.partitions.len();
             let mut last = vec![-1i64; n];
             for mut record in records {
-                let p = match &record.key {
-                    Some(key) => partition_for_key(key, n as i32) as usize,
+                let p = match fixed_partition(&record, n as i32) {
+                    Some(p) => p as usize,
                     None => {
                         state.next_unkeyed = state.next_unkeyed.wrapping_add(1);
                         state.next_unkeyed % n
@@ -563,6 +563,21 @@ mod tests {
         EmbeddedTransport::new(capacity, std::env::temp_dir())
     }
 
+    /// A transport holding topic `t` of `partitions` partitions.
+    async fn with_topic_t(capacity: usize, partitions: i32) -> EmbeddedTransport {
+        let t = transport(capacity);
+        t.ensure_topics(&IndexMap::from([(
+            "t".to_string(),
+            TopicSpec {
+                partitions,
+                ..TopicSpec::default()
+            },
+        )]))
+        .await
+        .unwrap();
+        t
+    }
+
     async fn read_all(reader: &mut Box<dyn TopicReader>) -> Vec<Record> {
         let mut out = Vec::new();
         loop {
@@ -579,16 +594,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_is_acknowledged_only_after_every_group_commits() {
-        let t = transport(100);
-        t.ensure_topics(&IndexMap::from([(
-            "t".to_string(),
-            TopicSpec {
-                partitions: 3,
-                ..TopicSpec::default()
-            },
-        )]))
-        .await
-        .unwrap();
+        let t = with_topic_t(100, 3).await;
         let mut a = t.reader("a", &["t".into()]).await.unwrap();
         let mut b = t.reader("b", &["t".into()]).await.unwrap();
         let delivery = t
@@ -824,5 +830,38 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.message.contains("3"), "{}", err.message);
+    }
+
+    /// `exactly_once` with records without a key: a record the source sends again after a
+    /// crash lands in the partition it landed in before, where the sink's stored position
+    /// of its source tells it apart (round-robin put it elsewhere: lost or written twice).
+    #[tokio::test]
+    async fn a_keyless_numbered_record_sent_again_lands_in_the_same_partition() {
+        let t = with_topic_t(100, 4).await;
+        let mut reader = t.reader("g", &["t".into()]).await.unwrap();
+        let numbered = |input: u64| {
+            let mut r = Record::new(json!({ "n": input }));
+            r.topic = "t".into();
+            let position = crate::exactly_once::Position { input, index: 0 };
+            crate::exactly_once::stamp(&mut r, "p/c/file", position);
+            r
+        };
+        for _ in 0..2 {
+            drop(
+                t.writer()
+                    .send((0..8).map(numbered).collect())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let read = read_all(&mut reader).await;
+        assert_eq!(read.len(), 16);
+        let mut partition_of: HashMap<String, i32> = HashMap::new();
+        for r in &read {
+            let at = partition_of
+                .entry(r.value.to_string())
+                .or_insert(r.partition);
+            assert_eq!(*at, r.partition, "{} landed in two partitions", r.value);
+        }
     }
 }

@@ -227,8 +227,13 @@ impl MysqlSink {
             url.tcp_port(),
             url.db_name().unwrap_or("")
         );
-        let mut builder =
-            OptsBuilder::from_opts(url).init(vec![format!("SET SESSION sql_mode = '{SQL_MODE}'")]);
+        // REPEATABLE READ whatever the server's default: the exactly-once fence's locking
+        // read of positions not stored yet takes a gap lock only there (under READ COMMITTED
+        // two writers of a new partition would both find nothing and both write).
+        let mut builder = OptsBuilder::from_opts(url).init(vec![
+            format!("SET SESSION sql_mode = '{SQL_MODE}'"),
+            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_string(),
+        ]);
         if let Some(ssl) = config.ssl_opts()? {
             builder = builder.ssl_opts(ssl);
         }
@@ -463,14 +468,7 @@ impl MysqlSink {
             offsets,
         } = planned;
         if !self.uncommitted_positions.is_empty() {
-            let sql = format!(
-                "INSERT INTO sluice_source_positions (consumer_group, topic, kafka_partition, source, input_position, record_index) VALUES {}{} \
-                 ON DUPLICATE KEY UPDATE input_position = {}, record_index = {}",
-                vec!["(?,?,?,?,?,?)"; self.uncommitted_positions.len()].join(","),
-                self.planner.server.alias_clause(),
-                self.planner.server.inserted("input_position"),
-                self.planner.server.inserted("record_index")
-            );
+            let sql = positions_upsert(&self.planner.server, self.uncommitted_positions.len());
             let mut params = Vec::with_capacity(6 * self.uncommitted_positions.len());
             for ((topic, partition, source), position) in &self.uncommitted_positions {
                 params.extend([
@@ -799,6 +797,25 @@ impl MysqlSink {
             ConnectorError::internal("a table's columns are unknown after creating them")
         })
     }
+}
+
+/// The statement storing `rows` positions (6 parameters each). A stored position only ever
+/// grows: of two writers of a partition (one of them about to be fenced), the one behind must
+/// not lower what the other stored. Assignments run left to right, so `record_index` is
+/// decided on the old pair first; `input_position` then only grows, which is right in both
+/// cases (a higher pair has an input at least as high).
+fn positions_upsert(server: &super::plan::Server, rows: usize) -> String {
+    let (input, index) = (
+        server.inserted("input_position"),
+        server.inserted("record_index"),
+    );
+    format!(
+        "INSERT INTO sluice_source_positions (consumer_group, topic, kafka_partition, source, input_position, record_index) VALUES {}{} \
+         ON DUPLICATE KEY UPDATE record_index = IF(({input}, {index}) > (input_position, record_index), {index}, record_index), \
+         input_position = GREATEST(input_position, {input})",
+        vec!["(?,?,?,?,?,?)"; rows].join(","),
+        server.alias_clause(),
+    )
 }
 
 /// Runs `plan` in one transaction, committed unless `leave_open` (then `COMMIT` is the caller's).

@@ -179,9 +179,21 @@ struct FilePosition {
     /// The file's first bytes as they were read, when known: if they differ now, the file was
     /// replaced or truncated and rewritten (copytruncate rotation), and is read from the start.
     head: Option<Head>,
-    /// Bytes read from earlier versions of the file (before it was replaced): added to the
-    /// byte position in the exactly-once position, which thus keeps growing across versions.
+    /// Where the exactly-once positions of this version of the file start: 0 for the first,
+    /// and past every position an earlier version could have had for each later one (see
+    /// [`next_version_base`]), so that positions keep growing across versions.
     base: u64,
+}
+
+/// Bits of an exactly-once position that number bytes within one version of a file (1 TiB).
+const VERSION_SHIFT: u32 = 40;
+
+/// The base of the version that replaces one based at `base`: above every position of it.
+/// Not the old version's stored offset plus its length: after a crash the stored offset is
+/// only what was acknowledged, while rows past it may have been sent and written; the new
+/// version's first rows must not look like those (they would be skipped as written).
+fn next_version_base(base: u64) -> u64 {
+    ((base >> VERSION_SHIFT) + 1) << VERSION_SHIFT
 }
 
 /// A fingerprint of a file's first `len` bytes.
@@ -206,8 +218,8 @@ impl Head {
         })
     }
 
-    /// A source offset: the byte position alone, or with the fingerprint and the bytes of
-    /// earlier versions (follow mode).
+    /// A source offset: the byte position alone, or with the fingerprint and the base of the
+    /// file's version.
     fn offset(head: Option<Head>, byte: u64, base: u64) -> Value {
         match head {
             None => Value::from(byte),
@@ -305,7 +317,17 @@ impl CsvReader {
                 Ok(true)
             });
             match result {
-                Ok(true) if self.settings.follow => std::thread::sleep(self.settings.poll_interval),
+                Ok(true) if self.settings.follow => {
+                    // A source dropped (stopped, restarted, its unit moved) ends its reader:
+                    // with no new rows nothing is sent, so the closed channel is looked at.
+                    if tx.is_closed() {
+                        return;
+                    }
+                    std::thread::sleep(self.settings.poll_interval);
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
                 Ok(_) => return,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
@@ -404,11 +426,11 @@ impl CsvReader {
             }
             _ => None,
         };
-        // Exactly-once positions go on growing from where the earlier version ended.
+        // Exactly-once positions go on growing past every position of the earlier version.
         let mut base = stored.map_or(0, |p| p.base);
         if let Some(why) = replaced {
             tracing::warn!(file = %path, stored = stored.map(|p| p.byte), len, "{why}; reading it from the start");
-            base += stored.map_or(0, |p| p.byte);
+            base = next_version_base(base);
             self.positions.remove(path);
             self.layouts.remove(path);
         } else if stored.is_some_and(|p| p.byte == len) {
@@ -434,7 +456,9 @@ impl CsvReader {
         let follow = self.settings.follow;
         let partition: Arc<str> = Arc::from(path);
         let mut reached = start;
-        // In follow mode offsets carry the head's fingerprint; it is fixed once the head is whole.
+        // Offsets carry the head's fingerprint, so that a file replaced while the pipeline was
+        // down is noticed at start (with or without `follow`); it is fixed once the head is
+        // whole.
         let mut head = start.head.filter(|h| h.len == HEAD_BYTES);
         let mut row = csv::ByteRecord::new();
         let mut batch = Vec::with_capacity(BATCH);
@@ -471,18 +495,14 @@ impl CsvReader {
             if follow && end.byte() >= len && !ends_with_newline(&input, end.byte())? {
                 break; // a row still being written; read it once complete
             }
-            let fingerprint = if follow {
-                let h = match head {
-                    Some(h) => h,
-                    None => Head::of(&input, end.byte())?,
-                };
-                if h.len == HEAD_BYTES {
-                    head = Some(h);
-                }
-                Some(h)
-            } else {
-                None
+            let fingerprint = match head {
+                Some(h) => h,
+                None => Head::of(&input, end.byte())?,
             };
+            if fingerprint.len == HEAD_BYTES {
+                head = Some(fingerprint);
+            }
+            let fingerprint = Some(fingerprint);
             let offset = Head::offset(fingerprint, end.byte(), start.base);
             let mut record =
                 Self::to_record(&self.settings, layout, &partition, line, offset, &row, now);
@@ -999,17 +1019,7 @@ mod input_tests {
 
     /// A reader whose input the test hands it (the configured path only has to exist).
     fn reader(follow: bool) -> CsvReader {
-        let exists = std::env::temp_dir().join("sluice-csv-reader-test.csv");
-        std::fs::write(&exists, "Date\n").unwrap();
-        let config: CsvSourceConfig = serde_yaml::from_str(&format!(
-            "{{ path: '{}', follow: {follow}, columns: {{ Close: float }} }}",
-            exists.display()
-        ))
-        .unwrap();
-        CsvReader::new(
-            ReaderSettings::new(&config, super::tests::context(SourceOffsets::new(), false))
-                .unwrap(),
-        )
+        reader_resuming(follow, SourceOffsets::new())
     }
 
     fn items(
@@ -1098,9 +1108,9 @@ mod input_tests {
         let (byte, head, base) = stored_position(&again[3].offset);
         assert_eq!(byte, second.len() as u64);
         assert!(head.is_some());
-        // Exactly-once positions go on growing past the first version's end.
-        assert_eq!(base, first.len() as u64);
-        assert_eq!(again[0].position, Some(first.len() as u64 + 19));
+        // Exactly-once positions go on growing past the first version's.
+        assert_eq!(base, 1 << VERSION_SHIFT);
+        assert_eq!(again[0].position, Some((1 << VERSION_SHIFT) + 19));
         assert!(again.iter().all(|i| i.position > Some(first.len() as u64)));
         // Appending keeps the head: only the new row is read.
         let mut third = second.clone();
@@ -1115,5 +1125,92 @@ mod input_tests {
             Ok(Ok(()))
         ));
         assert_eq!(items(&mut rx).len(), 1);
+    }
+
+    /// What `reader` makes of `data` as file `in.csv`.
+    fn read_whole(reader: &mut CsvReader, data: &[u8]) -> Vec<SourceRecord> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+        let input = Failing {
+            fail_from: u64::MAX,
+            data: data.to_vec(),
+            pos: Cell::new(0),
+        };
+        let read = reader.read_input("in.csv", &input, data.len() as u64, &tx);
+        assert!(matches!(read, Ok(Ok(()))));
+        items(&mut rx)
+    }
+
+    fn reader_resuming(follow: bool, offsets: SourceOffsets) -> CsvReader {
+        let exists = std::env::temp_dir().join("sluice-csv-reader-test.csv");
+        std::fs::write(&exists, "Date\n").unwrap();
+        let config: CsvSourceConfig = serde_yaml::from_str(&format!(
+            "{{ path: '{}', follow: {follow}, columns: {{ Close: float }} }}",
+            exists.display()
+        ))
+        .unwrap();
+        CsvReader::new(ReaderSettings::new(&config, super::tests::context(offsets, false)).unwrap())
+    }
+
+    /// A crash after rows were sent but before their offsets were stored, then the file is
+    /// replaced while the pipeline is down: the new version is read whole, and its positions
+    /// lie above every position the old version's rows could have been written with (else
+    /// exactly-once sinks skip its first rows as already written). With and without `follow`.
+    #[test]
+    fn a_file_replaced_while_down_after_a_crash_is_read_whole_and_numbered_above_the_old() {
+        let mut first = b"Date,Close\n".to_vec();
+        for i in 0..10 {
+            first.extend_from_slice(format!("d{i},{i}.5\n").as_bytes());
+        }
+        let second = b"Date,Close\nn1,10.5\nn2,20.5\nn3,30.5\nn4,40.5\nn5,50.5\n".to_vec();
+        assert!(second.len() < first.len() && second.len() > 19 + 8);
+        for follow in [false, true] {
+            let sent = read_whole(&mut reader(follow), &first);
+            let highest_sent = sent.iter().filter_map(|i| i.position).max().unwrap();
+            // Only the first row's offset was stored before the crash.
+            let acknowledged =
+                SourceOffsets::from([("in.csv".to_string(), sent[0].offset.clone())]);
+            let read = read_whole(&mut reader_resuming(follow, acknowledged), &second);
+            assert_eq!(
+                read.len(),
+                5,
+                "follow: {follow}: the new version read whole"
+            );
+            assert!(
+                read.iter().all(|i| i.position > Some(highest_sent)),
+                "follow: {follow}: {:?} not above {highest_sent}",
+                read.iter().map(|i| i.position).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// In follow mode the reader thread waits for rows forever; once its source is dropped (a
+    /// stop, a restart, a work unit moving away) it must end, not poll the files on its own.
+    #[test]
+    fn a_following_reader_ends_once_its_source_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, "Date,Close\nd1,1.5\n").unwrap();
+        let config: CsvSourceConfig = serde_yaml::from_str(&format!(
+            "{{ path: '{}', follow: true, poll_interval: 20ms, columns: {{ Close: float }} }}",
+            path.display()
+        ))
+        .unwrap();
+        let reader = CsvReader::new(
+            ReaderSettings::new(&config, super::tests::context(SourceOffsets::new(), false))
+                .unwrap(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(10);
+        let thread = std::thread::spawn(move || reader.run(tx));
+        let first = rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(first.len(), 1);
+        drop(rx);
+        let started = std::time::Instant::now();
+        while !thread.is_finished() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "the reader still runs 2 s after its source was dropped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -40,6 +40,28 @@ pub struct KafkaTransport {
     producer: Producer,
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
+    /// Partition counts of written topics, shared by the writers (see [`KafkaWriter`]).
+    partition_counts: producer::PartitionCounts,
+}
+
+/// The producer's settings. A record that times out in librdkafka's queue
+/// (`message.timeout.ms`, e.g. while a partition's leader is away) is dropped while later ones
+/// may still be delivered: a gap (librdkafka documents it). With `exactly_once` the records
+/// after a gap carry higher positions, so the ones resent after a restart would be skipped as
+/// written: there (`gapless`) records never time out; a leader away makes the source wait.
+fn producer_config(config: &KafkaConfig, gapless: bool) -> ClientConfig {
+    let mut client = base_config(config);
+    client
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.timeout.ms", if gapless { "0" } else { "300000" });
+    for (k, v) in &config.producer {
+        client.set(k, v);
+    }
+    client
 }
 
 impl KafkaTransport {
@@ -54,22 +76,14 @@ impl KafkaTransport {
             })
     }
 
-    /// Connects and checks the cluster answers, retrying until `connect_timeout`.
+    /// Connects and checks the cluster answers, retrying until `connect_timeout`. With
+    /// `gapless` (a pipeline with `exactly_once`) the producer never gives up on a record.
     pub async fn connect(
         config: &KafkaConfig,
         worker: &WorkerConfig,
+        gapless: bool,
     ) -> Result<Self, TransportError> {
-        let mut client = base_config(config);
-        client
-            .set("enable.idempotence", "true")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
-            .set("message.timeout.ms", "300000");
-        for (k, v) in &config.producer {
-            client.set(k, v);
-        }
+        let client = producer_config(config, gapless);
         let producer: Producer = client.create_with_context(Acks::default()).map_err(|e| {
             TransportError::fatal(format!(
                 "invalid Kafka producer settings: {}",
@@ -85,6 +99,7 @@ impl KafkaTransport {
             worker: worker.clone(),
             producer,
             max_message_bytes,
+            partition_counts: Arc::default(),
         };
         transport.wait_for_cluster().await?;
         Ok(transport)
@@ -168,6 +183,7 @@ impl KafkaTransport {
         KafkaWriter {
             producer: self.producer.clone(),
             max_message_bytes: self.max_message_bytes,
+            partition_counts: self.partition_counts.clone(),
         }
     }
 }
@@ -482,7 +498,7 @@ impl Transport for KafkaTransport {
                 Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
                 Err((_, RDKafkaErrorCode::NonEmptyGroup)) => {
                     return Err(TransportError::fatal(format!(
-                        "consumer group `{group}` still has members: another worker still runs this sink; stop it on every worker first"
+                        "consumer group `{group}` still has members: another worker still runs this connector; stop it on every worker first"
                     )))
                 }
                 Err((_, code)) => {
@@ -940,6 +956,14 @@ impl KafkaOffsetStore {
 
 /// The partition of the offsets topic that holds `pipeline`'s records.
 fn partition_of(producer: &Producer, topic: &str, pipeline: &str) -> Result<i32, TransportError> {
+    Ok(super::partition_for_key(
+        pipeline.as_bytes(),
+        partition_count(producer, topic)?,
+    ))
+}
+
+/// How many partitions `topic` has, as the cluster says (a blocking call).
+fn partition_count(producer: &Producer, topic: &str) -> Result<i32, TransportError> {
     let metadata = producer
         .client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -956,10 +980,7 @@ fn partition_of(producer: &Producer, topic: &str, pipeline: &str) -> Result<i32,
             "topic `{topic}` has no partitions yet"
         )));
     }
-    Ok(super::partition_for_key(
-        pipeline.as_bytes(),
-        partitions as i32,
-    ))
+    Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
 }
 
 /// The low and high watermarks of `partition` of `topic`.
@@ -1312,6 +1333,23 @@ const CHUNK_MARGIN: usize = 16 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record that times out in the producer's queue while later ones are delivered leaves
+    /// a gap that exactly-once positions would hide for good: with `exactly_once` records
+    /// never time out; otherwise they do after 5 minutes.
+    #[test]
+    fn with_exactly_once_the_producer_never_times_records_out() {
+        let config: KafkaConfig =
+            serde_yaml::from_str("bootstrap_servers: \"127.0.0.1:1\"").unwrap();
+        assert_eq!(
+            producer_config(&config, true).get("message.timeout.ms"),
+            Some("0")
+        );
+        assert_eq!(
+            producer_config(&config, false).get("message.timeout.ms"),
+            Some("300000")
+        );
+    }
 
     #[test]
     fn chunked_snapshot_generations_increase_and_alternate_parity() {

@@ -95,12 +95,40 @@ impl ProducerContext for Acks {
                 self.delivered
                     .advance(message.topic(), message.partition(), message.offset() + 1)
             }
-            Err((e, message)) => {
-                batch.fail(format!("delivery to `{}` failed: {e}", message.topic()))
-            }
+            Err((e, message)) => batch.fail(delivery_failure(e, message)),
         }
         batch.settle(1);
     }
+}
+
+/// Why a message was not delivered, naming it: its key and timestamp, and what a refused
+/// timestamp means.
+fn delivery_failure(error: &KafkaError, message: &rdkafka::message::BorrowedMessage<'_>) -> String {
+    use rdkafka::Message;
+    let key = message.key().map_or_else(
+        || "no key".to_string(),
+        |k| format!("key {:?}", String::from_utf8_lossy(k)),
+    );
+    let time = message.timestamp().to_millis().map_or_else(
+        || "no timestamp".to_string(),
+        |ms| match u64::try_from(ms) {
+            Ok(ms) => format!(
+                "timestamp {}",
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+                )
+            ),
+            Err(_) => format!("timestamp {ms}"),
+        },
+    );
+    let mut text = format!(
+        "delivery to `{}` failed for the record with {key} and {time}: {error}",
+        message.topic()
+    );
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTimestamp) {
+        text.push_str(" (the broker refuses records dated too far from its clock: Kafka's `log.message.timestamp.after.max.ms` / `before.max.ms`; give the record a time that is not in the future)");
+    }
+    text
 }
 
 /// What a batch's count starts at while `send` hands messages over: more than any batch holds,
@@ -155,7 +183,13 @@ pub(super) struct KafkaWriter {
     pub(super) producer: Producer,
     /// The producer's `message.max.bytes`, for the message of a refused record.
     pub(super) max_message_bytes: usize,
+    /// Partition counts of the topics written, read from the cluster once each: keyless
+    /// records with `exactly_once` are placed by their position, not by librdkafka.
+    pub(super) partition_counts: PartitionCounts,
 }
+
+/// Partition counts by topic, shared by the writers of a transport.
+pub(super) type PartitionCounts = Arc<Mutex<Vec<(Arc<str>, i32)>>>;
 
 /// Bytes a message takes against `message.max.bytes`: key, value and headers.
 fn message_bytes(record: &Record, payload: Option<&[u8]>) -> usize {
@@ -196,18 +230,55 @@ impl KafkaWriter {
             .map_err(|e| TransportError::transient(format!("cannot {what}: {}", e.message)))
     }
 
-    /// [`TopicWriter::send_or_refuse`], every record to `partition` when it is set (else by key).
+    /// The partition count of `topic`, asked of the cluster the first time.
+    async fn partition_count(&self, topic: &Arc<str>) -> Result<i32, TransportError> {
+        let known = self
+            .partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(name, _)| name == topic)
+            .map(|(_, n)| *n);
+        if let Some(n) = known {
+            return Ok(n);
+        }
+        let producer = self.producer.clone();
+        let name = topic.to_string();
+        let n = tokio::task::spawn_blocking(move || super::partition_count(&producer, &name))
+            .await
+            .map_err(|e| TransportError::fatal(format!("Kafka client task failed: {e}")))??;
+        self.partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((topic.clone(), n));
+        Ok(n)
+    }
+
+    /// [`TopicWriter::send_or_refuse`], every record to `partition` when it is set (else by
+    /// key, or for a keyless record with `exactly_once` by its position).
     pub(super) async fn hand_over(
         &self,
         records: Vec<Record>,
         partition: Option<i32>,
     ) -> Result<(Delivery, Vec<crate::transport::Refused>), TransportError> {
+        // Keyless records sent again after a crash must land where they did before.
+        let mut placed = Vec::new();
+        if partition.is_none() {
+            for record in &records {
+                if record.key.is_none() && crate::exactly_once::position_of(record).is_some() {
+                    let n = self.partition_count(&record.topic).await?;
+                    placed.push(crate::transport::fixed_partition(record, n));
+                } else {
+                    placed.push(None);
+                }
+            }
+        }
         let mut refused = Vec::new();
         let (batch, settled) = Batch::new();
         // librdkafka copies the payload, so one buffer serves every record encoded here.
         let mut buffer = Vec::with_capacity(256);
         let mut handed_over = 0;
-        for record in &records {
+        for (i, record) in records.iter().enumerate() {
             let payload = match (&record.encoded_value, record.is_tombstone()) {
                 (Some(text), _) => Some(text.as_slice()),
                 (None, true) => None,
@@ -229,7 +300,7 @@ impl KafkaWriter {
             if let Some(ts) = record.timestamp {
                 message = message.timestamp(ts);
             }
-            if let Some(partition) = partition {
+            if let Some(partition) = partition.or_else(|| placed.get(i).copied().flatten()) {
                 message = message.partition(partition);
             }
             if !record.headers.is_empty() {

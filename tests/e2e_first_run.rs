@@ -1,0 +1,149 @@
+//! The first thing a new user does: run the examples from a fresh copy of the repository, with
+//! the relative paths as written, no folder made beforehand and nothing left from a run before.
+
+mod common;
+
+use common::root;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The example pipelines that need no server: no `kafka:` section and no `url` of a service.
+fn offline_examples() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            !text.lines().any(|l| {
+                let l = l.trim_start();
+                !l.starts_with('#') && (l.starts_with("kafka:") || l.contains("url:"))
+            })
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Copies `from` into `to`, folders included.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `${VAR:-default}` as the run sees it with `VAR` unset.
+fn default_of(text: &str) -> String {
+    match (text.find("${"), text.find(":-"), text.rfind('}')) {
+        (Some(open), Some(dash), Some(close)) if open < dash && dash < close => {
+            format!(
+                "{}{}{}",
+                &text[..open],
+                &text[dash + 2..close],
+                &text[close + 1..]
+            )
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// Each file sink of the pipeline: its id and the path it writes, as the run resolves it.
+fn file_sinks(pipeline: &Path) -> Vec<(String, String)> {
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(pipeline).unwrap()).unwrap();
+    let mut sinks = Vec::new();
+    if let Some(map) = yaml["sinks"].as_mapping() {
+        for (id, sink) in map {
+            if sink["type"].as_str() == Some("file") {
+                let path = sink["path"].as_str().unwrap();
+                sinks.push((id.as_str().unwrap().to_string(), default_of(path)));
+            }
+        }
+    }
+    sinks
+}
+
+/// The `out` column of each sink's row in the run's summary, by component id.
+fn records_out(stderr: &str, pipeline: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{pipeline}/");
+    stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("summary after"))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let id = cols.first()?.strip_prefix(&prefix)?;
+            (cols.get(1) == Some(&"sink")).then(|| (id.to_string(), cols[3].parse().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_offline_example_run_from_a_fresh_copy_writes_each_record_once_without_a_warning() {
+    let examples = offline_examples();
+    let names: Vec<_> = examples
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for must in [
+        "quickstart.yaml",
+        "btc-weekly-candles.yaml",
+        "json-lines-to-file.yaml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "{must} is not among {names:?}"
+        );
+    }
+    let mut failures = Vec::new();
+    for example in &examples {
+        let copy = tempfile::tempdir().unwrap();
+        copy_tree(&root().join("pipelines"), &copy.path().join("pipelines"));
+        copy_tree(
+            &root().join("tests/fixtures"),
+            &copy.path().join("tests/fixtures"),
+        );
+        let relative = Path::new("pipelines").join(example.file_name().unwrap());
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .current_dir(copy.path())
+            .env_remove("SLUICE_LOG")
+            .env_remove("SLUICE_STATE_DIR")
+            .env("SLUICE_LISTEN", "none")
+            .arg("run")
+            .arg(&relative)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = relative.display().to_string();
+        if !out.status.success() {
+            failures.push(format!("{name}: exit {:?}\n{stderr}", out.status));
+            continue;
+        }
+        if stderr.contains("WARN") {
+            failures.push(format!("{name}: a warning\n{stderr}"));
+        }
+        let pipeline: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+        let counted = records_out(&stderr, pipeline["name"].as_str().unwrap());
+        for (id, path) in file_sinks(example) {
+            let text = std::fs::read_to_string(copy.path().join(&path)).unwrap_or_default();
+            let lines = text.lines().count();
+            let distinct = text.lines().collect::<HashSet<_>>().len();
+            let out = counted.get(&id).copied();
+            eprintln!("{name} {id} {path}: {lines} lines, {distinct} distinct, {out:?} out");
+            if lines != distinct || Some(lines as u64) != out {
+                failures.push(format!(
+                    "{name}: sink `{id}` ({path}) holds {lines} lines, {distinct} distinct; the summary says {out:?} out\n{stderr}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
