@@ -493,8 +493,9 @@ fn a_stopped_source_resets_its_offsets_and_reads_its_input_again() {
     assert!(stopped_at < 2_530, "stopped mid-file: {stopped_at}");
     assert_eq!(op.state("btc-history.archive"), "RUNNING", "sinks go on");
     let offsets = op.get(&format!("{source}/offsets"));
+    // A CSV file's offset: the byte it resumes at, with the fingerprint of its first bytes.
     assert!(
-        offsets["offsets"][0]["offset"].as_u64() > Some(0),
+        offsets["offsets"][0]["offset"]["byte"].as_u64() > Some(0),
         "{offsets}"
     );
 

@@ -454,3 +454,48 @@ fn a_stopped_sink_resets_its_group_and_reads_the_topic_again() {
         "every row again after the reset"
     );
 }
+
+/// A broker refuses records dated far ahead of its clock (Kafka's
+/// `log.message.timestamp.after.max.ms`): the run fails naming the record (its key and
+/// timestamp) and why, not with a bare `InvalidTimestamp`.
+#[test]
+fn a_record_dated_in_the_future_is_refused_naming_the_record_and_why() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("future.csv");
+    std::fs::write(&csv, "Date,Close\n2020-01-01,1.5\n2099-01-01,2.5\n").unwrap();
+    let pipeline = dir.path().join("future.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: future
+kafka: {{ bootstrap_servers: \"{kafka}\" }}
+topics: {{ prices: {{ partitions: 1 }} }}
+sources:
+  rows:
+    type: csv
+    path: {csv}
+    topic: prices
+    key: Date
+    timestamp_column: Date
+    columns: {{ Date: date, Close: float }}
+sinks:
+  out: {{ type: file, topics: [prices], path: {out} }}
+",
+            kafka = broker.addr(),
+            csv = csv.display(),
+            out = dir.path().join("out.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = sluice_run(&pipeline, dir.path().join("state"));
+    cmd.arg("--once");
+    let (status, log) = run_bounded(&mut cmd, Duration::from_secs(120));
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("2099-01-01") && log.contains("key \"2099-01-01\""),
+        "names the record: {log}"
+    );
+    assert!(log.contains("timestamp 2099-01-01"), "{log}");
+    assert!(log.contains("not in the future"), "says why: {log}");
+}

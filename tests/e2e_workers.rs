@@ -837,3 +837,62 @@ fn a_second_copy_of_a_pipeline_is_a_second_worker_without_a_worker_section() {
     assert_eq!(distinct.len(), ROWS, "every row written");
     assert_eq!(written.len(), ROWS, "no row written by both copies");
 }
+
+/// A source's offsets reset while another worker still runs the source would be undone
+/// within a second (that worker stores its offsets again): refused, as a sink's reset is,
+/// naming the reason; once the other worker stopped too, the reset goes through.
+#[test]
+fn a_source_reset_is_refused_while_another_worker_runs_the_source() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, usize)> = (0..4).map(|f| (format!("part-{f}.csv"), 2000)).collect();
+    let glob = Glob::new(dir.path(), &broker.addr(), &files, 20);
+    let port = free_port();
+    let mut a = Worker::start(
+        "a",
+        &glob.pipeline,
+        dir.path(),
+        &[
+            (
+                "SLUICE_SINKS__ROWS__PATH",
+                glob.out("a").display().to_string(),
+            ),
+            ("SLUICE_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+    );
+    let mut b = glob.start("b");
+    wait_until(
+        "the workers split the units",
+        Duration::from_secs(60),
+        || split_disjointly(&[units_of(&a), units_of(&b)], 4),
+    );
+    let api = |method: reqwest::Method, path: &str| {
+        let response = reqwest::blocking::Client::new()
+            .request(
+                method,
+                format!("http://127.0.0.1:{port}/connectors/split.parts{path}"),
+            )
+            .send()
+            .unwrap();
+        let status = response.status();
+        (status, response.text().unwrap_or_default())
+    };
+    let (code, body) = api(reqwest::Method::PUT, "/stop");
+    assert!(code.is_success(), "{code} {body}");
+    wait_until("the source shows STOPPED", Duration::from_secs(20), || {
+        api(reqwest::Method::GET, "/status").1.contains("STOPPED")
+    });
+    let (code, body) = api(reqwest::Method::DELETE, "/offsets");
+    assert!(
+        !code.is_success(),
+        "reset answered {code} while b runs the source: {body}"
+    );
+    assert!(body.contains("another worker"), "{body}");
+    let (status, _) = terminate(&mut b.child);
+    assert!(status.success(), "{status}");
+    wait_until("the reset goes through", Duration::from_secs(30), || {
+        api(reqwest::Method::DELETE, "/offsets").0.is_success()
+    });
+    let (status, _) = terminate(&mut a.child);
+    assert!(status.success(), "{status}\n{}", a.log());
+}

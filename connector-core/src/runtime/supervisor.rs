@@ -712,10 +712,24 @@ impl Supervisor {
                     .reset_group(&sink_group(pipeline, id))
                     .await
                     .map_err(|e| transport_error(id, e))?;
-                let checkpointed =
+                let mut checkpointed =
                     stream_task::checkpointed_partitions(&*self.transport, pipeline, id)
                         .await
                         .map_err(|e| transport_error(id, e))?;
+                // The index lists the partitions this worker's view of it held when stored:
+                // two workers storing it overwrite each other's entries. Every partition of a
+                // declared input may have a checkpoint, listed or not.
+                let topics = self.run.config.all_topics();
+                let inputs = self.run.config.transforms.get(id).map(|s| &s.inputs);
+                for input in inputs.into_iter().flatten() {
+                    for partition in 0..topics.get(input).map_or(0, |spec| spec.partitions) {
+                        let key: crate::transport::TopicPartition =
+                            (input.as_str().into(), partition);
+                        if !checkpointed.contains(&key) {
+                            checkpointed.push(key);
+                        }
+                    }
+                }
                 for partition in &checkpointed {
                     let name = stream_task::checkpoint_store(pipeline, id, partition);
                     let store = self

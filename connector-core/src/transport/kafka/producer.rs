@@ -95,40 +95,53 @@ impl ProducerContext for Acks {
                 self.delivered
                     .advance(message.topic(), message.partition(), message.offset() + 1)
             }
-            Err((e, message)) => batch.fail(delivery_failure(e, message)),
+            Err((e, message)) => batch.fail(delivery_failure(e, message, &batch)),
         }
         batch.settle(1);
     }
 }
 
-/// Why a message was not delivered, naming it: its key and timestamp, and what a refused
-/// timestamp means.
-fn delivery_failure(error: &KafkaError, message: &rdkafka::message::BorrowedMessage<'_>) -> String {
+/// Why a message of `batch` was not delivered. A broker refuses a whole request for one bad
+/// timestamp, and a failed message's report carries no timestamp: a refused timestamp names
+/// the latest-dated record of the send, the one a broker refuses first.
+fn delivery_failure(
+    error: &KafkaError,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    batch: &Batch,
+) -> String {
     use rdkafka::Message;
-    let key = message.key().map_or_else(
-        || "no key".to_string(),
-        |k| format!("key {:?}", String::from_utf8_lossy(k)),
-    );
-    let time = message.timestamp().to_millis().map_or_else(
-        || "no timestamp".to_string(),
-        |ms| match u64::try_from(ms) {
-            Ok(ms) => format!(
-                "timestamp {}",
-                humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
-                )
-            ),
-            Err(_) => format!("timestamp {ms}"),
-        },
-    );
-    let mut text = format!(
-        "delivery to `{}` failed for the record with {key} and {time}: {error}",
-        message.topic()
-    );
+    let key = |k: Option<&[u8]>| {
+        k.map_or_else(
+            || "no key".to_string(),
+            |k| format!("key {:?}", String::from_utf8_lossy(k)),
+        )
+    };
+    let mut text = format!("delivery to `{}` failed: {error}", message.topic());
     if error.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTimestamp) {
-        text.push_str(" (the broker refuses records dated too far from its clock: Kafka's `log.message.timestamp.after.max.ms` / `before.max.ms`; give the record a time that is not in the future)");
+        let latest = batch.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, ms)) = latest.as_ref() {
+            text.push_str(&format!(
+                "; the latest-dated record of the batch has {} and timestamp {}",
+                key(k.as_deref()),
+                rfc3339(*ms)
+            ));
+        }
+        text.push_str(" (a broker refuses records dated too far from its clock: Kafka's `log.message.timestamp.after.max.ms` / `before.max.ms`; give records a time that is not in the future)");
+    } else {
+        text.push_str(&format!(" (the record with {})", key(message.key())));
     }
     text
+}
+
+/// Epoch milliseconds as RFC 3339.
+fn rfc3339(ms: i64) -> String {
+    match u64::try_from(ms) {
+        Ok(ms) => humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string(),
+        Err(_) => ms.to_string(),
+    }
 }
 
 /// What a batch's count starts at while `send` hands messages over: more than any batch holds,
@@ -142,6 +155,9 @@ pub(super) struct Batch {
     unsettled: AtomicUsize,
     /// The first delivery failure.
     error: Mutex<Option<String>>,
+    /// The key and timestamp of the latest-dated record handed over, for the message of a
+    /// refused timestamp.
+    latest: Mutex<Option<(Option<Vec<u8>>, i64)>>,
     done: Mutex<Option<oneshot::Sender<Result<(), TransportError>>>>,
 }
 
@@ -151,6 +167,7 @@ impl Batch {
         let batch = Batch {
             unsettled: AtomicUsize::new(HANDING_OVER),
             error: Mutex::new(None),
+            latest: Mutex::new(None),
             done: Mutex::new(Some(tx)),
         };
         (Arc::new(batch), rx)
@@ -275,6 +292,13 @@ impl KafkaWriter {
         }
         let mut refused = Vec::new();
         let (batch, settled) = Batch::new();
+        // Known before any report can arrive: named if the broker refuses a timestamp.
+        let latest = records
+            .iter()
+            .filter_map(|r| Some((r, r.timestamp?)))
+            .max_by_key(|(_, ts)| *ts);
+        *batch.latest.lock().unwrap_or_else(|e| e.into_inner()) =
+            latest.map(|(r, ts)| (r.key.clone(), ts));
         // librdkafka copies the payload, so one buffer serves every record encoded here.
         let mut buffer = Vec::with_capacity(256);
         let mut handed_over = 0;
