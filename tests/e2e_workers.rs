@@ -896,3 +896,84 @@ fn a_source_reset_is_refused_while_another_worker_runs_the_source() {
     let (status, _) = terminate(&mut a.child);
     assert!(status.success(), "{status}\n{}", a.log());
 }
+
+/// A paused sink keeps its partitions: a Kafka consumer that stops polling for
+/// `max.poll.interval.ms` is evicted from its group (its partitions revoked, read again on the
+/// resume), so a paused sink pauses its partitions and polls on. Paused for twice that
+/// interval, then resumed: no partition changed hands, and every row is written once.
+#[test]
+fn a_sink_paused_past_the_max_poll_interval_keeps_its_partitions() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("paused.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: paused
+kafka: {{ bootstrap_servers: \"{kafka}\", consumer: {{ max.poll.interval.ms: \"5000\" }} }}
+worker: {{ session_timeout: 3s, heartbeat_interval: 500ms }}
+topics: {{ bitcoin: {{ partitions: 2, config: {{ retention.ms: \"-1\" }} }} }}
+sources:
+  rows:
+    type: csv
+    path: {csv}
+    topic: bitcoin
+    key: Date
+    columns: {{ Date: date, Close: float }}
+    null_values: [\"null\"]
+    all_null_rows: skip
+    rate: 150
+sinks:
+  archive:
+    type: file
+    topics: [bitcoin]
+    path: {out}
+    batch: {{ max_records: 20, linger: 20ms }}
+",
+            kafka = broker.addr(),
+            csv = fixture("BTC-USD.csv").display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut worker = Worker::start(
+        "w",
+        &pipeline,
+        dir.path(),
+        &[("SLUICE_LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    wait_until("rows arrive", Duration::from_secs(60), || {
+        count_lines(&out) >= 100
+    });
+    let call = |what: &str| {
+        reqwest::blocking::Client::new()
+            .put(format!(
+                "http://127.0.0.1:{port}/connectors/paused.archive/{what}"
+            ))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert!(call("pause").is_success());
+    std::thread::sleep(Duration::from_secs(1));
+    let at_pause = count_lines(&out);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(count_lines(&out), at_pause, "nothing written while paused");
+    assert!(call("resume").is_success());
+    let (status, log) = wait_exit_logged(&mut worker, Duration::from_secs(120));
+    assert!(status.success(), "{status}\n{log}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let distinct: BTreeSet<&str> = text.lines().collect();
+    assert_eq!(text.lines().count(), ROWS, "{log}");
+    assert_eq!(distinct.len(), ROWS);
+    let assignments = log
+        .lines()
+        .filter(|l| l.contains("archive") && l.contains("reading partitions"))
+        .count();
+    assert!(
+        assignments == 1 && !log.contains("gave up partitions"),
+        "the paused sink's partitions changed hands:\n{log}"
+    );
+}

@@ -31,6 +31,21 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 /// has caught up.
 const DRAINING_POLL: Duration = Duration::from_millis(10);
 
+/// A spawned task that ends with its handle.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a measure of the consumer lag found.
+type LagMeasured = Result<Vec<(TopicPartition, i64)>, crate::transport::TransportError>;
+
+/// What a spawned measure of the consumer lag ends with.
+type LagResult = Result<LagMeasured, tokio::task::JoinError>;
+
 /// Batches of at least this many records are freed on a blocking thread.
 const DROP_APART: usize = 1_000;
 
@@ -229,12 +244,21 @@ impl SinkTask {
         let preparer = self.sink.preparer();
         let pending = &mut Pending::default();
         let mut lag_measured: Option<Instant> = None;
+        // The lag being measured, apart from the reading: a slow answer never holds it up.
+        // Dropped (aborted) with the loop.
+        let mut lag_measure: Option<AbortOnDrop<LagMeasured>> = None;
         // Since when the sink drains, or its partitions last changed, if later.
         let mut settled_since: Option<Instant> = None;
         loop {
-            if lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            if lag_measure.as_ref().is_some_and(|m| m.0.is_finished()) {
+                if let Some(mut measure) = lag_measure.take() {
+                    let measured = (&mut measure.0).await;
+                    self.note_lag(measured);
+                }
+            }
+            if lag_measure.is_none() && lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
                 lag_measured = Some(Instant::now());
-                self.measure_lag(deadline).await;
+                lag_measure = Some(AbortOnDrop(tokio::spawn(self.reader.lag())));
             }
             while let Some(change) = self.reader.rebalance() {
                 self.rebalance(change, pending, flushed, deadline).await?;
@@ -256,21 +280,35 @@ impl SinkTask {
                 Instant::now()
             };
             if self.metrics.is_paused() && !draining {
-                // What was read is stored; nothing more is read until resumed.
+                // What was read is stored; nothing more is read until resumed. A reader that
+                // must keep polling to stay in its group (Kafka) pauses its partitions and
+                // polls on.
                 if !pending.is_empty() {
                     self.flush(pending, flushed, ReadAheadMode::Off, deadline)
                         .await?;
                 }
                 self.release(flushed, Release::Now, deadline).await?;
+                self.reader
+                    .set_paused(true)
+                    .await
+                    .map_err(|e| transport_error(&self.id, e))?;
+                let keep_polling = self.reader.polls_while_paused();
                 tokio::select! {
                     _ = self.metrics.unpaused() => {}
                     _ = drain.cancelled() => {}
                     _ = self.stop.cancelled() => {}
                     _ = deadline.passed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)), if !keep_polling => {}
+                    polled = self.reader.poll(1, Duration::from_millis(250)), if keep_polling => {
+                        polled.map_err(|e| transport_error(&self.id, e))?;
+                    }
                 }
                 continue;
             }
+            self.reader
+                .set_paused(false)
+                .await
+                .map_err(|e| transport_error(&self.id, e))?;
             let room = self
                 .batch
                 .max_records
@@ -434,17 +472,20 @@ impl SinkTask {
     }
 
     /// Measures the consumer lag into the metrics; a failure only leaves the last measure.
-    async fn measure_lag(&mut self, deadline: &Deadline) {
-        match bounded(deadline, self.reader.lag()).await {
-            Some(Ok(lag)) => self.metrics.set_lag(
+    /// Shows what a measure of the lag found.
+    fn note_lag(&self, measured: LagResult) {
+        match measured {
+            Ok(Ok(lag)) => self.metrics.set_lag(
                 lag.into_iter()
                     .map(|((topic, partition), lag)| (topic.to_string(), partition, lag))
                     .collect(),
             ),
-            Some(Err(e)) => {
+            Ok(Err(e)) => {
                 tracing::debug!(component = %self.id, error = %e, "cannot measure the consumer lag")
             }
-            None => {}
+            Err(e) => {
+                tracing::debug!(component = %self.id, error = %e, "the consumer lag's measure ended")
+            }
         }
     }
 
@@ -938,10 +979,9 @@ mod tests {
         async fn caught_up(&mut self) -> Result<bool, crate::transport::TransportError> {
             Ok(self.records.is_empty())
         }
-        async fn lag(
-            &mut self,
-        ) -> Result<Vec<(TopicPartition, i64)>, crate::transport::TransportError> {
-            Ok(vec![(("t".into(), 0), self.records.len() as i64)])
+        fn lag(&mut self) -> crate::transport::LagMeasure {
+            let lag = vec![(("t".into(), 0), self.records.len() as i64)];
+            Box::pin(std::future::ready(Ok(lag)))
         }
         fn rebalance(&mut self) -> Option<Rebalance> {
             None

@@ -524,7 +524,7 @@ impl TopicReader for EmbeddedReader {
         Ok(())
     }
 
-    async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError> {
+    fn lag(&mut self) -> super::LagMeasure {
         let mut lag = Vec::new();
         for (topic, positions) in &self.topics {
             let state = lock(&topic.state);
@@ -533,7 +533,7 @@ impl TopicReader for EmbeddedReader {
                 lag.push(((name.clone(), p as i32), (log.end() - pos).max(0)));
             }
         }
-        Ok(lag)
+        Box::pin(std::future::ready(Ok(lag)))
     }
 
     async fn caught_up(&mut self) -> Result<bool, TransportError> {

@@ -258,8 +258,24 @@ pub trait TopicReader: Send {
         false
     }
 
-    /// Records written to each partition this reader owns that it has not read yet.
-    async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError>;
+    /// Stops fetching (`true`) or fetches again (`false`) while the task is paused (REST API).
+    /// Nothing by default.
+    async fn set_paused(&mut self, paused: bool) -> Result<(), TransportError> {
+        let _ = paused;
+        Ok(())
+    }
+
+    /// Whether the task must go on calling [`TopicReader::poll`] while paused: a Kafka
+    /// consumer that does not poll for `max.poll.interval.ms` is evicted from its group. A
+    /// paused reader's poll returns nothing (what it had fetched waits for the resume).
+    fn polls_while_paused(&self) -> bool {
+        false
+    }
+
+    /// Records written to each partition this reader owns that it has not read yet, measured
+    /// by the returned future, which holds no borrow of the reader: the task runs it apart
+    /// from its reading (on Kafka it asks the cluster, a round trip per partition).
+    fn lag(&mut self) -> LagMeasure;
 
     /// The next change of the partitions this reader owns, if one waits for the task. A reader
     /// reports the partitions it starts with as an [`Rebalance::Assign`] before it returns any
@@ -286,6 +302,9 @@ pub trait TopicReader: Send {
     /// `partitions`, which go to other members now.
     async fn revoke(&mut self, partitions: &[TopicPartition]) -> Result<(), TransportError>;
 }
+
+/// A measure of a reader's lag in progress (see [`TopicReader::lag`]).
+pub type LagMeasure = BoxFuture<'static, Result<Vec<(TopicPartition, i64)>, TransportError>>;
 
 /// A partition of a topic.
 pub type TopicPartition = (std::sync::Arc<str>, i32);

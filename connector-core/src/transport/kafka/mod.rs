@@ -440,6 +440,8 @@ impl Transport for KafkaTransport {
             watermarks: self.producer.clone(),
             last_topic: None,
             missing: None,
+            paused: false,
+            stash: std::collections::VecDeque::new(),
         }))
     }
 
@@ -542,6 +544,11 @@ struct KafkaReader {
     last_topic: Option<Arc<str>>,
     /// Since when the broker reports a topic unknown, and when it last did (see [`missing_for`]).
     missing: Option<(Instant, Instant)>,
+    /// Whether its partitions are paused (the sink is paused): it still polls, so that the
+    /// group does not evict it after `max.poll.interval.ms`.
+    paused: bool,
+    /// Records fetched before a pause took effect, returned once resumed.
+    stash: std::collections::VecDeque<Incoming>,
 }
 
 /// Dropping the consumer leaves the group: the rebalance that closing reports is completed at
@@ -603,6 +610,45 @@ fn missing_for(missing: &mut Option<(Instant, Instant)>, now: Instant) -> Durati
 }
 
 impl KafkaReader {
+    /// Up to `max` records, waiting up to `wait` for the first.
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Incoming>, TransportError> {
+        let consumer = self.consumer.clone();
+        let mut out = Vec::new();
+        let changes = self.changes.clone();
+        // A rebalance reported while waiting ends the wait: the group waits for the task.
+        let first = tokio::select! {
+            first = tokio::time::timeout(wait, consumer.recv()) => match first {
+                Err(_) => return Ok(out),
+                Ok(first) => first,
+            },
+            _ = changes.reported() => return Ok(out),
+        };
+        match first {
+            Ok(message) => out.push(self.decode(&message)),
+            Err(e) => {
+                self.consumer_error(e)?;
+                return Ok(out);
+            }
+        }
+        while out.len() < max {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => out.push(self.decode(&message)),
+                Some(Err(e)) => {
+                    self.consumer_error(e)?;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !out.is_empty() {
+            self.missing = None;
+        }
+        Ok(out)
+    }
     /// Logs a transient consumer error; a permanent one (or a topic unknown for longer than
     /// [`UNKNOWN_TOPIC_GRACE`]) is returned with the broker's message.
     fn consumer_error(&mut self, error: KafkaError) -> Result<(), TransportError> {
@@ -665,38 +711,41 @@ impl KafkaReader {
 #[async_trait]
 impl TopicReader for KafkaReader {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming>, TransportError> {
-        let consumer = self.consumer.clone();
-        let mut out = Vec::new();
-        let changes = self.changes.clone();
-        // A rebalance reported while waiting ends the wait: the group waits for the task.
-        let first = tokio::select! {
-            first = tokio::time::timeout(wait, consumer.recv()) => match first {
-                Err(_) => return Ok(out),
-                Ok(first) => first,
-            },
-            _ = changes.reported() => return Ok(out),
+        if self.paused {
+            // Polled only to stay in the group: what comes is kept for the resume.
+            let fetched = self.receive(max, wait).await?;
+            self.stash.extend(fetched);
+            return Ok(Vec::new());
+        }
+        if !self.stash.is_empty() {
+            let n = max.min(self.stash.len());
+            return Ok(self.stash.drain(..n).collect());
+        }
+        self.receive(max, wait).await
+    }
+
+    async fn set_paused(&mut self, paused: bool) -> Result<(), TransportError> {
+        if paused == self.paused {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in self.owned.iter().flatten() {
+            list.add_partition(topic, *partition);
+        }
+        let done = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
         };
-        match first {
-            Ok(message) => out.push(self.decode(&message)),
-            Err(e) => {
-                self.consumer_error(e)?;
-                return Ok(out);
-            }
-        }
-        while out.len() < max {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => out.push(self.decode(&message)),
-                Some(Err(e)) => {
-                    self.consumer_error(e)?;
-                    break;
-                }
-                None => break,
-            }
-        }
-        if !out.is_empty() {
-            self.missing = None;
-        }
-        Ok(out)
+        done.map_err(|e| {
+            TransportError::transient(format!("cannot pause or resume the consumer: {e}"))
+        })?;
+        self.paused = paused;
+        Ok(())
+    }
+
+    fn polls_while_paused(&self) -> bool {
+        true
     }
 
     async fn commit(
@@ -765,7 +814,13 @@ impl TopicReader for KafkaReader {
             self.owned.get_or_insert_default().insert(key);
         }
         self.owned.get_or_insert_default();
-        group::complete_assign(&*self.consumer, &start)
+        group::complete_assign(&*self.consumer, &start)?;
+        if self.paused {
+            self.consumer.pause(&start).map_err(|e| {
+                TransportError::transient(format!("cannot pause the consumer: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     async fn revoke(&mut self, partitions: &[TopicPartition]) -> Result<(), TransportError> {
@@ -777,6 +832,13 @@ impl TopicReader for KafkaReader {
             }
             self.positions.remove(key);
         }
+        // Kept while paused, they are read again by the partitions' next owner.
+        self.stash.retain(|item| {
+            let (topic, partition, _) = item.coordinates();
+            !partitions
+                .iter()
+                .any(|(t, p)| **t == **topic && *p == partition)
+        });
         group::complete_revoke(&*self.consumer, &list)
     }
 
@@ -794,30 +856,32 @@ impl TopicReader for KafkaReader {
             .is_some_and(|owned| owned.len() >= self.partitions)
     }
 
-    async fn lag(&mut self) -> Result<Vec<(TopicPartition, i64)>, TransportError> {
+    fn lag(&mut self) -> crate::transport::LagMeasure {
         let client = self.watermarks.clone();
         let partitions: Vec<TopicPartition> = self.owned.iter().flatten().cloned().collect();
         let positions = self.positions.clone();
         let delivered = self.delivered.clone();
-        blocking(move || {
-            let mut lag = Vec::with_capacity(partitions.len());
-            for key in partitions {
-                let (low, high) = client
-                    .client()
-                    .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
-                    .map_err(|e| {
-                        TransportError::transient(format!(
-                            "cannot read watermarks of {}/{}: {e}",
-                            key.0, key.1
-                        ))
-                    })?;
-                let high = high.max(delivered.get(&key.0, key.1));
-                let behind = high - positions.get(&key).copied().unwrap_or(low);
-                lag.push((key, behind.max(0)));
-            }
-            Ok(lag)
-        })
-        .await?
+        Box::pin(
+            blocking(move || {
+                let mut lag = Vec::with_capacity(partitions.len());
+                for key in partitions {
+                    let (low, high) = client
+                        .client()
+                        .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
+                        .map_err(|e| {
+                            TransportError::transient(format!(
+                                "cannot read watermarks of {}/{}: {e}",
+                                key.0, key.1
+                            ))
+                        })?;
+                    let high = high.max(delivered.get(&key.0, key.1));
+                    let behind = high - positions.get(&key).copied().unwrap_or(low);
+                    lag.push((key, behind.max(0)));
+                }
+                Ok(lag)
+            })
+            .map(|r| r.and_then(|lag| lag)),
+        )
     }
 }
 
