@@ -499,3 +499,36 @@ sinks:
     assert!(log.contains("timestamp 2099-01-01"), "{log}");
     assert!(log.contains("not in the future"), "says why: {log}");
 }
+
+/// The offsets topic holds each pipeline's latest snapshot as a keyed record: only compaction
+/// keeps it. An existing offsets topic that deletes by age (someone created it by hand) would
+/// lose every source's offsets after `retention.ms`: refused at start, naming it.
+#[test]
+fn an_existing_offsets_topic_that_is_not_compacted_is_refused() {
+    let broker = Broker::start();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let topic = NewTopic::new("sluice-offsets", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "delete");
+    rt.block_on(admin.create_topics(&[topic], &AdminOptions::new()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&mut btc_pipeline(
+        dir.path(),
+        &fixture("btc-sample.csv"),
+        Some(&broker.addr()),
+        &[],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`sluice-offsets`") && stderr.contains("cleanup.policy=delete"),
+        "{stderr}"
+    );
+}

@@ -16,7 +16,7 @@ use crate::Record;
 use async_trait::async_trait;
 use futures::FutureExt;
 use indexmap::IndexMap;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
@@ -65,6 +65,35 @@ fn producer_config(config: &KafkaConfig, gapless: bool) -> ClientConfig {
 }
 
 impl KafkaTransport {
+    /// Fails unless existing topic `name` is compacted: the offsets topic keeps each
+    /// pipeline's latest snapshot only through compaction, and deleting by age would lose them.
+    /// A cluster that does not describe topic configs is taken at its word (logged).
+    async fn check_compacted(&self, name: &str) -> Result<(), TransportError> {
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let described = self
+            .admin()?
+            .describe_configs(&[ResourceSpecifier::Topic(name)], &options)
+            .await;
+        let policy = match described.as_deref() {
+            Ok([Ok(resource)]) => resource
+                .entry_map()
+                .get("cleanup.policy")
+                .and_then(|entry| entry.value.clone()),
+            other => {
+                tracing::debug!(topic = %name, answer = ?other.map(|r| r.len()), "cannot read the topic's cleanup.policy; taking it as compacted");
+                return Ok(());
+            }
+        };
+        match policy {
+            Some(policy) if !policy.split(',').any(|p| p.trim() == "compact") => {
+                Err(TransportError::fatal(format!(
+                    "the offsets topic `{name}` has cleanup.policy={policy}: the source offsets and checkpoints stored there would be deleted by age and every source would start over; set cleanup.policy=compact on it, or name another topic in kafka.offsets_topic"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn admin(&self) -> Result<AdminClient<Quiet>, TransportError> {
         base_config(&self.config)
             .create_with_context(Quiet::default())
@@ -299,6 +328,9 @@ impl Transport for KafkaTransport {
                     spec.replication_factor
                 )));
             }
+        }
+        if existing.contains_key(&self.config.offsets_topic) {
+            self.check_compacted(&self.config.offsets_topic).await?;
         }
         let missing: Vec<(&String, &TopicSpec)> = all
             .iter()
