@@ -19,6 +19,20 @@ fn consumer(addr: &str) -> BaseConsumer {
         .expect("consumer")
 }
 
+/// Creates `topic` on the broker at `addr`, as someone would by hand before a pipeline runs.
+fn create_topic(addr: &str, topic: NewTopic<'_>) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics(&[topic], &AdminOptions::new()))
+        .unwrap();
+}
+
 /// Partition count and number of messages of `topic`, counted by reading them all (some brokers'
 /// high watermarks stop at the base offset of the last batch, tansu 0.6's did, so they can't be summed).
 fn topic_layout(addr: &str, topic: &str) -> (usize, i64) {
@@ -211,19 +225,10 @@ fn an_unreachable_kafka_fails_clearly_after_bounded_retries() {
 #[test]
 fn an_existing_topic_with_other_partitions_is_reported() {
     let broker = Broker::start();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(admin.create_topics(
-        &[NewTopic::new("bitcoin", 3, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))
-    .unwrap();
+    create_topic(
+        &broker.addr(),
+        NewTopic::new("bitcoin", 3, TopicReplication::Fixed(1)),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = run(&mut btc_pipeline(
         dir.path(),
@@ -506,18 +511,11 @@ sinks:
 #[test]
 fn an_existing_offsets_topic_that_is_not_compacted_is_refused() {
     let broker = Broker::start();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let topic = NewTopic::new("sluice-offsets", 1, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "delete");
-    rt.block_on(admin.create_topics(&[topic], &AdminOptions::new()))
-        .unwrap();
+    create_topic(
+        &broker.addr(),
+        NewTopic::new("sluice-offsets", 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "delete"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = run(&mut btc_pipeline(
         dir.path(),
