@@ -136,3 +136,36 @@ fn a_store_refused_at_start_fails_only_its_sink_when_failures_wait_for_a_restart
         "a component that failed fails the run at exit"
     );
 }
+
+/// Without `wait_for_restart`, a store refused at start stops the run, and the error reported
+/// is the store's: not that of a source whose records the failed sink will never store (which
+/// may fail first, now that sinks connect inside their tasks). Five runs, each must name it.
+#[test]
+fn a_store_refused_at_start_is_the_error_reported_not_what_fails_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A server that hangs up 300 ms into each connection: the source has sent by then.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                drop(stream);
+            });
+        }
+    });
+    let pipeline = csv_to_file_and_mysql(dir.path(), port);
+    for attempt in 0..5 {
+        let out = run(&mut sluice_run(&pipeline, dir.path().join("state")));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reported = stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert_eq!(out.status.code(), Some(1), "run {attempt}: {stderr}");
+        assert!(
+            reported.contains("component `store`"),
+            "run {attempt} reported: {reported}"
+        );
+    }
+}

@@ -346,7 +346,15 @@ impl Supervisor {
                     tracing::warn!(component = %id, "waiting for a restart (POST /connectors/{}.{id}/restart); the rest of the pipeline goes on", self.run.config.name);
                 } else {
                     self.options.shutdown.cancel();
-                    self.first_error.get_or_insert(error);
+                    // A component that could not connect is the cause of what fails after it
+                    // (a source whose records nobody will store): it is the one reported.
+                    let first_is_cause = self
+                        .first_error
+                        .as_ref()
+                        .is_some_and(|first| self.run.metrics_of(&first.component).build_failed());
+                    if self.first_error.is_none() || (metrics.build_failed() && !first_is_cause) {
+                        self.first_error = Some(error);
+                    }
                 }
             }
         }
