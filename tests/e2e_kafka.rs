@@ -33,6 +33,17 @@ fn create_topic(addr: &str, topic: NewTopic<'_>) {
         .unwrap();
 }
 
+/// The BTC pipeline on the sample CSV through `broker`, run to its end.
+fn run_sample_on(broker: &Broker) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    run(&mut btc_pipeline(
+        dir.path(),
+        &fixture("btc-sample.csv"),
+        Some(&broker.addr()),
+        &[],
+    ))
+}
+
 /// Partition count and number of messages of `topic`, counted by reading them all (some brokers'
 /// high watermarks stop at the base offset of the last batch, tansu 0.6's did, so they can't be summed).
 fn topic_layout(addr: &str, topic: &str) -> (usize, i64) {
@@ -229,13 +240,7 @@ fn an_existing_topic_with_other_partitions_is_reported() {
         &broker.addr(),
         NewTopic::new("bitcoin", 3, TopicReplication::Fixed(1)),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(&mut btc_pipeline(
-        dir.path(),
-        &fixture("btc-sample.csv"),
-        Some(&broker.addr()),
-        &[],
-    ));
+    let out = run_sample_on(&broker);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -516,13 +521,7 @@ fn an_existing_offsets_topic_that_is_not_compacted_is_refused() {
         NewTopic::new("sluice-offsets", 1, TopicReplication::Fixed(1))
             .set("cleanup.policy", "delete"),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(&mut btc_pipeline(
-        dir.path(),
-        &fixture("btc-sample.csv"),
-        Some(&broker.addr()),
-        &[],
-    ));
+    let out = run_sample_on(&broker);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

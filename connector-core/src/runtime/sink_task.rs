@@ -247,6 +247,8 @@ impl SinkTask {
         // The lag being measured, apart from the reading: a slow answer never holds it up.
         // Dropped (aborted) with the loop.
         let mut lag_measure: Option<AbortOnDrop<LagMeasured>> = None;
+        // Whether the reader was told the task is paused (told again only on a change).
+        let mut reader_paused = false;
         // Since when the sink drains, or its partitions last changed, if later.
         let mut settled_since: Option<Instant> = None;
         loop {
@@ -288,10 +290,13 @@ impl SinkTask {
                         .await?;
                 }
                 self.release(flushed, Release::Now, deadline).await?;
-                self.reader
-                    .set_paused(true)
-                    .await
-                    .map_err(|e| transport_error(&self.id, e))?;
+                if !reader_paused {
+                    self.reader
+                        .set_paused(true)
+                        .await
+                        .map_err(|e| transport_error(&self.id, e))?;
+                    reader_paused = true;
+                }
                 let keep_polling = self.reader.polls_while_paused();
                 tokio::select! {
                     _ = self.metrics.unpaused() => {}
@@ -305,10 +310,13 @@ impl SinkTask {
                 }
                 continue;
             }
-            self.reader
-                .set_paused(false)
-                .await
-                .map_err(|e| transport_error(&self.id, e))?;
+            if reader_paused {
+                self.reader
+                    .set_paused(false)
+                    .await
+                    .map_err(|e| transport_error(&self.id, e))?;
+                reader_paused = false;
+            }
             let room = self
                 .batch
                 .max_records

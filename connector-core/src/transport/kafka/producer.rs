@@ -278,18 +278,6 @@ impl KafkaWriter {
         records: Vec<Record>,
         partition: Option<i32>,
     ) -> Result<(Delivery, Vec<crate::transport::Refused>), TransportError> {
-        // Keyless records sent again after a crash must land where they did before.
-        let mut placed = Vec::new();
-        if partition.is_none() {
-            for record in &records {
-                if record.key.is_none() && crate::exactly_once::position_of(record).is_some() {
-                    let n = self.partition_count(&record.topic).await?;
-                    placed.push(crate::transport::fixed_partition(record, n));
-                } else {
-                    placed.push(None);
-                }
-            }
-        }
         let mut refused = Vec::new();
         let (batch, settled) = Batch::new();
         // Known before any report can arrive: named if the broker refuses a timestamp.
@@ -302,7 +290,17 @@ impl KafkaWriter {
         // librdkafka copies the payload, so one buffer serves every record encoded here.
         let mut buffer = Vec::with_capacity(256);
         let mut handed_over = 0;
-        for (i, record) in records.iter().enumerate() {
+        for record in &records {
+            // Keyless records sent again after a crash must land where they did before.
+            let place = match partition {
+                None if record.key.is_none()
+                    && crate::exactly_once::position_of(record).is_some() =>
+                {
+                    let n = self.partition_count(&record.topic).await?;
+                    crate::transport::fixed_partition(record, n)
+                }
+                other => other,
+            };
             let payload = match (&record.encoded_value, record.is_tombstone()) {
                 (Some(text), _) => Some(text.as_slice()),
                 (None, true) => None,
@@ -324,7 +322,7 @@ impl KafkaWriter {
             if let Some(ts) = record.timestamp {
                 message = message.timestamp(ts);
             }
-            if let Some(partition) = partition.or_else(|| placed.get(i).copied().flatten()) {
+            if let Some(partition) = place {
                 message = message.partition(partition);
             }
             if !record.headers.is_empty() {
