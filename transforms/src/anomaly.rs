@@ -71,6 +71,13 @@ pub struct AnomalyConfig {
     /// Time zone of `time` in the output and of times without one (default UTC).
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Drop a key's state once its partition's records are this far past the key's last
+    /// record in event time (e.g. `30d`): for keys that stop coming (delisted tickers), whose
+    /// state would otherwise be held for good. A key that comes back later starts afresh.
+    /// Default: kept for good.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub idle_key_ttl: Option<std::time::Duration>,
 }
 
 fn yes() -> bool {
@@ -180,7 +187,7 @@ impl StreamTransformConfig for AnomalyConfig {
 
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
-            .map(|a| Box::new(Keyed::new(a)) as Box<dyn StreamOperator>)
+            .map(|a| Box::new(Keyed::new(a, self.idle_key_ttl)) as Box<dyn StreamOperator>)
             .map_err(config_error)
     }
 }
@@ -194,6 +201,10 @@ fn std_dev(values: &VecDeque<f64>) -> f64 {
 
 impl PerKey for Anomaly {
     type State = KeyState;
+
+    fn event_time(&self, record: &Record) -> Option<i64> {
+        self.time.of(record).ok()
+    }
 
     fn process(&self, key: &str, state: &mut KeyState, record: &Record) -> Emitted {
         let c = &self.config;

@@ -78,6 +78,13 @@ pub struct ForecastConfig {
     /// Time zone of calendar steps and of times written (default UTC).
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Drop a key's state once its partition's records are this far past the key's last
+    /// record in event time (e.g. `30d`): for keys that stop coming (delisted tickers), whose
+    /// state would otherwise be held for good. A key that comes back later starts afresh.
+    /// Default: kept for good.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub idle_key_ttl: Option<std::time::Duration>,
 }
 
 fn yes() -> bool {
@@ -221,7 +228,7 @@ impl StreamTransformConfig for ForecastConfig {
 
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
-            .map(|f| Box::new(Keyed::new(f)) as Box<dyn StreamOperator>)
+            .map(|f| Box::new(Keyed::new(f, self.idle_key_ttl)) as Box<dyn StreamOperator>)
             .map_err(config_error)
     }
 }
@@ -313,6 +320,10 @@ fn level_name(level: f64) -> String {
 
 impl PerKey for Forecast {
     type State = KeyState;
+
+    fn event_time(&self, record: &Record) -> Option<i64> {
+        self.time.of(record).ok()
+    }
 
     fn process(&self, key: &str, state: &mut KeyState, record: &Record) -> Emitted {
         let c = &self.config;

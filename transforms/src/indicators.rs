@@ -40,6 +40,13 @@ pub struct IndicatorsConfig {
     /// Prefix of the added fields (default none: `sma_7`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// Drop a key's state once its partition's records are this far past the key's last
+    /// record in event time (e.g. `30d`): for keys that stop coming (delisted tickers), whose
+    /// state would otherwise be held for good. A key that comes back later starts afresh.
+    /// Default: kept for good.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub idle_key_ttl: Option<std::time::Duration>,
 }
 
 fn yes() -> bool {
@@ -110,7 +117,7 @@ impl StreamTransformConfig for IndicatorsConfig {
 
     fn build(&self) -> Result<Box<dyn StreamOperator>, ConnectorError> {
         self.operator()
-            .map(|i| Box::new(Keyed::new(i)) as Box<dyn StreamOperator>)
+            .map(|i| Box::new(Keyed::new(i, self.idle_key_ttl)) as Box<dyn StreamOperator>)
             .map_err(config_error)
     }
 }
