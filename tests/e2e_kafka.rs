@@ -529,3 +529,68 @@ fn an_existing_offsets_topic_that_is_not_compacted_is_refused() {
         "{stderr}"
     );
 }
+
+/// A store whose read back found nothing says where that read ended, so the next open of a
+/// store nothing is ever written to (an idle work unit, a source that never sends) reads back
+/// only what came after, not the partition from its start; and what is stored after that
+/// record, by this worker or another one opened meanwhile, is still what the next open finds.
+#[test]
+fn a_store_that_found_nothing_says_so_and_what_is_stored_later_is_still_found() {
+    use sluice_core::transport::Transport;
+    let broker = Broker::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config: sluice_core::config::KafkaConfig =
+        serde_json::from_value(serde_json::json!({ "bootstrap_servers": broker.addr() })).unwrap();
+    let transport = rt
+        .block_on(sluice_core::transport::kafka::KafkaTransport::connect(
+            &config,
+            &Default::default(),
+            false,
+        ))
+        .unwrap();
+    rt.block_on(transport.ensure_topics(&Default::default()))
+        .unwrap();
+    // Two workers open the same empty store side by side; one of them stores afterwards.
+    let (first, second) = rt.block_on(async {
+        let first = transport.offset_store("lonely").await.unwrap();
+        let second = transport.offset_store("lonely").await.unwrap();
+        assert!(first.load("src").await.unwrap().is_empty());
+        assert!(second.load("src").await.unwrap().is_empty());
+        (first, second)
+    });
+    let stored = std::collections::HashMap::from([("f".to_string(), serde_json::json!(7))]);
+    rt.block_on(first.store("src", stored)).unwrap();
+    drop((first, second));
+    let reopened = rt.block_on(async {
+        let store = transport.offset_store("lonely").await.unwrap();
+        store.load("src").await.unwrap()
+    });
+    assert_eq!(reopened.get("f"), Some(&serde_json::json!(7)));
+
+    // The offsets topic holds the record that bounds later reads, naming the marker's offset.
+    let partition = sluice_core::transport::partition_for_key(b"lonely", 25);
+    let consumer = consumer(&broker.addr());
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset("sluice-offsets", partition, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&list).unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks("sluice-offsets", partition, Duration::from_secs(10))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut bounds = Vec::new();
+    let mut read = 0;
+    while read < high && Instant::now() < deadline {
+        use rdkafka::Message;
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        read = message.offset() + 1;
+        if message.key() == Some(br#"["lonely","nothing_before"]"#.as_slice()) {
+            let value: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap()).unwrap();
+            bounds.push(value["nothing_before"].as_i64().unwrap());
+        }
+    }
+    assert!(!bounds.is_empty(), "no record bounds the read back");
+}

@@ -82,7 +82,11 @@ pub struct ForecastConfig {
     /// record in event time (e.g. `30d`): for keys that stop coming (delisted tickers), whose
     /// state would otherwise be held for good. A key that comes back later starts afresh.
     /// Default: kept for good.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     #[schemars(with = "Option<String>")]
     pub idle_key_ttl: Option<std::time::Duration>,
 }

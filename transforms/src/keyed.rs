@@ -363,7 +363,11 @@ mod tests {
         counts(&mut plain, &tp, &[at("old", 0)]);
         let mut timed = Keyed::new(Count, ttl);
         timed.restore(&tp, &plain.snapshot(&tp).unwrap()).unwrap();
-        let out = counts(&mut timed, &tp, &[at("old", 1), at("new", 9), at("old", 10)]);
+        let out = counts(
+            &mut timed,
+            &tp,
+            &[at("old", 1), at("new", 9), at("old", 10)],
+        );
         assert_eq!(out[0]["n"], 2, "the plain checkpoint's state is used");
         assert_eq!(out[2]["n"], 1, "and its keys expire like the others");
     }

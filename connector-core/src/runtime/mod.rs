@@ -78,6 +78,10 @@ pub struct PipelineRun {
 }
 
 /// How long a command (a stop, a restart, an offset reset) may take to be answered.
+/// How many offset stores a rebalance opens side by side (each open reads its store back
+/// from the transport: on Kafka a round trip or more).
+const STORE_OPENS_AT_ONCE: usize = 8;
+
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl PipelineRun {

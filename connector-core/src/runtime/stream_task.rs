@@ -29,6 +29,7 @@ use crate::stream::StreamOperator;
 use crate::transport::{OffsetStore, PartitionOffset, TopicPartition, TopicWriter, Transport};
 use crate::{ConnectorError, PutOutcome, Record, Sink};
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -424,12 +425,22 @@ impl Sink for StreamSink {
         partitions: &[TopicPartition],
     ) -> Result<Vec<PartitionOffset>, ConnectorError> {
         let mut resume = Vec::new();
-        for partition in partitions {
-            let name = checkpoint_store(&self.pipeline, &self.id, partition);
-            let store = Self::store_of(&self.transport, name).await?;
-            let stored = store.load(&self.id).await.map_err(|e| {
-                ConnectorError::transient(format!("cannot read the checkpoint: {}", e.message))
-            })?;
+        // Each partition's checkpoint is a store of its own: read them side by side.
+        let (transport, pipeline, id) = (&self.transport, &self.pipeline, &self.id);
+        let opened: Vec<_> = futures::stream::iter(partitions.iter().cloned())
+            .map(|partition: TopicPartition| async move {
+                let name = checkpoint_store(pipeline, id, &partition);
+                let store = Self::store_of(transport, name).await?;
+                let stored = store.load(id).await.map_err(|e| {
+                    ConnectorError::transient(format!("cannot read the checkpoint: {}", e.message))
+                })?;
+                Ok::<_, ConnectorError>((partition, store, stored))
+            })
+            .buffered(super::STORE_OPENS_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (partition, store, stored) in opened {
+            let partition = &partition;
             self.stores.insert(partition.clone(), store);
             let mut checkpoint: Checkpoint = match stored.get(CHECKPOINT) {
                 Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
@@ -599,6 +610,86 @@ mod tests {
         record.partition = partition;
         record.offset = n as i64;
         Arc::new(record)
+    }
+
+    /// An embedded transport whose offset stores take a while to open (as a Kafka read-back
+    /// does), counting how many opens run at once.
+    struct SlowStores {
+        inner: EmbeddedTransport,
+        opening: std::sync::atomic::AtomicUsize,
+        most_at_once: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Transport for SlowStores {
+        async fn ensure_topics(
+            &self,
+            topics: &indexmap::IndexMap<String, crate::config::TopicSpec>,
+        ) -> Result<(), TransportError> {
+            self.inner.ensure_topics(topics).await
+        }
+        fn writer(&self) -> Arc<dyn TopicWriter> {
+            self.inner.writer()
+        }
+        fn sends_json_text(&self) -> bool {
+            self.inner.sends_json_text()
+        }
+        fn default_in_flight_batches(&self) -> usize {
+            self.inner.default_in_flight_batches()
+        }
+        async fn reader(
+            &self,
+            group: &str,
+            topics: &[String],
+        ) -> Result<Box<dyn crate::transport::TopicReader>, TransportError> {
+            self.inner.reader(group, topics).await
+        }
+        async fn reset_group(&self, group: &str) -> Result<(), TransportError> {
+            self.inner.reset_group(group).await
+        }
+        async fn offset_store(&self, name: &str) -> Result<Box<dyn OffsetStore>, TransportError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.opening.fetch_add(1, SeqCst) + 1;
+            self.most_at_once.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.opening.fetch_sub(1, SeqCst);
+            self.inner.offset_store(name).await
+        }
+    }
+
+    /// A worker assigned many input partitions reads their checkpoints side by side, not one
+    /// read-back after another inside the rebalance.
+    #[tokio::test]
+    async fn the_checkpoints_of_assigned_partitions_are_opened_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let transport = Arc::new(SlowStores {
+            inner: EmbeddedTransport::new(1000, dir.path().to_path_buf()),
+            opening: Default::default(),
+            most_at_once: Default::default(),
+        });
+        let mut sink = StreamSink::new(
+            "t".into(),
+            "p".into(),
+            Box::new(PassThrough),
+            "out",
+            transport.clone(),
+            Checkpoints {
+                durable_offsets: false,
+                interval: Duration::from_secs(5),
+            },
+            DeadLetters::new(ErrorsConfig::default(), Arc::new(Flaky::default())),
+        );
+        let partitions: Vec<TopicPartition> = (0..24).map(|p| ("in".into(), p)).collect();
+        sink.open(&partitions).await.unwrap();
+        assert_eq!(sink.stores.len(), 24);
+        let most = transport
+            .most_at_once
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            most,
+            crate::runtime::STORE_OPENS_AT_ONCE,
+            "opened at once at most"
+        );
     }
 
     #[tokio::test]

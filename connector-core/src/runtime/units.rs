@@ -19,6 +19,7 @@ use super::deadline::Deadline;
 use super::{transport_error, DeadLetters, PipelineRun};
 use crate::transport::{OffsetStore, Rebalance, TopicPartition, Transport};
 use crate::{ConnectorError, SourceOffsets, UnitShare};
+use futures::StreamExt;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -96,6 +97,7 @@ impl Units {
         let mut finished: BTreeSet<i32> = BTreeSet::new();
         let mut joined = false;
         let mut statuses_read: Option<Instant> = None;
+        let this = &self;
         let result = loop {
             let mut failed = None;
             while let Some(change) = reader.rebalance() {
@@ -106,14 +108,27 @@ impl Units {
                             break;
                         }
                         joined = true;
-                        for (_, slot) in &slots {
-                            held.insert(*slot);
-                            let started = self
-                                .start(*slot, &ended_tx, &shutdown, &deadline, &mut instances)
-                                .await;
-                            match started {
-                                Ok(stop) => {
-                                    running.insert(*slot, stop);
+                        // Each slot's offsets are read from a store of its own: read them
+                        // side by side, so a rebalance of many slots takes a few reads' time.
+                        let numbers: Vec<i32> = slots.iter().map(|(_, s)| *s).collect();
+                        let prepared: Vec<_> = futures::stream::iter(numbers)
+                            .map(|slot| async move { (slot, this.prepare(slot).await) })
+                            .buffered(super::STORE_OPENS_AT_ONCE)
+                            .collect()
+                            .await;
+                        for (slot, task) in prepared {
+                            held.insert(slot);
+                            match task {
+                                Ok(task) => {
+                                    let stop = self.launch(
+                                        slot,
+                                        task,
+                                        &ended_tx,
+                                        &shutdown,
+                                        &deadline,
+                                        &mut instances,
+                                    );
+                                    running.insert(slot, stop);
                                 }
                                 Err(e) => failed = Some(e),
                             }
@@ -252,15 +267,8 @@ impl Units {
         }))
     }
 
-    /// Starts the instance of the source for `slot`; returns what stops it.
-    async fn start(
-        &self,
-        slot: i32,
-        ended: &mpsc::UnboundedSender<Ended>,
-        shutdown: &CancellationToken,
-        deadline: &Deadline,
-        instances: &mut tokio::task::JoinSet<()>,
-    ) -> Result<CancellationToken, ConnectorError> {
+    /// The instance of the source for `slot`, built from the offsets its store holds.
+    async fn prepare(&self, slot: i32) -> Result<super::source_task::SourceTask, ConnectorError> {
         let share = UnitShare {
             count: self.count,
             holds: vec![slot],
@@ -291,6 +299,19 @@ impl Units {
             )
             .await?;
         self.set_status(slot, false).await?;
+        Ok(task)
+    }
+
+    /// Starts `task`, the instance of the source for `slot`; returns what stops it.
+    fn launch(
+        &self,
+        slot: i32,
+        task: super::source_task::SourceTask,
+        ended: &mpsc::UnboundedSender<Ended>,
+        shutdown: &CancellationToken,
+        deadline: &Deadline,
+        instances: &mut tokio::task::JoinSet<()>,
+    ) -> CancellationToken {
         let stop = shutdown.child_token();
         let (ended, token, deadline) = (ended.clone(), stop.clone(), deadline.clone());
         let owner = self.id.clone();
@@ -298,7 +319,7 @@ impl Units {
             let result = super::panic_as_error(task.run(token.clone(), deadline), &owner).await;
             let _ = ended.send((slot, token.is_cancelled(), result));
         });
-        Ok(stop)
+        stop
     }
 
     /// The offsets a single process stored for the source before it was shared, of the units

@@ -929,7 +929,10 @@ type PipelineOffsets = HashMap<String, HashMap<String, Value>>;
 /// `[pipeline, "start"]` to the same partition, learns the marker's offset from its delivery
 /// report, and reads back from there in growing windows until it meets the last snapshot
 /// before it. That is the true end, read in time bound by what was written since the last
-/// snapshot, not by the pipeline's age.
+/// snapshot, not by the pipeline's age. A read that finds no snapshot writes a record keyed
+/// `[pipeline, "nothing_before"]` naming its marker's offset, and later reads stop there (or
+/// at the partition's start for the chunks of a snapshot found above it), so a store that is
+/// opened again and again but never written costs what was written since, too.
 ///
 /// A snapshot larger than a record may be (stream transforms checkpoint their whole state here)
 /// is written as chunks keyed `[pipeline, "chunk", parity, i]`, each with its generation in a
@@ -951,8 +954,11 @@ struct Loaded {
     /// The pipeline's partition of the offsets topic.
     partition: i32,
     offsets: PipelineOffsets,
-    /// Generation of the last chunked snapshot (0 if none).
-    generation: u64,
+    /// Generation of the last chunked snapshot (0 if none); `None` while it is not known:
+    /// from when a manifest is written until it is acknowledged, and after a manifest whose
+    /// acknowledgement was lost (it may be stored or not, so the next snapshot reads back which
+    /// is current before it picks a parity: it must not overwrite the chunks of the current one).
+    generation: Option<u64>,
 }
 
 /// The field of a manifest: the snapshot is in chunks.
@@ -978,6 +984,15 @@ fn next_generation(last: u64, now_ms: u64) -> u64 {
     } else {
         next
     }
+}
+
+/// The field of the record keyed [`nothing_before_key`]: the offset below which `pipeline`
+/// has no snapshot (what a read back that found none learnt), so later reads stop there.
+const NOTHING_BEFORE: &str = "nothing_before";
+
+/// The key of the record saying where `pipeline`'s snapshots start.
+fn nothing_before_key(pipeline: &str) -> Vec<u8> {
+    serde_json::to_vec(&(pipeline, NOTHING_BEFORE)).unwrap_or_default()
 }
 
 /// The key of chunk `index` of snapshots of `pipeline` with generation parity `parity`.
@@ -1039,13 +1054,34 @@ impl KafkaOffsetStore {
             self.producer.clone(),
             self.pipeline.clone(),
         );
-        let (offsets, generation) =
+        let found =
             blocking(move || read_back(&config, &producer, &pipeline, partition, marker_at))
                 .await??;
+        let Some((offsets, generation)) = found else {
+            // Nothing stored yet, so this read went back to the partition's start. Saying so
+            // bounds the next open's read to what is written after the marker, also when
+            // nothing is ever stored (a source that never sends, an idle work unit). It is
+            // not an empty snapshot: a snapshot another worker stores meanwhile stays current.
+            let mut none = Record::new(serde_json::json!({ NOTHING_BEFORE: marker_at }))
+                .with_key(nothing_before_key(&self.pipeline));
+            none.topic = topic.as_str().into();
+            self.writer
+                .write_acknowledged(
+                    vec![none],
+                    partition,
+                    &format!("write to `{topic}` that nothing is stored"),
+                )
+                .await?;
+            return Ok(Loaded {
+                partition,
+                offsets: PipelineOffsets::new(),
+                generation: Some(0),
+            });
+        };
         Ok(Loaded {
             partition,
             offsets,
-            generation,
+            generation: Some(generation),
         })
     }
 }
@@ -1152,19 +1188,22 @@ fn latest_records(
 }
 
 /// The last snapshot of `pipeline` before offset `upto` of `partition`, read back in windows
-/// of growing size, with its generation (when chunked); empty when there is none.
+/// of growing size, with its generation (when chunked); `None` when there is none.
 fn read_back(
     config: &KafkaConfig,
     producer: &Producer,
     pipeline: &str,
     partition: i32,
     mut upto: i64,
-) -> Result<(PipelineOffsets, u64), TransportError> {
+) -> Result<Option<(PipelineOffsets, u64)>, TransportError> {
     let topic = &config.offsets_topic;
     let (low, _) = watermarks(producer, topic, partition)?;
     if upto <= low {
-        return Ok((PipelineOffsets::new(), 0));
+        return Ok(None);
     }
+    let nothing_before = nothing_before_key(pipeline);
+    // Below this no snapshot of the pipeline starts (chunks of one may still lie below it).
+    let mut floor = low;
     let mut client = base_config(config);
     client
         .set("group.id", format!("sluice-offsets-reader-{pipeline}"))
@@ -1186,8 +1225,12 @@ fn read_back(
     // Once the last snapshot is found to be chunked: its manifest, offset, and the chunks
     // found so far (index → bytes), the newest of each index before the manifest.
     let mut chunked: Option<(Manifest, i64, BTreeMap<u32, Vec<u8>>)> = None;
-    while upto > low {
-        let from = upto.saturating_sub(window).max(low);
+    loop {
+        let bottom = if chunked.is_some() { low } else { floor };
+        if upto <= bottom {
+            break;
+        }
+        let from = upto.saturating_sub(window).max(bottom);
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(topic, partition, Offset::Offset(from))
             .map_err(|e| TransportError::fatal(e.to_string()))?;
@@ -1206,6 +1249,15 @@ fn read_back(
             }
             if message.key() == Some(key.as_slice()) {
                 latest = Some((message.offset(), message.payload().map(<[u8]>::to_vec)));
+            } else if message.key() == Some(nothing_before.as_slice()) {
+                // No snapshot lies below that offset: the read need not go further.
+                let below = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+                    .and_then(|v| v.get(NOTHING_BEFORE)?.as_i64());
+                if let Some(below) = below {
+                    floor = floor.max(below);
+                }
             } else if let Some(index) = message.key().and_then(|k| chunk_index(k, pipeline)) {
                 let generation = message
                     .headers()
@@ -1225,9 +1277,14 @@ fn read_back(
         }
         if chunked.is_none() {
             match latest {
-                Some((_, None)) => return Ok((PipelineOffsets::new(), 0)),
+                Some((_, None)) => return Ok(Some((PipelineOffsets::new(), 0))),
                 Some((at, Some(payload))) => match manifest_of(&payload).map_err(unreadable)? {
-                    None => return Ok((serde_json::from_slice(&payload).map_err(unreadable)?, 0)),
+                    None => {
+                        return Ok(Some((
+                            serde_json::from_slice(&payload).map_err(unreadable)?,
+                            0,
+                        )))
+                    }
                     Some(manifest) => chunked = Some((manifest, at, BTreeMap::new())),
                 },
                 None => {}
@@ -1243,7 +1300,7 @@ fn read_back(
             if found.len() == manifest.count as usize {
                 let bytes: Vec<u8> = std::mem::take(found).into_values().flatten().collect();
                 let offsets = serde_json::from_slice(&bytes).map_err(unreadable)?;
-                return Ok((offsets, manifest.generation));
+                return Ok(Some((offsets, manifest.generation)));
             }
         }
         upto = from;
@@ -1256,7 +1313,7 @@ fn read_back(
             manifest.count,
             manifest.generation
         ))),
-        None => Ok((PipelineOffsets::new(), 0)),
+        None => Ok(None),
     }
 }
 
@@ -1371,7 +1428,15 @@ impl KafkaOffsetStore {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let generation = next_generation(loaded.generation, now_ms);
+            let last = match loaded.generation {
+                Some(last) => last,
+                None => {
+                    let current = self.read_latest().await?.generation;
+                    loaded.generation = current;
+                    current.unwrap_or_default()
+                }
+            };
+            let generation = next_generation(last, now_ms);
             let mut records = Vec::new();
             for (index, chunk) in snapshot.chunks(chunk_bytes).enumerate() {
                 let mut chunk = record(
@@ -1396,11 +1461,13 @@ impl KafkaOffsetStore {
             let manifest = serde_json::to_vec(&serde_json::json!({ CHUNKS_FIELD: manifest }))
                 .map_err(|e| TransportError::fatal(format!("cannot encode source offsets: {e}")))?;
             let manifest = vec![record(Self::snapshot_key(&self.pipeline), manifest)];
+            // Until the manifest is acknowledged, either generation may be the current one.
+            loaded.generation = None;
             self.writer
                 .write_acknowledged(manifest, loaded.partition, &what)
                 .await?;
             // Only a generation whose manifest is stored decides the next one's parity.
-            loaded.generation = generation;
+            loaded.generation = Some(generation);
             return Ok(());
         };
         let (delivery, refused) = self
