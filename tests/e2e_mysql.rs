@@ -1036,3 +1036,55 @@ fn resetting_an_exactly_once_sink_forgets_its_stored_positions() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM eo"), written + 2530);
     assert_eq!(count(&db, "SELECT COUNT(DISTINCT Date) FROM eo"), 2530);
 }
+
+/// Two writers of the same new partitions at once (a partition assigned twice for a while),
+/// on a server whose default isolation is READ COMMITTED: the exactly-once fence's locking read
+/// finds no stored position in both, and only a gap lock (REPEATABLE READ, which the sink sets
+/// for its sessions) makes the second wait for the first and see what it stored. Every round
+/// ends with each row once.
+#[test]
+fn two_writers_of_a_new_partition_write_each_row_once_on_a_read_committed_server() {
+    let db = MariaDb::start_with(&["--transaction-isolation=READ-COMMITTED".to_string()]);
+    assert_eq!(db.sql("SELECT @@GLOBAL.tx_isolation"), "READ-COMMITTED");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = fixture("BTC-USD.csv");
+    let pipeline = dir.path().join("eo.yaml");
+    std::fs::write(
+        &pipeline,
+        eo_pipeline(
+            &csv,
+            &db,
+            "exactly_once: true\n",
+            "",
+            "    batch: { max_records: 5000, linger: 2s }\n",
+        ),
+    )
+    .unwrap();
+    for round in 0..4 {
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let mut cmd = sluice();
+                cmd.arg("run")
+                    .arg(&pipeline)
+                    .arg("--state-dir")
+                    .arg(dir.path().join(format!("state-{round}-{w}")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                cmd
+            })
+            .map(|mut cmd| cmd.spawn().unwrap())
+            .collect();
+        for writer in writers {
+            let out = writer.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let rows = count(&db, "SELECT COUNT(*) FROM eo");
+        let distinct = count(&db, "SELECT COUNT(DISTINCT Date) FROM eo");
+        assert_eq!((rows, distinct), (2530, 2530), "round {round}");
+        db.sql("DROP TABLE eo; DROP TABLE sluice_source_positions");
+    }
+}
