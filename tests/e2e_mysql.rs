@@ -1088,3 +1088,89 @@ fn two_writers_of_a_new_partition_write_each_row_once_on_a_read_committed_server
         db.sql("DROP TABLE eo; DROP TABLE sluice_source_positions");
     }
 }
+
+/// An API page that changes between a `kill -9` and the restart (records inserted before,
+/// among and after those sent), read with `exactly_once` into MySQL: every record ends in the
+/// table once, the new ones too. The source stores how it numbers a page before sending it,
+/// and numbers the page read again after the restart by it.
+#[test]
+fn an_api_page_changed_between_a_kill_and_the_restart_lands_each_record_once() {
+    use std::sync::{Arc, Mutex};
+    let db = MariaDb::start();
+    let page: Arc<Mutex<Vec<serde_json::Value>>> = Arc::new(Mutex::new(
+        (0..2000).map(|n| serde_json::json!({ "n": n })).collect(),
+    ));
+    let served = page.clone();
+    let app = axum::Router::new().route(
+        "/page",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { axum::Json(serde_json::Value::Array(served.lock().unwrap().clone())) }
+        }),
+    );
+    let url = common::es_mock::serve(app);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("web.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: web
+exactly_once: true
+topics: {{ items: {{ partitions: 1 }} }}
+sources:
+  page:
+    type: http
+    url: {url}/page
+    interval: 100ms
+    stop_after_last_page: true
+    batch_size: 5
+    topic: items
+sinks:
+  rows:
+    type: mysql
+    topics: [items]
+    url: {db}
+    password: pw
+    table: web
+    exactly_once: true
+    batch: {{ max_records: 5, linger: 5ms }}
+",
+            db = db.url()
+        ),
+    )
+    .unwrap();
+    let command = || {
+        let mut cmd = sluice();
+        cmd.arg("run")
+            .arg(&pipeline)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        cmd
+    };
+    let mut child = command().stderr(Stdio::null()).spawn().unwrap();
+    wait_for_rows(&db, "web", 300);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = count(&db, "SELECT COUNT(*) FROM web");
+    assert!(before < 2000, "the run was not interrupted");
+    {
+        let mut records = page.lock().unwrap();
+        for (at, n) in [
+            (1999, 10_003),
+            (before as usize + 50, 10_002),
+            (150, 10_001),
+            (0, 10_000),
+        ] {
+            records.insert(at, serde_json::json!({ "n": n }));
+        }
+    }
+    let out = run(&mut command());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = count(&db, "SELECT COUNT(*) FROM web");
+    let distinct = count(&db, "SELECT COUNT(DISTINCT n) FROM web");
+    assert_eq!((rows, distinct), (2004, 2004), "killed at {before} rows");
+}

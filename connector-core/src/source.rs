@@ -41,6 +41,12 @@ pub enum Payload {
     Skipped { reason: String },
     /// Input that could not become a record; dead-lettered or fatal per `errors.tolerance`.
     Bad(BadInput),
+    /// No input: this item's offset is stored before anything the source hands over after
+    /// it is sent. A source whose input may change between a crash and the restart (a web
+    /// page) stores here, ahead, how it numbers what it is about to send, so that a restart
+    /// numbers it alike. Costs an offset store (and the wait for it) each; put it last in a
+    /// batch.
+    Checkpoint,
 }
 
 /// What a source is given when it is built.
@@ -58,6 +64,9 @@ pub struct SourceBuildContext {
     /// this instance runs. A source reads only the source partitions it [`UnitShare::owns`];
     /// `None` runs them all.
     pub units: Option<UnitShare>,
+    /// True when the source's records are numbered for `exactly_once`: a source whose
+    /// positions need more work to stay the same across runs does it only then.
+    pub exactly_once: bool,
 }
 
 /// The work units of a split source that one instance runs. A work unit is a source partition

@@ -233,6 +233,7 @@ impl PipelineRun {
                 offsets: stored,
                 encode_values: transport.sends_json_text() && source.transforms.is_empty(),
                 units,
+                exactly_once: config.source_exactly_once(id),
             })
             .await
             .map_err(|e| e.in_component(id))?;

@@ -92,6 +92,18 @@ struct Sent {
     /// Source partition → offset after the last item of the batch.
     offsets: HashMap<String, Value>,
     records: usize,
+    /// The batch ends with a [`Payload::Checkpoint`]: its offsets are stored at once, and
+    /// nothing more is sent until they are.
+    checkpoint: bool,
+}
+
+/// The offsets acknowledged so far: those of every batch through the `batch`-th.
+#[derive(Default, Clone)]
+struct Acknowledged {
+    batch: u64,
+    offsets: HashMap<String, Value>,
+    /// A batch ending with a checkpoint is among them: store without waiting the interval.
+    checkpoint: bool,
 }
 
 impl SourceTask {
@@ -104,7 +116,9 @@ impl SourceTask {
         // send records whose offsets are never stored.
         let failed = CancellationToken::new();
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(self.max_in_flight_batches);
-        let (acked_tx, acked_rx) = watch::channel(HashMap::new());
+        let (acked_tx, acked_rx) = watch::channel(Acknowledged::default());
+        // The number of the last batch whose offsets are stored.
+        let (stored_tx, mut stored_rx) = watch::channel(0u64);
         // Cancelled once the acknowledger is done: the offset writer stores the last offsets
         // without waiting out its interval.
         let acknowledged_all = CancellationToken::new();
@@ -131,6 +145,7 @@ impl SourceTask {
             failed.clone(),
             store_offsets(
                 acked_rx,
+                stored_tx,
                 self.offsets.clone(),
                 self.metrics.clone(),
                 deadline.clone(),
@@ -138,7 +153,9 @@ impl SourceTask {
             ),
         ));
 
-        let produced = self.produce(&shutdown, &deadline, &failed, sent_tx).await;
+        let produced = self
+            .produce(&shutdown, &deadline, &failed, sent_tx, &mut stored_rx)
+            .await;
         // Nothing more to send: readers that hold their commits back commit now.
         let _blocked = self.writer.blocked_on(std::slice::from_ref(&self.topic));
         let acked = acker
@@ -161,7 +178,10 @@ impl SourceTask {
         deadline: &Deadline,
         failed: &CancellationToken,
         sent: mpsc::Sender<Sent>,
+        stored: &mut watch::Receiver<u64>,
     ) -> Result<(), ConnectorError> {
+        // Batches handed to the acknowledger so far.
+        let mut batches = 0u64;
         loop {
             if self.metrics.is_paused() {
                 tracing::info!(component = %self.id, "paused");
@@ -206,7 +226,11 @@ impl SourceTask {
                 }
                 continue;
             }
-            self.metrics.received(items.len());
+            let checkpoint = items
+                .last()
+                .is_some_and(|item| matches!(item.payload, Payload::Checkpoint));
+            // A checkpoint is not input.
+            self.metrics.received(items.len() - usize::from(checkpoint));
             self.metrics.polled();
             let mut records = Vec::with_capacity(items.len());
             let mut offsets = HashMap::new();
@@ -254,6 +278,7 @@ impl SourceTask {
                         tracing::debug!(component = %self.id, %reason, "skipped input");
                         ComponentMetrics::add(&self.metrics.skipped, 1);
                     }
+                    Payload::Checkpoint => {}
                     Payload::Bad(bad) => {
                         records.extend(self.dead_letters.route(Failure {
                             component: &self.id,
@@ -330,6 +355,7 @@ impl SourceTask {
                 delivery,
                 offsets,
                 records: count,
+                checkpoint,
             };
             // With every batch in flight unacknowledged, this waits for the oldest: readers
             // that hold their commits back (stream transforms between checkpoints) commit now.
@@ -341,8 +367,21 @@ impl SourceTask {
                 _ = failed.cancelled() => return Ok(()),
                 sent = sent.send(batch) => if sent.is_err() { return Ok(()) },
             }
+            batches += 1;
             if stopping {
                 return Ok(());
+            }
+            if checkpoint {
+                // What comes next is numbered as the checkpoint says: it is stored first.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = failed.cancelled() => return Ok(()),
+                    waited = stored.wait_for(|stored| *stored >= batches) => {
+                        if waited.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
             }
         }
     }
@@ -389,14 +428,14 @@ async fn cancel_on_error(
 /// Awaits deliveries in send order and publishes the offsets they make safe to store.
 async fn acknowledge(
     mut sent: mpsc::Receiver<Sent>,
-    acked: watch::Sender<HashMap<String, Value>>,
+    acked: watch::Sender<Acknowledged>,
     metrics: Arc<ComponentMetrics>,
     shutdown: CancellationToken,
     deadline: Deadline,
     failed: CancellationToken,
 ) -> Result<(), ConnectorError> {
     let component = metrics.id.clone();
-    let mut merged = HashMap::new();
+    let mut merged = Acknowledged::default();
     while let Some(batch) = sent.recv().await {
         let delivered = tokio::select! {
             _ = deadline.passed() => {
@@ -418,7 +457,9 @@ async fn acknowledge(
             Err(e) => return Err(transport_error(&component, e)),
         }
         ComponentMetrics::add(&metrics.records_out, batch.records);
-        merged.extend(batch.offsets);
+        merged.batch += 1;
+        merged.offsets.extend(batch.offsets);
+        merged.checkpoint = batch.checkpoint;
         acked.send_replace(merged.clone());
     }
     Ok(())
@@ -426,10 +467,12 @@ async fn acknowledge(
 
 /// Stores the latest acknowledged offsets when they change, at most once per `interval`
 /// (the transport's [`offsets_store_interval`](crate::transport::Transport::offsets_store_interval)),
-/// and once more when everything is acknowledged. Retryable failures are retried a while;
-/// then, or on any other failure, the source stops.
+/// and once more when everything is acknowledged; offsets through a checkpoint at once. Each
+/// store is announced on `stored` (the number of the last batch it covers). Retryable failures
+/// are retried a while; then, or on any other failure, the source stops.
 async fn store_offsets(
-    mut acked: watch::Receiver<HashMap<String, Value>>,
+    mut acked: watch::Receiver<Acknowledged>,
+    stored_through: watch::Sender<u64>,
     store: Arc<dyn OffsetStore>,
     metrics: Arc<ComponentMetrics>,
     deadline: Deadline,
@@ -438,15 +481,18 @@ async fn store_offsets(
     let component = metrics.id.clone();
     let mut last_store: Option<tokio::time::Instant> = None;
     while acked.changed().await.is_ok() {
-        if let Some(last) = last_store.filter(|_| !interval.is_zero()) {
+        let checkpoint = acked.borrow().checkpoint;
+        if let Some(last) = last_store.filter(|_| !interval.is_zero() && !checkpoint) {
             tokio::select! {
                 _ = tokio::time::sleep_until(last + interval) => {}
                 _ = acknowledged_all.cancelled() => {}
                 _ = deadline.passed() => {}
+                // A checkpoint acknowledged meanwhile is not kept waiting.
+                _ = acked.wait_for(|a| a.checkpoint) => {}
             }
         }
         last_store = Some(tokio::time::Instant::now());
-        let offsets = acked.borrow_and_update().clone();
+        let Acknowledged { batch, offsets, .. } = acked.borrow_and_update().clone();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0;
         loop {
@@ -461,6 +507,7 @@ async fn store_offsets(
             match stored {
                 Ok(()) => {
                     metrics.source_offsets_stored(&offsets);
+                    stored_through.send_replace(batch);
                     break;
                 }
                 Err(e) if e.retryable && attempt < 10 => {
@@ -568,5 +615,96 @@ mod tests {
         assert_eq!(kept.0.lock().unwrap().len(), 3, "the answer was sent");
         let stored = offsets.load("messari").await.unwrap();
         assert_eq!(stored.get("api"), Some(&Value::from(3)));
+    }
+
+    /// Sends a record, then a checkpoint; on its next poll records what the store held then
+    /// and what had been sent.
+    struct PlansAhead {
+        store: Arc<dyn OffsetStore>,
+        sent: Arc<Kept>,
+        polls: usize,
+        seen_at_second_poll: Arc<Mutex<Option<SeenAtPoll>>>,
+    }
+
+    /// The stored offsets and the records sent, as a poll found them.
+    type SeenAtPoll = (HashMap<String, Value>, usize);
+
+    #[async_trait::async_trait]
+    impl Source for PlansAhead {
+        async fn poll(&mut self, _: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+            self.polls += 1;
+            let item = |offset: u64, payload| SourceRecord {
+                partition: "page".into(),
+                offset: Value::from(offset),
+                position: Some(offset),
+                payload,
+            };
+            match self.polls {
+                1 => Ok(Some(vec![
+                    item(
+                        1,
+                        Payload::Record(Record::new(serde_json::json!({ "n": 1 }))),
+                    ),
+                    item(2, Payload::Checkpoint),
+                ])),
+                2 => {
+                    let stored = self.store.load("web").await.unwrap();
+                    let sent = self.sent.0.lock().unwrap().len();
+                    *self.seen_at_second_poll.lock().unwrap() = Some((stored, sent));
+                    Ok(Some(vec![item(
+                        3,
+                        Payload::Record(Record::new(serde_json::json!({ "n": 2 }))),
+                    )]))
+                }
+                _ => Ok(None),
+            }
+        }
+    }
+
+    /// A checkpoint's offset is stored before the source is polled again, at once even when
+    /// stores are spaced out, and it is not counted as a record.
+    #[tokio::test]
+    async fn a_checkpoint_is_stored_before_anything_after_it_is_polled() {
+        let dir = tempfile::tempdir().unwrap();
+        let transport = EmbeddedTransport::new(100, dir.path().to_path_buf());
+        let offsets: Arc<dyn OffsetStore> = Arc::from(transport.offset_store("p").await.unwrap());
+        let kept = Arc::new(Kept::default());
+        let seen = Arc::new(Mutex::new(None));
+        let metrics = ComponentMetrics::new("source", "web");
+        let task = SourceTask {
+            id: "web".into(),
+            source: Box::new(PlansAhead {
+                store: offsets.clone(),
+                sent: kept.clone(),
+                polls: 0,
+                seen_at_second_poll: seen.clone(),
+            }),
+            topic: "pages".into(),
+            batch_size: 100,
+            max_in_flight_batches: 4,
+            transforms: Vec::new(),
+            writer: kept.clone(),
+            offsets: offsets.clone(),
+            offsets_store_interval: Duration::from_secs(3600),
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: metrics.clone(),
+            numbering: Some(Numbering::new("p")),
+        };
+        let shutdown = CancellationToken::new();
+        let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
+        tokio::time::timeout(Duration::from_secs(5), task.run(shutdown, deadline))
+            .await
+            .expect("the task ends")
+            .unwrap();
+        let (stored, sent) = seen.lock().unwrap().clone().expect("polled twice");
+        assert_eq!(stored.get("page"), Some(&Value::from(2)));
+        assert_eq!(sent, 1);
+        assert_eq!(kept.0.lock().unwrap().len(), 2);
+        assert_eq!(
+            metrics
+                .records_in
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 }

@@ -773,6 +773,7 @@ mod tests {
             offsets,
             encode_values,
             units: None,
+            exactly_once: false,
         }
     }
 

@@ -6,7 +6,9 @@
 //! next page's request (if the page had one), that record's id, the `cursor` fields taken from
 //! it, and how many records were delivered in all (the position for `exactly_once`). A restart asks for that page again and
 //! skips what was delivered: through the record with `last_id` when `id` is set and it is still
-//! there, else the first `after`; then goes on to `next`.
+//! there, else the first `after`; then goes on to `next`. With `exactly_once` the offset also
+//! holds the `plan` of the page being sent (see [`Plan`]), stored before any of it is sent: a
+//! restart numbers the page by it, and skips what is below the next position.
 //!
 //! **Polls**: pages are followed one after another; after the last one the source waits
 //! `interval` and asks for the last page again (new records on it are picked up), or, when the
@@ -240,6 +242,7 @@ impl SourceConfig for HttpSourceConfig {
         });
         Ok(Box::new(HttpSource {
             config: Arc::new(self.clone()),
+            exactly_once: ctx.exactly_once,
             prefetched: None,
             read_last_page: false,
             client,
@@ -385,6 +388,31 @@ struct Cursor {
     /// (a resumed run numbers what it sends again as the first run did).
     #[serde(default)]
     delivered: u64,
+    /// With `exactly_once`: how the page being sent is numbered, stored before any of it is
+    /// sent, so that a restart numbers it alike even if the page changed meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan: Option<Arc<Plan>>,
+}
+
+/// How the records of one page are numbered for `exactly_once`: the record with fingerprint
+/// `prints[i]` (its id, else a hash of its JSON text) is at position `base + i`. Asked for
+/// again, the page's records are matched to the plan by fingerprint (the k-th of a
+/// fingerprint to its k-th place); records the plan does not hold are added at its end, after
+/// a store of the plan so extended, so that positions only grow in the order records are sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Plan {
+    /// The page's request.
+    url: String,
+    /// Position of the plan's first record.
+    base: u64,
+    prints: Vec<String>,
+}
+
+impl Plan {
+    /// The first position after the plan's.
+    fn end(&self) -> u64 {
+        self.base + self.prints.len() as u64
+    }
 }
 
 impl Cursor {
@@ -394,6 +422,7 @@ impl Cursor {
             first: self.first.clone(),
             url: self.url.clone(),
             next: self.next.clone(),
+            plan: self.plan.clone(),
         };
         self.mark(Arc::new(page)).to_offset()
     }
@@ -416,6 +445,7 @@ struct PageRef {
     first: Option<String>,
     url: Option<String>,
     next: Option<String>,
+    plan: Option<Arc<Plan>>,
 }
 
 /// The cursor after one buffered item. Its source offset is built only for the last item of
@@ -451,6 +481,12 @@ impl Mark {
             offset.insert("fields".into(), Value::Object(fields));
         }
         offset.insert("delivered".into(), Value::from(self.delivered));
+        if let Some(plan) = &self.page.plan {
+            offset.insert(
+                "plan".into(),
+                serde_json::to_value(&**plan).unwrap_or(Value::Null),
+            );
+        }
         Value::Object(offset)
     }
 }
@@ -488,6 +524,8 @@ impl Recent {
 
 struct HttpSource {
     config: Arc<HttpSourceConfig>,
+    /// Records are numbered for `exactly_once`: pages are planned (see [`Plan`]).
+    exactly_once: bool,
     client: HttpClient,
     partition: Arc<str>,
     cursor: Cursor,
@@ -528,7 +566,14 @@ impl Source for HttpSource {
             }
             self.read_page().await?;
         }
+        // A checkpoint ends its batch: what follows is sent once it is stored.
         let take = max.min(self.buffered.len());
+        let take = self
+            .buffered
+            .iter()
+            .take(take)
+            .position(|(item, _)| matches!(item.payload, Payload::Checkpoint))
+            .map_or(take, |at| at + 1);
         let mut batch = Vec::with_capacity(take);
         let mut last_mark = None;
         for (item, mark) in self.buffered.drain(..take) {
@@ -589,11 +634,16 @@ impl HttpSource {
             }
             _ => page.next,
         };
-        for (i, value) in page.records.into_iter().enumerate() {
-            if i < skip {
-                continue;
+        if self.exactly_once {
+            self.emit_planned(&url, page.records, skip, &next, now);
+        } else {
+            for (i, value) in page.records.into_iter().enumerate() {
+                if i < skip {
+                    continue;
+                }
+                let position = self.cursor.delivered;
+                self.emit(&url, i, value, &next, now, position);
             }
-            self.emit(&url, i, value, &next, now);
         }
         match &next {
             Some(next) if count > 0 => {
@@ -613,6 +663,16 @@ impl HttpSource {
     /// delivered), or the first page of the request when a cursor field it uses moved.
     fn page_to_ask_again(&mut self) -> Result<(String, Skip), ConnectorError> {
         let first = self.config.first_page(&self.cursor.fields)?;
+        // A restart after the plan of the page after the cursor's was stored: every record
+        // of the cursor's page was delivered, and that page is read next, as planned.
+        if let Some(plan) = &self.cursor.plan {
+            if self.chain == first
+                && self.cursor.next.as_deref() == Some(plan.url.as_str())
+                && self.cursor.url.as_deref() != Some(plan.url.as_str())
+            {
+                return Ok((plan.url.clone(), Skip::None));
+            }
+        }
         let Some(url) = self.cursor.url.clone().filter(|_| self.chain == first) else {
             // A first run, or a new request: its boundary record (an inclusive bound) is
             // skipped by id.
@@ -719,7 +779,107 @@ impl HttpSource {
         Ok(Page { records, next })
     }
 
-    fn emit(&mut self, url: &str, index: usize, value: Value, next: &Option<String>, now: i64) {
+    /// Buffers the records of page `url` numbered by its plan (made now when the page has
+    /// none, extended with records it lacks, and then stored ahead through a checkpoint), in
+    /// the order of their positions, leaving out those sent already: positions below the
+    /// cursor's next one, or, for a page the plan did not know, the first `skip` of it.
+    fn emit_planned(
+        &mut self,
+        url: &str,
+        records: Vec<Value>,
+        skip: usize,
+        next: &Option<String>,
+        now: i64,
+    ) {
+        let known = self.cursor.plan.as_deref().filter(|plan| plan.url == url);
+        let planned_before = known.is_some();
+        let mut plan = match known {
+            Some(plan) => plan.clone(),
+            None => Plan {
+                url: url.to_string(),
+                base: self
+                    .cursor
+                    .delivered
+                    .max(self.cursor.plan.as_deref().map_or(0, Plan::end)),
+                prints: Vec::new(),
+            },
+        };
+        let mut places: std::collections::HashMap<&str, VecDeque<usize>> =
+            std::collections::HashMap::new();
+        for (at, print) in plan.prints.iter().enumerate() {
+            places.entry(print.as_str()).or_default().push_back(at);
+        }
+        let mut found = Vec::with_capacity(records.len());
+        let mut added = Vec::new();
+        for (i, value) in records.iter().enumerate() {
+            let print = self.fingerprint(value);
+            match places.get_mut(print.as_str()).and_then(VecDeque::pop_front) {
+                Some(at) => found.push((at, i)),
+                None => added.push((i, print)),
+            }
+        }
+        let known_count = plan.prints.len();
+        // Records of a page not planned before: what its first `skip` held was sent by
+        // the run that read it without a plan (or before this plan was made).
+        let mut placed: Vec<(u64, usize)> = found
+            .into_iter()
+            .map(|(at, i)| (plan.base + at as u64, i))
+            .collect();
+        for (i, print) in added {
+            placed.push((plan.base + plan.prints.len() as u64, i));
+            plan.prints.push(print);
+        }
+        placed.sort_unstable();
+        if plan.prints.len() > known_count {
+            self.cursor.plan = Some(Arc::new(plan));
+            let checkpoint = SourceRecord {
+                partition: self.partition.clone(),
+                offset: Value::Null,
+                position: None,
+                payload: Payload::Checkpoint,
+            };
+            let mark = self.mark();
+            self.buffered.push_back((checkpoint, Some(mark)));
+        }
+        let mut records: Vec<Option<Value>> = records.into_iter().map(Some).collect();
+        for (position, i) in placed {
+            let sent = if planned_before {
+                position < self.cursor.delivered
+            } else {
+                i < skip
+            };
+            if sent {
+                continue;
+            }
+            if let Some(value) = records.get_mut(i).and_then(Option::take) {
+                self.emit(url, i, value, next, now, position);
+            }
+        }
+    }
+
+    /// What a record of a page is matched to its plan by: its id, else a hash of its JSON
+    /// text (FNV-1a, the same on every run and build).
+    fn fingerprint(&self, value: &Value) -> String {
+        if let Some(id) = self.config.id.as_deref().and_then(|p| value.pointer(p)) {
+            return format!("id:{}", id_text(id));
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in value.to_string().bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+
+    fn emit(
+        &mut self,
+        url: &str,
+        index: usize,
+        value: Value,
+        next: &Option<String>,
+        now: i64,
+        position: u64,
+    ) {
         let id = self
             .config
             .id
@@ -729,6 +889,8 @@ impl HttpSource {
         let id_as_text = id.as_ref().map(id_text);
         if let Some(text) = &id_as_text {
             if !self.recent.insert(text) {
+                // Its place is taken: a restart does not send it either.
+                self.cursor.delivered = self.cursor.delivered.max(position + 1);
                 let skipped = SourceRecord {
                     partition: self.partition.clone(),
                     offset: Value::Null,
@@ -753,7 +915,7 @@ impl HttpSource {
         if self.cursor.url.as_deref() != Some(url) {
             self.cursor.url = Some(url.to_string());
         }
-        self.cursor.after = index + 1;
+        self.cursor.after = self.cursor.after.max(index + 1);
         if self.cursor.next != *next {
             self.cursor.next = next.clone();
         }
@@ -772,8 +934,7 @@ impl HttpSource {
         let mut record = Record::new(value);
         record.key = key.map(String::into_bytes);
         record.timestamp = Some(time);
-        let position = self.cursor.delivered;
-        self.cursor.delivered += 1;
+        self.cursor.delivered = self.cursor.delivered.max(position + 1);
         let item = SourceRecord {
             partition: self.partition.clone(),
             offset: Value::Null,
@@ -791,7 +952,8 @@ impl HttpSource {
             Some(page)
                 if page.first == cursor.first
                     && page.url == cursor.url
-                    && page.next == cursor.next =>
+                    && page.next == cursor.next
+                    && same_plan(&page.plan, &cursor.plan) =>
             {
                 page.clone()
             }
@@ -800,12 +962,22 @@ impl HttpSource {
                     first: cursor.first.clone(),
                     url: cursor.url.clone(),
                     next: cursor.next.clone(),
+                    plan: cursor.plan.clone(),
                 });
                 self.page_ref = Some(page.clone());
                 page
             }
         };
         self.cursor.mark(page)
+    }
+}
+
+/// Whether two plans are the same one (shared, not compared item by item).
+fn same_plan(a: &Option<Arc<Plan>>, b: &Option<Arc<Plan>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -940,4 +1112,203 @@ fn step(url: &str, param: &str, by: u64) -> Option<String> {
         .find(|(k, _)| k == param)
         .and_then(|(_, v)| v.parse().ok())?;
     Some(with_param(&url, param, &(now + by).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A JSON API on loopback answering each request with `pages(path and query)`.
+    struct Api {
+        url: String,
+        pages: Arc<Mutex<HashMap<String, Value>>>,
+    }
+
+    use std::collections::HashMap;
+
+    impl Api {
+        async fn start() -> Api {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/items", listener.local_addr().unwrap());
+            let pages: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
+            let served = pages.clone();
+            tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let served = served.clone();
+                    tokio::spawn(async move {
+                        let mut request = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let line = String::from_utf8_lossy(&request).to_string();
+                        let target = line.split(' ').nth(1).unwrap_or("").to_string();
+                        let body = served
+                            .lock()
+                            .unwrap()
+                            .get(&target)
+                            .cloned()
+                            .unwrap_or(Value::Array(Vec::new()))
+                            .to_string();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                    });
+                }
+            });
+            Api { url, pages }
+        }
+
+        fn serve(&self, target: &str, records: Value) {
+            self.pages
+                .lock()
+                .unwrap()
+                .insert(target.to_string(), records);
+        }
+    }
+
+    fn config(yaml: &str) -> HttpSourceConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn context(offset: Option<Value>, partition: &str) -> SourceBuildContext {
+        SourceBuildContext {
+            component: "web".into(),
+            offsets: offset
+                .map(|o| [(partition.to_string(), o)].into())
+                .unwrap_or_default(),
+            exactly_once: true,
+            ..SourceBuildContext::default()
+        }
+    }
+
+    /// Polls one item at a time (as a runtime whose batches hold one record), until
+    /// `records` records came or nothing more comes; the items with the offsets they carry.
+    async fn items(source: &mut dyn Source, records: usize) -> Vec<SourceRecord> {
+        let mut out = Vec::new();
+        while out
+            .iter()
+            .filter(|i: &&SourceRecord| matches!(i.payload, Payload::Record(_)))
+            .count()
+            < records
+        {
+            match tokio::time::timeout(Duration::from_secs(2), source.poll(1)).await {
+                Ok(Ok(Some(batch))) => out.extend(batch),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// The name (the value of `n`) and position of each record among `items`, in order.
+    fn numbered(items: &[SourceRecord]) -> Vec<(String, u64)> {
+        items
+            .iter()
+            .filter_map(|i| match &i.payload {
+                Payload::Record(r) => Some((
+                    r.value["n"].as_str().unwrap_or_default().to_string(),
+                    i.position?,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn page(names: &[&str], with_id: bool) -> Value {
+        Value::Array(
+            names
+                .iter()
+                .map(|n| {
+                    if with_id {
+                        serde_json::json!({ "id": format!("id-{n}"), "n": n })
+                    } else {
+                        serde_json::json!({ "n": n })
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// A crash after the first record's offset was stored, and the page changed before the
+    /// restart (a record inserted among those sent): the records sent before the crash keep
+    /// their positions, so an exactly-once sink skips them, and the new record gets a position
+    /// after them all, so it is not skipped. With and without `id`.
+    #[tokio::test]
+    async fn a_page_changed_between_a_crash_and_the_restart_keeps_the_positions_of_what_was_sent() {
+        for with_id in [true, false] {
+            let api = Api::start().await;
+            api.serve("/items", page(&["a", "b", "c"], with_id));
+            let id = if with_id { "id: /id\n" } else { "" };
+            let config = config(&format!("url: {}\ninterval: 1h\n{id}", api.url));
+            let mut first = config.build(context(None, &api.url)).await.unwrap();
+            let sent = items(&mut *first, 3).await;
+            assert_eq!(
+                numbered(&sent),
+                [("a".into(), 0), ("b".into(), 1), ("c".into(), 2)]
+            );
+            assert!(
+                matches!(sent[0].payload, Payload::Checkpoint),
+                "the plan is stored before the page is sent"
+            );
+            // Stored: the offset after "a" (b and c were sent, not acknowledged).
+            let stored = sent[1].offset.clone();
+            drop(first);
+
+            api.serve("/items", page(&["a", "x", "b", "c"], with_id));
+            let mut second = config.build(context(Some(stored), &api.url)).await.unwrap();
+            let resent = items(&mut *second, 3).await;
+            assert_eq!(
+                numbered(&resent),
+                [("b".into(), 1), ("c".into(), 2), ("x".into(), 3)],
+                "with id: {with_id}"
+            );
+        }
+    }
+
+    /// A crash once the plan of the next page was stored, and that page changed before the
+    /// restart: the restart goes on with that page as planned.
+    #[tokio::test]
+    async fn a_restart_after_the_next_pages_plan_was_stored_reads_that_page_as_planned() {
+        let api = Api::start().await;
+        api.serve("/items?page=1", page(&["a", "b"], true));
+        api.serve("/items?page=2", page(&["c", "d"], true));
+        let config = config(&format!(
+            "url: {}\ninterval: 1h\nid: /id\npagination: {{ type: page, param: page }}\n",
+            api.url
+        ));
+        let mut first = config.build(context(None, &api.url)).await.unwrap();
+        let sent = items(&mut *first, 4).await;
+        assert_eq!(
+            numbered(&sent),
+            [
+                ("a".into(), 0),
+                ("b".into(), 1),
+                ("c".into(), 2),
+                ("d".into(), 3)
+            ]
+        );
+        // Stored: the checkpoint of page 2 (c and d were sent, not acknowledged).
+        let plan_of_page_2 = sent
+            .iter()
+            .rposition(|i| matches!(i.payload, Payload::Checkpoint))
+            .unwrap();
+        assert_eq!(plan_of_page_2, 3);
+        let stored = sent[plan_of_page_2].offset.clone();
+        drop(first);
+
+        api.serve("/items?page=2", page(&["c", "x", "d"], true));
+        let mut second = config.build(context(Some(stored), &api.url)).await.unwrap();
+        let resent = items(&mut *second, 3).await;
+        assert_eq!(
+            numbered(&resent),
+            [("c".into(), 2), ("d".into(), 3), ("x".into(), 4)]
+        );
+    }
 }
