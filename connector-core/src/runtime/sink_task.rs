@@ -954,6 +954,8 @@ mod tests {
         commits: Commits,
         /// Whether a writer of the topic always waits for this reader's commits.
         writer_blocked: bool,
+        /// Whether measuring the lag never answers (a broker that does not answer).
+        lag_hangs: bool,
     }
 
     type Commits = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
@@ -988,6 +990,9 @@ mod tests {
             Ok(self.records.is_empty())
         }
         fn lag(&mut self) -> crate::transport::LagMeasure {
+            if self.lag_hangs {
+                return Box::pin(std::future::pending());
+            }
             let lag = vec![(("t".into(), 0), self.records.len() as i64)];
             Box::pin(std::future::ready(Ok(lag)))
         }
@@ -1120,6 +1125,7 @@ mod tests {
                 owns_all: true,
                 commits: Commits::default(),
                 writer_blocked: false,
+                lag_hangs: false,
             }),
             Duration::from_millis(50),
             Duration::ZERO,
@@ -1142,6 +1148,28 @@ mod tests {
         assert_eq!(puts[0].1, None);
         assert_eq!(puts[1].1.as_ref(), Some(&puts[1].0));
         assert_eq!(puts[2].1, None);
+    }
+
+    /// Measuring the lag (watermark requests to the broker) is off the sink's loop: a
+    /// measure that never answers holds up neither the records nor the end of the task.
+    #[tokio::test]
+    async fn a_lag_measure_that_never_answers_holds_nothing_up() {
+        let puts = Puts::default();
+        let task = task_of(
+            Box::new(Slow { puts: puts.clone() }),
+            Box::new(Scripted {
+                records: topic_t(25),
+                owns_all: true,
+                commits: Commits::default(),
+                writer_blocked: false,
+                lag_hangs: true,
+            }),
+            Duration::from_millis(50),
+            Duration::ZERO,
+        );
+        run_to_end(task).await;
+        let stored: usize = puts.lock().unwrap().iter().map(|(b, _)| b.len()).sum();
+        assert_eq!(stored, 25);
     }
 
     /// A sink whose input ends stops as soon as it has caught up, not after a poll's wait:
@@ -1217,6 +1245,7 @@ mod tests {
                 owns_all: true,
                 commits: commits.clone(),
                 writer_blocked: false,
+                lag_hangs: false,
             }),
             Duration::from_millis(50),
             Duration::ZERO,
@@ -1270,6 +1299,7 @@ mod tests {
                 owns_all: true,
                 commits: commits.clone(),
                 writer_blocked: false,
+                lag_hangs: false,
             }),
             Duration::from_millis(10),
             Duration::ZERO,
@@ -1327,6 +1357,7 @@ mod tests {
                 owns_all: true,
                 commits: commits.clone(),
                 writer_blocked: true,
+                lag_hangs: false,
             }),
             Duration::from_millis(50),
             Duration::ZERO,
@@ -1354,6 +1385,7 @@ mod tests {
                 owns_all: false,
                 commits: Commits::default(),
                 writer_blocked: false,
+                lag_hangs: false,
             }),
             Duration::from_millis(50),
             Duration::from_millis(400),
