@@ -858,16 +858,12 @@ impl HttpSource {
     }
 
     /// What a record of a page is matched to its plan by: its id, else a hash of its JSON
-    /// text (FNV-1a, the same on every run and build).
+    /// text (FNV-1a: the same on every run and build).
     fn fingerprint(&self, value: &Value) -> String {
         if let Some(id) = self.config.id.as_deref().and_then(|p| value.pointer(p)) {
             return format!("id:{}", id_text(id));
         }
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in value.to_string().bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        let hash = sluice_core::exactly_once::fnv1a(value.to_string().as_bytes());
         format!("{hash:016x}")
     }
 
