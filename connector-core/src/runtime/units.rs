@@ -375,3 +375,115 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod panics {
+    use crate::config::{load_pipeline, LoadOptions};
+    use crate::runtime::{PipelineRun, RunError, RunOptions};
+    use crate::{
+        ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig, SourceRecord,
+    };
+    use serde::{Deserialize, Serialize};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A source split into two work units whose instances panic on their first poll (a bug).
+    #[derive(Debug, Serialize, Deserialize)]
+    struct PanicsConfig {}
+
+    #[async_trait::async_trait]
+    #[typetag::serde(name = "test_panics")]
+    impl SourceConfig for PanicsConfig {
+        fn validate(&self) -> Result<(), Vec<FieldError>> {
+            Ok(())
+        }
+        async fn build(&self, _: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+            Ok(Box::new(Panics))
+        }
+        fn work_units(&self) -> Option<usize> {
+            Some(2)
+        }
+    }
+
+    struct Panics;
+
+    #[async_trait::async_trait]
+    impl Source for Panics {
+        async fn poll(&mut self, _: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+            panic!("a bug in the source");
+        }
+    }
+
+    /// A private nisshi broker on a free loopback port (as `tests/common` starts one), killed
+    /// on drop.
+    struct Broker(std::process::Child, String, tempfile::TempDir);
+
+    impl Broker {
+        fn start() -> Broker {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let dir = tempfile::tempdir().unwrap();
+            let bin = std::env::var("BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
+            let child = std::process::Command::new(&bin)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://nisshi/"])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start the broker (`{bin}`): {e}. Install it with scripts/test.sh, or set BROKER_BIN."));
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the broker did not listen"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Broker(child, format!("127.0.0.1:{port}"), dir)
+        }
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A work unit's instance that panics ends the run with that failure: it is not left
+    /// detached while the source looks healthy and its slot waits for it forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_work_unit_that_panics_fails_its_source() {
+        let broker = Broker::start();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(
+            &file,
+            "name: p\ntopics: { t: { partitions: 1 } }\nsources:\n  bug:\n    type: test_panics\n    topic: t\n",
+        )
+        .unwrap();
+        let options = LoadOptions {
+            kafka_bootstrap: Some(broker.1.clone()),
+        };
+        let run = Arc::new(PipelineRun::new(load_pipeline(&file, &options).unwrap()));
+        let ran = tokio::time::timeout(
+            Duration::from_secs(60),
+            run.run(RunOptions {
+                state_dir: dir.path().join("state"),
+                shutdown: tokio_util::sync::CancellationToken::new(),
+                drain_timeout: Duration::from_secs(2),
+                once: false,
+            }),
+        )
+        .await
+        .expect("the run ends");
+        match ran {
+            Err(RunError::Run(e)) => assert!(e.message.contains("panicked"), "{e}"),
+            other => panic!("the run ended with {other:?}"),
+        }
+    }
+}
