@@ -1,12 +1,22 @@
 //! The REST API of `sluice run`, in Kafka Connect's words, and Prometheus `/metrics`.
 //!
-//! A *connector* is one source or sink of a running pipeline, named `<pipeline>.<component>`,
-//! with one task. Reads are open; calls that change something (pause, resume, stop, restart,
-//! offset reset) need `Authorization: Bearer <token>` when `--api-token` is set. Configs are
-//! shown with every secret as `***`.
+//! A *connector* is one source, stream transform or sink of a running pipeline, named
+//! `<pipeline>.<component>`, with one task. With a token set (`SLUICE_API_TOKEN`), calls that
+//! change something (pause, resume, stop, restart, offset reset, validate) and reads of configs
+//! and offsets need `Authorization: Bearer <token>`; status, health, metrics and the status page
+//! stay open. Configs and offsets are shown with every value that may be a secret as `***`.
+//!
+//! A web page in the user's browser must not drive it: a request whose `Host` is not
+//! `localhost`, an IP address or a name given with `--api-host` is refused (a page reaching the
+//! API through a name it controls: DNS rebinding); a call that changes something is refused
+//! when it comes from another origin (`Origin`, `Sec-Fetch-Site`), and a `POST` needs
+//! `Content-Type: application/json`, which no cross-site form or simple request can send. A
+//! connection has 10 s to send a request's headers and lasts 2 minutes at most; 64 at a time.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -29,6 +39,8 @@ pub struct Api {
     pub prometheus: PrometheusHandle,
     /// This worker's name in status answers (`host:port` of the API, like Kafka Connect).
     pub worker_id: String,
+    /// Host names answered to besides `localhost` and IP addresses (`--api-host`).
+    pub hosts: Vec<String>,
 }
 
 /// The API's OpenAPI description.
@@ -37,13 +49,63 @@ const OPENAPI: &str = include_str!("openapi.json");
 /// The status page: one file, compiled in, no CDN; it polls `/connectors?expand=status`.
 const STATUS_PAGE: &str = include_str!("ui/index.html");
 
+/// How long a connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a connection may stay open, requests and all.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `api` on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Arc<Api>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = Router::new()
+    let router = router(api);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: try again shortly.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot accept a REST API connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = &mut connection => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connection).await;
+                }
+            }
+        });
+    }
+}
+
+/// The API's routes, every request through [`guard`].
+fn router(api: Arc<Api>) -> Router {
+    Router::new()
         .route("/", get(root))
         .route("/ui", get(page))
         .route("/health", get(health))
@@ -62,10 +124,58 @@ pub async fn serve(
         .route("/connectors/{name}/resume", put(resume))
         .route("/connector-plugins", get(plugins))
         .route("/connector-plugins/{plugin}/config/validate", put(validate))
-        .with_state(api);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; GET /openapi.json lists them",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method; GET /openapi.json lists them",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
+        .with_state(api)
+}
+
+/// Refuses what a web page could send: a `Host` that is not the API's, and calls that change
+/// something from another origin or as a simple (unpreflighted) request.
+async fn guard(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    match api.admit(request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `host` (a `Host` header) names this API: `localhost`, an IP address (a page cannot
+/// be served from one it does not own), or one of `names`; with or without a port.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    !name.is_empty()
+        && (name.parse::<std::net::IpAddr>().is_ok()
+            || name.eq_ignore_ascii_case("localhost")
+            || names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+}
+
+/// Whether a request's `Content-Type` is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// A Kafka Connect-style error answer.
@@ -116,14 +226,69 @@ impl Api {
             .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("Connector {name} not found")))
     }
 
+    /// Refuses what a web page could send (see the module's documentation).
+    fn admit(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !host_allowed(host, &self.hosts) {
+            return Err(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("`Host: {host}` is not a name of this API: it answers to localhost, IP addresses and the names given with --api-host (SLUICE_API_HOSTS)"),
+            ));
+        }
+        if matches!(*method, Method::GET | Method::HEAD) {
+            return Ok(());
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default();
+            let same = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host));
+            if !same {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!("a call from the web page at {origin} is refused: only clients outside a browser, or pages of this API, may change something"),
+                ));
+            }
+        }
+        let site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "a call from another site's web page is refused",
+            ));
+        }
+        let has_body = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|n| n != "0")
+            || headers.contains_key(header::TRANSFER_ENCODING);
+        if (*method == Method::POST || has_body) && !is_json(headers) {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send `Content-Type: application/json` with this call (curl: -H 'Content-Type: application/json'): a web page cannot, so it cannot make the call",
+            ));
+        }
+        Ok(())
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.token else {
             return Ok(());
         };
+        // The scheme is case-insensitive (RFC 9110), the token not.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         // Compared in constant time: the answer's timing does not tell how much matched.
         let matches = given.is_some_and(|given| {
             given.len() == token.len()
@@ -138,7 +303,7 @@ impl Api {
         } else {
             Err(error(
                 StatusCode::UNAUTHORIZED,
-                "this call needs `Authorization: Bearer <token>` (the token `sluice run` was given with --api-token)",
+                "this call needs `Authorization: Bearer <token>` (the token `sluice run` was given in SLUICE_API_TOKEN or --api-token-file)",
             ))
         }
     }
@@ -247,7 +412,14 @@ async fn connectors(
         .collect::<Vec<_>>()))
 }
 
-async fn connector(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
+async fn connector(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = api.authorize(&headers) {
+        return e.into_response();
+    }
     let found = match api.find(&name) {
         Ok(found) => found,
         Err(e) => return e.into_response(),
@@ -257,6 +429,7 @@ async fn connector(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Res
     // Secrets serialize as `***`.
     let component = match found.metrics.kind {
         "source" => config.sources.get(id).map(serde_json::to_value),
+        "transform" => config.transforms.get(id).map(serde_json::to_value),
         _ => config.sinks.get(id).map(serde_json::to_value),
     };
     let config = match component {
@@ -279,11 +452,12 @@ async fn connector(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Res
 }
 
 /// `config` with what may be a secret outside a `Secret` field hidden too: credentials in URLs
-/// (`mysql://user:pass@host`), and string values under secret-looking names (a header named
-/// `Authorization` or `X-Api-Token`).
+/// (`mysql://user:pass@host`), every header and query value but those known to be harmless
+/// (`Accept`, `limit`, `symbol`…), in `headers`/`query` maps and in URLs' query strings, and
+/// string values under secret-looking names.
 fn redacted(config: Value) -> Value {
     match config {
-        Value::String(text) => Value::String(sluice_core::redact_url(&text)),
+        Value::String(text) => Value::String(redact_url_query(&sluice_core::redact_url(&text))),
         Value::Array(items) => Value::Array(items.into_iter().map(redacted).collect()),
         Value::Object(fields) => Value::Object(
             fields
@@ -293,6 +467,8 @@ fn redacted(config: Value) -> Value {
                         || key.eq_ignore_ascii_case("authorization");
                     let value = match value {
                         Value::String(_) if secret => Value::String("***".into()),
+                        Value::Object(map) if key == "headers" => hide_values(map, harmless_header),
+                        Value::Object(map) if key == "query" => hide_values(map, harmless_query),
                         other => redacted(other),
                     };
                     (key, value)
@@ -301,6 +477,124 @@ fn redacted(config: Value) -> Value {
         ),
         other => other,
     }
+}
+
+/// Each value of `map` as `***` unless its name is `harmless` or it is only a template of the
+/// source's cursor (`{offset.NAME}`).
+fn hide_values(map: serde_json::Map<String, Value>, harmless: fn(&str) -> bool) -> Value {
+    Value::Object(
+        map.into_iter()
+            .map(|(name, value)| {
+                let template = value
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("{offset.") && v.ends_with('}'));
+                let shown = if harmless(&name) || template {
+                    value
+                } else {
+                    Value::String("***".into())
+                };
+                (name, shown)
+            })
+            .collect(),
+    )
+}
+
+/// Headers that carry no credential.
+const HARMLESS_HEADERS: &[&str] = &[
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-type",
+    "user-agent",
+];
+
+/// Query parameters that select or page data, not credentials.
+const HARMLESS_QUERY: &[&str] = &[
+    "limit",
+    "page",
+    "per_page",
+    "page_size",
+    "pagesize",
+    "size",
+    "offset",
+    "sort",
+    "order",
+    "fields",
+    "symbol",
+    "symbols",
+    "interval",
+    "range",
+    "start",
+    "end",
+    "from",
+    "to",
+    "since",
+    "until",
+    "period1",
+    "period2",
+    "format",
+    "currency",
+    "convert",
+    "vs_currency",
+    "lang",
+    "region",
+    "asset",
+    "assets",
+    "metrics",
+    "granularity",
+    "max_results",
+    "expansions",
+    "tweet.fields",
+    "user.fields",
+    "includeprepost",
+    "events",
+    "query",
+    "q",
+];
+
+fn harmless_header(name: &str) -> bool {
+    HARMLESS_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+fn harmless_query(name: &str) -> bool {
+    HARMLESS_QUERY.iter().any(|q| q.eq_ignore_ascii_case(name))
+}
+
+/// `text` with the value of every query parameter of a URL in it hidden unless harmless.
+fn redact_url_query(text: &str) -> String {
+    let Some((start, query)) = text.split_once('?') else {
+        return text.to_string();
+    };
+    if !start.contains("://") {
+        return text.to_string();
+    }
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => {
+                let template = value.starts_with("%7Boffset.") || value.starts_with("{offset.");
+                if harmless_query(name) || template {
+                    pair.to_string()
+                } else {
+                    format!("{name}=***")
+                }
+            }
+            None => pair.to_string(),
+        })
+        .collect();
+    let mut out = format!("{start}?{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
 }
 
 async fn status(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
@@ -312,10 +606,42 @@ async fn status(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Respon
 
 /// What the connector last stored (a source's offsets) or committed (a sink's consumer
 /// offsets) in this process, in Kafka Connect's shape.
-async fn offsets(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
+async fn offsets(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = api.authorize(&headers) {
+        return e.into_response();
+    }
     match api.find(&name) {
-        Ok(found) => Json(json!({ "offsets": found.metrics.offsets() })).into_response(),
+        Ok(found) => {
+            let offsets = serde_json::to_value(found.metrics.offsets()).unwrap_or(Value::Null);
+            Json(json!({ "offsets": without_queries(offsets) })).into_response()
+        }
         Err(e) => e.into_response(),
+    }
+}
+
+/// `offsets` with the query string of every URL in it cut off (`?…`): a source's offset may
+/// hold the requests it made, keys in their query included.
+fn without_queries(offsets: Value) -> Value {
+    let cut = |text: String| match text.split_once('?') {
+        Some((start, _)) if start.contains("://") => {
+            format!("{}?…", sluice_core::redact_url(start))
+        }
+        _ => text,
+    };
+    match offsets {
+        Value::String(text) => Value::String(cut(text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_queries).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (cut(k), without_queries(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -424,11 +750,17 @@ async fn validate(
     State(api): State<Arc<Api>>,
     Path(plugin): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     if let Err(e) = api.authorize(&headers) {
         return e.into_response();
     }
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => {
+            return error(rejection.status(), rejection.body_text()).into_response();
+        }
+    };
     let Some(found) = registry::plugins().into_iter().find(|p| p.name == plugin) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -471,7 +803,14 @@ fn checked<T: serde::de::DeserializeOwned>(
     check: impl Fn(&T) -> Result<(), Vec<sluice_core::FieldError>>,
 ) -> Vec<(String, String)> {
     match serde_path_to_error::deserialize::<_, T>(config) {
-        Err(e) => vec![(e.path().to_string(), e.inner().to_string())],
+        Err(e) => {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            // A field missing or unknown is named in the message, not in the path ("." for
+            // the config itself).
+            let field = sluice_core::config::field_from(&path, &message).unwrap_or(path);
+            vec![(field, message)]
+        }
         Ok(config) => match check(&config) {
             Ok(()) => Vec::new(),
             Err(errors) => errors.into_iter().map(|e| (e.field, e.message)).collect(),
@@ -535,12 +874,69 @@ mod tests {
             "headers": { "Authorization": "Bearer abc123", "X-Api-Token": "t0k3n", "Accept": "json" },
             "password": "***",
             "batch": { "max_records": 10 },
+            "source": {
+                "url": "https://api.example/v1?apikey=k3y&symbol=BTC",
+                "headers": { "X-Api-Key": "free-form-1", "Accept": "json" },
+                "query": { "appid": "free-form-2", "limit": "50", "since": "{offset.since}" },
+            },
         }));
         let text = shown.to_string();
-        for secret in ["hunter2", "abc123", "t0k3n"] {
+        for secret in [
+            "hunter2",
+            "abc123",
+            "t0k3n",
+            "k3y",
+            "free-form-1",
+            "free-form-2",
+        ] {
             assert!(!text.contains(secret), "{text}");
         }
         assert_eq!(shown["headers"]["Accept"], "json");
         assert_eq!(shown["batch"]["max_records"], 10);
+        assert_eq!(
+            shown["source"]["url"],
+            "https://api.example/v1?apikey=***&symbol=BTC"
+        );
+        assert_eq!(shown["source"]["query"]["limit"], "50");
+        assert_eq!(shown["source"]["query"]["since"], "{offset.since}");
+    }
+
+    #[test]
+    fn only_local_names_and_addresses_are_hosts_of_the_api() {
+        let names = vec!["sluice.internal".to_string()];
+        for host in [
+            "localhost",
+            "localhost:8083",
+            "127.0.0.1:8083",
+            "[::1]:8083",
+            "10.0.0.7",
+            "SLUICE.internal:80",
+        ] {
+            assert!(host_allowed(host, &names), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8083",
+            "localhost.evil.example",
+            "",
+            "[x]",
+        ] {
+            assert!(!host_allowed(host, &names), "{host}");
+        }
+    }
+
+    #[test]
+    fn offsets_shown_lose_their_query_strings() {
+        let shown = without_queries(json!({
+            "https://api.example/items?apikey=k3y": { "url": "https://api.example/items?apikey=k3y&page=2" },
+            "plain": "a?b",
+        }));
+        let text = shown.to_string();
+        assert!(!text.contains("k3y"), "{text}");
+        assert_eq!(
+            shown["https://api.example/items?…"]["url"],
+            "https://api.example/items?…"
+        );
+        assert_eq!(shown["plain"], "a?b");
     }
 }

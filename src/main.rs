@@ -67,9 +67,24 @@ enum Command {
         /// taken the run goes on without the API, saying so; an address given here must bind.
         #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
         listen: String,
-        /// Bearer token that calls changing something (pause, resume, validate) must carry.
+        /// Bearer token that the REST API's calls changing something (pause, resume, stop,
+        /// restart, offset reset, validate) and its reads of configs and offsets must carry.
+        /// Prefer `SLUICE_API_TOKEN` or `--api-token-file`: a command line is readable by every
+        /// local user (`ps`).
         #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// A file holding the REST API's bearer token (its first line).
+        #[arg(long, env = "SLUICE_API_TOKEN_FILE", conflicts_with = "api_token")]
+        api_token_file: Option<PathBuf>,
+        /// Host names the REST API answers to besides `localhost` and IP addresses (the name
+        /// a proxy or a container network reaches it by); any other `Host` is refused, so that
+        /// a web page cannot reach the API through a name it controls (DNS rebinding).
+        #[arg(long = "api-host", env = "SLUICE_API_HOSTS", value_delimiter = ',')]
+        api_hosts: Vec<String>,
+        /// Serve the REST API on a non-loopback address without a token (refused otherwise):
+        /// anyone who can reach the address can then stop connectors and reset offsets.
+        #[arg(long)]
+        insecure_api_without_token: bool,
     },
     /// Print the connectors of a running worker with their state, from its REST API.
     Status {
@@ -150,7 +165,27 @@ fn main() -> ExitCode {
             once,
             listen,
             api_token,
+            api_token_file,
+            api_hosts,
+            insecure_api_without_token,
         } => {
+            if std::env::args().any(|a| a == "--api-token" || a.starts_with("--api-token=")) {
+                eprintln!("warning: a token given with --api-token is readable by every local user (ps); use SLUICE_API_TOKEN or --api-token-file");
+            }
+            let api_token = match (api_token, api_token_file) {
+                (_, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(text) => text.lines().next().map(|line| line.trim().to_string()),
+                    Err(e) => {
+                        eprintln!(
+                            "error: cannot read the API token file {}: {e}",
+                            path.display()
+                        );
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                (token, None) => token,
+            }
+            .filter(|t| !t.is_empty());
             let pipelines = match load_all(&files, kafka) {
                 Ok(p) => p,
                 Err(code) => return code,
@@ -188,6 +223,8 @@ fn main() -> ExitCode {
                     once,
                     listen,
                     api_token,
+                    api_hosts,
+                    insecure_api_without_token,
                 },
             ));
             // Blocking client calls still running (a synchronous commit to a broker that is
@@ -229,6 +266,10 @@ struct RunSettings {
     once: bool,
     listen: String,
     api_token: Option<String>,
+    /// Host names the API answers to besides `localhost` and IP addresses.
+    api_hosts: Vec<String>,
+    /// A non-loopback address without a token was asked for.
+    insecure_api_without_token: bool,
 }
 
 async fn run(
@@ -344,15 +385,26 @@ async fn start_api(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let address = listener
-        .local_addr()
-        .map_or_else(|_| settings.listen.clone(), |a| a.to_string());
+    let local = listener.local_addr().ok();
+    let address = local.map_or_else(|| settings.listen.clone(), |a| a.to_string());
+    let token = settings.api_token.clone().filter(|t| !t.is_empty());
+    let loopback = local.is_some_and(|a| a.ip().is_loopback());
+    if !loopback && token.is_none() {
+        if !settings.insecure_api_without_token {
+            eprintln!(
+                "error: the REST API would listen on {address}, beyond this machine, without a token: anyone reaching it could stop connectors and reset offsets. Set SLUICE_API_TOKEN (or --api-token-file), listen on 127.0.0.1, or pass --insecure-api-without-token"
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+        tracing::warn!(%address, "the REST API listens beyond this machine without a token (--insecure-api-without-token): anyone reaching it can stop connectors and reset offsets");
+    }
     tracing::info!(%address, "REST API and /metrics listening");
     let api = Arc::new(api::Api {
         runs: runs.to_vec(),
-        token: settings.api_token.clone().filter(|t| !t.is_empty()),
+        token,
         prometheus,
         worker_id: address,
+        hosts: settings.api_hosts.clone(),
     });
     tokio::spawn(async move {
         if let Err(e) = api::serve(listener, api, stop).await {

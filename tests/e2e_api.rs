@@ -72,7 +72,13 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    // With a token set, reads of configs and offsets need it too.
+    let get = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
     let json = |path: &str| -> Value { get(path).unwrap().json().unwrap() };
     eventually("/health answers 200", Duration::from_secs(30), || {
         get("/health").is_ok_and(|r| r.status() == StatusCode::OK)
@@ -333,6 +339,8 @@ impl Operator {
             .client
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(TOKEN)
+            // What a client outside a browser sends, and a web page cannot without asking.
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .send()
             .unwrap();
         let status = response.status();
@@ -426,6 +434,7 @@ fn a_failed_source_waits_for_a_restart_while_the_rest_runs() {
             "{}/connectors/messari-btc.messari/restart",
             op.base
         ))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .send()
         .unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
@@ -614,4 +623,337 @@ fn forget_checkpointed_partitions(addr: &str, index: &str) {
         .map_err(|(e, _)| e)
         .unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The attacks of issue 24 with curl's words: a cross-site `POST` (what any web page can send
+/// without asking) and calls with a `Host` that is not the API's (what a DNS-rebinding page
+/// sends once its name resolves to 127.0.0.1), against a run without a token. Each is refused
+/// and nothing changes: every connector runs on, and the output has each price once.
+#[test]
+fn a_web_page_cannot_drive_the_api_of_a_run_without_a_token() {
+    let api_mock = ApiMock::start(ApiFaults {
+        required_header: Some(("x-messari-api-key".into(), SENTINEL.into())),
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.jsonl");
+    let port = free_port();
+    let mut child = messari_to_file(dir.path(), &api_mock, port)
+        .env_remove("SLUICE_API_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    eventually("/health answers 200", Duration::from_secs(30), || {
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    eventually("prices arrive", Duration::from_secs(30), || {
+        count_lines(&prices) >= 5
+    });
+    let connector = format!("{base}/connectors/messari-btc.messari");
+    let attacks = [
+        (
+            "cross-site POST",
+            client
+                .post(format!("{connector}/restart"))
+                .header("Origin", "http://evil.example")
+                .header("Content-Type", "text/plain")
+                .body("x"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "rebinding PUT stop",
+            client
+                .put(format!("{connector}/stop"))
+                .header("Host", "evil.example"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "rebinding DELETE offsets",
+            client
+                .delete(format!("{connector}/offsets"))
+                .header("Host", "evil.example"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "rebinding POST restart",
+            client
+                .post(format!("{connector}/restart"))
+                .header("Host", "evil.example:8083")
+                .header("Content-Type", "application/json"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "simple POST without an Origin (an old browser's form)",
+            client.post(format!("{connector}/restart")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "cross-site fetch that says so",
+            client
+                .put(format!("{connector}/pause"))
+                .header("Sec-Fetch-Site", "cross-site"),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "rebinding read of the config",
+            client.get(&connector).header("Host", "evil.example"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+    ];
+    for (what, request, refused) in attacks {
+        let response = request.send().unwrap();
+        assert_eq!(response.status(), refused, "{what}");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["error_code"], refused.as_u16(), "{what}: {body}");
+        assert!(body["message"].is_string(), "{what}: {body}");
+    }
+    let states: Value = client
+        .get(format!("{base}/connectors?expand=status"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for (name, status) in states.as_object().unwrap() {
+        assert_eq!(status["status"]["connector"]["state"], "RUNNING", "{name}");
+    }
+    // Nothing was read again: each price time once.
+    let seen = count_lines(&prices);
+    std::thread::sleep(Duration::from_secs(1));
+    terminate(&mut child);
+    let lines: Vec<String> = std::fs::read_to_string(&prices)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let distinct: std::collections::HashSet<&String> = lines.iter().collect();
+    assert!(lines.len() > seen.min(5), "prices kept arriving");
+    assert_eq!(lines.len(), distinct.len(), "a price was written twice");
+}
+
+/// Malformed bodies, wrong content types, unknown paths and methods answer Kafka Connect's
+/// error JSON; a stream transform's config is shown; validation names the field at fault.
+#[test]
+fn every_error_answer_is_kafka_connects_json_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = sluice_run(
+        root().join("pipelines/btc-weekly-candles.yaml"),
+        dir.path().join("state"),
+    )
+    .env("CANDLES_OUT", dir.path().join("candles.jsonl"))
+    .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
+    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
+    .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+    .env("SLUICE_API_TOKEN", TOKEN)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let op = Operator::new(port);
+    op.wait_ready();
+    let client = &op.client;
+    let base = &op.base;
+    let validate = format!("{base}/connector-plugins/csv/config/validate");
+    let answers = [
+        (
+            "malformed JSON",
+            client
+                .put(&validate)
+                .bearer_auth(TOKEN)
+                .header("Content-Type", "application/json")
+                .body("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a body that is not JSON",
+            client
+                .put(&validate)
+                .bearer_auth(TOKEN)
+                .header("Content-Type", "text/plain")
+                .body("path: x"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "an unknown path",
+            client.get(format!("{base}/nothing-here")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "a method the path does not take",
+            client
+                .delete(format!("{base}/connectors"))
+                .bearer_auth(TOKEN),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "a config read without the token",
+            client.get(format!("{base}/connectors/btc-weekly.weekly")),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "an offsets read without the token",
+            client.get(format!("{base}/connectors/btc-weekly.yahoo_csv/offsets")),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (what, request, code) in answers {
+        let response = request.send().unwrap();
+        assert_eq!(response.status(), code, "{what}");
+        let body: Value = response.json().unwrap_or(Value::Null);
+        assert_eq!(body["error_code"], code.as_u16(), "{what}: {body}");
+        assert!(body["message"].is_string(), "{what}: {body}");
+    }
+    // `bearer` in any case is the scheme.
+    let shown: Value = client
+        .get(format!("{base}/connectors/btc-weekly.weekly"))
+        .header("Authorization", format!("bEaReR {TOKEN}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(shown["type"], "transform", "{shown}");
+    assert_eq!(shown["config"]["size"], "1w", "{shown}");
+    let checked: Value = client
+        .put(&validate)
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "header": true }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(checked["error_count"], 1, "{checked}");
+    assert_eq!(checked["configs"][0]["value"]["name"], "path", "{checked}");
+    terminate(&mut child);
+}
+
+/// Listening beyond loopback without a token is refused at start, naming the way out.
+#[test]
+fn a_non_loopback_listen_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sluice_run(
+        root().join("pipelines/quickstart.yaml"),
+        dir.path().join("state"),
+    )
+    .env("SLUICE_LISTEN", format!("0.0.0.0:{}", free_port()))
+    .env_remove("SLUICE_API_TOKEN")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without a token") && stderr.contains("SLUICE_API_TOKEN"),
+        "{stderr}"
+    );
+}
+
+/// A key in every place an `http` source can hold one (a free-form header, a query value, the
+/// URL's query string, `auth`), read back through every endpoint of the API, with the token: not
+/// one of them shows, nor in the log. Configs show `***`; offsets show URLs without their query.
+#[test]
+fn no_key_of_an_http_source_is_readable_through_any_endpoint() {
+    let api_mock = ApiMock::start(ApiFaults {
+        records: 300,
+        page_size: 100,
+        ..ApiFaults::default()
+    });
+    let keys = [
+        "hdr-key-7Yq1",
+        "query-key-2Lm8",
+        "url-key-9Pw3",
+        "auth-key-4Rt6",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("keys.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: keys
+sources:
+  api:
+    type: http
+    url: {url}/items?apikey={k2}
+    headers: {{ X-Api-Key: {k0}, Accept: application/json }}
+    query: {{ appid: {k1}, limit: \"100\" }}
+    auth: {{ bearer: {k3} }}
+    records: /data
+    id: /id
+    pagination: {{ type: next_token, field: /meta/next, param: cursor }}
+    interval: 100ms
+    topic: items
+sinks:
+  out:
+    type: file
+    topics: [items]
+    path: {out}
+",
+            url = api_mock.url,
+            k0 = keys[0],
+            k1 = keys[1],
+            k2 = keys[2],
+            k3 = keys[3],
+            out = dir.path().join("items.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.path().join("sluice.log");
+    let mut child = sluice_run(&pipeline, dir.path().join("state"))
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SLUICE_API_TOKEN", TOKEN)
+        .env("SLUICE_LOG", "debug,librdkafka=off,hyper=off")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let op = Operator::new(port);
+    op.wait_ready();
+    eventually("the items arrive", Duration::from_secs(30), || {
+        count_lines(&dir.path().join("items.jsonl")) >= 300
+    });
+    let mut answers = String::new();
+    for path in [
+        "/",
+        "/ui",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+        "/connectors",
+        "/connectors?expand=status",
+        "/connectors/keys.api",
+        "/connectors/keys.api/status",
+        "/connectors/keys.api/offsets",
+        "/connectors/keys.out",
+        "/connectors/keys.out/offsets",
+        "/connector-plugins",
+    ] {
+        let response = op
+            .client
+            .get(format!("{}{path}", op.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{path}");
+        answers.push_str(&response.text().unwrap());
+    }
+    let config = op.get("/connectors/keys.api");
+    assert_eq!(config["config"]["headers"]["X-Api-Key"], "***", "{config}");
+    assert_eq!(config["config"]["headers"]["Accept"], "application/json");
+    assert_eq!(config["config"]["query"]["limit"], "100");
+    let offsets = op.get("/connectors/keys.api/offsets").to_string();
+    assert!(offsets.contains("/items?…"), "{offsets}");
+    terminate(&mut child);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for key in keys {
+        assert!(!answers.contains(key), "{key} shown by the API");
+        assert!(!logged.contains(key), "{key} logged");
+    }
 }

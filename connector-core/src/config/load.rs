@@ -493,7 +493,7 @@ fn prefix(errors: Vec<FieldError>, prefix: &str) -> Vec<FieldError> {
 }
 
 /// The field an error is about: its path, or for `missing field `x`` the named field.
-fn field_from(path: &str, message: &str) -> Option<String> {
+pub fn field_from(path: &str, message: &str) -> Option<String> {
     let named = message
         .strip_prefix("missing field `")
         .or_else(|| message.strip_prefix("unknown field `"))

@@ -416,7 +416,11 @@ mod panics {
 
     /// A private nisshi broker on a free loopback port (as `tests/common` starts one), killed
     /// on drop; its working folder goes with it.
-    struct Broker(std::process::Child, String, #[allow(dead_code)] tempfile::TempDir);
+    struct Broker(
+        std::process::Child,
+        String,
+        #[allow(dead_code)] tempfile::TempDir,
+    );
 
     impl Broker {
         fn start() -> Broker {
