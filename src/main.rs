@@ -245,7 +245,12 @@ fn load_all(files: &[PathBuf], kafka: Option<String>) -> Result<Vec<PipelineConf
     let mut failed = false;
     for file in files {
         match load_pipeline(file, &options) {
-            Ok(p) => pipelines.push(p),
+            Ok(p) => {
+                for warning in sluice_core::config::warnings(&p) {
+                    eprintln!("warning: {}: {warning}", file.display());
+                }
+                pipelines.push(p)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 failed = true;
@@ -350,7 +355,7 @@ async fn run(
         }
     }
     api_stop.cancel();
-    display.finish(setup_failures < runs.len());
+    display.finish(setup_failures < runs.len(), &settings.state_dir);
     for e in errors {
         eprintln!("error: {e}");
     }

@@ -55,8 +55,10 @@ impl Progress {
         }
     }
 
-    /// Stops the display and prints the summary (unless nothing ever started).
-    pub fn finish(self, started: bool) {
+    /// Stops the display and prints the summary (unless nothing ever started), with a note
+    /// for each source that resumed after an earlier run's offsets and found nothing new (a
+    /// second run of an example): how to read its input again.
+    pub fn finish(self, started: bool, state_dir: &std::path::Path) {
         self.task.abort();
         if !started {
             return;
@@ -72,7 +74,37 @@ impl Progress {
         for line in lines(&self.runs, &now, None) {
             let _ = writeln!(err, "{line}");
         }
+        for line in resumed_notes(&self.runs, state_dir) {
+            let _ = writeln!(err, "{line}");
+        }
     }
+}
+
+/// For each source that resumed after stored offsets and read nothing: why, and how to start
+/// over.
+fn resumed_notes(runs: &[Arc<PipelineRun>], state_dir: &std::path::Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    for run in runs {
+        for m in run.metrics.iter().filter(|m| m.kind == "source") {
+            if !m.resumed() || m.snapshot().records_in > 0 {
+                continue;
+            }
+            let name = &run.config.name;
+            let again = if run.config.kafka.is_some() {
+                format!("stop it (`PUT /connectors/{name}.{}/stop`) and reset its offsets (`DELETE /connectors/{name}.{}/offsets`) through the REST API", m.id, m.id)
+            } else {
+                format!(
+                    "delete `{}` (where the embedded transport keeps this pipeline's offsets)",
+                    state_dir.join(name).display()
+                )
+            };
+            notes.push(format!(
+                "note: {name}/{} read nothing new: it resumed after the offsets an earlier run stored. To read its input again, {again}.",
+                m.id
+            ));
+        }
+    }
+    notes
 }
 
 fn snapshots(runs: &[Arc<PipelineRun>]) -> Vec<MetricsSnapshot> {

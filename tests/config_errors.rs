@@ -366,3 +366,75 @@ fn exactly_once_refuses_producer_overrides_that_move_or_reorder_records() {
         assert!(e.contains("exactly_once"), "{e}");
     }
 }
+
+/// An unknown value of a field with a fixed set (`format: envelop`) names that field and its
+/// line, with the values allowed, not the component's `type:`.
+#[test]
+fn an_unknown_value_of_a_field_names_that_field_and_the_values_allowed() {
+    let e = broken(|y| {
+        y.replace(
+            "    topics: [t]\n",
+            "    topics: [t]\n    format: envelop\n",
+        )
+    });
+    assert!(
+        e.contains("pipeline.yaml:12") && e.contains("field `format`") && e.contains("envelope"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("field `type`") && !e.contains("sluice plugins"),
+        "{e}"
+    );
+}
+
+/// Numbers and durations of the wrong form are explained in words, not Rust's type names.
+#[test]
+fn numbers_and_durations_of_the_wrong_form_are_explained_in_words() {
+    let e = broken(|y| y.replace("    topic: t\n", "    topic: t\n    batch_size: -3\n"));
+    assert!(
+        e.contains("a whole number ≥ 0") && !e.contains("u64") && !e.contains("usize"),
+        "{e}"
+    );
+    let e = broken(|y| {
+        y.replace(
+            "    topics: [t]\n",
+            "    topics: [t]\n    batch: { linger: 5 }\n",
+        )
+    });
+    assert!(
+        e.contains("field `batch.linger`") && e.contains("`500ms`"),
+        "{e}"
+    );
+}
+
+/// A sink reading a topic nothing in the file writes (a typo) is refused on the embedded
+/// transport, naming the closest topic; on Kafka `validate` warns the same way.
+#[test]
+fn a_sink_reading_a_topic_nothing_writes_is_refused_naming_the_closest() {
+    let typo = |y: &str| {
+        y.replace("topic: t\n", "topic: ticks\n")
+            .replace("topics: [t]", "topics: [ticks]")
+            + "  typo:\n    type: file\n    topics: [tikcs]\n    path: typo.jsonl\n"
+    };
+    let e = broken(typo);
+    assert!(
+        e.contains("`typo`") && e.contains("topics.0") && e.contains("did you mean `ticks`"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.yaml");
+    let yaml = GOOD
+        .replace("FIXTURE", &fixture("btc-sample.csv").display().to_string())
+        .replace("OUT", &dir.path().join("out.jsonl").display().to_string());
+    std::fs::write(&file, typo(&yaml)).unwrap();
+    let out = run(sluice()
+        .arg("validate")
+        .arg(&file)
+        .args(["--kafka", "127.0.0.1:9"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("did you mean `ticks`"),
+        "{stderr}"
+    );
+}

@@ -147,3 +147,38 @@ fn every_offline_example_run_from_a_fresh_copy_writes_each_record_once_without_a
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Running the quickstart a second time reads nothing new (its offsets are stored): the run
+/// says so at its end, and how to read the input again; doing that reads it all again.
+#[test]
+fn a_second_run_of_an_example_says_it_resumed_and_how_to_start_over() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(&root().join("pipelines"), &copy.path().join("pipelines"));
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .current_dir(copy.path())
+            .env_remove("SLUICE_LOG")
+            .env_remove("SLUICE_STATE_DIR")
+            .env("SLUICE_LISTEN", "none")
+            .args(["run", "pipelines/quickstart.yaml"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = run();
+    assert!(!first.contains("note:"), "{first}");
+    let second = run();
+    let note = second
+        .lines()
+        .find(|l| l.starts_with("note: quickstart/market read nothing new"))
+        .unwrap_or_else(|| panic!("no note:\n{second}"));
+    assert!(note.contains("delete `.sluice-state/quickstart`"), "{note}");
+    std::fs::remove_dir_all(copy.path().join(".sluice-state/quickstart")).unwrap();
+    let third = run();
+    assert_eq!(
+        records_out(&third, "quickstart").get("archive"),
+        Some(&30_000),
+        "{third}"
+    );
+}

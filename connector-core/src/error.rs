@@ -102,7 +102,7 @@ impl FieldError {
 
 /// Input a connector could not turn into a record. It is not a pipeline error: the runtime
 /// dead-letters it or fails, as `errors.tolerance` says.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BadInput {
     /// The input as received.
     pub raw: Vec<u8>,
@@ -110,4 +110,8 @@ pub struct BadInput {
     pub message: String,
     /// Where it came from, e.g. `BTC-USD.csv line 42`.
     pub location: String,
+    /// The key the record would have had, where it could be read: the dead letter's key.
+    pub key: Option<Vec<u8>>,
+    /// Its time (epoch ms), where it could be read: the dead letter's timestamp.
+    pub timestamp: Option<i64>,
 }

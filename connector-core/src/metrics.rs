@@ -37,6 +37,8 @@ pub struct ComponentMetrics {
     /// Whether its last start failed while building (connecting): then the failure is one of
     /// the run's setup, as a failure before any task started is.
     build_failed: std::sync::atomic::AtomicBool,
+    /// A source that started from offsets an earlier run stored.
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 /// A component's failure as the REST API shows it.
@@ -104,6 +106,16 @@ impl ComponentMetrics {
     /// Notes whether the component's last start failed while building (connecting).
     pub fn set_build_failed(&self, failed: bool) {
         self.build_failed.store(failed, Ordering::Relaxed);
+    }
+
+    /// Notes that the source started from offsets an earlier run stored.
+    pub fn set_resumed(&self) {
+        self.resumed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the source started from offsets an earlier run stored.
+    pub fn resumed(&self) -> bool {
+        self.resumed.load(Ordering::Relaxed)
     }
 
     /// Whether the component's last start failed while building (connecting).

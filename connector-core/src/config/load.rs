@@ -206,8 +206,11 @@ impl Loader<'_> {
                         Ok(()) => outer,
                     };
                     let path = e.path().to_string();
-                    let message = e.into_inner().to_string();
-                    let unknown_type = message.starts_with("unknown variant");
+                    let message = in_words(&e.into_inner().to_string());
+                    // An unknown `type:` fails at the config itself; an unknown value of
+                    // another field (`format: envelop`) fails at that field.
+                    let unknown_type = message.starts_with("unknown variant")
+                        && matches!(path.as_str(), "" | "." | "type");
                     let field = if unknown_type {
                         Some("type".to_string())
                     } else {
@@ -421,6 +424,24 @@ impl Loader<'_> {
                     }
                 }
             }
+            // A topic read that nothing here writes stays empty for good: most likely a typo.
+            let written = written_topics(pipeline);
+            for (id, sink) in &pipeline.sinks {
+                for (i, topic) in sink.topics.iter().enumerate() {
+                    if !written.contains(&topic) {
+                        return Err(fail("sinks", id, vec![FieldError::new(format!("topics.{i}"),
+                            format!("nothing in this file writes `{topic}`, and with the embedded transport nothing else can: the sink would read nothing{}", closest(topic, &written)))]));
+                    }
+                }
+            }
+            for (id, stream) in &pipeline.transforms {
+                for (i, topic) in stream.inputs.iter().enumerate() {
+                    if !written.contains(&topic) {
+                        return Err(fail("transforms", id, vec![FieldError::new(format!("inputs.{i}"),
+                            format!("nothing in this file writes `{topic}`, and with the embedded transport nothing else can{}", closest(topic, &written)))]));
+                    }
+                }
+            }
             for (id, source) in &pipeline.sources {
                 if !read.contains(&&source.topic) {
                     return Err(fail("sources", id, vec![FieldError::new("topic",
@@ -430,6 +451,58 @@ impl Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// Every topic something in `pipeline` writes: its sources, stream transforms and dead letters.
+fn written_topics(pipeline: &PipelineConfig) -> Vec<&String> {
+    pipeline
+        .sources
+        .values()
+        .map(|s| &s.topic)
+        .chain(pipeline.transforms.values().map(|t| &t.topic))
+        .chain(pipeline.errors.dead_letter_topic.as_ref())
+        .collect()
+}
+
+/// `; did you mean `x`?` for the name among `names` closest to `name`, if one is close.
+fn closest(name: &str, names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| (strsim::damerau_levenshtein(name, n), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| format!("; did you mean `{n}`?"))
+        .unwrap_or_default()
+}
+
+/// Warnings of a pipeline that runs but may not do what is meant: on Kafka, a topic read that
+/// nothing in the file writes and whose name is close to one it does (another pipeline may
+/// write it; a typo is likelier).
+pub fn warnings(pipeline: &PipelineConfig) -> Vec<String> {
+    if pipeline.kafka.is_none() {
+        return Vec::new();
+    }
+    let written = written_topics(pipeline);
+    let mut out = Vec::new();
+    let reads = pipeline
+        .sinks
+        .iter()
+        .flat_map(|(id, s)| s.topics.iter().map(move |t| (id, t)))
+        .chain(
+            pipeline
+                .transforms
+                .iter()
+                .flat_map(|(id, t)| t.inputs.iter().map(move |i| (id, i))),
+        );
+    for (id, topic) in reads {
+        let hint = closest(topic, &written);
+        if !written.contains(&topic) && !hint.is_empty() {
+            out.push(format!(
+                "component `{id}` reads `{topic}`, which nothing in this file writes{hint}"
+            ));
+        }
+    }
+    out
 }
 
 /// `topics` and every topic whose records reach them through stream transforms.
@@ -490,6 +563,37 @@ fn prefix(errors: Vec<FieldError>, prefix: &str) -> Vec<FieldError> {
         .into_iter()
         .map(|e| FieldError::new(format!("{prefix}.{}", e.field), e.message))
         .collect()
+}
+
+/// A deserializer's message in the user's words: Rust's type names become what they accept,
+/// and a duration that is not one shows how one is written.
+pub fn in_words(message: &str) -> String {
+    let mut text = message.to_string();
+    for (rust, words) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number ≥ 0"),
+        ("expected u64", "expected a whole number ≥ 0"),
+        ("expected usize", "expected a whole number ≥ 0"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected isize", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        (
+            "expected a duration",
+            "expected a duration: a number and a unit, e.g. `500ms`, `3s`, `1m`, `1h`",
+        ),
+    ] {
+        if let Some(at) = text.find(rust) {
+            let end = at + rust.len();
+            // Whole words only (`expected u64` but not `expected u640`).
+            if !text[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                text.replace_range(at..end, words);
+            }
+        }
+    }
+    text
 }
 
 /// The field an error is about: its path, or for `missing field `x`` the named field.

@@ -6,7 +6,7 @@
 
 mod load;
 
-pub use load::{field_from, load_pipeline, ConfigError, LoadOptions};
+pub use load::{field_from, in_words, load_pipeline, warnings, ConfigError, LoadOptions};
 
 use crate::{SinkConfig, SourceConfig, TransformOuter};
 use indexmap::IndexMap;

@@ -224,7 +224,8 @@ impl PipelineRun {
             ConnectorError::internal(format!("no source `{id}` in the pipeline")).in_component(id)
         })?;
         if !stored.is_empty() {
-            tracing::info!(component = %id, partitions = stored.len(), "resuming from stored source offsets");
+            self.metrics_of(id).set_resumed();
+            tracing::info!(component = %id, partitions = stored.len(), "resuming after the offsets an earlier run stored: what it read is not read again");
         }
         let built = source
             .inner

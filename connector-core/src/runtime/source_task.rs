@@ -280,11 +280,14 @@ impl SourceTask {
                     }
                     Payload::Checkpoint => {}
                     Payload::Bad(bad) => {
+                        let mut record = Record::new(Value::Null);
+                        record.key = bad.key;
+                        record.timestamp = bad.timestamp;
                         records.extend(self.dead_letters.route(Failure {
                             component: &self.id,
                             stage: "source",
                             message: bad.message,
-                            record: Record::new(Value::Null),
+                            record,
                             raw: Some(bad.raw),
                             location: Some(bad.location),
                         })?);

@@ -508,6 +508,9 @@ impl CsvReader {
                 Self::to_record(&self.settings, layout, &partition, line, offset, &row, now);
             if let Payload::Bad(bad) = &mut record.payload {
                 bad.raw = raw_row(&input, row_start, end.byte())?;
+                if bad.key.is_none() && bad.timestamp.is_none() {
+                    record = identified(record, layout, &row);
+                }
             }
             // The row's end: the same row ends at the same byte on every run (plus the bytes
             // of the file's earlier versions).
@@ -721,8 +724,28 @@ fn bad(path: &Arc<str>, line: u64, offset: Value, raw: Vec<u8>, message: String)
             raw,
             message,
             location: format!("{path} line {line}"),
+            ..BadInput::default()
         }),
     }
+}
+
+/// `item` (a bad row) with the key and time of `row` where they can be read: its dead letter
+/// is then keyed and dated as the record would have been.
+fn identified(mut item: SourceRecord, layout: &Layout, row: &csv::ByteRecord) -> SourceRecord {
+    if let Payload::Bad(bad) = &mut item.payload {
+        let text = |i: Option<usize>| {
+            i.filter(|_| row.len() == layout.names.len())
+                .and_then(|i| row.get(i))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .filter(|t| !t.is_empty())
+        };
+        bad.key = text(layout.key).map(|k| k.as_bytes().to_vec());
+        bad.timestamp = layout.timestamp.and_then(|i| {
+            let field = layout.parsers[i].field(text(Some(i))?).ok()?;
+            layout.parsers[i].millis(&field)
+        });
+    }
+    item
 }
 
 fn ends_with_newline(input: &impl Input, end: u64) -> io::Result<bool> {
@@ -796,6 +819,29 @@ mod tests {
             items.extend(batch.unwrap());
         }
         items
+    }
+
+    /// A row that cannot become a record keeps the key and time it would have had, where
+    /// they can be read, so its dead letter is keyed and dated like its neighbours.
+    #[test]
+    fn a_bad_row_keeps_its_key_and_time_for_its_dead_letter() {
+        let items = read(
+            "Date,Close,Volume\n2014-09-17,457.3,21056800\n2014-09-18,not-a-number,1\nbad-date,1.0,1\n",
+            false,
+        );
+        let bad: Vec<&BadInput> = items
+            .iter()
+            .filter_map(|i| match &i.payload {
+                Payload::Bad(bad) => Some(bad),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bad.len(), 2);
+        assert_eq!(bad[0].key.as_deref(), Some(b"2014-09-18".as_slice()));
+        assert_eq!(bad[0].timestamp, Some(1_410_998_400_000));
+        // Its date cannot be read: keyed by the text, not dated.
+        assert_eq!(bad[1].key.as_deref(), Some(b"bad-date".as_slice()));
+        assert_eq!(bad[1].timestamp, None);
     }
 
     /// Every item made of the JSON-lines `text`, resuming at `offsets`.

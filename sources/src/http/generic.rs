@@ -607,6 +607,7 @@ impl HttpSource {
                         raw: body.1,
                         message,
                         location: url_without_query(&url),
+                        ..BadInput::default()
                     }),
                 };
                 self.buffered.push_back((bad, None));

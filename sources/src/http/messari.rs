@@ -289,6 +289,7 @@ impl MessariSource {
                 raw,
                 message: format!("messari `{asset}`: {message}"),
                 location: format!("{} ({asset})", self.config.base_url),
+                ..BadInput::default()
             }),
         });
     }

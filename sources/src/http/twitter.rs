@@ -503,6 +503,7 @@ impl Api {
                 raw,
                 message: format!("twitter: {message}"),
                 location: self.config.base_url.clone(),
+                ..BadInput::default()
             }),
         }
     }

@@ -464,6 +464,8 @@ impl YahooSource {
                 raw: value.to_string().into_bytes(),
                 message: "every price and the volume are null".into(),
                 location: key.clone(),
+                key: Some(key.clone().into_bytes()),
+                timestamp: Some(bar.ts * 1000),
             }),
             _ => {
                 let mut record = Record::new(value).with_key(key);
@@ -494,6 +496,7 @@ impl YahooSource {
                     "{}/v8/finance/chart/{}",
                     self.config.base_url, progress.symbol
                 ),
+                ..BadInput::default()
             }),
         });
     }
