@@ -6,7 +6,8 @@
 # - MariaDB comes from Debian's mariadb-server (installed if missing); each MySQL test creates
 #   its own data folder and server on a free loopback port. The MySQL TLS test makes its
 #   certificates with the openssl command (installed if missing).
-# - Debian's chromium (installed if missing) loads the status page headless.
+# - Debian's chromium (installed if missing) loads the status page headless; tmux (installed if
+#   missing) is the terminal the live table's test runs in.
 # - One test mounts a 1 MiB tmpfs to fill a disk: the tests run as root (as CI does).
 # - Nothing is left running: every service a test starts is stopped when the test ends.
 set -euo pipefail
@@ -18,6 +19,8 @@ command -v mariadb-install-db >/dev/null 2>&1 || missing="$missing mariadb-serve
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 # The status page's test loads it in headless Chromium.
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+# The live table's test runs sluice in a real terminal.
+command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 if [ -n "$missing" ]; then
   echo "installing$missing from Debian's packages…" >&2
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo

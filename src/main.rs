@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
@@ -444,11 +444,14 @@ fn print_status(url: &str) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    // Values as text first: JSON values ignore widths.
+    let width = connectors.keys().map(String::len).max().unwrap_or(0).max(9);
     println!(
-        "{:<40} {:<6} {:<8} {:>12} {:>12}  WORKER / ERROR",
+        "{:<width$} {:<9} {:<8} {:>12} {:>12}  WORKER / ERROR",
         "CONNECTOR", "TYPE", "STATE", "IN", "OUT"
     );
-    for (name, entry) in connectors {
+    let number = |v: &serde_json::Value| v.as_u64().map(|n| n.to_string()).unwrap_or_default();
+    for (name, entry) in &connectors {
         let status = &entry["status"];
         let task = &status["tasks"][0];
         let detail = task["trace"]
@@ -456,12 +459,12 @@ fn print_status(url: &str) -> ExitCode {
             .map(str::to_string)
             .unwrap_or_else(|| task["worker_id"].as_str().unwrap_or("").to_string());
         println!(
-            "{:<40} {:<6} {:<8} {:>12} {:>12}  {}",
+            "{:<width$} {:<9} {:<8} {:>12} {:>12}  {}",
             name,
             status["type"].as_str().unwrap_or(""),
             status["connector"]["state"].as_str().unwrap_or(""),
-            status["metrics"]["records_in"],
-            status["metrics"]["records_out"],
+            number(&status["metrics"]["records_in"]),
+            number(&status["metrics"]["records_out"]),
             detail
         );
     }

@@ -1,10 +1,45 @@
 //! Live progress per component on a terminal; periodic log lines otherwise; a summary at the end.
 
-use sluice_core::metrics::MetricsSnapshot;
+use sluice_core::metrics::{ComponentMetrics, MetricsSnapshot};
 use sluice_core::runtime::PipelineRun;
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Lines of the live table on the terminal now, below the log (0: none). Held with
+/// [`TERMINAL`], so that a log line and a frame never interleave.
+static DRAWN: AtomicUsize = AtomicUsize::new(0);
+
+/// Held while writing to the terminal's stderr.
+static TERMINAL: Mutex<()> = Mutex::new(());
+
+/// Erases the live table (the cursor is just below it), so that what is written next takes
+/// its place; the next frame is drawn below that.
+fn erase_table(err: &mut impl Write) {
+    let drawn = DRAWN.swap(0, Ordering::Relaxed);
+    if drawn > 0 {
+        let _ = write!(err, "\r\x1b[{drawn}A\x1b[J");
+    }
+}
+
+/// The log's writer: stderr, with the live table erased before each log line (it is drawn
+/// again below the line at the next frame), so that log lines and frames never mix.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _held = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut err = std::io::stderr().lock();
+        erase_table(&mut err);
+        err.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 pub struct Progress {
     runs: Vec<Arc<PipelineRun>>,
@@ -24,21 +59,19 @@ impl Progress {
             };
             let mut last: Vec<MetricsSnapshot> = snapshots(&watched);
             let mut last_at = Instant::now();
-            let mut drawn = 0;
             loop {
                 tokio::time::sleep(period).await;
                 let now = snapshots(&watched);
                 let secs = last_at.elapsed().as_secs_f64().max(1e-3);
                 let lines = lines(&watched, &now, Some((&last, secs)));
                 if terminal {
+                    let _held = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
                     let mut err = std::io::stderr().lock();
-                    if drawn > 0 {
-                        let _ = write!(err, "\x1b[{drawn}A");
-                    }
+                    erase_table(&mut err);
                     for line in &lines {
-                        let _ = writeln!(err, "\x1b[2K{line}");
+                        let _ = writeln!(err, "{line}");
                     }
-                    drawn = lines.len();
+                    DRAWN.store(lines.len(), Ordering::Relaxed);
                 } else {
                     for line in lines.iter().skip(1) {
                         tracing::info!("{}", line.trim());
@@ -60,12 +93,15 @@ impl Progress {
     /// second run of an example): how to read its input again.
     pub fn finish(self, started: bool, state_dir: &std::path::Path) {
         self.task.abort();
+        let _held = TERMINAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut err = std::io::stderr().lock();
+        // The summary replaces the live table.
+        erase_table(&mut err);
         if !started {
             return;
         }
         let now = snapshots(&self.runs);
         let elapsed = self.started.elapsed();
-        let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
             "\nsummary after {:.1}s (rate: records out over each component's time from its first record to its end):",
@@ -119,33 +155,97 @@ fn lines(
     before: Option<(&[MetricsSnapshot], f64)>,
 ) -> Vec<String> {
     let mut out = vec![format!(
-        "  {:<28} {:>12} {:>12} {:>10} {:>9} {:>12}",
-        "component", "in", "out", "dead-lett.", "skipped", "rate/s"
+        "  {:<28} {:>12} {:>12} {:>10} {:>9} {:>12}  {:<15} {}",
+        "component", "in", "out", "dead-lett.", "skipped", "rate/s", "state", "to"
     )];
     let mut i = 0;
     for run in runs {
+        // Sinks and transforms are done only once every source of the pipeline reached its
+        // end; stopped before (Ctrl-C), they are stopped.
+        let sources_done = run
+            .metrics
+            .iter()
+            .filter(|m| m.kind == "source")
+            .all(|m| m.completed());
         for m in &run.metrics {
             let s = now[i];
+            // A stream transform's out is what it wrote, not the inputs it took in.
+            let shown_out = |s: &MetricsSnapshot| {
+                if m.kind == "transform" {
+                    s.written
+                } else {
+                    s.records_out
+                }
+            };
             let rate = match before {
-                Some((b, secs)) => Some((s.records_out.saturating_sub(b[i].records_out), secs)),
+                Some((b, secs)) => Some((shown_out(&s).saturating_sub(shown_out(&b[i])), secs)),
                 None => m
                     .active_time()
-                    .map(|t| (s.records_out, t.as_secs_f64().max(1e-3))),
+                    .map(|t| (shown_out(&s), t.as_secs_f64().max(1e-3))),
             }
             .map(|(records, secs)| format!("{:.0}", records as f64 / secs))
             .unwrap_or_default();
-            let state = if s.finished { " done" } else { "" };
             out.push(format!(
-                "  {:<28} {:>12} {:>12} {:>10} {:>9} {:>12}{state}",
+                "  {:<28} {:>12} {:>12} {:>10} {:>9} {:>12}  {:<15} {}",
                 format!("{}/{} {}", run.config.name, m.id, m.kind),
                 s.records_in,
-                s.records_out,
+                shown_out(&s),
                 s.dead_lettered,
                 s.skipped,
-                rate
+                rate,
+                state(m, &s, sources_done),
+                destination(run, m),
             ));
             i += 1;
         }
     }
     out
+}
+
+/// A component's state in the table: a running source whose end is known shows how far it
+/// is and the time left at its pace so far.
+fn state(m: &ComponentMetrics, s: &MetricsSnapshot, sources_done: bool) -> String {
+    if m.failure().is_some() {
+        "failed".into()
+    } else if !s.finished {
+        if m.is_paused() {
+            "paused".into()
+        } else if let Some((done, total)) = m.progress().filter(|(_, t)| *t > 0) {
+            let percent = done as f64 * 100.0 / total as f64;
+            let left = m
+                .running_time()
+                .filter(|_| done > 0)
+                .map(|t| t.as_secs_f64() * (total - done) as f64 / done as f64)
+                .map(|secs| format!(" {} left", short_duration(secs)))
+                .unwrap_or_default();
+            format!("{percent:.0}%{left}")
+        } else {
+            "running".into()
+        }
+    } else if (m.kind == "source" && m.completed()) || (m.kind != "source" && sources_done) {
+        "done".into()
+    } else {
+        "stopped".into()
+    }
+}
+
+/// `42s`, `3m04s`, `2h05m`.
+fn short_duration(secs: f64) -> String {
+    let secs = secs.round() as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// Where a component's records go: a source's or transform's topic, a sink's store.
+fn destination(run: &PipelineRun, m: &ComponentMetrics) -> String {
+    let config = &run.config;
+    match m.kind {
+        "source" => config.sources.get(&m.id).map(|s| s.topic.clone()),
+        "transform" => config.transforms.get(&m.id).map(|t| t.topic.clone()),
+        _ => config.sinks.get(&m.id).and_then(|s| s.inner.destination()),
+    }
+    .unwrap_or_default()
 }

@@ -19,6 +19,13 @@ pub struct ComponentMetrics {
     pub dead_lettered: AtomicU64,
     /// Records dropped on purpose (by a transform or a connector option such as `all_null_rows: skip`).
     pub skipped: AtomicU64,
+    /// A stream transform's output records written to its topic (its `records_out` counts
+    /// the inputs it took in and stored).
+    pub records_written: AtomicU64,
+    /// A source that reached the end of its input (not one stopped before it).
+    completed: std::sync::atomic::AtomicBool,
+    /// How far a source whose end is known has come: (done, total).
+    progress: Mutex<Option<(u64, u64)>>,
     /// When the first record came in.
     first_record_at: OnceLock<Instant>,
     /// When the component stopped (cleared by a restart).
@@ -108,6 +115,26 @@ impl ComponentMetrics {
         self.build_failed.store(failed, Ordering::Relaxed);
     }
 
+    /// Notes how far a source whose end is known has come: `(done, total)`.
+    pub fn set_progress(&self, progress: (u64, u64)) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress);
+    }
+
+    /// How far the source has come, `(done, total)`, when its end is known.
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that the source reached the end of its input.
+    pub fn set_completed(&self) {
+        self.completed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the source reached the end of its input.
+    pub fn completed(&self) -> bool {
+        self.completed.load(Ordering::Relaxed)
+    }
+
     /// Notes that the source started from offsets an earlier run stored.
     pub fn set_resumed(&self) {
         self.resumed.store(true, Ordering::Relaxed);
@@ -130,6 +157,11 @@ impl ComponentMetrics {
     }
 
     /// From the first record in to the stop, once stopped: the time a throughput is taken over.
+    /// From the first record in to now, while it runs.
+    pub fn running_time(&self) -> Option<Duration> {
+        Some(self.first_record_at.get()?.elapsed())
+    }
+
     pub fn active_time(&self) -> Option<Duration> {
         Some(
             self.finished()?
@@ -265,6 +297,7 @@ impl ComponentMetrics {
             records_out: self.records_out.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
+            written: self.records_written.load(Ordering::Relaxed),
             finished: self.finished().is_some(),
         }
     }
@@ -277,5 +310,7 @@ pub struct MetricsSnapshot {
     pub records_out: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
+    /// A stream transform's output written.
+    pub written: u64,
     pub finished: bool,
 }

@@ -66,6 +66,12 @@ pub trait SinkConfig: Debug + Send + Sync {
         None
     }
 
+    /// Where the records go, in a few words (a file's path, a table, an index), for the
+    /// end-of-run summary; never a credential.
+    fn destination(&self) -> Option<String> {
+        None
+    }
+
     /// The config field that makes the sink skip records an earlier run wrote, by their
     /// `sluice.position` headers (see [`crate::exactly_once`]), if it is on.
     fn exactly_once(&self) -> Option<&'static str> {

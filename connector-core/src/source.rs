@@ -117,4 +117,11 @@ pub trait Source: Send {
     /// (a finite file read to its end); an empty batch means nothing for now. Implementations
     /// pace themselves (rate limits, polling intervals) by waiting inside `poll`.
     async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError>;
+
+    /// How far a source whose end is known has come, as `(done, total)` in units of its own
+    /// (bytes of a file, records of a count), read after each poll for the percentage and the
+    /// time left shown while it runs; `None` (the default) when its end is not known.
+    fn progress(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

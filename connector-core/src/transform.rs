@@ -112,6 +112,12 @@ pub trait TransformConfig: Debug + Send + Sync {
 
     /// Builds the transform.
     fn build(&self) -> Result<Box<dyn Transform>, ConnectorError>;
+
+    /// Whether it may send records to other topics than the one they came with (`route`):
+    /// which ones is known only at run time.
+    fn changes_topics(&self) -> bool {
+        false
+    }
 }
 
 /// A running transform.

@@ -23,6 +23,10 @@ pub struct ConsoleSinkConfig {
 #[async_trait]
 #[typetag::serde(name = "console")]
 impl SinkConfig for ConsoleSinkConfig {
+    fn destination(&self) -> Option<String> {
+        Some("standard output".into())
+    }
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         Ok(())
     }

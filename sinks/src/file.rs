@@ -33,6 +33,10 @@ pub struct FileSinkConfig {
 #[async_trait]
 #[typetag::serde(name = "file")]
 impl SinkConfig for FileSinkConfig {
+    fn destination(&self) -> Option<String> {
+        Some(self.path.clone())
+    }
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         if self.path.trim().is_empty() {
             return Err(vec![FieldError::new("path", "must not be empty")]);

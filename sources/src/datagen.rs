@@ -257,6 +257,11 @@ fn now_ms() -> i64 {
 
 #[async_trait]
 impl Source for DatagenSource {
+    fn progress(&self) -> Option<(u64, u64)> {
+        let count = self.generator.config.count?;
+        Some((self.generator.index.min(count), count))
+    }
+
     async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
         let config = &self.generator.config;
         let left = config.count.map(|c| c.saturating_sub(self.generator.index));

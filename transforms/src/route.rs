@@ -98,6 +98,10 @@ impl RouteConfig {
 
 #[typetag::serde(name = "route")]
 impl TransformConfig for RouteConfig {
+    fn changes_topics(&self) -> bool {
+        true
+    }
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.router().map(|_| ()).map_err(|e| vec![e])
     }

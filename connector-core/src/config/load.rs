@@ -453,14 +453,21 @@ impl Loader<'_> {
     }
 }
 
-/// Every topic something in `pipeline` writes: its sources, stream transforms and dead letters.
+/// Every topic something in `pipeline` writes: its sources, stream transforms and dead letters;
+/// and when a source routes records (`route`), the topics declared under `topics:`, where the
+/// routed-to topics must be declared.
 fn written_topics(pipeline: &PipelineConfig) -> Vec<&String> {
+    let routes = pipeline
+        .sources
+        .values()
+        .any(|s| s.transforms.iter().any(|t| t.inner.changes_topics()));
     pipeline
         .sources
         .values()
         .map(|s| &s.topic)
         .chain(pipeline.transforms.values().map(|t| &t.topic))
         .chain(pipeline.errors.dead_letter_topic.as_ref())
+        .chain(pipeline.topics.keys().filter(|_| routes))
         .collect()
 }
 

@@ -217,6 +217,7 @@ impl SourceTask {
             }
             .map_err(|e| e.in_component(&self.id))?;
             let Some(items) = polled else {
+                self.metrics.set_completed();
                 tracing::info!(component = %self.id, "source finished");
                 return Ok(());
             };
@@ -232,6 +233,9 @@ impl SourceTask {
             // A checkpoint is not input.
             self.metrics.received(items.len() - usize::from(checkpoint));
             self.metrics.polled();
+            if let Some(progress) = self.source.progress() {
+                self.metrics.set_progress(progress);
+            }
             let mut records = Vec::with_capacity(items.len());
             let mut offsets = HashMap::new();
             // Consecutive items mostly share a partition: one map insert per run of them.

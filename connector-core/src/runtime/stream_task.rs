@@ -143,6 +143,8 @@ pub(super) struct StreamSink {
     checkpointed_at: Instant,
     /// Whether inputs were taken in since the last checkpoint.
     dirty: bool,
+    /// Where the output written is counted (`records_written`), if anywhere.
+    metrics: Option<Arc<crate::metrics::ComponentMetrics>>,
 }
 
 impl StreamSink {
@@ -177,7 +179,14 @@ impl StreamSink {
             checkpoint_interval,
             checkpointed_at: Instant::now(),
             dirty: false,
+            metrics: None,
         }
+    }
+
+    /// Counts the output it writes into `metrics`.
+    pub fn counting_into(mut self, metrics: Arc<crate::metrics::ComponentMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn key(partition: &TopicPartition) -> String {
@@ -400,6 +409,10 @@ impl Sink for StreamSink {
                     self.topic, e.message
                 ))
             })?;
+            if let Some(metrics) = &self.metrics {
+                let written = self.output.len() - refused.len();
+                crate::metrics::ComponentMetrics::add(&metrics.records_written, written);
+            }
             self.output.clear();
             self.refused.extend(refused);
         }

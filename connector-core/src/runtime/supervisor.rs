@@ -617,18 +617,21 @@ impl Supervisor {
                 }
                 (None, Some(stream)) => {
                     let operator = stream.inner.build().map_err(|e| e.in_component(id))?;
-                    let built: Box<dyn crate::Sink> = Box::new(stream_task::StreamSink::new(
-                        id.to_string(),
-                        config.name.clone(),
-                        operator,
-                        &stream.topic,
-                        self.transport.clone(),
-                        stream_task::Checkpoints {
-                            durable_offsets: config.kafka.is_some(),
-                            interval: stream.checkpoint_interval,
-                        },
-                        self.dead_letters.clone(),
-                    ));
+                    let built: Box<dyn crate::Sink> = Box::new(
+                        stream_task::StreamSink::new(
+                            id.to_string(),
+                            config.name.clone(),
+                            operator,
+                            &stream.topic,
+                            self.transport.clone(),
+                            stream_task::Checkpoints {
+                                durable_offsets: config.kafka.is_some(),
+                                interval: stream.checkpoint_interval,
+                            },
+                            self.dead_letters.clone(),
+                        )
+                        .counting_into(self.run.metrics_of(id)),
+                    );
                     let build: sink_task::SinkBuild = futures::future::ready(Ok(built)).boxed();
                     (&stream.inputs, build, Vec::new(), stream.batch.clone())
                 }

@@ -16,6 +16,10 @@ sluice_core::register_plugin!(Sink, "elasticsearch", ElasticsearchSinkConfig);
 #[async_trait]
 #[typetag::serde(name = "elasticsearch")]
 impl SinkConfig for ElasticsearchSinkConfig {
+    fn destination(&self) -> Option<String> {
+        Some(format!("index {}", self.index))
+    }
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.check()
     }

@@ -32,6 +32,10 @@ sluice_core::register_plugin!(Sink, "mysql", MysqlSinkConfig);
 #[async_trait]
 #[typetag::serde(name = "mysql")]
 impl SinkConfig for MysqlSinkConfig {
+    fn destination(&self) -> Option<String> {
+        Some(format!("table {}", self.table))
+    }
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.check()
     }

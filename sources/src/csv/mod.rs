@@ -53,6 +53,7 @@ pub(crate) fn start(
     component: &str,
     rate: Option<f64>,
 ) -> Result<Box<dyn Source>, ConnectorError> {
+    let total = settings.total_bytes();
     let (tx, rx) = mpsc::channel(4);
     std::thread::Builder::new()
         .name(format!("file-{component}"))
@@ -62,6 +63,8 @@ pub(crate) fn start(
         batches: rx,
         buffered: VecDeque::new(),
         pace: rate.map(Pace::new),
+        total,
+        done: std::collections::HashMap::new(),
     }))
 }
 
@@ -70,6 +73,30 @@ struct CsvSource {
     batches: mpsc::Receiver<Result<Vec<SourceRecord>, ConnectorError>>,
     buffered: VecDeque<SourceRecord>,
     pace: Option<Pace>,
+    /// Bytes of the files to read, when their end is known (not following them).
+    total: Option<u64>,
+    /// Per file, the bytes read through the last item handed over.
+    done: std::collections::HashMap<std::sync::Arc<str>, u64>,
+}
+
+impl CsvSource {
+    /// Notes how far each file of `batch` was read.
+    fn note(&mut self, batch: &[SourceRecord]) {
+        if self.total.is_none() {
+            return;
+        }
+        for item in batch {
+            let byte = match &item.offset {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::Object(map) => map.get("byte").and_then(|b| b.as_u64()),
+                _ => None,
+            };
+            if let Some(byte) = byte {
+                let at = self.done.entry(item.partition.clone()).or_default();
+                *at = (*at).max(byte);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -79,7 +106,8 @@ impl Source for CsvSource {
             match self.batches.recv().await {
                 // The reader's batch as it is, when it fits and needs no pacing.
                 Some(Ok(batch)) if batch.len() <= max && self.pace.is_none() => {
-                    return Ok(Some(batch))
+                    self.note(&batch);
+                    return Ok(Some(batch));
                 }
                 Some(batch) => self.buffered.extend(batch?),
                 None => return Ok(None),
@@ -89,6 +117,13 @@ impl Source for CsvSource {
         if let Some(pace) = &mut self.pace {
             take = pace.wait_for(take).await;
         }
-        Ok(Some(self.buffered.drain(..take).collect()))
+        let batch: Vec<SourceRecord> = self.buffered.drain(..take).collect();
+        self.note(&batch);
+        Ok(Some(batch))
+    }
+
+    fn progress(&self) -> Option<(u64, u64)> {
+        let total = self.total?;
+        Some((self.done.values().sum::<u64>().min(total), total))
     }
 }

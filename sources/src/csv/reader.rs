@@ -149,6 +149,25 @@ impl ReaderSettings {
 }
 
 /// Files matching `pattern`, in name order.
+impl ReaderSettings {
+    /// The bytes of the files this reader reads, when their end is known (not following
+    /// them, and no earlier version read before: then positions count those bytes too).
+    pub(crate) fn total_bytes(&self) -> Option<u64> {
+        if self.follow {
+            return None;
+        }
+        let files = matching_files(&self.pattern).ok()?;
+        let mut total = 0;
+        for file in files {
+            if self.units.as_ref().is_some_and(|share| !share.owns(&file)) {
+                continue;
+            }
+            total += std::fs::metadata(&file).ok()?.len();
+        }
+        Some(total)
+    }
+}
+
 pub(crate) fn matching_files(pattern: &str) -> Result<Vec<String>, ConnectorError> {
     let paths = glob::glob(pattern)
         .map_err(|e| ConnectorError::user(format!("`{pattern}` is not a valid glob: {e}")))?;
