@@ -330,6 +330,7 @@ impl Api {
                 "records_out": snapshot.records_out,
                 "dead_lettered": snapshot.dead_lettered,
                 "skipped": snapshot.skipped,
+                "records_written": snapshot.written,
                 "average_rate": m.average_rate(),
                 "lag": m.lag().iter().map(|(_, _, lag)| lag).sum::<i64>(),
             },

@@ -250,6 +250,35 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("no rate in {source_row}"));
     assert!(rate > 0.0, "the source's rate on the page: {rate}");
+    assert!(page.contains("class=\"spark-max\""), "{page}");
+
+    // Paused, the source's rate on the page is that of the last interval, 0, not its
+    // lifetime average.
+    let source_pause = || client.put(format!("{base}/connectors/messari-btc.messari/pause"));
+    assert_eq!(
+        source_pause().bearer_auth(TOKEN).send().unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_page = status_page(&base);
+    let paused_row = &paused_page[paused_page
+        .find("data-connector=\"messari-btc.messari\"")
+        .unwrap()..];
+    let paused_rate = paused_row
+        .split("class=\"num rate\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    assert_eq!(paused_rate, "0.0", "{paused_row}");
+    assert_eq!(
+        client
+            .put(format!("{base}/connectors/messari-btc.messari/resume"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
 
     // Everything an operator sees, none with the secret.
     let mut seen = page;
