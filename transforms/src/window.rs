@@ -31,9 +31,13 @@ sluice_core::register_plugin!(StreamTransform, "window", WindowConfig);
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// Window length: a number and a unit, `s`, `m` (minutes), `h`, `d`, `w` (weeks from
-    /// Monday) or `mo` (months), e.g. `1w`, `15m`.
+    /// Window length: a number and a unit, `s`, `m` (minutes), `h`, `d`, `w` (weeks, from
+    /// `week_start`) or `mo` (months), e.g. `1w`, `15m`. Days count from 1970-01-01 in
+    /// `timezone`: a tumbling `7d` starts on a Thursday; use `1w` for calendar weeks.
     pub size: String,
+    /// The day weeks (`w`) start on: `monday` (default, ISO 8601) … `sunday`.
+    #[serde(default)]
+    pub week_start: Weekday,
     /// For hopping windows: how far apart windows start (same unit as `size`, dividing it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hop: Option<String>,
@@ -86,6 +90,27 @@ fn yes() -> bool {
     true
 }
 
+/// A day of the week.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    #[default]
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+impl Weekday {
+    /// Days after Monday.
+    fn from_monday(self) -> i64 {
+        self as i64
+    }
+}
+
 /// When windows are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +125,8 @@ pub enum Emit {
 pub struct Every {
     n: i64,
     unit: Unit,
+    /// Weeks start this many days after Monday.
+    week_start: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +165,19 @@ impl Every {
                 return Err(format!("`{text}` does not divide a day"));
             }
         }
-        Ok(Every { n, unit })
+        Ok(Every {
+            n,
+            unit,
+            week_start: 0,
+        })
+    }
+
+    /// The same length, its weeks starting on `day`.
+    pub fn weeks_from(self, day: Weekday) -> Self {
+        Every {
+            week_start: day.from_monday(),
+            ..self
+        }
     }
 
     /// The start of the window of this length containing `t`.
@@ -164,10 +203,12 @@ impl Every {
             }
             Unit::Week => {
                 // 1970-01-05 was a Monday.
-                let monday = jiff::civil::date(1970, 1, 5);
-                let days = (z.date() - monday).get_days() as i64;
+                let first = jiff::civil::date(1970, 1, 5)
+                    .checked_add(jiff::Span::new().days(self.week_start))
+                    .map_err(err)?;
+                let days = (z.date() - first).get_days() as i64;
                 let weeks = days.div_euclid(7);
-                monday
+                first
                     .checked_add(jiff::Span::new().days((weeks - weeks.rem_euclid(self.n)) * 7))
                     .map_err(err)?
             }
@@ -462,11 +503,11 @@ impl WindowConfig {
                 errors.push(FieldError::new(field, e));
             }
         };
-        let size = Every::parse(&self.size);
+        let size = Every::parse(&self.size).map(|e| e.weeks_from(self.week_start));
         check("size", size.as_ref().map(|_| ()).map_err(Clone::clone));
         let hop = match &self.hop {
             None => size.clone(),
-            Some(h) => Every::parse(h),
+            Some(h) => Every::parse(h).map(|e| e.weeks_from(self.week_start)),
         };
         check("hop", hop.as_ref().map(|_| ()).map_err(Clone::clone));
         if let (Ok(size), Ok(hop)) = (&size, &hop) {
@@ -814,6 +855,31 @@ mod tests {
         assert_eq!(partial[0].value["start"], "2020-03-16T00:00:00Z");
         assert_eq!(partial[0].value["final"], false);
         assert_eq!(partial[0].value["days"], 1);
+    }
+
+    /// `week_start: sunday` makes Sunday-to-Saturday weeks (the US calendar); the aggregates
+    /// come out in the order they are written.
+    #[test]
+    fn weeks_may_start_on_sunday() {
+        let mut op = window(&format!("{CANDLES}\nweek_start: sunday"));
+        // Wed 2020-03-11 … Sat 2020-03-14, then Sun 2020-03-15 closes the week.
+        let out = run(
+            &mut *op,
+            vec![
+                bar("2020-03-11", 1.0, 2.0, 0.5, 1.5, 10),
+                bar("2020-03-14", 1.5, 3.0, 1.0, 2.5, 20),
+                bar("2020-03-15", 2.5, 2.5, 2.0, 2.2, 30),
+            ],
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["start"], "2020-03-08T00:00:00Z");
+        assert_eq!(out[0]["end"], "2020-03-15T00:00:00Z");
+        assert_eq!(out[0]["days"], 2);
+        let fields: Vec<&String> = out[0].as_object().unwrap().keys().collect();
+        assert_eq!(
+            fields,
+            ["key", "start", "end", "open", "high", "low", "close", "volume", "days", "final"]
+        );
     }
 
     /// One record dated far in the future must not move the watermark: it is refused, and

@@ -119,6 +119,12 @@ impl Loader<'_> {
                 format!("not a valid pipeline file: {}", e.kind),
             )
         })?;
+        // Figment's maps are sorted by key: the file's order (of aggregates, components,
+        // columns) is taken back from the file itself.
+        let tree = match serde_yaml::from_str::<Value>(yaml) {
+            Ok(written) => in_order_of(tree, &written),
+            Err(_) => tree,
+        };
         let Value::Object(mut top) = tree else {
             return Err(self.error(None, None, None, "the pipeline file must be a mapping"));
         };
@@ -603,6 +609,34 @@ pub fn in_words(message: &str) -> String {
     text
 }
 
+/// `tree` with the keys of each of its maps in the order they have in `written` (the same
+/// document as written); keys `written` lacks (set from the environment) come last.
+fn in_order_of(tree: Value, written: &Value) -> Value {
+    match (tree, written) {
+        (Value::Object(mut fields), Value::Object(order)) => {
+            let mut out = Map::with_capacity(fields.len());
+            for (key, inner) in order {
+                if let Some(value) = fields.remove(key) {
+                    out.insert(key.clone(), in_order_of(value, inner));
+                }
+            }
+            out.extend(fields);
+            Value::Object(out)
+        }
+        (Value::Array(items), Value::Array(order)) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match order.get(i) {
+                    Some(inner) => in_order_of(item, inner),
+                    None => item,
+                })
+                .collect(),
+        ),
+        (tree, _) => tree,
+    }
+}
+
 /// The field an error is about: its path, or for `missing field `x`` the named field.
 pub fn field_from(path: &str, message: &str) -> Option<String> {
     let named = message
@@ -748,6 +782,33 @@ mod tests {
         assert_eq!(find_line(text, &["sources", "b", "path"]), Some(8));
         assert_eq!(find_line(text, &["sinks", "a", "path"]), Some(11));
         assert_eq!(find_line(text, &["sources", "a", "nope"]), Some(3));
+    }
+
+    /// Figment sorts map keys; the loaded pipeline keeps the file's order (components, and
+    /// inside them maps such as a window's aggregates, whose order is the output's).
+    #[test]
+    fn maps_keep_the_order_they_are_written_in() {
+        let yaml = "name: p\nsources:\n  zeta: { type: x, topic: t, columns: { Open: f, Close: f, High: f } }\n  alpha: { type: x, topic: t }\n";
+        let written: Value = serde_yaml::from_str(yaml).unwrap();
+        let sorted: Value = Figment::new().merge(Yaml::string(yaml)).extract().unwrap();
+        assert_eq!(
+            sorted["sources"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap(),
+            "alpha"
+        );
+        let ordered = in_order_of(sorted, &written);
+        let sources: Vec<&String> = ordered["sources"].as_object().unwrap().keys().collect();
+        assert_eq!(sources, ["zeta", "alpha"]);
+        let columns: Vec<&String> = ordered["sources"]["zeta"]["columns"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(columns, ["Open", "Close", "High"]);
     }
 
     #[test]
