@@ -106,7 +106,7 @@ pub enum Weekday {
 
 impl Weekday {
     /// Days after Monday.
-    fn from_monday(self) -> i64 {
+    fn days_after_monday(self) -> i64 {
         self as i64
     }
 }
@@ -175,7 +175,7 @@ impl Every {
     /// The same length, its weeks starting on `day`.
     pub fn weeks_from(self, day: Weekday) -> Self {
         Every {
-            week_start: day.from_monday(),
+            week_start: day.days_after_monday(),
             ..self
         }
     }
