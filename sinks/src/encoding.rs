@@ -14,6 +14,43 @@ pub enum LineFormat {
     Value,
     /// The value with key, topic, partition, offset, timestamp and headers (useful for dead letters).
     Envelope,
+    /// CSV (RFC 4180) with a header line: one column per field of the value (an object), in
+    /// the order of `columns` or of the first record's fields; nested values as JSON text,
+    /// null as an empty cell. Only for the file sink.
+    Csv,
+}
+
+/// Appends the CSV line of `record`'s value, one cell per column of `columns`.
+pub(crate) fn write_csv_line(
+    out: &mut Vec<u8>,
+    record: &Record,
+    columns: &[String],
+) -> Result<(), String> {
+    let Value::Object(fields) = &record.value else {
+        return Err(crate::file::NOT_AN_OBJECT.into());
+    };
+    let cells = columns.iter().map(|c| match fields.get(c) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    });
+    write_csv_row(out, cells)
+}
+
+/// Appends one CSV row of `cells`.
+pub(crate) fn write_csv_row(
+    out: &mut Vec<u8>,
+    cells: impl IntoIterator<Item = String>,
+) -> Result<(), String> {
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    writer
+        .write_record(cells.into_iter().collect::<Vec<_>>())
+        .map_err(|e| e.to_string())?;
+    let line = writer.into_inner().map_err(|e| e.to_string())?;
+    out.extend_from_slice(&line);
+    Ok(())
 }
 
 /// Appends `record` as one line to `out`.
@@ -23,7 +60,8 @@ pub(crate) fn write_line(
     format: LineFormat,
 ) -> Result<(), serde_json::Error> {
     match format {
-        LineFormat::Value => serde_json::to_writer(&mut *out, &record.value)?,
+        // Written as JSON where CSV has no header to follow (the console).
+        LineFormat::Value | LineFormat::Csv => serde_json::to_writer(&mut *out, &record.value)?,
         LineFormat::Envelope => {
             let headers: Map<String, Value> = record
                 .headers

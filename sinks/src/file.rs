@@ -1,11 +1,12 @@
-//! `type: file` — JSON lines appended to a file; `flush` writes and fsyncs.
+//! `type: file` — JSON lines (or CSV rows under a header) appended to a file; `flush` writes
+//! and fsyncs.
 //!
 //! Only whole lines stay in the file: a write that fails part way is cut back before it is
 //! retried, a last line left unfinished by a crash is cut when the file is opened (its records
 //! were not committed, so they are written again), and a new file's name and folders are fsynced
 //! when it is created, before its first write.
 
-use crate::encoding::{write_line, LineFormat};
+use crate::encoding::{write_csv_line, write_csv_row, write_line, LineFormat};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_core::{
@@ -25,9 +26,16 @@ sluice_core::register_plugin!(Sink, "file", FileSinkConfig);
 pub struct FileSinkConfig {
     /// File to append to; `{topic}` is replaced by the record's topic. Missing folders are created.
     pub path: String,
-    /// `value` (the record value per line) or `envelope` (value with key, coordinates and headers).
+    /// `value` (the record value per line, JSON), `envelope` (value with key, coordinates and
+    /// headers) or `csv` (a header line, then one row per record, e.g. to open candles in a
+    /// spreadsheet; see `columns`).
     #[serde(default)]
     pub format: LineFormat,
+    /// With `format: csv`: the columns, in order (default: the fields of the first record
+    /// written to a new file; a file that has lines already keeps its header). Fields not
+    /// listed are left out; a missing or null one is an empty cell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 #[async_trait]
@@ -41,6 +49,12 @@ impl SinkConfig for FileSinkConfig {
         if self.path.trim().is_empty() {
             return Err(vec![FieldError::new("path", "must not be empty")]);
         }
+        if !self.columns.is_empty() && self.format != LineFormat::Csv {
+            return Err(vec![FieldError::new(
+                "columns",
+                "is for `format: csv`: set it, or remove `columns`",
+            )]);
+        }
         Ok(())
     }
 
@@ -48,6 +62,7 @@ impl SinkConfig for FileSinkConfig {
         Ok(Box::new(FileSink {
             config: self.clone(),
             files: HashMap::new(),
+            headers: HashMap::new(),
         }))
     }
 }
@@ -56,6 +71,22 @@ struct FileSink {
     config: FileSinkConfig,
     /// Open files by path, with the bytes `put` but not yet written.
     files: HashMap<PathBuf, (Option<Output>, Vec<u8>)>,
+    /// With `format: csv`: each file's columns, once known.
+    headers: HashMap<PathBuf, Vec<String>>,
+}
+
+/// Why a record cannot be a CSV row.
+pub(crate) const NOT_AN_OBJECT: &str =
+    "`format: csv` writes values that are objects; this one is not";
+
+/// The header of the CSV file at `path` if it has lines already.
+fn existing_header(path: &Path) -> Option<Vec<String>> {
+    let file = File::open(path).ok()?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(std::io::BufReader::new(file));
+    let first = reader.records().next()?.ok()?;
+    Some(first.iter().map(str::to_string).collect())
 }
 
 /// An open output file.
@@ -167,6 +198,47 @@ impl Sink for FileSink {
             } else {
                 PathBuf::from(&self.config.path)
             };
+            if self.config.format == LineFormat::Csv {
+                let (_, buffer) = self
+                    .files
+                    .entry(path.clone())
+                    .or_insert_with(|| (None, Vec::new()));
+                let columns = match self.headers.entry(path) {
+                    std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(new) => {
+                        // A file with lines keeps its header; a new one gets one.
+                        let columns = match existing_header(new.key()) {
+                            Some(columns) => columns,
+                            None => {
+                                let columns = match (&record.value, self.config.columns.is_empty())
+                                {
+                                    (_, false) => self.config.columns.clone(),
+                                    (serde_json::Value::Object(fields), true) => {
+                                        fields.keys().cloned().collect()
+                                    }
+                                    _ => {
+                                        outcome.rejected.push((i, NOT_AN_OBJECT.into()));
+                                        continue;
+                                    }
+                                };
+                                write_csv_row(buffer, columns.iter().cloned()).map_err(|e| {
+                                    ConnectorError::internal(format!(
+                                        "cannot write the CSV header: {e}"
+                                    ))
+                                })?;
+                                columns
+                            }
+                        };
+                        new.insert(columns)
+                    }
+                };
+                let before = buffer.len();
+                if let Err(e) = write_csv_line(buffer, record, columns) {
+                    buffer.truncate(before);
+                    outcome.rejected.push((i, e));
+                }
+                continue;
+            }
             let (_, buffer) = self.files.entry(path).or_insert_with(|| (None, Vec::new()));
             let before = buffer.len();
             if let Err(e) = write_line(buffer, record, self.config.format) {
@@ -215,6 +287,40 @@ impl Sink for FileSink {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `format: csv`: a header from the first record's fields in their order, one row per
+    /// record (quoted where needed, null empty, nested values as JSON); a later run appending to
+    /// the file keeps its header and writes no second one.
+    #[tokio::test]
+    async fn csv_rows_follow_one_header_across_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weeks.csv");
+        let config: FileSinkConfig =
+            serde_yaml::from_str(&format!("{{ path: '{}', format: csv }}", path.display()))
+                .unwrap();
+        let week = |start: &str, close: f64| {
+            Arc::new(Record::new(json!({
+                "start": start, "close": close, "note": "a, \"quoted\" note", "tags": ["x"], "gap": null
+            })))
+        };
+        for batch in [
+            vec![week("2020-03-09", 5392.3), week("2020-03-16", 6000.0)],
+            vec![week("2020-03-23", 6500.5)],
+        ] {
+            let mut sink = config.build(SinkBuildContext::default()).await.unwrap();
+            let outcome = sink.put(&batch).await.unwrap();
+            assert!(outcome.rejected.is_empty());
+            sink.flush().await.unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "start,close,note,tags,gap\n\
+             2020-03-09,5392.3,\"a, \"\"quoted\"\" note\",\"[\"\"x\"\"]\",\n\
+             2020-03-16,6000.0,\"a, \"\"quoted\"\" note\",\"[\"\"x\"\"]\",\n\
+             2020-03-23,6500.5,\"a, \"\"quoted\"\" note\",\"[\"\"x\"\"]\",\n"
+        );
+    }
 
     #[tokio::test]
     async fn flushed_records_are_in_the_file_one_per_line_and_appended_on_reopen() {
