@@ -10,9 +10,13 @@
 //! 3. The score is the residual divided by the sample standard deviation of the key's last
 //!    `window` residuals (before this one): how many usual deviations the value is away from
 //!    what was typical.
-//! 4. The severity maps the score's percentile under a normal law (two-sided, `erf(|z|/√2)`)
-//!    through Elastic's knots: 70→1, 90→1.5, 95→3, 97→20, 99→50, 99.9→90, 100→100, linear in
-//!    between (0→0 below 70). It grows with the score and never leaves 0–100.
+//! 4. The severity maps the score's percentile through Elastic's knots: 70→1, 90→1.5, 95→3,
+//!    97→20, 99→50, 99.9→90, 100→100, linear in between (0→0 below 70). With
+//!    `normalize: history` (the default, as Kibana renormalises against the history) the
+//!    percentile is the rank of |score| among the key's past scores (kept in a histogram of
+//!    bins 0.05 wide up to 10), so only the key's rarest moves score high; before 100 past
+//!    scores, and with `normalize: normal`, it is the two-sided normal percentile
+//!    `erf(|z|/√2)`, which grows with the score alone.
 //!
 //! Memory per key: the level and the last `window` residuals (8 bytes each; 180 by default,
 //! about 1.5 KiB as a checkpoint of JSON numbers, ~3.5 KiB). Cost per record: O(window) for
@@ -59,6 +63,12 @@ pub struct AnomalyConfig {
     /// lists; 0 writes every scored record).
     #[serde(default = "default_min_severity")]
     pub min_severity: f64,
+    /// How a score becomes a severity: `history` (default: by its rank among the key's past
+    /// scores, as Kibana does, so that few records score high) or `normal` (by the normal
+    /// law's percentile of the score alone: heavy-tailed series such as prices then give many
+    /// days near 100).
+    #[serde(default)]
+    pub normalize: Normalize,
     /// Input fields copied into the output (e.g. `[Date, Volume]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
@@ -106,6 +116,62 @@ fn default_timezone() -> String {
     "UTC".into()
 }
 
+/// How a score's percentile is found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Its rank among the key's past scores.
+    #[default]
+    History,
+    /// The normal law's two-sided percentile.
+    Normal,
+}
+
+/// Past scores a key needs before its severities come from their ranks.
+const RANKED_AFTER: u64 = 100;
+
+/// Width of a bin of the histogram of past |scores|.
+const BIN: f64 = 0.05;
+
+/// Bins below the overflow bin (|score| up to 10).
+const BINS: usize = 200;
+
+/// The past |scores| of a key, binned.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ScoreHistory {
+    /// Counts per bin; the last one holds every |score| ≥ `BINS × BIN`.
+    bins: Vec<u32>,
+    count: u64,
+}
+
+impl ScoreHistory {
+    fn bin(z: f64) -> usize {
+        ((z / BIN) as usize).min(BINS)
+    }
+
+    fn add(&mut self, z: f64) {
+        if self.bins.is_empty() {
+            self.bins = vec![0; BINS + 1];
+        }
+        self.bins[Self::bin(z)] += 1;
+        self.count += 1;
+    }
+
+    /// The share of past scores above `z` (0–1), interpolated inside its bin.
+    fn tail(&self, z: f64) -> f64 {
+        let b = Self::bin(z);
+        let below: u64 = self.bins[..b].iter().map(|&n| u64::from(n)).sum();
+        let within = f64::from(self.bins[b]);
+        let inside = if b < BINS {
+            (z - b as f64 * BIN) / BIN
+        } else {
+            0.5
+        };
+        let at_or_below = below as f64 + within * inside.clamp(0.0, 1.0);
+        (1.0 - at_or_below / self.count as f64).clamp(0.0, 1.0)
+    }
+}
+
 /// Percentile → severity: Elastic's normalisation knots.
 const KNOTS: [(f64, f64); 8] = [
     (0.0, 0.0),
@@ -125,7 +191,11 @@ pub fn severity(score: f64) -> f64 {
         return 0.0;
     }
     // The tail beyond |z|, exact far out (erfc does not round to 0 as 1 − erf would).
-    let tail = libm::erfc(z / std::f64::consts::SQRT_2);
+    severity_of_tail(libm::erfc(z / std::f64::consts::SQRT_2))
+}
+
+/// The severity of a percentile given as its tail, the share above it (0–1).
+fn severity_of_tail(tail: f64) -> f64 {
     let percentile = 100.0 * (1.0 - tail);
     for pair in KNOTS.windows(2) {
         let ((p0, s0), (p1, s1)) = (pair[0], pair[1]);
@@ -145,6 +215,15 @@ pub struct KeyState {
     level: Option<f64>,
     /// The last `window` residuals, oldest first.
     residuals: VecDeque<f64>,
+    /// With `normalize: history`: the key's past |scores|.
+    #[serde(default, skip_serializing_if = "ScoreHistory::is_empty")]
+    scores: ScoreHistory,
+}
+
+impl ScoreHistory {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 struct Anomaly {
@@ -242,7 +321,15 @@ impl PerKey for Anomaly {
         let Some(score) = score else {
             return emitted;
         };
-        let severity = severity(score);
+        let severity = match c.normalize {
+            Normalize::History if state.scores.count >= RANKED_AFTER && !score.is_nan() => {
+                severity_of_tail(state.scores.tail(score.abs()))
+            }
+            _ => severity(score),
+        };
+        if c.normalize == Normalize::History && !score.is_nan() {
+            state.scores.add(score.abs());
+        }
         if severity < c.min_severity {
             return emitted;
         }
@@ -291,6 +378,56 @@ mod tests {
         let mut r = Record::new(json!({ "Close": close })).with_key("BTC");
         r.timestamp = Some(day * 86_400_000);
         r
+    }
+
+    /// The severities of every scored day of the real BTC-USD history (tests/fixtures).
+    fn btc_severities(normalize: &str) -> Vec<f64> {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/BTC-USD.csv"
+        ))
+        .unwrap();
+        let mut op = build(&format!(
+            "field: Close\nmin_severity: 0\nnormalize: {normalize}"
+        ));
+        let mut out = Vec::new();
+        for (day, line) in text.lines().skip(1).enumerate() {
+            let Some(close) = line.split(',').nth(4).and_then(|c| c.parse::<f64>().ok()) else {
+                continue;
+            };
+            let emitted = op.process(&tp(), &price(day as i64, close));
+            out.extend(
+                emitted
+                    .records
+                    .iter()
+                    .map(|r| r.value["severity"].as_f64().unwrap()),
+            );
+        }
+        out
+    }
+
+    /// On the BTC history, the normal law makes 94 days of 2,500 severe (≥ 75) and a dozen
+    /// tie near 100; ranked against each key's history, as Kibana does (the default), only
+    /// the rarest moves are: about 1 % of days reach 75, and the top is not a tie.
+    #[test]
+    fn ranked_severities_leave_few_days_at_the_top_of_the_table() {
+        let normal = btc_severities("normal");
+        let ranked = btc_severities("history");
+        assert_eq!(normal.len(), ranked.len());
+        let severe = |s: &[f64]| s.iter().filter(|&&x| x >= 75.0).count();
+        let near_top = |s: &[f64]| s.iter().filter(|&&x| x >= 99.0).count();
+        eprintln!(
+            "{} days scored; ≥ 75: normal {}, history {}; ≥ 99: normal {}, history {}",
+            normal.len(),
+            severe(&normal),
+            severe(&ranked),
+            near_top(&normal),
+            near_top(&ranked)
+        );
+        assert!(severe(&normal) >= 80, "{}", severe(&normal));
+        assert!(severe(&ranked) <= normal.len() / 100, "{}", severe(&ranked));
+        assert!(near_top(&ranked) <= 10, "{}", near_top(&ranked));
+        assert!(severe(&ranked) >= 1, "the rarest moves still stand out");
     }
 
     #[test]
