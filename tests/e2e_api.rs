@@ -224,6 +224,23 @@ fn the_rest_api_reports_pauses_resumes_and_counts_what_arrived_without_showing_s
     let status_cli = run(sluice().args(["status", "--url", &base]));
     let printed = String::from_utf8_lossy(&status_cli.stdout).into_owned();
     assert!(status_cli.status.success(), "{printed}");
+    // Every value ends under its header: IN and OUT are right-aligned at the header's end.
+    let lines: Vec<&str> = printed.lines().collect();
+    let end_of = |line: &str, column: &str| line.find(column).map(|at| at + column.len());
+    let (in_end, out_end) = (
+        end_of(lines[0], " IN").unwrap(),
+        end_of(lines[0], " OUT").unwrap(),
+    );
+    for row in &lines[1..] {
+        let cell_end = |end: usize| {
+            row.as_bytes().get(end - 1).is_some_and(u8::is_ascii_digit)
+                && row.as_bytes().get(end).is_some_and(|b| *b == b' ')
+        };
+        assert!(
+            cell_end(in_end) && cell_end(out_end),
+            "not aligned:\n{printed}"
+        );
+    }
     assert!(
         printed.contains("messari-btc.prices") && printed.contains("RUNNING"),
         "{printed}"
