@@ -1003,3 +1003,88 @@ sinks:
         assert!(!logged.contains(key), "{key} logged");
     }
 }
+
+/// The token from a file (not argv, which every local user reads in `ps`): reads of configs
+/// need it; the token given on the command line works but says it is visible.
+#[test]
+fn the_token_comes_from_a_file_and_argv_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    for (by_file, port) in [(true, free_port()), (false, free_port())] {
+        let mut command = sluice_run(
+            root().join("pipelines/btc-weekly-candles.yaml"),
+            dir.path().join(format!("state-{by_file}")),
+        );
+        command
+            .env("CANDLES_OUT", dir.path().join("candles.jsonl"))
+            .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
+            .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
+            .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("SLUICE_API_TOKEN")
+            .stdout(Stdio::null());
+        if by_file {
+            command.arg("--api-token-file").arg(&token_file);
+        } else {
+            command.args(["--api-token", TOKEN]);
+        }
+        let mut logged = Logged::spawn(&mut command);
+        let op = Operator::new(port);
+        op.wait_ready();
+        let url = format!("{}/connectors/btc-weekly.weekly", op.base);
+        let without = op.client.get(&url).send().unwrap().status();
+        let with = op
+            .client
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!((without, with), (StatusCode::UNAUTHORIZED, StatusCode::OK));
+        terminate(&mut logged.child);
+        let (_, stderr) = logged.exit(Duration::from_secs(10));
+        assert_eq!(
+            stderr.contains("readable by every local user"),
+            !by_file,
+            "{stderr}"
+        );
+    }
+}
+
+/// A client that opens a connection and never finishes its request's headers (slowloris) is
+/// cut off after the header-read timeout, not held for good.
+#[test]
+fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = sluice_run(
+        root().join("pipelines/btc-weekly-candles.yaml"),
+        dir.path().join("state"),
+    )
+    .env("CANDLES_OUT", dir.path().join("candles.jsonl"))
+    .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
+    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
+    .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    Operator::new(port).wait_ready();
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = slow.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    terminate(&mut child);
+    assert!(read.is_ok(), "the connection was never closed: {read:?}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "closed after {waited:?}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -182,3 +182,46 @@ fn a_second_run_of_an_example_says_it_resumed_and_how_to_start_over() {
         "{third}"
     );
 }
+
+/// The summary of the weekly-candles example: the stream transform's `out` is the candles it
+/// wrote (not the days it read), and each row says where its records went.
+#[test]
+fn the_summary_says_what_a_stream_transform_wrote_and_where_records_went() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(&root().join("pipelines"), &copy.path().join("pipelines"));
+    copy_tree(
+        &root().join("tests/fixtures"),
+        &copy.path().join("tests/fixtures"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(copy.path())
+        .env_remove("SLUICE_LOG")
+        .env("SLUICE_LISTEN", "none")
+        .args(["run", "pipelines/btc-weekly-candles.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let row = |name: &str| {
+        stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("summary after"))
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name}:\n{stderr}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let weekly = row("btc-weekly/weekly");
+    assert_eq!(
+        (weekly[2].as_str(), weekly[3].as_str()),
+        ("2530", "363"),
+        "{stderr}"
+    );
+    assert_eq!(weekly.last().unwrap(), "bitcoin-weekly");
+    assert_eq!(
+        row("btc-weekly/candles").last().unwrap(),
+        "out/btc-weekly-candles.jsonl"
+    );
+    assert!(row("btc-weekly/yahoo_csv").contains(&"done".to_string()));
+}
