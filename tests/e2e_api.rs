@@ -40,6 +40,23 @@ fn messari_to_file(dir: &std::path::Path, api_mock: &ApiMock, port: u16) -> std:
     command
 }
 
+/// The weekly-candles example, slowed to 50 rows/s, writing into `dir`, its API on `port`
+/// (no token unless the caller sets one).
+fn slow_weekly(dir: &std::path::Path, state: &str, port: u16) -> std::process::Command {
+    let mut command = sluice_run(
+        root().join("pipelines/btc-weekly-candles.yaml"),
+        dir.join(state),
+    );
+    command
+        .env("CANDLES_OUT", dir.join("candles.jsonl"))
+        .env("CANDLES_DLQ_OUT", dir.join("dlq.jsonl"))
+        .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
+        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("SLUICE_API_TOKEN")
+        .stdout(Stdio::null());
+    command
+}
+
 fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -791,19 +808,11 @@ fn a_web_page_cannot_drive_the_api_of_a_run_without_a_token() {
 fn every_error_answer_is_kafka_connects_json_and_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = sluice_run(
-        root().join("pipelines/btc-weekly-candles.yaml"),
-        dir.path().join("state"),
-    )
-    .env("CANDLES_OUT", dir.path().join("candles.jsonl"))
-    .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
-    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
-    .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-    .env("SLUICE_API_TOKEN", TOKEN)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = slow_weekly(dir.path(), "state", port)
+        .env("SLUICE_API_TOKEN", TOKEN)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let op = Operator::new(port);
     op.wait_ready();
     let client = &op.client;
@@ -1012,17 +1021,7 @@ fn the_token_comes_from_a_file_and_argv_is_warned_about() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     for (by_file, port) in [(true, free_port()), (false, free_port())] {
-        let mut command = sluice_run(
-            root().join("pipelines/btc-weekly-candles.yaml"),
-            dir.path().join(format!("state-{by_file}")),
-        );
-        command
-            .env("CANDLES_OUT", dir.path().join("candles.jsonl"))
-            .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
-            .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
-            .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-            .env_remove("SLUICE_API_TOKEN")
-            .stdout(Stdio::null());
+        let mut command = slow_weekly(dir.path(), &format!("state-{by_file}"), port);
         if by_file {
             command.arg("--api-token-file").arg(&token_file);
         } else {
@@ -1058,18 +1057,10 @@ fn a_connection_that_never_finishes_its_headers_is_closed() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = sluice_run(
-        root().join("pipelines/btc-weekly-candles.yaml"),
-        dir.path().join("state"),
-    )
-    .env("CANDLES_OUT", dir.path().join("candles.jsonl"))
-    .env("CANDLES_DLQ_OUT", dir.path().join("dlq.jsonl"))
-    .env("SLUICE_SOURCES__YAHOO_CSV__RATE", "50")
-    .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = slow_weekly(dir.path(), "state", port)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     Operator::new(port).wait_ready();
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
