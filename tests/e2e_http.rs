@@ -166,6 +166,27 @@ fn a_429_waits_as_told_and_a_malformed_page_is_dead_lettered_with_an_excerpt() {
     );
 }
 
+/// GitHub answers a spent rate limit with 403 (or 429), `x-ratelimit-remaining: 0` and the
+/// reset in `x-ratelimit-reset`: a limit to wait out, not refused credentials.
+#[test]
+fn a_github_style_403_with_the_limit_spent_waits_for_the_reset() {
+    let api = ApiMock::start(ApiFaults {
+        github_limit_first: 2,
+        ..faults(300)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("items.jsonl");
+    let mut run = Logged::spawn(&mut items_pipeline(&api, dir.path(), None));
+    wait_for_lines(&out, 300, Duration::from_secs(60));
+    terminate(&mut run.child);
+    let (status, stderr) = run.exit(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("credentials were refused"), "{stderr}");
+    let statuses: Vec<u16> = api.requests().iter().map(|r| r.1.as_u16()).collect();
+    assert_eq!(&statuses[..3], &[403, 403, 200], "{statuses:?}");
+    assert_eq!(arrivals(&out).len(), 300);
+}
+
 #[test]
 fn refused_credentials_stop_the_run_with_one_clear_error() {
     let api = ApiMock::start(faults(10));

@@ -7,7 +7,8 @@
 //!   one second forward every `price_every` requests;
 //! - every request must carry `required_header` (401 otherwise, with a JSON error body);
 //! - while an outage is set ([`ApiMock::set_outage`]), every request gets its status;
-//! - the first `busy_first` requests are answered 429 with `Retry-After: 1`;
+//! - the first `busy_first` requests are answered 429 with `Retry-After: 1`, the next
+//!   `github_limit_first` 403 with GitHub's spent-limit headers (remaining 0, reset 1 s on);
 //! - the page starting at record `malformed_at` is answered once with a body that is not JSON;
 //! - Yahoo: `GET /consent` sets the cookie (answering 404, as Yahoo's consent host does),
 //!   `GET /v1/test/getcrumb` gives a crumb for it, `GET /v8/finance/chart/{symbol}` answers the
@@ -33,6 +34,10 @@ pub struct ApiFaults {
     pub required_header: Option<(String, String)>,
     /// The first this many requests are answered 429 with `Retry-After: 1`.
     pub busy_first: u32,
+    /// The first this many requests are answered as GitHub answers a spent primary limit:
+    /// 403 with `x-ratelimit-remaining: 0` and `x-ratelimit-reset` (Unix seconds) 1 s ahead.
+    /// Every answer carries `x-ratelimit-remaining` (> 0 when not spent).
+    pub github_limit_first: u32,
     /// The page starting at this record is answered once with a body that is not JSON.
     pub malformed_at: Option<u64>,
     /// Messari's price time moves one second every this many requests (0: every request).
@@ -124,6 +129,30 @@ fn gate(state: &Shared, headers: &HeaderMap, what: String) -> Result<(), Box<Res
                 StatusCode::TOO_MANY_REQUESTS,
                 [("retry-after", "1")],
                 "{\"error\": \"rate limited\"}",
+            )
+                .into_response(),
+        ));
+    }
+    if log.requests.len() < (faults.busy_first + faults.github_limit_first) as usize {
+        log.requests
+            .push((Instant::now(), StatusCode::FORBIDDEN, what));
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() + 1)
+            .to_string();
+        let body = json!({
+            "message": "API rate limit exceeded for 127.0.0.1.",
+            "documentation_url": "https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting"
+        });
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                [
+                    ("x-ratelimit-limit", "60".to_string()),
+                    ("x-ratelimit-remaining", "0".to_string()),
+                    ("x-ratelimit-reset", reset),
+                ],
+                body.to_string(),
             )
                 .into_response(),
         ));

@@ -2,11 +2,16 @@
 //! `x-rate-limit-reset`, a request budget, and statuses checked before any body is read.
 //!
 //! - 2xx: the body is returned.
-//! - 401/403: the run fails at once with one message naming the source, the endpoint and what
-//!   to check; it is never retried (a loop printing `403` forever helps nobody).
+//! - A rate limit: 429, or a 403 that says so (GitHub answers its limits with 403 or 429, with
+//!   `x-ratelimit-remaining: 0`, or `Retry-After` for its secondary limits): retried, see below.
+//! - 401/403 otherwise: the run fails at once with one message naming the source, the endpoint
+//!   and what to check; it is never retried (a loop printing `403` forever helps nobody).
 //! - 408, 429, 5xx and network errors: retried after the server's `Retry-After` (seconds or an
-//!   HTTP date) or `x-rate-limit-reset` (Unix seconds) when it sends one, else after an
-//!   exponential backoff with jitter; every wait is bounded by `backoff.max` and logged.
+//!   HTTP date), or, when its remaining count is 0 (or not sent), after its reset time:
+//!   `x-rate-limit-reset` (X) or `x-ratelimit-reset` (GitHub), Unix seconds, or
+//!   `ratelimit-reset` (the IETF draft), seconds from now; else after an exponential backoff
+//!   with jitter (a 429 with requests remaining, such as X's TooManyConnections, is not made
+//!   to wait until the window's reset); every wait is bounded by `backoff.max` and logged.
 //! - Any other status: the run fails, with an excerpt of the body.
 
 use reqwest::header::HeaderMap;
@@ -213,6 +218,12 @@ impl HttpClient {
         body: &[u8],
     ) -> Result<Failure, ConnectorError> {
         let code = status.as_u16();
+        if code == 403 && rate_limit_spent(headers) {
+            return Ok(Failure::Status(
+                format!("{endpoint} answered {status}: the API's rate limit is spent"),
+                server_wait(headers, SystemTime::now()),
+            ));
+        }
         if code == 401 || code == 403 {
             return Err(ConnectorError::user(format!(
                 "{endpoint} answered {status}: the credentials were refused; check {} ({})",
@@ -270,16 +281,37 @@ enum Failure {
     Status(String, Option<Duration>),
 }
 
-/// The wait a server asks for: `Retry-After` (seconds or an HTTP date), else
-/// `x-rate-limit-reset` (Unix seconds, as X sends it).
+/// A header's value as text.
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The remaining count of the rate-limit window, under X's, GitHub's or the IETF draft's name.
+fn remaining(headers: &HeaderMap) -> Option<u64> {
+    [
+        "x-rate-limit-remaining",
+        "x-ratelimit-remaining",
+        "ratelimit-remaining",
+    ]
+    .iter()
+    .find_map(|name| header(headers, name)?.parse().ok())
+}
+
+/// Whether a 403 says a rate limit is spent rather than credentials refused: no requests
+/// remain in the window, or the server says when to retry (GitHub's secondary limits).
+fn rate_limit_spent(headers: &HeaderMap) -> bool {
+    remaining(headers) == Some(0) || header(headers, "retry-after").is_some()
+}
+
+/// The wait a server asks for: `Retry-After` (seconds or an HTTP date); else, when no requests
+/// remain in the window (or the count is not sent), until its reset: `x-rate-limit-reset` (X)
+/// or `x-ratelimit-reset` (GitHub) in Unix seconds, `ratelimit-reset` (IETF draft) in seconds
+/// from now. A reset with requests remaining (X's 429 TooManyConnections) asks for no wait.
 pub fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(value) = text("retry-after") {
+    if let Some(value) = header(headers, "retry-after") {
         if let Ok(seconds) = value.parse::<u64>() {
             return Some(Duration::from_secs(seconds));
         }
@@ -287,9 +319,18 @@ pub fn server_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(at.duration_since(now).unwrap_or_default());
         }
     }
-    let reset = text("x-rate-limit-reset")?.parse::<u64>().ok()?;
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
-    Some(at.duration_since(now).unwrap_or_default())
+    if remaining(headers).is_some_and(|n| n > 0) {
+        return None;
+    }
+    let epoch = ["x-rate-limit-reset", "x-ratelimit-reset"]
+        .iter()
+        .find_map(|name| header(headers, name)?.parse::<u64>().ok());
+    if let Some(reset) = epoch {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+        return Some(at.duration_since(now).unwrap_or_default());
+    }
+    let seconds = header(headers, "ratelimit-reset")?.parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 /// A network error's message with its causes, without the URL (it may carry a query key).
@@ -363,6 +404,45 @@ mod tests {
             HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
         );
         assert_eq!(server_wait(&headers, now), Some(Duration::ZERO));
+    }
+
+    /// X's 429 TooManyConnections comes with requests remaining: its reset time (15 minutes
+    /// away) is not a wait. GitHub's names and the IETF draft's are read; a reset is a wait
+    /// only once nothing remains.
+    #[test]
+    fn a_reset_time_is_a_wait_only_once_the_window_is_spent() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                map.insert(*k, HeaderValue::from_static(v));
+            }
+            map
+        };
+        let x = headers(&[
+            ("x-rate-limit-remaining", "49"),
+            ("x-rate-limit-reset", "1700000899"),
+        ]);
+        assert_eq!(server_wait(&x, now), None);
+        let x_spent = headers(&[
+            ("x-rate-limit-remaining", "0"),
+            ("x-rate-limit-reset", "1700000899"),
+        ]);
+        assert_eq!(server_wait(&x_spent, now), Some(Duration::from_secs(899)));
+        let github = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1700000060"),
+        ]);
+        assert_eq!(server_wait(&github, now), Some(Duration::from_secs(60)));
+        assert!(rate_limit_spent(&github));
+        let ietf = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "30")]);
+        assert_eq!(server_wait(&ietf, now), Some(Duration::from_secs(30)));
+        let secondary = headers(&[("retry-after", "5")]);
+        assert!(rate_limit_spent(&secondary));
+        assert!(!rate_limit_spent(&headers(&[(
+            "x-ratelimit-remaining",
+            "4999"
+        )])));
     }
 
     #[test]

@@ -1078,21 +1078,36 @@ fn fill_json(value: &Value, fields: &IndexMap<String, String>) -> Value {
 }
 
 /// The `rel="next"` URL of one `Link` header value.
+/// The `rel="next"` target of a `Link` header (RFC 8288): links are `<URI>; params`, separated
+/// by commas outside the brackets (a URI may hold commas); `rel` may list several types.
 fn next_link(header: &str) -> Option<String> {
-    header.split(',').find_map(|link| {
-        let (target, params) = link.split_once(';')?;
+    let mut rest = header;
+    loop {
+        let open = rest.find('<')?;
+        let close = open + rest[open..].find('>')?;
+        let target = &rest[open + 1..close];
+        let after = &rest[close + 1..];
+        // This link's parameters run to the next `<` (the next link's start).
+        let params_end = after.find('<').unwrap_or(after.len());
+        let params = &after[..params_end];
         let is_next = params.split(';').any(|p| {
-            let p = p.trim().replace(' ', "");
-            p == "rel=\"next\"" || p == "rel=next"
+            let Some((name, value)) = p.split_once('=') else {
+                return false;
+            };
+            name.trim().eq_ignore_ascii_case("rel")
+                && value
+                    .trim()
+                    .trim_end_matches(',')
+                    .trim()
+                    .trim_matches('"')
+                    .split_ascii_whitespace()
+                    .any(|rel| rel.eq_ignore_ascii_case("next"))
         });
-        is_next.then(|| {
-            target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string()
-        })
-    })
+        if is_next {
+            return Some(target.to_string());
+        }
+        rest = after;
+    }
 }
 
 fn url_without_query(url: &str) -> String {
@@ -1114,6 +1129,21 @@ fn step(url: &str, param: &str, by: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 8288: a target may hold commas; `rel` may list several types, in any case.
+    #[test]
+    fn the_next_link_is_found_whatever_its_target_holds() {
+        let header = r#"<https://api.example/items?page=1&fields=a,b>; rel="prev first", <https://api.example/items?page=3&fields=a,b>; rel="NEXT", <https://api.example/items?page=9>; rel=last"#;
+        assert_eq!(
+            next_link(header).as_deref(),
+            Some("https://api.example/items?page=3&fields=a,b")
+        );
+        assert_eq!(
+            next_link("<https://a.example/?p=2>; rel=next").as_deref(),
+            Some("https://a.example/?p=2")
+        );
+        assert_eq!(next_link(r#"<https://a.example/?p=1>; rel="prev""#), None);
+    }
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -4,12 +4,14 @@
 //! the rules already on the stream are read (`GET /2/tweets/search/stream/rules`), missing ones
 //! are checked with `dry_run=true` (a rule X refuses is a start-up error naming it), stale ones
 //! are deleted and missing ones added. The stream is one JSON object per line with blank
-//! keep-alive lines about every 20 s; `stall_timeout` of silence counts as a dead connection.
+//! keep-alive lines about every 20 s; `stall_timeout` (30 s) of silence counts as a dead
+//! connection.
 //! Reconnects follow X's rules: after network errors (and stalls, ends of stream, operational
 //! disconnects) waits grow linearly by `network_step` up to `network_max`; after HTTP errors
 //! exponentially from `http_initial` up to `http_max`; after 429 or a `ConnectionException`
-//! exponentially from `rate_limit_initial` (or as `x-rate-limit-reset` says). 401/403 fail the
-//! run at once. Duplicates (the last 100,000 ids) and unknown message types are skipped.
+//! exponentially from `rate_limit_initial` (or until `x-rate-limit-reset` once no requests
+//! remain: a TooManyConnections 429 with requests remaining does not wait out the 15-minute
+//! window). 401/403 fail the run at once. Duplicates (the last 100,000 ids) and unknown message types are skipped.
 //!
 //! **`mode: recent_search`** polls `GET /2/tweets/search/recent` every `interval` with
 //! `since_id` and follows `next_token` through the pages, for accounts without stream access.
@@ -81,7 +83,8 @@ pub struct TwitterSourceConfig {
     #[schemars(with = "String")]
     pub interval: Duration,
     /// Silence on the stream (no post, no keep-alive) after which the connection is taken for
-    /// dead and opened again; X sends a keep-alive every 20 s.
+    /// dead and opened again (default 30 s); X sends a keep-alive every 20 s, sometimes a little
+    /// late, so a timeout of 20 s would drop live connections (tweepy keeps a margin too).
     #[serde(default = "default_stall_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub stall_timeout: Duration,
@@ -177,7 +180,7 @@ fn default_interval() -> Duration {
     Duration::from_secs(60)
 }
 fn default_stall_timeout() -> Duration {
-    Duration::from_secs(20)
+    Duration::from_secs(30)
 }
 fn default_network_step() -> Duration {
     Duration::from_millis(250)
