@@ -10,7 +10,8 @@
 //! - the first `busy_first` requests are answered 429 with `Retry-After: 1`, the next
 //!   `github_limit_first` 403 with GitHub's spent-limit headers (remaining 0, reset 1 s on);
 //! - the page starting at record `malformed_at` is answered once with a body that is not JSON;
-//! - Yahoo: `GET /consent` sets the cookie (answering 404, as Yahoo's consent host does),
+//! - Yahoo: every request without a browser's `User-Agent` is answered 429 "Too Many
+//!   Requests", as Yahoo does; `GET /consent` sets the cookie (answering 404, as Yahoo's consent host does),
 //!   `GET /v1/test/getcrumb` gives a crumb for it, `GET /v8/finance/chart/{symbol}` answers the
 //!   BTC-USD fixture's bars in `[period1, period2)` (401 "Invalid Crumb" once the crumb has
 //!   served `crumb_lasts` charts; 404 with Yahoo's error body for other symbols).
@@ -266,7 +267,28 @@ async fn messari_v2(
 
 const YAHOO_COOKIE: &str = "A3=d=sluice-test";
 
-async fn yahoo_consent(State(state): State<Shared>) -> Response {
+/// Yahoo's answer to a client that is not a browser (yfinance's and yahoo-finance2's issues:
+/// "Too Many Requests" to anything without a browser's `User-Agent`), if this is one.
+fn not_a_browser(state: &Shared, headers: &HeaderMap, what: &str) -> Option<Response> {
+    let agent = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if agent.starts_with("Mozilla/5.0") {
+        return None;
+    }
+    state.0.lock().unwrap().requests.push((
+        Instant::now(),
+        StatusCode::TOO_MANY_REQUESTS,
+        what.to_string(),
+    ));
+    Some((StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response())
+}
+
+async fn yahoo_consent(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(refused) = not_a_browser(&state, &headers, "/consent") {
+        return refused;
+    }
     state.0.lock().unwrap().requests.push((
         Instant::now(),
         StatusCode::NOT_FOUND,
@@ -293,6 +315,9 @@ fn has_cookie(headers: &HeaderMap) -> bool {
 }
 
 async fn yahoo_crumb(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(refused) = not_a_browser(&state, &headers, "/v1/test/getcrumb") {
+        return refused;
+    }
     let mut log = state.0.lock().unwrap();
     if !has_cookie(&headers) {
         log.requests.push((
@@ -316,6 +341,9 @@ async fn yahoo_chart(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let what = format!("/v8/finance/chart/{symbol}");
+    if let Some(refused) = not_a_browser(&state, &headers, &what) {
+        return refused;
+    }
     let mut log = state.0.lock().unwrap();
     let current = format!("crumb-{}", log.crumbs);
     let expired = state.1.crumb_lasts > 0 && log.charts_with_crumb >= state.1.crumb_lasts;

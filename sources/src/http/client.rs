@@ -47,6 +47,10 @@ pub struct HttpSettings {
     /// pagination) stays within an API quota; unset sends as fast as the answers come.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_minute: Option<u32>,
+    /// The `User-Agent` sent: default `sluice/<version>`, or a browser's for `yahoo_finance`
+    /// (Yahoo answers other agents 429, as yfinance and yahoo-finance2 found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -57,9 +61,16 @@ impl Default for HttpSettings {
             max_retries: 0,
             backoff: Backoff::default(),
             max_requests_per_minute: None,
+            user_agent: None,
         }
     }
 }
+
+/// Sluice's own `User-Agent`.
+pub const SLUICE_AGENT: &str = concat!("sluice/", env!("CARGO_PKG_VERSION"));
+
+/// A current desktop browser's `User-Agent`, for services that refuse other clients.
+pub const BROWSER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
 /// Exponential backoff with full jitter: the n-th wait is random in [base·2ⁿ / 2, base·2ⁿ],
 /// at most `max`.
@@ -137,7 +148,7 @@ impl HttpClient {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .user_agent(settings.user_agent.as_deref().unwrap_or(SLUICE_AGENT))
             .build()
             .map_err(|e| ConnectorError::internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(HttpClient {

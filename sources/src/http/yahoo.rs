@@ -183,7 +183,16 @@ impl SourceConfig for YahooFinanceSourceConfig {
             .collect();
         Ok(Box::new(YahooSource {
             client: HttpClient::new(
-                self.http.clone(),
+                HttpSettings {
+                    // Yahoo answers 429 to agents that are not a browser's.
+                    user_agent: Some(
+                        self.http
+                            .user_agent
+                            .clone()
+                            .unwrap_or_else(|| super::client::BROWSER_AGENT.to_string()),
+                    ),
+                    ..self.http.clone()
+                },
                 "that Yahoo serves this network (it refuses some)",
             )?,
             config: self.clone(),
