@@ -39,9 +39,10 @@ pub struct MessariSourceConfig {
     /// Messari API key, sent as `X-Messari-API-Key`. Never logged or stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
-    /// Where the API is (a mirror, a proxy, a test server).
-    #[serde(default = "default_base_url")]
-    pub base_url: String,
+    /// Where the API is (a mirror, a proxy, a test server); default the host of `api`:
+    /// `https://api.messari.io` for v2, `https://data.messari.io` for v1 (the seed's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
     /// Wait between polls (the seed polled every 3 s).
     #[serde(default = "default_interval", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -65,8 +66,15 @@ pub enum Api {
     V1,
 }
 
-fn default_base_url() -> String {
-    "https://api.messari.io".into()
+impl MessariSourceConfig {
+    /// `base_url`, or the host of the API version asked for.
+    fn base_url(&self) -> &str {
+        match (&self.base_url, self.api) {
+            (Some(url), _) if !url.trim().is_empty() => url,
+            (_, Api::V2) => "https://api.messari.io",
+            (_, Api::V1) => "https://data.messari.io",
+        }
+    }
 }
 fn default_interval() -> Duration {
     Duration::from_secs(60)
@@ -83,7 +91,7 @@ impl SourceConfig for MessariSourceConfig {
                 "must name at least one asset, none empty",
             ));
         }
-        if let Err(e) = reqwest::Url::parse(&self.base_url) {
+        if let Err(e) = reqwest::Url::parse(self.base_url()) {
             errors.push(FieldError::new("base_url", format!("not a URL: {e}")));
         }
         if self.interval.is_zero() {
@@ -184,7 +192,7 @@ impl MessariSource {
     }
 
     async fn poll_v2(&mut self) -> Result<(), ConnectorError> {
-        let mut url = at_base(&self.config.base_url, "/metrics/v2/assets/details")?;
+        let mut url = at_base(self.config.base_url(), "/metrics/v2/assets/details")?;
         url.query_pairs_mut()
             .append_pair("assets", &self.config.assets.join(","));
         let body = self.get(url).await?;
@@ -228,7 +236,7 @@ impl MessariSource {
 
     async fn poll_v1(&mut self, asset: &str) -> Result<(), ConnectorError> {
         let url = at_base(
-            &self.config.base_url,
+            self.config.base_url(),
             &format!("/api/v1/assets/{asset}/metrics/market-data"),
         )?;
         let body = self.get(url).await?;
@@ -288,7 +296,7 @@ impl MessariSource {
             payload: Payload::Bad(BadInput {
                 raw,
                 message: format!("messari `{asset}`: {message}"),
-                location: format!("{} ({asset})", self.config.base_url),
+                location: format!("{} ({asset})", self.config.base_url()),
                 ..BadInput::default()
             }),
         });
@@ -434,6 +442,25 @@ fn flat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `api: v1` alone asks the v1 host (the seed's `data.messari.io`), not v2's, which
+    /// answers its paths 404; a `base_url` given wins for both.
+    #[test]
+    fn each_api_version_has_its_own_default_host() {
+        let config = |yaml: &str| -> MessariSourceConfig { serde_yaml::from_str(yaml).unwrap() };
+        assert_eq!(
+            config("assets: [btc]\napi: v1").base_url(),
+            "https://data.messari.io"
+        );
+        assert_eq!(
+            config("assets: [bitcoin]").base_url(),
+            "https://api.messari.io"
+        );
+        assert_eq!(
+            config("assets: [btc]\napi: v1\nbase_url: http://127.0.0.1:9").base_url(),
+            "http://127.0.0.1:9"
+        );
+    }
 
     fn fixture(name: &str) -> Value {
         let path = format!(
