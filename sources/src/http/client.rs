@@ -235,6 +235,12 @@ impl HttpClient {
                 server_wait(headers, SystemTime::now()),
             ));
         }
+        if code == 403 && allowance_spent(body) {
+            return Err(ConnectorError::user(format!(
+                "{endpoint} answered {status}: the account's usage cap or credits are spent, the credentials are not at fault ({})",
+                excerpt(body)
+            )));
+        }
         if code == 401 || code == 403 {
             return Err(ConnectorError::user(format!(
                 "{endpoint} answered {status}: the credentials were refused; check {} ({})",
@@ -290,6 +296,21 @@ enum Failure {
     Network(String),
     /// The reason, and the wait the server asked for.
     Status(String, Option<Duration>),
+}
+
+/// Whether an error body in problem-details form (`title`, `detail`, `type`, as X sends them)
+/// says the account's allowance is spent (a usage cap, pay-per-use credits) rather than the
+/// credentials refused.
+pub fn allowance_spent(body: &[u8]) -> bool {
+    let Ok(problem) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    ["title", "detail", "type"].iter().any(|field| {
+        problem[field].as_str().is_some_and(|text| {
+            let text = text.to_ascii_lowercase();
+            text.contains("usage") || text.contains("credit")
+        })
+    })
 }
 
 /// A header's value as text.
@@ -454,6 +475,16 @@ mod tests {
             "x-ratelimit-remaining",
             "4999"
         )])));
+    }
+
+    /// X's problem details for a spent allowance are told apart from refused credentials.
+    #[test]
+    fn a_spent_usage_cap_is_not_refused_credentials() {
+        let capped = br#"{"title":"UsageCapExceeded","detail":"Usage cap exceeded: Monthly product cap","type":"https://api.twitter.com/2/problems/usage-capped"}"#;
+        let credits = br#"{"title":"CreditsDepleted","detail":"Your enrolled account does not have any credits","type":"about:blank"}"#;
+        let refused = br#"{"title":"Unauthorized","type":"about:blank","status":401,"detail":"Unauthorized"}"#;
+        assert!(allowance_spent(capped) && allowance_spent(credits));
+        assert!(!allowance_spent(refused) && !allowance_spent(b"Forbidden"));
     }
 
     #[test]

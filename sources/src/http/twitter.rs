@@ -28,7 +28,9 @@
 //! asks for the page it was in again and skips the posts delivered from it (ids at or above
 //! `last_id`: a scan goes from the newest post down).
 
-use super::client::{at_base, endpoint, excerpt, server_wait, HttpClient, HttpSettings};
+use super::client::{
+    allowance_spent, at_base, endpoint, excerpt, server_wait, HttpClient, HttpSettings,
+};
 use super::generic::{time_millis, Recent};
 use reqwest::StatusCode;
 use schemars::JsonSchema;
@@ -66,6 +68,11 @@ pub struct TwitterSourceConfig {
     /// `OR` (their tags are then not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// Longest rule or query X takes from this account, in characters (default 512, X's limit
+    /// for most access levels; higher ones allow 1,024 or more): longer ones are refused by
+    /// `validate` rather than by X at start.
+    #[serde(default = "default_query_limit")]
+    pub query_limit: usize,
     /// `tweet.fields` asked for: fields of each post besides `id` and `text`.
     #[serde(default = "default_tweet_fields")]
     pub tweet_fields: Vec<String>,
@@ -179,6 +186,9 @@ fn default_max_results() -> u32 {
 fn default_interval() -> Duration {
     Duration::from_secs(60)
 }
+fn default_query_limit() -> usize {
+    512
+}
 fn default_stall_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -206,6 +216,17 @@ fn default_base_url() -> String {
 
 impl TwitterSourceConfig {
     /// The recent-search query: `query`, else the rules joined with `OR`.
+    /// Why `query` is longer than X takes, if it is.
+    fn too_long(&self, query: &str) -> Option<String> {
+        let length = query.chars().count();
+        (length > self.query_limit).then(|| {
+            format!(
+                "is {length} characters; X takes at most {} (`query_limit`, 512 for most access levels)",
+                self.query_limit
+            )
+        })
+    }
+
     fn search_query(&self) -> String {
         match &self.query {
             Some(query) => query.clone(),
@@ -240,6 +261,9 @@ impl SourceConfig for TwitterSourceConfig {
                             "must not be empty",
                         ));
                     }
+                    if let Some(e) = self.too_long(&rule.value) {
+                        errors.push(FieldError::new(format!("rules[{i}].value"), e));
+                    }
                 }
                 if self.query.is_some() {
                     errors.push(FieldError::new(
@@ -249,6 +273,9 @@ impl SourceConfig for TwitterSourceConfig {
                 }
             }
             Mode::RecentSearch => {
+                if let Some(e) = self.too_long(&self.search_query()) {
+                    errors.push(FieldError::new("query", e));
+                }
                 if self.search_query().trim().is_empty() {
                     errors.push(FieldError::new(
                         "query",
@@ -704,6 +731,9 @@ impl StreamSource {
         let body = response.bytes().await.unwrap_or_default();
         let reason = format!("{shown} answered {status}: {}", excerpt(&body));
         match status {
+            StatusCode::FORBIDDEN if allowance_spent(&body) => Err(ConnectorError::user(format!(
+                "{reason}; X refused for the account's usage cap or credits, not for the token"
+            ))),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(ConnectorError::user(format!(
                 "{reason}; the credentials were refused: check `bearer_token` (an app-only bearer token of a project with filtered-stream access)"
             ))),
@@ -968,6 +998,26 @@ impl SearchSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rule or query longer than X takes is refused by `validate`, naming the field; a
+    /// higher access level raises `query_limit`.
+    #[test]
+    fn rules_and_queries_longer_than_x_takes_are_refused_by_validate() {
+        let long = format!("({})", vec!["macron"; 90].join(" OR "));
+        let config = |yaml: String| -> TwitterSourceConfig { serde_yaml::from_str(&yaml).unwrap() };
+        let stream = config(format!("bearer_token: t\nrules: [{{ value: '{long}' }}]"));
+        let errors = stream.validate().unwrap_err();
+        assert_eq!(errors[0].field, "rules[0].value", "{errors:?}");
+        assert!(errors[0].message.contains("512"), "{errors:?}");
+        let search = config(format!(
+            "bearer_token: t\nmode: recent_search\nquery: '{long}'"
+        ));
+        assert_eq!(search.validate().unwrap_err()[0].field, "query");
+        let pro = config(format!(
+            "bearer_token: t\nquery_limit: 1024\nrules: [{{ value: '{long}' }}]"
+        ));
+        assert!(pro.validate().is_ok());
+    }
 
     #[test]
     fn reconnect_waits_follow_x_rules_and_reset_after_data() {
