@@ -77,7 +77,11 @@ fn followed_files_arrive_once_each_across_a_stop_and_a_kill_9_through_kafka() {
     let mut second = run();
     // The input holds 7,999 good lines until the third run adds more: under load the first
     // run may have read most of them before its stop took effect.
-    wait_for_lines(&out, (stopped_at + 2500).min(7_999), Duration::from_secs(60));
+    wait_for_lines(
+        &out,
+        (stopped_at + 2500).min(7_999),
+        Duration::from_secs(60),
+    );
     second.child.kill().unwrap();
     second.exit(Duration::from_secs(10));
 

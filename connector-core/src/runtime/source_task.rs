@@ -380,6 +380,8 @@ impl SourceTask {
             }
             if checkpoint {
                 // What comes next is numbered as the checkpoint says: it is stored first.
+                // Meanwhile readers that hold their commits back commit now.
+                let _blocked = self.writer.blocked_on(std::slice::from_ref(&self.topic));
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = failed.cancelled() => return Ok(()),

@@ -394,25 +394,22 @@ struct Cursor {
     plan: Option<Arc<Plan>>,
 }
 
-/// How the records of one page are numbered for `exactly_once`: the record with fingerprint
-/// `prints[i]` (its id, else a hash of its JSON text) is at position `base + i`. Asked for
-/// again, the page's records are matched to the plan by fingerprint (the k-th of a
-/// fingerprint to its k-th place); records the plan does not hold are added at its end, after
-/// a store of the plan so extended, so that positions only grow in the order records are sent.
+/// How the records of one page are numbered for `exactly_once`: each record on the page by its
+/// fingerprint (its id, else a hash of its JSON text) and position. Asked for again, the
+/// page's records are matched to the plan by fingerprint (the k-th of a fingerprint to its
+/// k-th entry); records the plan does not hold get the next positions, after a store of the
+/// plan so extended, so that positions only grow in the order records are sent. The plan
+/// holds the records on the page when it was last read, so a page that slides (the latest N
+/// records of a feed) keeps a plan of its own size; a record that left the page and comes
+/// back later is numbered anew (sent again).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Plan {
     /// The page's request.
     url: String,
-    /// Position of the plan's first record.
-    base: u64,
-    prints: Vec<String>,
-}
-
-impl Plan {
-    /// The first position after the plan's.
-    fn end(&self) -> u64 {
-        self.base + self.prints.len() as u64
-    }
+    /// Each record's fingerprint and position, in the page's order.
+    entries: Vec<(String, u64)>,
+    /// The position the next new record gets: above every position given so far.
+    end: u64,
 }
 
 impl Cursor {
@@ -794,44 +791,47 @@ impl HttpSource {
     ) {
         let known = self.cursor.plan.as_deref().filter(|plan| plan.url == url);
         let planned_before = known.is_some();
-        let mut plan = match known {
-            Some(plan) => plan.clone(),
-            None => Plan {
-                url: url.to_string(),
-                base: self
-                    .cursor
-                    .delivered
-                    .max(self.cursor.plan.as_deref().map_or(0, Plan::end)),
-                prints: Vec::new(),
-            },
+        // Positions to give, as the plan of this page says, else from above every position
+        // given so far.
+        let mut end = match known {
+            Some(plan) => plan.end,
+            None => self
+                .cursor
+                .delivered
+                .max(self.cursor.plan.as_deref().map_or(0, |p| p.end)),
         };
-        let mut places: std::collections::HashMap<&str, VecDeque<usize>> =
+        let mut places: std::collections::HashMap<&str, VecDeque<u64>> =
             std::collections::HashMap::new();
-        for (at, print) in plan.prints.iter().enumerate() {
-            places.entry(print.as_str()).or_default().push_back(at);
+        for (print, position) in known.map(|p| p.entries.as_slice()).unwrap_or_default() {
+            places
+                .entry(print.as_str())
+                .or_default()
+                .push_back(*position);
         }
-        let mut found = Vec::with_capacity(records.len());
-        let mut added = Vec::new();
+        let mut entries = Vec::with_capacity(records.len());
+        let mut placed: Vec<(u64, usize)> = Vec::with_capacity(records.len());
+        let mut added = false;
         for (i, value) in records.iter().enumerate() {
             let print = self.fingerprint(value);
-            match places.get_mut(print.as_str()).and_then(VecDeque::pop_front) {
-                Some(at) => found.push((at, i)),
-                None => added.push((i, print)),
-            }
-        }
-        let known_count = plan.prints.len();
-        // Records of a page not planned before: what its first `skip` held was sent by
-        // the run that read it without a plan (or before this plan was made).
-        let mut placed: Vec<(u64, usize)> = found
-            .into_iter()
-            .map(|(at, i)| (plan.base + at as u64, i))
-            .collect();
-        for (i, print) in added {
-            placed.push((plan.base + plan.prints.len() as u64, i));
-            plan.prints.push(print);
+            let position = match places.get_mut(print.as_str()).and_then(VecDeque::pop_front) {
+                Some(position) => position,
+                None => {
+                    added = true;
+                    end += 1;
+                    end - 1
+                }
+            };
+            placed.push((position, i));
+            entries.push((print, position));
         }
         placed.sort_unstable();
-        if plan.prints.len() > known_count {
+        let plan = Plan {
+            url: url.to_string(),
+            entries,
+            end,
+        };
+        if added {
+            // Stored before any record it numbers anew is sent.
             self.cursor.plan = Some(Arc::new(plan));
             let checkpoint = SourceRecord {
                 partition: self.partition.clone(),
@@ -841,6 +841,9 @@ impl HttpSource {
             };
             let mark = self.mark();
             self.buffered.push_back((checkpoint, Some(mark)));
+        } else if planned_before && self.cursor.plan.as_deref() != Some(&plan) {
+            // Records left the page: the plan shrinks with the next offset stored.
+            self.cursor.plan = Some(Arc::new(plan));
         }
         let mut records: Vec<Option<Value>> = records.into_iter().map(Some).collect();
         for (position, i) in placed {
@@ -1297,6 +1300,41 @@ mod tests {
                 "with id: {with_id}"
             );
         }
+    }
+
+    /// A page that slides (the latest 5 records of a feed, polled again and again) keeps a
+    /// plan of its own size in the offset, and numbers each record once, in order.
+    #[tokio::test]
+    async fn a_sliding_page_keeps_a_plan_of_its_own_size() {
+        let api = Api::start().await;
+        let names: Vec<String> = (0..30).map(|n| format!("r{n:02}")).collect();
+        let window = |from: usize| {
+            let slice: Vec<&str> = names[from..from + 5].iter().map(String::as_str).collect();
+            page(&slice, false)
+        };
+        api.serve("/items", window(0));
+        let config = config(&format!("url: {}\ninterval: 10ms\n", api.url));
+        let mut source = config.build(context(None, &api.url)).await.unwrap();
+        let mut sent = items(&mut *source, 5).await;
+        for from in 1..=25 {
+            api.serve("/items", window(from));
+            sent.extend(items(&mut *source, 1).await);
+        }
+        let numbered = numbered(&sent);
+        let expected: Vec<(String, u64)> =
+            (0..30).map(|n| (format!("r{n:02}"), n as u64)).collect();
+        assert_eq!(numbered, expected);
+        let offset = &sent
+            .iter()
+            .rev()
+            .find(|i| !i.offset.is_null())
+            .unwrap()
+            .offset;
+        assert_eq!(
+            offset["plan"]["entries"].as_array().unwrap().len(),
+            5,
+            "{offset}"
+        );
     }
 
     /// A crash once the plan of the next page was stored, and that page changed before the
