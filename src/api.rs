@@ -331,6 +331,7 @@ impl Api {
                 "dead_lettered": snapshot.dead_lettered,
                 "skipped": snapshot.skipped,
                 "records_written": snapshot.written,
+                "throttled": m.throttled_count(),
                 "average_rate": m.average_rate(),
                 "lag": m.lag().iter().map(|(_, _, lag)| lag).sum::<i64>(),
             },

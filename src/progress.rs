@@ -210,6 +210,8 @@ fn state(m: &ComponentMetrics, s: &MetricsSnapshot, sources_done: bool) -> Strin
     } else if !s.finished {
         if m.is_paused() {
             "paused".into()
+        } else if m.state() == sluice_core::metrics::State::Throttled {
+            format!("throttled ({})", m.throttled_count())
         } else if let Some((done, total)) = m.progress().filter(|(_, t)| *t > 0) {
             let percent = done as f64 * 100.0 / total as f64;
             let left = m

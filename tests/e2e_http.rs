@@ -543,3 +543,51 @@ fn messari_polls_become_one_minute_candles_equal_to_their_prices() {
         assert_eq!(candle["low"], low, "{candle}");
     }
 }
+
+/// While an API answers 429, its source shows `THROTTLED` with the count in the status (and
+/// the live table), not `RUNNING` with nothing visible; it runs on once answered.
+#[test]
+fn a_source_waiting_out_a_rate_limit_shows_throttled() {
+    let api = ApiMock::start(ApiFaults {
+        busy_first: 4,
+        ..faults(300)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("items.jsonl");
+    let port = free_port();
+    let mut run = Logged::spawn(
+        items_pipeline(&api, dir.path(), None).env("SLUICE_LISTEN", format!("127.0.0.1:{port}")),
+    );
+    let client = reqwest::blocking::Client::new();
+    let status = || -> Value {
+        client
+            .get(format!(
+                "http://127.0.0.1:{port}/connectors/http-items.items/status"
+            ))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    };
+    let started = std::time::Instant::now();
+    let throttled = loop {
+        let now = status();
+        if now["connector"]["state"] == "THROTTLED" {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never THROTTLED: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        throttled["metrics"]["throttled"].as_u64().unwrap() >= 1,
+        "{throttled}"
+    );
+    wait_for_lines(&out, 300, Duration::from_secs(60));
+    let after = status();
+    assert_eq!(after["connector"]["state"], "RUNNING", "{after}");
+    assert_eq!(after["metrics"]["throttled"], 4, "{after}");
+    terminate(&mut run.child);
+    run.exit(Duration::from_secs(10));
+}

@@ -26,6 +26,9 @@ pub struct ComponentMetrics {
     completed: std::sync::atomic::AtomicBool,
     /// How far a source whose end is known has come: (done, total).
     progress: Mutex<Option<(u64, u64)>>,
+    /// Waiting out a rate limit now, and how many rate-limit answers there were.
+    throttled: std::sync::atomic::AtomicBool,
+    throttled_count: AtomicU64,
     /// When the first record came in.
     first_record_at: OnceLock<Instant>,
     /// When the component stopped (cleared by a restart).
@@ -60,6 +63,8 @@ pub struct Failure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Running,
+    /// Running, and waiting out a rate limit the service it reads answered.
+    Throttled,
     Paused,
     Failed,
     /// Finished (a source read its input to the end) or stopped.
@@ -70,6 +75,7 @@ impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Running => "RUNNING",
+            State::Throttled => "THROTTLED",
             State::Paused => "PAUSED",
             State::Failed => "FAILED",
             State::Stopped => "STOPPED",
@@ -208,9 +214,25 @@ impl ComponentMetrics {
             State::Stopped
         } else if self.is_paused() {
             State::Paused
+        } else if self.throttled.load(Ordering::Relaxed) {
+            State::Throttled
         } else {
             State::Running
         }
+    }
+
+    /// Notes that the service a source reads answered with a rate limit (`true`, counted) or
+    /// answered again (`false`).
+    pub fn set_throttled(&self, throttled: bool) {
+        if throttled {
+            self.throttled_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.throttled.store(throttled, Ordering::Relaxed);
+    }
+
+    /// How many rate-limit answers the source has had.
+    pub fn throttled_count(&self) -> u64 {
+        self.throttled_count.load(Ordering::Relaxed)
     }
 
     /// A sink's consumer lag, as just measured.

@@ -67,6 +67,9 @@ pub struct SourceBuildContext {
     /// True when the source's records are numbered for `exactly_once`: a source whose
     /// positions need more work to stay the same across runs does it only then.
     pub exactly_once: bool,
+    /// The component's counters and state, for a source to report what its poll cannot
+    /// return (waiting out a rate limit: [`ComponentMetrics::set_throttled`]).
+    pub metrics: Option<Arc<crate::metrics::ComponentMetrics>>,
 }
 
 /// The work units of a split source that one instance runs. A work unit is a source partition

@@ -816,6 +816,7 @@ mod tests {
             encode_values,
             units: None,
             exactly_once: false,
+            metrics: None,
         }
     }
 

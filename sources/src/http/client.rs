@@ -138,6 +138,8 @@ pub struct HttpClient {
     sent: Arc<Mutex<VecDeque<Instant>>>,
     /// What to check when the API refuses the credentials (names the config fields).
     auth_hint: String,
+    /// Where waiting out a rate limit shows (`THROTTLED` in the status, with a count).
+    metrics: Option<Arc<sluice_core::metrics::ComponentMetrics>>,
 }
 
 impl HttpClient {
@@ -156,7 +158,25 @@ impl HttpClient {
             settings,
             sent: Arc::default(),
             auth_hint: auth_hint.into(),
+            metrics: None,
         })
+    }
+
+    /// Shows in `metrics` when the client waits out a rate limit.
+    pub fn reporting_to(
+        mut self,
+        metrics: Option<Arc<sluice_core::metrics::ComponentMetrics>>,
+    ) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn throttled(&self, now: bool) {
+        if let Some(metrics) = &self.metrics {
+            if now || metrics.state() == sluice_core::metrics::State::Throttled {
+                metrics.set_throttled(now);
+            }
+        }
     }
 
     /// Sends the request `build` makes (again for each attempt) to `endpoint` (a description
@@ -186,6 +206,7 @@ impl HttpClient {
                     let status = response.status();
                     let headers = response.headers().clone();
                     if status.is_success() || taken.contains(&status.as_u16()) {
+                        self.throttled(false);
                         match response.bytes().await {
                             Ok(body) => {
                                 return Ok(Fetched {
@@ -206,6 +227,10 @@ impl HttpClient {
             let (reason, told) = match failure {
                 Failure::Network(reason) => (reason, None),
                 Failure::Status(reason, told) => (reason, told),
+                Failure::RateLimited(reason, told) => {
+                    self.throttled(true);
+                    (reason, told)
+                }
             };
             if self.settings.max_retries > 0 && attempt >= self.settings.max_retries {
                 return Err(ConnectorError::transient(format!(
@@ -229,8 +254,8 @@ impl HttpClient {
         body: &[u8],
     ) -> Result<Failure, ConnectorError> {
         let code = status.as_u16();
-        if code == 403 && rate_limit_spent(headers) {
-            return Ok(Failure::Status(
+        if code == 429 || (code == 403 && rate_limit_spent(headers)) {
+            return Ok(Failure::RateLimited(
                 format!("{endpoint} answered {status}: the API's rate limit is spent"),
                 server_wait(headers, SystemTime::now()),
             ));
@@ -296,6 +321,8 @@ enum Failure {
     Network(String),
     /// The reason, and the wait the server asked for.
     Status(String, Option<Duration>),
+    /// A rate limit: the reason, and the wait the server asked for.
+    RateLimited(String, Option<Duration>),
 }
 
 /// Whether an error body in problem-details form (`title`, `detail`, `type`, as X sends them)

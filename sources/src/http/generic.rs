@@ -223,7 +223,8 @@ impl SourceConfig for HttpSourceConfig {
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        let client = HttpClient::new(self.http.clone(), "`auth` and the API's access rules")?;
+        let client = HttpClient::new(self.http.clone(), "`auth` and the API's access rules")?
+            .reporting_to(ctx.metrics.clone());
         let partition: Arc<str> = self.url.as_str().into();
         let stored = ctx
             .offsets

@@ -130,7 +130,8 @@ impl SourceConfig for MessariSourceConfig {
             })
             .collect();
         Ok(Box::new(MessariSource {
-            client: HttpClient::new(self.http.clone(), "`api_key` (sent as X-Messari-API-Key)")?,
+            client: HttpClient::new(self.http.clone(), "`api_key` (sent as X-Messari-API-Key)")?
+                .reporting_to(ctx.metrics.clone()),
             config: self.clone(),
             last_time,
             due: None,

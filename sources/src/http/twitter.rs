@@ -311,7 +311,8 @@ impl SourceConfig for TwitterSourceConfig {
             return Err(ConnectorError::user("`bearer_token` is empty").with_field("bearer_token"));
         }
         let api = Api {
-            client: HttpClient::new(self.http.clone(), "`bearer_token` (the app's bearer token)")?,
+            client: HttpClient::new(self.http.clone(), "`bearer_token` (the app's bearer token)")?
+                .reporting_to(ctx.metrics.clone()),
             config: Arc::new(self.clone()),
         };
         let mut recent = Recent::default();

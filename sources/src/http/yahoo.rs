@@ -194,7 +194,8 @@ impl SourceConfig for YahooFinanceSourceConfig {
                     ..self.http.clone()
                 },
                 "that Yahoo serves this network (it refuses some)",
-            )?,
+            )?
+            .reporting_to(ctx.metrics.clone()),
             config: self.clone(),
             bar,
             chunk,
