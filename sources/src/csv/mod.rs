@@ -80,21 +80,21 @@ struct CsvSource {
 }
 
 impl CsvSource {
-    /// Notes how far each file of `batch` was read.
+    /// Notes how far each file of `batch` was read: from the last item of each run of a
+    /// file's items (a batch mostly holds one file), not from every item.
     fn note(&mut self, batch: &[SourceRecord]) {
         if self.total.is_none() {
             return;
         }
-        for item in batch {
-            let byte = match &item.offset {
-                serde_json::Value::Number(n) => n.as_u64(),
-                serde_json::Value::Object(map) => map.get("byte").and_then(|b| b.as_u64()),
-                _ => None,
-            };
-            if let Some(byte) = byte {
-                let at = self.done.entry(item.partition.clone()).or_default();
-                *at = (*at).max(byte);
+        let mut noted: Option<&std::sync::Arc<str>> = None;
+        for item in batch.iter().rev() {
+            if item.offset.is_null() || noted.is_some_and(|p| p == &item.partition) {
+                continue;
             }
+            noted = Some(&item.partition);
+            let byte = reader::byte_of(&item.offset);
+            let at = self.done.entry(item.partition.clone()).or_default();
+            *at = (*at).max(byte);
         }
     }
 }

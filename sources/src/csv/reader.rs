@@ -254,6 +254,11 @@ impl Head {
 
 /// The position a stored source offset gives: a byte number, or an object with the head's
 /// fingerprint and the bytes of earlier versions.
+/// The byte of its file an item's offset stands at.
+pub(super) fn byte_of(offset: &Value) -> u64 {
+    stored_position(offset).0
+}
+
 fn stored_position(offset: &Value) -> (u64, Option<Head>, u64) {
     match offset {
         Value::Object(map) => {

@@ -173,9 +173,7 @@ impl HttpClient {
 
     fn throttled(&self, now: bool) {
         if let Some(metrics) = &self.metrics {
-            if now || metrics.state() == sluice_core::metrics::State::Throttled {
-                metrics.set_throttled(now);
-            }
+            metrics.set_throttled(now);
         }
     }
 
