@@ -111,12 +111,15 @@ fn pages_arrive_once_each_across_a_stop_and_a_kill_9_through_kafka() {
         twice.is_empty(),
         "sent again after a graceful stop: {twice:?}"
     );
-    // Without `exactly_once`, a kill -9 sends again what was not yet stored as the source
-    // offset: at most one store interval of records (1 s, here at most 10 pages) and the
-    // batches in flight (here, a page).
+    // Without `exactly_once`, a kill -9 repeats what the README's "Delivery guarantees" allow:
+    // the source sends again what was not yet stored as its offset — at most one store
+    // interval of records (1 s; here at most 10 pages of 100, the server taking 100 ms a
+    // page) and the page in flight — and the file sink writes again the batch whose commit
+    // the kill lost (its linger is 500 ms: at most 5 pages here). Measured under a loaded CI
+    // machine: 700 + 500.
     let duplicates: usize = seen_after.values().map(|c| c - 1).sum();
     eprintln!("3000 items served; stopped at {stopped_at}; {duplicates} duplicates after the kill");
-    assert!(duplicates <= 1100, "{duplicates} duplicates");
+    assert!(duplicates <= 1000 + 100 + 500, "{duplicates} duplicates");
 
     // One more run resumes after the last record: nothing new arrives.
     let lines = count_lines(&out);
