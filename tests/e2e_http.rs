@@ -407,6 +407,7 @@ fn yahoo_pipeline(api: &ApiMock, dir: &Path, symbol: &str) -> Command {
 #[test]
 fn yahoo_backfills_final_bars_once_updates_the_live_bar_and_renews_the_crumb() {
     let api = ApiMock::start(ApiFaults {
+        crumb_required: true,
         crumb_lasts: 1,
         live_bar: true,
         ..ApiFaults::default()
@@ -472,6 +473,130 @@ fn yahoo_backfills_final_bars_once_updates_the_live_bar_and_renews_the_crumb() {
         after.len() > bars.len(),
         "the restart did not send the live bar"
     );
+}
+
+/// Yahoo's v8 chart answers without a crumb today: the source asks without one and does no
+/// handshake. Where the chart wants a crumb and the consent host shows the EU's consent form,
+/// the source agrees to it as a browser does (cookies kept across the redirects), gets the
+/// crumb, and reads the chart.
+#[test]
+fn yahoo_asks_for_a_crumb_only_when_refused_and_gets_past_the_eu_consent_form() {
+    let finals = |out: &Path| {
+        read_jsonl(out)
+            .iter()
+            .filter(|b| b["final"] == true)
+            .count()
+    };
+    let open = ApiMock::start(ApiFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bars.jsonl");
+    let mut run = Logged::spawn(&mut yahoo_pipeline(&open, dir.path(), "BTC-USD"));
+    wait_for_lines(&out, 30, Duration::from_secs(60));
+    terminate(&mut run.child);
+    run.exit(Duration::from_secs(10));
+    assert_eq!(finals(&out), 30);
+    let paths: Vec<String> = open.requests().into_iter().map(|r| r.2).collect();
+    assert!(
+        paths.iter().all(|p| p.starts_with("/v8/finance/chart/")),
+        "a handshake Yahoo did not ask for: {paths:?}"
+    );
+
+    let walled = ApiMock::start(ApiFaults {
+        crumb_required: true,
+        consent_wall: true,
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bars.jsonl");
+    let mut cmd = yahoo_pipeline(&walled, dir.path(), "BTC-USD");
+    cmd.env("SLUICE_LOG", "info");
+    let mut run = Logged::spawn(&mut cmd);
+    wait_for_lines(&out, 30, Duration::from_secs(60));
+    terminate(&mut run.child);
+    let (_, stderr) = run.exit(Duration::from_secs(10));
+    assert_eq!(finals(&out), 30, "{stderr}");
+    let requests: Vec<(u16, String)> = walled
+        .requests()
+        .into_iter()
+        .map(|r| (r.1.as_u16(), r.2))
+        .collect();
+    let seen = |status: u16, path: &str| requests.contains(&(status, path.to_string()));
+    assert!(
+        seen(401, "/v8/finance/chart/BTC-USD")
+            && seen(302, "/consent")
+            && seen(200, "GET /v2/collectConsent")
+            && seen(302, "POST /v2/collectConsent")
+            && seen(302, "/copyConsent")
+            && seen(200, "/v1/test/getcrumb")
+            && seen(200, "/v8/finance/chart/BTC-USD"),
+        "{requests:?}"
+    );
+    assert!(stderr.contains("consent form"), "{stderr}");
+}
+
+/// A bar is final when Yahoo says so (a later bar, the market's time past its end, its session
+/// closed), not by the machine's clock: replayed with the market at 2014-10-10 12:00 UTC, that
+/// day's bar is sent as forming, with its live values, and final once the market moved on,
+/// with its final ones.
+#[test]
+fn yahoo_bars_are_final_by_the_markets_clock_not_the_machines() {
+    let api = ApiMock::start(ApiFaults::default());
+    let midday = chrono::DateTime::parse_from_rfc3339("2014-10-10T12:00:00Z")
+        .unwrap()
+        .timestamp();
+    api.set_market_time(midday);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bars.jsonl");
+    let mut run = Logged::spawn(&mut yahoo_pipeline(&api, dir.path(), "BTC-USD"));
+    // 23 final bars (2014-09-17 … 2014-10-09) and the forming one.
+    wait_for_lines(&out, 24, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(600));
+    api.set_market_time(midday + 6 * 86_400);
+    let last_day = |bars: &[Value]| bars.iter().filter(|b| b["Date"] == "2014-10-16").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while last_day(&read_jsonl(&out)) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the market's move was not read"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    terminate(&mut run.child);
+    run.exit(Duration::from_secs(10));
+
+    let bars = read_jsonl(&out);
+    let of_day: Vec<&Value> = bars.iter().filter(|b| b["Date"] == "2014-10-10").collect();
+    let live: Vec<&Value> = of_day
+        .iter()
+        .copied()
+        .filter(|b| b["final"] == false)
+        .collect();
+    let finals: Vec<&Value> = of_day
+        .iter()
+        .copied()
+        .filter(|b| b["final"] == true)
+        .collect();
+    assert!(
+        !live.is_empty(),
+        "the forming bar was not sent as forming: {of_day:?}"
+    );
+    assert_eq!(finals.len(), 1, "{of_day:?}");
+    // The fixture's close that day; the forming one was 1,000 above it.
+    assert_eq!(finals[0]["Close"], serde_json::json!(361.562012));
+    let live_close = live[0]["Close"].as_f64().unwrap();
+    assert!((live_close - 1361.562012).abs() < 1e-6, "{live_close}");
+    let mut final_days: Vec<&str> = bars
+        .iter()
+        .filter(|b| b["final"] == true)
+        .map(|b| b["Date"].as_str().unwrap())
+        .collect();
+    final_days.sort();
+    let all = final_days.len();
+    final_days.dedup();
+    assert_eq!(all, final_days.len(), "a final bar arrived twice");
+    // 2014-10-16 is forming at the market's new time.
+    assert_eq!(final_days.last(), Some(&"2014-10-15"));
 }
 
 #[test]

@@ -11,10 +11,18 @@
 //!   `github_limit_first` 403 with GitHub's spent-limit headers (remaining 0, reset 1 s on);
 //! - the page starting at record `malformed_at` is answered once with a body that is not JSON;
 //! - Yahoo: every request without a browser's `User-Agent` is answered 429 "Too Many
-//!   Requests", as Yahoo does; `GET /consent` sets the cookie (answering 404, as Yahoo's consent host does),
-//!   `GET /v1/test/getcrumb` gives a crumb for it, `GET /v8/finance/chart/{symbol}` answers the
-//!   BTC-USD fixture's bars in `[period1, period2)` (401 "Invalid Crumb" once the crumb has
-//!   served `crumb_lasts` charts; 404 with Yahoo's error body for other symbols).
+//!   Requests", as Yahoo does; `GET /consent` sets the cookie (answering 404, as Yahoo's
+//!   consent host does) or, with `consent_wall` (the EU), redirects to a consent form whose
+//!   POST (with its csrfToken and session, "agree") redirects through `/copyConsent`, which
+//!   sets the cookie and redirects to the `originalDoneUrl` posted; `GET /v1/test/getcrumb`
+//!   gives a crumb for the cookie (401 without it); `GET /v8/finance/chart/{symbol}` answers
+//!   the BTC-USD fixture's bars in `[period1, period2)` to anyone (Yahoo's v8 chart needs no
+//!   crumb today) or, with `crumb_required`, only with the cookie and current crumb (401
+//!   "Invalid Crumb" otherwise, and once the crumb has served `crumb_lasts` charts); 404 with
+//!   Yahoo's error body for other symbols. With a market time set
+//!   ([`ApiMock::set_market_time`]) the chart is as Yahoo answers at that time: bars up to it,
+//!   the one forming then with a close 1,000 above its final one, and the meta's
+//!   `regularMarketTime` and `currentTradingPeriod`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,8 +53,12 @@ pub struct ApiFaults {
     pub price_every: u32,
     /// Milliseconds to wait before answering a page of `/items`.
     pub page_delay_ms: u64,
+    /// Yahoo: the chart needs the cookie and a crumb (as Yahoo's did until 2024).
+    pub crumb_required: bool,
     /// Yahoo: the crumb stops being valid after this many chart requests (0: never).
     pub crumb_lasts: u32,
+    /// Yahoo: the consent host shows the EU's consent form before it sets the cookie.
+    pub consent_wall: bool,
     /// Yahoo: a bar for today is added to BTC-USD's chart, its close moving every 2 requests.
     pub live_bar: bool,
 }
@@ -61,6 +73,10 @@ struct Log {
     charts_with_crumb: u32,
     /// While set, every request is refused with this status (see [`ApiMock::set_outage`]).
     outage: Option<StatusCode>,
+    /// Yahoo: the market's time the chart is answered at (see [`ApiMock::set_market_time`]).
+    market_time: Option<i64>,
+    /// Yahoo: where `/copyConsent` sends the browser, as posted with the consent.
+    consent_done: Option<String>,
 }
 
 type Shared = Arc<(Mutex<Log>, ApiFaults)>;
@@ -81,6 +97,11 @@ impl ApiMock {
             )
             .route("/metrics/v2/assets/details", get(messari_v2))
             .route("/consent", get(yahoo_consent))
+            .route(
+                "/v2/collectConsent",
+                get(yahoo_consent_form).post(yahoo_collect_consent),
+            )
+            .route("/copyConsent", get(yahoo_copy_consent))
             .route("/v1/test/getcrumb", get(yahoo_crumb))
             .route("/v8/finance/chart/{symbol}", get(yahoo_chart))
             .with_state(state.clone());
@@ -92,6 +113,11 @@ impl ApiMock {
     /// with `None`.
     pub fn set_outage(&self, status: Option<StatusCode>) {
         self.state.0.lock().unwrap().outage = status;
+    }
+
+    /// Yahoo: answer charts as at `time` (Unix seconds), the market's clock.
+    pub fn set_market_time(&self, time: i64) {
+        self.state.0.lock().unwrap().market_time = Some(time);
     }
 
     /// (time, status, path and query) of every request so far.
@@ -285,24 +311,118 @@ fn not_a_browser(state: &Shared, headers: &HeaderMap, what: &str) -> Option<Resp
     Some((StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response())
 }
 
+fn logged(state: &Shared, status: StatusCode, what: &str) {
+    state
+        .0
+        .lock()
+        .unwrap()
+        .requests
+        .push((Instant::now(), status, what.to_string()));
+}
+
+/// The cookie Yahoo's crumb is tied to: host-only here (Yahoo's says `Domain=.yahoo.com`,
+/// which a cookie jar rightly refuses for 127.0.0.1).
+fn yahoo_cookie() -> String {
+    format!("{YAHOO_COOKIE}; Expires=Fri, 01 Jan 2100 00:00:00 GMT; Path=/")
+}
+
+const CONSENT_SESSION: &str = "3_cc-session_5f1e";
+const CONSENT_CSRF: &str = "csrf-9Tq2";
+
 async fn yahoo_consent(State(state): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(refused) = not_a_browser(&state, &headers, "/consent") {
         return refused;
     }
-    state.0.lock().unwrap().requests.push((
-        Instant::now(),
-        StatusCode::NOT_FOUND,
-        "/consent".into(),
-    ));
+    if state.1.consent_wall && !has_cookie(&headers) {
+        logged(&state, StatusCode::FOUND, "/consent");
+        return (
+            StatusCode::FOUND,
+            [
+                (
+                    "location",
+                    format!("/v2/collectConsent?sessionId={CONSENT_SESSION}"),
+                ),
+                ("set-cookie", "GUCS=pending; Path=/".to_string()),
+            ],
+        )
+            .into_response();
+    }
+    logged(&state, StatusCode::NOT_FOUND, "/consent");
     (
         StatusCode::NOT_FOUND,
-        [(
-            "set-cookie",
-            format!(
-                "{YAHOO_COOKIE}; Expires=Fri, 01 Jan 2100 00:00:00 GMT; Path=/; Domain=.yahoo.com"
-            ),
-        )],
+        [("set-cookie", yahoo_cookie())],
         "<html>not here</html>",
+    )
+        .into_response()
+}
+
+async fn yahoo_consent_form(State(state): State<Shared>) -> Response {
+    logged(&state, StatusCode::OK, "GET /v2/collectConsent");
+    let page = format!(
+        r#"<!doctype html><html><body><form method="post" class="consent-form" action="/v2/collectConsent?sessionId={CONSENT_SESSION}">
+<input type="hidden" name="csrfToken" value="{CONSENT_CSRF}">
+<input type="hidden" name="sessionId" value="{CONSENT_SESSION}">
+<input type="hidden" name="originalDoneUrl" value="https://finance.yahoo.com/">
+<input type="hidden" name="namespace" value="yahoo">
+<button type="submit" name="agree" value="agree">Accept all</button>
+<button type="submit" name="reject" value="reject">Reject all</button>
+</form></body></html>"#
+    );
+    (StatusCode::OK, [("content-type", "text/html")], page).into_response()
+}
+
+/// The consent POST: refused (400) without the form's token and session, the pre-consent
+/// cookie and "agree"; else on to `/copyConsent`, as Yahoo does.
+async fn yahoo_collect_consent(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let form = reqwest::Url::parse(&format!("http://form/?{body}")).unwrap();
+    let fields: Vec<(String, String)> = form.query_pairs().into_owned().collect();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let pre_consent = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("GUCS=pending"));
+    let done = field("originalDoneUrl").unwrap_or_default().to_string();
+    let ok = field("csrfToken") == Some(CONSENT_CSRF)
+        && field("sessionId") == Some(CONSENT_SESSION)
+        && field("agree") == Some("agree")
+        && pre_consent
+        // The stand-in only sends a browser back to itself.
+        && done.starts_with("http://127.0.0.1:");
+    if !ok {
+        logged(&state, StatusCode::BAD_REQUEST, "POST /v2/collectConsent");
+        return (StatusCode::BAD_REQUEST, "consent refused").into_response();
+    }
+    logged(&state, StatusCode::FOUND, "POST /v2/collectConsent");
+    state.0.lock().unwrap().consent_done = Some(done);
+    (
+        StatusCode::FOUND,
+        [(
+            "location",
+            format!("/copyConsent?sessionId={CONSENT_SESSION}"),
+        )],
+    )
+        .into_response()
+}
+
+async fn yahoo_copy_consent(State(state): State<Shared>) -> Response {
+    let done = state.0.lock().unwrap().consent_done.clone();
+    let Some(done) = done else {
+        logged(&state, StatusCode::BAD_REQUEST, "/copyConsent");
+        return (StatusCode::BAD_REQUEST, "no consent").into_response();
+    };
+    logged(&state, StatusCode::FOUND, "/copyConsent");
+    (
+        StatusCode::FOUND,
+        [("location", done), ("set-cookie", yahoo_cookie())],
     )
         .into_response()
 }
@@ -347,7 +467,8 @@ async fn yahoo_chart(
     let mut log = state.0.lock().unwrap();
     let current = format!("crumb-{}", log.crumbs);
     let expired = state.1.crumb_lasts > 0 && log.charts_with_crumb >= state.1.crumb_lasts;
-    if !has_cookie(&headers) || query.get("crumb") != Some(&current) || expired {
+    let refused = !has_cookie(&headers) || query.get("crumb") != Some(&current) || expired;
+    if state.1.crumb_required && refused {
         log.requests
             .push((Instant::now(), StatusCode::UNAUTHORIZED, what));
         let body = json!({"finance": {"result": null, "error": {"code": "Unauthorized", "description": "Invalid Crumb"}}});
@@ -367,6 +488,7 @@ async fn yahoo_chart(
         .filter(|r| r.2.starts_with("/v8/") && r.1 == StatusCode::OK)
         .count();
     log.requests.push((Instant::now(), StatusCode::OK, what));
+    let market_time = log.market_time;
     drop(log);
     let mut doc: Value = serde_json::from_str(
         &std::fs::read_to_string(format!(
@@ -398,7 +520,32 @@ async fn yahoo_chart(
         .as_array()
         .unwrap()
         .clone();
-    if state.1.live_bar {
+    if let Some(time) = market_time {
+        // As Yahoo answers at `time`: bars up to it, the one forming then not yet final.
+        let day = time - time.rem_euclid(86_400);
+        let meta = &mut result["meta"];
+        meta["regularMarketTime"] = json!(time);
+        meta["currentTradingPeriod"] = json!({
+            "regular": {"timezone": "UTC", "start": day, "end": day + 86_400, "gmtoffset": 0}
+        });
+        let shown = timestamps.iter().filter(|t| **t <= time).count();
+        timestamps.truncate(shown);
+        for (_, values) in &mut series {
+            values.truncate(shown);
+        }
+        adjclose.truncate(shown);
+        if timestamps.last() == Some(&day) {
+            let live = |v: &Value| json!(v.as_f64().unwrap() + 1000.0);
+            for (name, values) in &mut series {
+                if name == "close" || name == "high" {
+                    let last = values.last_mut().unwrap();
+                    *last = live(last);
+                }
+            }
+            let last = adjclose.last_mut().unwrap();
+            *last = live(last);
+        }
+    } else if state.1.live_bar {
         let today = chrono::Utc::now()
             .date_naive()
             .and_hms_opt(0, 0, 0)

@@ -123,6 +123,8 @@ fn default_backoff_max() -> Duration {
 /// An answered request: status (2xx, or one the caller takes itself), headers, body.
 #[derive(Debug)]
 pub struct Fetched {
+    /// Where the answer came from, after any redirects.
+    pub url: reqwest::Url,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -147,10 +149,28 @@ impl HttpClient {
         settings: HttpSettings,
         auth_hint: impl Into<String>,
     ) -> Result<Self, ConnectorError> {
+        Self::build(settings, auth_hint, false)
+    }
+
+    /// Like [`HttpClient::new`], with a cookie jar: cookies a server sets (on redirects too)
+    /// are sent back to it, by the domain and path rules of RFC 6265, as a browser does.
+    pub fn keeping_cookies(
+        settings: HttpSettings,
+        auth_hint: impl Into<String>,
+    ) -> Result<Self, ConnectorError> {
+        Self::build(settings, auth_hint, true)
+    }
+
+    fn build(
+        settings: HttpSettings,
+        auth_hint: impl Into<String>,
+        cookies: bool,
+    ) -> Result<Self, ConnectorError> {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .user_agent(settings.user_agent.as_deref().unwrap_or(SLUICE_AGENT))
+            .cookie_store(cookies)
             .build()
             .map_err(|e| ConnectorError::internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(HttpClient {
@@ -203,11 +223,13 @@ impl HttpClient {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
+                    let url = response.url().clone();
                     if status.is_success() || taken.contains(&status.as_u16()) {
                         self.throttled(false);
                         match response.bytes().await {
                             Ok(body) => {
                                 return Ok(Fetched {
+                                    url,
                                     status,
                                     headers,
                                     body: body.to_vec(),

@@ -14,13 +14,23 @@
 //! the forming bar is sent again. With `exactly_once`, set `live_bar: false`: a forming bar has
 //! no stable place in the input.
 //!
-//! **Requests**: `GET {base_url}/v8/finance/chart/{symbol}?period1&period2&interval&events=div,splits&crumb`,
-//! in chunks Yahoo accepts (1m: 8 days; 2m–90m: 60 days; 60m/1h: 730 days), after the cookie and
-//! crumb handshake Yahoo requires (a cookie from `consent_url`, the crumb from
-//! `/v1/test/getcrumb`), renewed once when Yahoo answers 401 "Invalid Crumb".
+//! **Requests**: `GET {base_url}/v8/finance/chart/{symbol}?period1&period2&interval&events=div,splits`,
+//! in chunks Yahoo accepts (1m: 8 days; 2m–90m: 60 days; 60m/1h: 730 days), with a browser's
+//! `User-Agent` and a cookie jar. The chart answers without a crumb today; when Yahoo refuses
+//! (401), the source gets a cookie and a crumb as a browser does ([`session`]: the consent
+//! host, its consent form in the EU, `/v1/test/getcrumb`) and sends the crumb from then on,
+//! renewed once whenever Yahoo answers 401 "Invalid Crumb".
+//!
+//! **Final bars** are decided by what Yahoo says ([`bars`]): a later bar exists, the market's
+//! last trade (`meta.regularMarketTime`) is past the bar's end, or the session it belongs to
+//! (`meta.currentTradingPeriod`) has closed; a stock's daily bar is final at the close.
+
+mod bars;
+mod session;
 
 use super::client::{at_base, endpoint, excerpt, Fetched, HttpClient, HttpSettings};
 use crate::csv::NullRows;
+use bars::{parse_chart, Bar, BarSize, MarketClock, DAY};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -85,28 +95,6 @@ fn default_consent_url() -> String {
     "https://fc.yahoo.com".into()
 }
 
-const DAY: i64 = 86_400;
-
-/// Bar length in seconds, the longest span one request may cover, and how far back bars go.
-fn bar_limits(interval: &str) -> Option<(i64, i64, Option<i64>)> {
-    let minute = 60;
-    Some(match interval {
-        "1m" => (minute, 8 * DAY, Some(30 * DAY)),
-        "2m" => (2 * minute, 60 * DAY, Some(60 * DAY)),
-        "5m" => (5 * minute, 60 * DAY, Some(60 * DAY)),
-        "15m" => (15 * minute, 60 * DAY, Some(60 * DAY)),
-        "30m" => (30 * minute, 60 * DAY, Some(60 * DAY)),
-        "90m" => (90 * minute, 60 * DAY, Some(60 * DAY)),
-        "60m" | "1h" => (60 * minute, 730 * DAY, Some(730 * DAY)),
-        "1d" => (DAY, 3650 * DAY, None),
-        "5d" => (5 * DAY, 3650 * DAY, None),
-        "1wk" => (7 * DAY, 3650 * DAY, None),
-        "1mo" => (31 * DAY, 3650 * DAY, None),
-        "3mo" => (92 * DAY, 3650 * DAY, None),
-        _ => return None,
-    })
-}
-
 #[async_trait]
 #[typetag::serde(name = "yahoo_finance")]
 impl SourceConfig for YahooFinanceSourceConfig {
@@ -118,7 +106,7 @@ impl SourceConfig for YahooFinanceSourceConfig {
                 "must name at least one symbol, none empty",
             ));
         }
-        if bar_limits(&self.interval).is_none() {
+        if BarSize::of(&self.interval).is_none() {
             errors.push(FieldError::new(
                 "interval",
                 format!(
@@ -149,7 +137,7 @@ impl SourceConfig for YahooFinanceSourceConfig {
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
-        let (bar, chunk, reach) = bar_limits(&self.interval).ok_or_else(|| {
+        let size = BarSize::of(&self.interval).ok_or_else(|| {
             ConnectorError::user(format!("unknown bar size `{}`", self.interval))
                 .with_field("interval")
         })?;
@@ -157,7 +145,7 @@ impl SourceConfig for YahooFinanceSourceConfig {
             .map_err(|e| ConnectorError::user(format!("`start`: {e}")).with_field("start"))?
             .and_hms_opt(0, 0, 0)
             .map_or(0, |t| t.and_utc().timestamp());
-        if let Some(reach) = reach {
+        if let Some(reach) = size.reach {
             let earliest = now() - reach + DAY;
             if start < earliest {
                 tracing::warn!(component = %ctx.component, "Yahoo keeps {} bars for {} days only: starting at {} instead of {}", self.interval, reach / DAY, date_of(earliest, 0), self.start);
@@ -182,7 +170,7 @@ impl SourceConfig for YahooFinanceSourceConfig {
             })
             .collect();
         Ok(Box::new(YahooSource {
-            client: HttpClient::new(
+            client: HttpClient::keeping_cookies(
                 HttpSettings {
                     // Yahoo answers 429 to agents that are not a browser's.
                     user_agent: Some(
@@ -197,11 +185,11 @@ impl SourceConfig for YahooFinanceSourceConfig {
             )?
             .reporting_to(ctx.metrics.clone()),
             config: self.clone(),
-            bar,
-            chunk,
+            size,
             symbols,
             turn: 0,
-            session: None,
+            crumb: None,
+            crumb_needed: false,
             due: None,
             buffered: VecDeque::new(),
         }))
@@ -236,21 +224,17 @@ struct Progress {
     live: Option<(i64, Value)>,
 }
 
-/// The cookie and crumb Yahoo ties requests to.
-struct Session {
-    cookie: String,
-    crumb: String,
-}
-
 struct YahooSource {
     config: YahooFinanceSourceConfig,
+    /// Keeps Yahoo's cookies (the consent's, the crumb's).
     client: HttpClient,
-    bar: i64,
-    chunk: i64,
+    size: BarSize,
     symbols: Vec<Progress>,
     /// The symbol asked for next.
     turn: usize,
-    session: Option<Session>,
+    /// The crumb sent with each chart request, once Yahoo asked for one.
+    crumb: Option<String>,
+    crumb_needed: bool,
     due: Option<tokio::time::Instant>,
     buffered: VecDeque<SourceRecord>,
 }
@@ -282,78 +266,43 @@ impl Source for YahooSource {
 }
 
 impl YahooSource {
-    /// The cookie from the consent host and a crumb for it.
-    async fn open_session(&mut self) -> Result<(), ConnectorError> {
-        let consent = reqwest::Url::parse(&self.config.consent_url).map_err(|e| {
-            ConnectorError::user(format!("`consent_url`: {e}")).with_field("consent_url")
-        })?;
-        // The consent host answers 404 with the cookie set: any answer will do.
-        let answer = self
-            .client
-            .fetch_taking(&endpoint("GET", &consent), &[404], |c| {
-                c.get(consent.clone())
-            })
-            .await?;
-        let cookie = answer
-            .headers
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| v.split(';').next())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let crumb_url = at_base(&self.config.base_url, "/v1/test/getcrumb")?;
-        let sent_cookie = cookie.clone();
-        let answer = self
-            .client
-            .fetch(&endpoint("GET", &crumb_url), |c| {
-                c.get(crumb_url.clone())
-                    .header(reqwest::header::COOKIE, sent_cookie.as_str())
-            })
-            .await?;
-        let crumb = String::from_utf8_lossy(&answer.body).trim().to_string();
-        if crumb.is_empty() || crumb.contains('<') || crumb.contains('{') {
-            return Err(ConnectorError::external(format!(
-                "{} gave no crumb: {}",
-                endpoint("GET", &crumb_url),
-                excerpt(&answer.body)
-            )));
-        }
-        self.session = Some(Session { cookie, crumb });
-        Ok(())
-    }
-
-    /// The chart of `symbol` from `from` (inclusive) to `to` (exclusive), with a crumb renewed
-    /// once if Yahoo refuses it.
+    /// The chart of `symbol` from `from` (inclusive) to `to` (exclusive): without a crumb
+    /// until Yahoo asks for one, then with a crumb, renewed once if Yahoo refuses it.
     async fn chart(&mut self, symbol: &str, from: i64, to: i64) -> Result<Fetched, ConnectorError> {
         let path = format!("/v8/finance/chart/{}", url_path_segment(symbol));
         let mut renewed = false;
         loop {
-            if self.session.is_none() {
-                self.open_session().await?;
+            if self.crumb_needed && self.crumb.is_none() {
+                self.crumb = Some(
+                    session::crumb(
+                        &self.client,
+                        &self.config.consent_url,
+                        &self.config.base_url,
+                    )
+                    .await?,
+                );
             }
-            let Some(session) = &self.session else {
-                return Err(ConnectorError::internal("no Yahoo session"));
-            };
             let mut url = at_base(&self.config.base_url, &path)?;
             url.query_pairs_mut()
                 .append_pair("period1", &from.to_string())
                 .append_pair("period2", &to.to_string())
-                .append_pair("interval", &self.config.interval)
-                .append_pair("events", "div,splits")
-                .append_pair("crumb", &session.crumb);
-            let cookie = session.cookie.clone();
+                .append_pair("interval", self.size.asked)
+                .append_pair("events", "div,splits");
+            if let Some(crumb) = &self.crumb {
+                url.query_pairs_mut().append_pair("crumb", crumb);
+            }
             let answer = self
                 .client
-                .fetch_taking(&endpoint("GET", &url), &[401, 404], |c| {
-                    c.get(url.clone())
-                        .header(reqwest::header::COOKIE, cookie.as_str())
-                })
+                .fetch_taking(&endpoint("GET", &url), &[401, 404], |c| c.get(url.clone()))
                 .await?;
             match answer.status.as_u16() {
+                401 if !self.crumb_needed => {
+                    tracing::info!(%symbol, "Yahoo asks for a crumb ({}): getting a cookie and a crumb as a browser does", excerpt(&answer.body));
+                    self.crumb_needed = true;
+                }
                 401 if !renewed => {
                     tracing::info!(%symbol, "Yahoo refused the crumb ({}); getting a new one", excerpt(&answer.body));
-                    self.session = None;
+                    self.crumb = None;
                     renewed = true;
                 }
                 401 => {
@@ -372,7 +321,7 @@ impl YahooSource {
     async fn read_chunk(&mut self, at: usize) -> Result<(), ConnectorError> {
         let now = now();
         let from = self.symbols[at].from;
-        let to = (from + self.chunk).min(now + self.bar);
+        let to = (from + self.size.chunk).min(now + self.size.seconds);
         let symbol = self.symbols[at].symbol.clone();
         let answer = self.chart(&symbol, from, to).await?;
         let doc: Value = match serde_json::from_slice(&answer.body) {
@@ -400,12 +349,17 @@ impl YahooSource {
                 return Ok(());
             }
         };
-        let gmtoffset = doc
-            .pointer("/chart/result/0/meta/gmtoffset")
+        let meta = doc.pointer("/chart/result/0/meta");
+        let gmtoffset = meta
+            .and_then(|m| m.get("gmtoffset"))
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        for bar in bars {
-            self.offer(at, bar, gmtoffset, now);
+        let clock = MarketClock::of(meta, now);
+        let bars = self.size.shape(bars, gmtoffset);
+        for (i, bar) in bars.iter().enumerate() {
+            let end = self.size.end_of(bar.ts, gmtoffset);
+            let is_final = clock.is_final(bar.ts, end, self.size.seconds, i + 1 < bars.len());
+            self.offer(at, *bar, gmtoffset, is_final);
         }
         let progress = &mut self.symbols[at];
         if to > now {
@@ -418,13 +372,12 @@ impl YahooSource {
     }
 
     /// Buffers `bar` if it is new: a final bar after the last one, or a changed forming bar.
-    fn offer(&mut self, at: usize, bar: Bar, gmtoffset: i64, now: i64) {
-        let daily = self.bar >= DAY;
+    fn offer(&mut self, at: usize, bar: Bar, gmtoffset: i64, is_final: bool) {
+        let daily = self.size.seconds >= DAY;
         let progress = &mut self.symbols[at];
         if progress.last_final.is_some_and(|last| bar.ts <= last) {
             return;
         }
-        let is_final = bar.ts + self.bar <= now;
         if !is_final && !self.config.live_bar {
             return;
         }
@@ -453,10 +406,7 @@ impl YahooSource {
             }
             progress.live = Some((bar.ts, value.clone()));
         }
-        let all_null = [bar.open, bar.high, bar.low, bar.close, bar.adjclose]
-            .iter()
-            .all(Option::is_none)
-            && bar.volume.is_none();
+        let all_null = bar.is_empty();
         if is_final {
             progress.last_final = Some(bar.ts);
         }
@@ -521,95 +471,9 @@ fn url_path_segment(symbol: &str) -> String {
     url.path().trim_start_matches('/').to_string()
 }
 
-/// One bar of a chart.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Bar {
-    ts: i64,
-    open: Option<f64>,
-    high: Option<f64>,
-    low: Option<f64>,
-    close: Option<f64>,
-    adjclose: Option<f64>,
-    volume: Option<i64>,
-}
-
-/// The bars of a v8 chart answer, or why it is not one.
-fn parse_chart(doc: &Value) -> Result<Vec<Bar>, String> {
-    let result = doc
-        .pointer("/chart/result/0")
-        .ok_or("no `chart.result[0]` in the answer")?;
-    let Some(timestamps) = result.get("timestamp").and_then(Value::as_array) else {
-        return Ok(Vec::new()); // no bar in the period (a weekend, a holiday)
-    };
-    let quote = result
-        .pointer("/indicators/quote/0")
-        .ok_or("no `indicators.quote[0]` in the chart")?;
-    let series = |v: Option<&Value>, name: &str| -> Result<Vec<Value>, String> {
-        match v {
-            Some(Value::Array(items)) if items.len() == timestamps.len() => Ok(items.clone()),
-            None | Some(Value::Null) => Ok(vec![Value::Null; timestamps.len()]),
-            _ => Err(format!("`{name}` does not have one value per timestamp")),
-        }
-    };
-    let [open, high, low, close, volume] =
-        ["open", "high", "low", "close", "volume"].map(|name| series(quote.get(name), name));
-    let (open, high, low, close, volume) = (open?, high?, low?, close?, volume?);
-    let adjclose = series(
-        result.pointer("/indicators/adjclose/0/adjclose"),
-        "adjclose",
-    )?;
-    timestamps
-        .iter()
-        .enumerate()
-        .map(|(i, ts)| {
-            Ok(Bar {
-                ts: ts.as_i64().ok_or("a timestamp is not a number")?,
-                open: open[i].as_f64(),
-                high: high[i].as_f64(),
-                low: low[i].as_f64(),
-                close: close[i].as_f64(),
-                adjclose: adjclose[i].as_f64(),
-                volume: volume[i]
-                    .as_i64()
-                    .or_else(|| volume[i].as_f64().map(|v| v as i64)),
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_fixture_chart_gives_its_bars_with_nulls_kept() {
-        let path = format!(
-            "{}/../tests/fixtures/api/yahoo-chart-v8-BTC-USD-2014-09-17..2014-10-16.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let bars = parse_chart(&doc).unwrap();
-        assert_eq!(bars.len(), 30);
-        assert_eq!(
-            bars[0],
-            Bar {
-                ts: 1410912000,
-                open: Some(465.864014),
-                high: Some(468.174011),
-                low: Some(452.421997),
-                close: Some(457.334015),
-                adjclose: Some(457.334015),
-                volume: Some(21056800),
-            }
-        );
-        assert_eq!(date_of(bars[0].ts, 0), "2014-09-17");
-        let mut broken = doc.clone();
-        broken["chart"]["result"][0]["indicators"]["quote"][0]["open"] = json!([1.0]);
-        assert_eq!(
-            parse_chart(&broken).unwrap_err(),
-            "`open` does not have one value per timestamp"
-        );
-    }
 
     #[test]
     fn symbols_are_one_path_segment() {
