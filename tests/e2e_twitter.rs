@@ -355,3 +355,188 @@ fn recent_search_resumes_its_scan_after_a_stop_and_a_kill_9_through_kafka() {
         "{searches:?}"
     );
 }
+
+/// `backfill: recent_search` (the example's default): posts made while the stream was
+/// reconnecting (4–6 here, which no stream connection carries) and while sluice was stopped
+/// (10–12) are read through recent search once connected again, oldest first; posts both
+/// carry arrive once. Without it those six posts are lost.
+#[test]
+fn posts_made_while_the_stream_reconnects_or_sluice_is_down_are_backfilled_once_each() {
+    let first_id = 1_620_041_380_532_740_100;
+    let x = XMock::start(XScript {
+        token: TOKEN.into(),
+        rules: vec![
+            ("1".into(), CANDIDATES.into(), Some("candidates".into())),
+            ("2".into(), ELECTION.into(), Some("election".into())),
+        ],
+        connections: vec![
+            Connection::Lines((0..4).map(post).collect()),
+            // A 429 while reconnecting: THROTTLED in the status until connected again.
+            Connection::Status(429),
+            // 7–9, then keep-alives for 10 s: the run is stopped while this one is open.
+            Connection::Lines(
+                [post(7), post(8), post(9)]
+                    .into_iter()
+                    .chain((0..100).flat_map(|_| [Step::Pause(100), Step::Line(String::new())]))
+                    .collect(),
+            ),
+        ],
+        // Recent search has posts 0–9, and 10–12 from its second scan on.
+        first_id,
+        posts: 10,
+        grow: 3,
+        page_size: 2,
+        ..XScript::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let path = to_file(dir.path());
+    let run = || Logged::spawn(&mut pipeline(&x, &path, &dir.path().join("state")));
+    let ids = || -> HashMap<u64, usize> {
+        let mut seen = HashMap::new();
+        for post in read_jsonl(&out) {
+            let id: u64 = post["id"].as_str().unwrap().parse().unwrap();
+            *seen.entry(id - first_id).or_default() += 1;
+        }
+        seen
+    };
+    let mut running = run();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ids().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", ids());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    terminate(&mut running.child);
+    running.exit(Duration::from_secs(10));
+    let seen = ids();
+    assert!((0..10).all(|n| seen.get(&n) == Some(&1)), "{seen:?}");
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    // Posts from the stream carry the rules they matched; backfilled ones cannot.
+    let lines = read_jsonl(&out);
+    let tagged = |n: u64| {
+        let id = (first_id + n).to_string();
+        let post = lines.iter().find(|p| p["id"] == id.as_str()).unwrap();
+        post.get("matching_tags").is_some()
+    };
+    assert!(tagged(0) && !tagged(5), "{lines:?}");
+    let searches = x.log(|log| log.searches.clone());
+    assert!(
+        searches
+            .iter()
+            .any(|s| s.contains(&format!("since_id={}", first_id + 3))),
+        "{searches:?}"
+    );
+
+    // A restart: what was posted while sluice was down (10–12) is read first.
+    let mut again = run();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ids().len() < 13 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", ids());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    terminate(&mut again.child);
+    again.exit(Duration::from_secs(10));
+    let seen = ids();
+    assert!((0..13).all(|n| seen.get(&n) == Some(&1)), "{seen:?}");
+    assert_eq!(seen.len(), 13);
+}
+
+/// Recent search refuses (400) a `since_id` older than its 7 days, which is where a restart
+/// after a week's downtime starts: the source asks from the window's edge (`start_time`)
+/// instead and says what may be missing, rather than failing every restart.
+#[test]
+fn a_since_id_older_than_seven_days_reads_from_the_window_edge_with_a_warning() {
+    let x = XMock::start(XScript {
+        token: TOKEN.into(),
+        posts: 30,
+        grow: 5,
+        page_size: 10,
+        // Every post the source will have seen is "older than 7 days" by the time it asks.
+        oldest_since_id: Some(FIRST_ID + 1_000),
+        ..XScript::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut cmd = pipeline(&x, &to_file(dir.path()), &dir.path().join("state"));
+    cmd.env("X_MODE", "recent_search");
+    let mut running = Logged::spawn(&mut cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while arrivals(&out).len() < 35 {
+        assert!(
+            std::time::Instant::now() < deadline && running.child.try_wait().unwrap().is_none(),
+            "{} of 35",
+            arrivals(&out).len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(&mut running.child);
+    let (status, stderr) = running.exit(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("older than recent search's 7 days"),
+        "{stderr}"
+    );
+    let seen = arrivals(&out);
+    assert!(seen.values().all(|c| *c == 1), "{seen:?}");
+    let searches = x.log(|log| log.searches.clone());
+    assert!(
+        searches.iter().any(|s| s.contains("start_time=")),
+        "{searches:?}"
+    );
+}
+
+/// The stream's own reconnects after a 429 show as the HTTP client's waits do: `THROTTLED`
+/// with the count in the status, `RUNNING` again once connected.
+#[test]
+fn a_stream_refused_with_429_shows_throttled_until_it_connects() {
+    let x = XMock::start(XScript {
+        token: TOKEN.into(),
+        rules: vec![
+            ("1".into(), CANDIDATES.into(), Some("candidates".into())),
+            ("2".into(), ELECTION.into(), Some("election".into())),
+        ],
+        // Waits of 0.5, 1 and 2 s (`X_RATE_LIMIT_INITIAL` 500 ms, doubling).
+        connections: vec![
+            Connection::Status(429),
+            Connection::Status(429),
+            Connection::Status(429),
+            Connection::Lines(vec![post(0)]),
+        ],
+        ..XScript::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = pipeline(&x, &to_file(dir.path()), &dir.path().join("state"));
+    cmd.env("SLUICE_LISTEN", format!("127.0.0.1:{port}"));
+    let mut running = Logged::spawn(&mut cmd);
+    let client = reqwest::blocking::Client::new();
+    let status = || -> Value {
+        client
+            .get(format!(
+                "http://127.0.0.1:{port}/connectors/election-tweets.x/status"
+            ))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let now = status();
+        if now["connector"]["state"] == "THROTTLED" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never THROTTLED: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_lines(&dir.path().join("out.jsonl"), 1, Duration::from_secs(20));
+    let after = status();
+    assert_eq!(after["connector"]["state"], "RUNNING", "{after}");
+    assert_eq!(after["metrics"]["throttled"], 3, "{after}");
+    terminate(&mut running.child);
+    running.exit(Duration::from_secs(10));
+}

@@ -4,9 +4,11 @@
 //! - `GET /2/tweets/search/stream`: each connection plays the next entry of `connections` (a
 //!   status to answer, or lines with pauses, then the end of the body); once they are played,
 //!   connections stay open sending a keep-alive every 100 ms;
-//! - `GET /2/tweets/search/recent`: posts numbered `FIRST_ID + n` for n below `posts` (more by
-//!   `grow` from the second scan on), newest first, `since_id` exclusive, `page_size` per
-//!   page with `next_token`, each page after `page_delay_ms`;
+//! - `GET /2/tweets/search/recent`: posts numbered `first_id + n` (default [`FIRST_ID`]) for
+//!   n below `posts` (more by `grow` from the second scan on), newest first, `since_id`
+//!   exclusive, `page_size` per page with `next_token`, each page after `page_delay_ms`; a
+//!   `since_id` below `oldest_since_id` (a post older than 7 days) is refused with X's 400,
+//!   `start_time` is taken (every post here is within the 7 days);
 //! - every request must carry `Authorization: Bearer {token}` (401 with X's problem body).
 
 use axum::body::Body;
@@ -50,6 +52,10 @@ pub struct XScript {
     pub grow: u64,
     pub page_size: u64,
     pub page_delay_ms: u64,
+    /// Id of the oldest recent-search post (0: [`FIRST_ID`]).
+    pub first_id: u64,
+    /// `since_id`s below this are refused, as X refuses posts older than 7 days.
+    pub oldest_since_id: Option<u64>,
 }
 
 #[derive(Default)]
@@ -278,6 +284,27 @@ async fn recent(
     let mut shown: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
     shown.sort();
     log.searches.push(shown.join("&"));
+    let since: u64 = query
+        .get("since_id")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if query.contains_key("since_id") && query.contains_key("start_time") {
+        let body = json!({"errors": [{"parameters": {"since_id": [since.to_string()]}, "message": "since_id and start_time cannot both be set"}],
+            "title": "Invalid Request", "detail": "One or more parameters to your request was invalid.",
+            "type": "https://api.twitter.com/2/problems/invalid-request"});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    if script
+        .oldest_since_id
+        .is_some_and(|oldest| query.contains_key("since_id") && since < oldest)
+    {
+        // X's answer to a since_id older than recent search's 7 days.
+        let body = json!({"errors": [{"parameters": {"since_id": [since.to_string()]},
+            "message": format!("Invalid 'since_id':'{since}'. 'since_id' must be a tweet id created after 2026-11-30T22:00:00.000Z. Please use a 'start_time' parameter instead.")}],
+            "title": "Invalid Request", "detail": "One or more parameters to your request was invalid.",
+            "type": "https://api.twitter.com/2/problems/invalid-request"});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     let first_page = !query.contains_key("next_token");
     if first_page {
         if log.scans == 1 {
@@ -285,10 +312,11 @@ async fn recent(
         }
         log.scans += 1;
     }
-    let since: u64 = query
-        .get("since_id")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let first_id = if script.first_id == 0 {
+        FIRST_ID
+    } else {
+        script.first_id
+    };
     // Newest first: the token is how many posts of the scan came before.
     let skip: u64 = query
         .get("next_token")
@@ -297,7 +325,7 @@ async fn recent(
         .unwrap_or(0);
     let all: Vec<u64> = (0..log.posts)
         .rev()
-        .map(|n| FIRST_ID + n)
+        .map(|n| first_id + n)
         .filter(|id| *id > since)
         .collect();
     let page: Vec<u64> = all
@@ -309,7 +337,7 @@ async fn recent(
     let data: Vec<Value> = page
         .iter()
         .map(|id| {
-            json!({"id": id.to_string(), "text": format!("post {}", id - FIRST_ID),
+            json!({"id": id.to_string(), "text": format!("post {}", id - first_id),
                 "author_id": "2244994945", "created_at": "2023-02-01T19:00:00.000Z"})
         })
         .collect();

@@ -191,7 +191,9 @@ impl HttpClient {
         self
     }
 
-    fn throttled(&self, now: bool) {
+    /// Shows (or stops showing) the source as waiting out a rate limit, for waits the
+    /// caller does itself (a stream's reconnects).
+    pub fn show_throttled(&self, now: bool) {
         if let Some(metrics) = &self.metrics {
             metrics.set_throttled(now);
         }
@@ -225,7 +227,7 @@ impl HttpClient {
                     let headers = response.headers().clone();
                     let url = response.url().clone();
                     if status.is_success() || taken.contains(&status.as_u16()) {
-                        self.throttled(false);
+                        self.show_throttled(false);
                         match response.bytes().await {
                             Ok(body) => {
                                 return Ok(Fetched {
@@ -248,7 +250,7 @@ impl HttpClient {
                 Failure::Network(reason) => (reason, None),
                 Failure::Status(reason, told) => (reason, told),
                 Failure::RateLimited(reason, told) => {
-                    self.throttled(true);
+                    self.show_throttled(true);
                     (reason, told)
                 }
             };

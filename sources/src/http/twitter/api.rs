@@ -54,6 +54,74 @@ impl Api {
         })
     }
 
+    /// One page of recent search for the configured query: posts after `since_id` (all
+    /// within X's 7 days when `None`), the page `next_token` names. X refuses (400) a
+    /// `since_id` older than its 7-day window; then the search asks from the window's edge
+    /// (`start_time`) instead, says which posts may be missing, and `from` keeps that edge for
+    /// the rest of the scan (X wants the same parameters with each `next_token`).
+    pub(super) async fn search_page(
+        &self,
+        since_id: Option<&str>,
+        from: &mut Option<String>,
+        next_token: Option<&str>,
+    ) -> Result<Value, ConnectorError> {
+        loop {
+            let mut url = self.url("/2/tweets/search/recent")?;
+            url.query_pairs_mut()
+                .append_pair("query", &self.config.search_query())
+                .append_pair("max_results", &self.config.max_results.to_string());
+            self.fields(&mut url);
+            match (from.as_deref(), since_id) {
+                (Some(start), _) => {
+                    url.query_pairs_mut().append_pair("start_time", start);
+                }
+                (None, Some(since)) => {
+                    url.query_pairs_mut().append_pair("since_id", since);
+                }
+                (None, None) => {}
+            }
+            if let Some(token) = next_token {
+                url.query_pairs_mut().append_pair("next_token", token);
+            }
+            let shown = endpoint("GET", &url);
+            let token = self.config.bearer_token.clone();
+            let fetched = self
+                .client
+                .fetch_taking(&shown, &[400], |client| {
+                    client.get(url.clone()).bearer_auth(token.expose())
+                })
+                .await?;
+            if fetched.status == StatusCode::BAD_REQUEST {
+                let refused_since = String::from_utf8_lossy(&fetched.body).contains("since_id");
+                match since_id {
+                    Some(since) if from.is_none() && refused_since => {
+                        let edge = recent_search_edge(SystemTime::now());
+                        tracing::warn!(
+                            since_id = %since,
+                            "X refused `since_id` {since}, older than recent search's 7 days ({}): reading from {edge} instead; posts between that post and {edge} cannot be read any more",
+                            excerpt(&fetched.body)
+                        );
+                        *from = Some(edge);
+                        continue;
+                    }
+                    _ => {
+                        return Err(ConnectorError::user(format!(
+                            "{shown} answered 400: X refused the search ({}); check `query`",
+                            excerpt(&fetched.body)
+                        ))
+                        .with_field("query"))
+                    }
+                }
+            }
+            return serde_json::from_slice(&fetched.body).map_err(|e| {
+                ConnectorError::external(format!(
+                    "{shown} answered with a body that is not JSON ({e}): {}",
+                    excerpt(&fetched.body)
+                ))
+            });
+        }
+    }
+
     /// Makes the stream's rules those of the config: stale ones deleted, missing ones added
     /// after X accepted them in a dry run.
     pub(super) async fn sync_rules(&self) -> Result<(), ConnectorError> {
@@ -219,4 +287,10 @@ pub(super) fn refused_rules(answer: &Value) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// The oldest `start_time` recent search takes, with a minute's margin: 7 days ago.
+pub(super) fn recent_search_edge(now: SystemTime) -> String {
+    let edge = now - Duration::from_secs(7 * 86_400 - 60);
+    chrono::DateTime::<chrono::Utc>::from(edge).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -106,12 +106,39 @@ pub struct TwitterSourceConfig {
     /// Waits before reconnecting the stream.
     #[serde(default)]
     pub reconnect: Reconnect,
+    /// What the stream does about posts made while it was not connected (a reconnect, a
+    /// restart): `none` (the default: the filtered stream cannot replay them, they are lost)
+    /// or `recent_search`: once connected again, read them through recent search (`since_id`
+    /// = the last post delivered, within X's 7 days; the query is the `rules` joined with
+    /// `OR`), oldest first, then go on with the stream, each post once. Costs recent-search
+    /// reads; backfilled posts have no `matching_tags` (search does not say which rule
+    /// matched). `mode: recent_search` needs none: it reads from where it stopped.
+    #[serde(default)]
+    pub backfill: Backfill,
+    /// Most posts one backfill reads (the newest; older ones are reported as not read).
+    #[serde(default = "default_backfill_limit")]
+    pub backfill_limit: usize,
     /// Where the API is (a proxy, a test server).
     #[serde(default = "default_base_url")]
     pub base_url: String,
     /// Timeouts, retries, backoff and request budget of the rules and search requests.
     #[serde(default)]
     pub http: HttpSettings,
+}
+
+/// How the stream makes up for the posts it missed while not connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backfill {
+    /// Posts made while the stream was not connected are lost.
+    #[default]
+    None,
+    /// They are read through recent search once the stream is connected again.
+    RecentSearch,
+}
+
+fn default_backfill_limit() -> usize {
+    10_000
 }
 
 /// Which API the source reads.
@@ -306,6 +333,9 @@ impl SourceConfig for TwitterSourceConfig {
                 errors.push(FieldError::new(field, "must be longer than 0"));
             }
         }
+        if self.backfill_limit == 0 {
+            errors.push(FieldError::new("backfill_limit", "must be at least 1"));
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -334,6 +364,8 @@ impl SourceConfig for TwitterSourceConfig {
                 if let Some(id) = &last_id {
                     recent.insert(id);
                 }
+                // A restart left a gap as a reconnect does.
+                let backfill_due = self.backfill == Backfill::RecentSearch && last_id.is_some();
                 // The stream's connection has no overall timeout: it is meant to stay open.
                 let streaming = reqwest::Client::builder()
                     .connect_timeout(self.http.connect_timeout)
@@ -351,6 +383,7 @@ impl SourceConfig for TwitterSourceConfig {
                     failures: Failures::default(),
                     recent,
                     last_id,
+                    backfill_due,
                     dropped: None,
                     buffered: VecDeque::new(),
                 }))

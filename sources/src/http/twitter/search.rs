@@ -16,6 +16,9 @@ pub(super) struct Scan {
     pub(super) last_id: Option<u64>,
     /// A scan is under way (its first page was read).
     pub(super) under_way: bool,
+    /// `start_time` of the scan under way, when X refused its `since_id` as older than
+    /// 7 days.
+    pub(super) from: Option<String>,
 }
 
 impl Scan {
@@ -33,6 +36,7 @@ impl Scan {
             newest_id,
             page: text("page"),
             last_id: text("last_id").and_then(|id| id.parse().ok()),
+            from: None,
         }
     }
 
@@ -80,20 +84,15 @@ impl Source for SearchSource {
 
 impl SearchSource {
     pub(super) async fn read_page(&mut self) -> Result<(), ConnectorError> {
-        let config = &self.api.config;
-        let mut url = self.api.url("/2/tweets/search/recent")?;
-        url.query_pairs_mut()
-            .append_pair("query", &config.search_query())
-            .append_pair("max_results", &config.max_results.to_string());
-        self.api.fields(&mut url);
-        if let Some(since) = &self.scan.since_id {
-            url.query_pairs_mut().append_pair("since_id", since);
-        }
         let page = self.scan.page.clone();
-        if let Some(token) = &page {
-            url.query_pairs_mut().append_pair("next_token", token);
-        }
-        let answer = self.api.call(url, None).await?;
+        let answer = self
+            .api
+            .search_page(
+                self.scan.since_id.as_deref(),
+                &mut self.scan.from,
+                page.as_deref(),
+            )
+            .await?;
         let meta = &answer["meta"];
         if !self.scan.under_way {
             self.scan.under_way = true;
@@ -152,6 +151,7 @@ impl SearchSource {
                     self.scan.since_id = self.scan.newest_id.take();
                 }
                 self.scan.page = None;
+                self.scan.from = None;
                 self.scan.under_way = false;
                 let done = Scan::offset_done(&self.scan.since_id);
                 if let Some(last) = self.buffered.back_mut() {
@@ -175,6 +175,7 @@ mod tests {
             page: None,
             last_id: None,
             under_way: true,
+            from: None,
         };
         let offset = scan.offset_within(&Some("tok".into()), Some("150"));
         let resumed = Scan::from_offset(Some(&offset));
@@ -186,6 +187,7 @@ mod tests {
                 page: Some("tok".into()),
                 last_id: Some(150),
                 under_way: true,
+                from: None,
             }
         );
         let done = Scan::from_offset(Some(&Scan::offset_done(&Some("200".into()))));

@@ -65,8 +65,11 @@ pub(super) struct StreamSource {
     pub(super) pending: Vec<u8>,
     pub(super) failures: Failures,
     pub(super) recent: Recent,
-    /// The last post delivered (the offset).
+    /// The newest post delivered (the offset).
     pub(super) last_id: Option<String>,
+    /// The stream was not connected for a while and `backfill: recent_search` is set: the
+    /// gap is read through recent search once it is connected again.
+    pub(super) backfill_due: bool,
     /// Why the stream must be opened again, before reading on.
     pub(super) dropped: Option<Dropped>,
     pub(super) buffered: VecDeque<SourceRecord>,
@@ -95,6 +98,11 @@ impl StreamSource {
             if let Some(why) = self.dropped.take() {
                 self.response = None;
                 self.pending.clear();
+                self.backfill_due =
+                    self.api.config.backfill == Backfill::RecentSearch && self.last_id.is_some();
+                if matches!(why, Dropped::RateLimited(..)) {
+                    self.api.client.show_throttled(true);
+                }
                 let wait = self.failures.wait(&why, &self.api.config.reconnect);
                 let (Dropped::Network(reason)
                 | Dropped::Http(reason)
@@ -104,7 +112,16 @@ impl StreamSource {
             }
             if self.response.is_none() {
                 match self.connect().await? {
-                    Ok(response) => self.response = Some(response),
+                    Ok(response) => {
+                        self.response = Some(response);
+                        self.api.client.show_throttled(false);
+                        if std::mem::take(&mut self.backfill_due) {
+                            self.backfill().await?;
+                            if !self.buffered.is_empty() {
+                                return Ok(());
+                            }
+                        }
+                    }
                     Err(why) => {
                         self.dropped = Some(why);
                         continue;
@@ -138,6 +155,80 @@ impl StreamSource {
                 }
             }
         }
+    }
+
+    /// Sends post `id`; the offset is the newest post delivered (a backfilled post older than
+    /// one the stream sent does not move it back).
+    fn deliver(&mut self, id: String, record: Record) {
+        if self
+            .last_id
+            .as_deref()
+            .is_none_or(|last| newer_id(&id, last))
+        {
+            self.last_id = Some(id);
+        }
+        self.buffered.push_back(SourceRecord {
+            partition: STREAM_PARTITION.into(),
+            offset: json!({ "last_id": self.last_id }),
+            position: None,
+            payload: Payload::Record(record),
+        });
+    }
+
+    /// Reads through recent search what was posted after the last post delivered (what a
+    /// reconnect or a restart missed) and sends it oldest first; the stream's copies of those
+    /// posts are then skipped as duplicates.
+    async fn backfill(&mut self) -> Result<(), ConnectorError> {
+        let Some(since) = self.last_id.clone() else {
+            return Ok(());
+        };
+        let limit = self.api.config.backfill_limit;
+        let mut from = None;
+        let mut page: Option<String> = None;
+        let mut found: Vec<(u64, Record)> = Vec::new();
+        loop {
+            let answer = self
+                .api
+                .search_page(Some(&since), &mut from, page.as_deref())
+                .await?;
+            let posts = answer["data"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for post in posts {
+                let number = post["id"].as_str().and_then(|id| id.parse::<u64>().ok());
+                let record = self.api.record(post, &answer["includes"], None);
+                if let (Some(number), Some(record)) = (number, record) {
+                    found.push((number, record));
+                }
+            }
+            match answer["meta"]["next_token"].as_str() {
+                Some(next) if found.len() < limit => page = Some(next.to_string()),
+                Some(_) => {
+                    tracing::warn!(
+                        "the backfill read the newest {} posts (`backfill_limit`); older posts made since post {since} are not read",
+                        found.len()
+                    );
+                    break;
+                }
+                None => break,
+            }
+        }
+        found.sort_by_key(|(number, _)| *number);
+        let mut sent = 0;
+        for (number, record) in found {
+            let id = number.to_string();
+            if self.recent.insert(&id) {
+                self.deliver(id, record);
+                sent += 1;
+            }
+        }
+        tracing::info!(
+            since_id = %since,
+            sent,
+            "read through recent search what the stream missed"
+        );
+        Ok(())
     }
 
     /// Opens the stream: the response, a failure to reconnect after, or a failure that ends
@@ -242,13 +333,7 @@ impl StreamSource {
                 tracing::debug!(%id, "a post the stream sent before; skipped");
                 return None;
             }
-            self.last_id = Some(id.clone());
-            self.buffered.push_back(SourceRecord {
-                partition: STREAM_PARTITION.into(),
-                offset: json!({ "last_id": id }),
-                position: None,
-                payload: Payload::Record(record),
-            });
+            self.deliver(id, record);
             return None;
         }
         // Errors come as `{"errors": [..]}` or, for connection problems, as one object.
@@ -273,6 +358,14 @@ impl StreamSource {
             tracing::warn!("the X stream reports a problem: {reason}");
         }
         None
+    }
+}
+
+/// Whether post id `a` is newer than `b` (ids are numbers that grow with time).
+fn newer_id(a: &str, b: &str) -> bool {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => (a.len(), a) > (b.len(), b),
     }
 }
 
@@ -327,6 +420,7 @@ mod tests {
             failures: Failures::default(),
             recent: Recent::default(),
             last_id: None,
+            backfill_due: false,
             dropped: None,
             buffered: VecDeque::new(),
         }
@@ -337,7 +431,8 @@ mod tests {
     #[test]
     pub(super) fn stream_lines_become_posts_once_each_and_a_disconnect_ends_the_read() {
         let mut source = stream_source();
-        let fixture = include_str!("../../../../tests/fixtures/api/twitter-v2-filtered-stream.ndjson");
+        let fixture =
+            include_str!("../../../../tests/fixtures/api/twitter-v2-filtered-stream.ndjson");
         source.pending.extend_from_slice(
             b"{\"data\":{\"id\":\"1620041380532740100\",\"text\":\"first\"}}\r\n\r\n{\"hello\":1}\r\nnot json\r\n",
         );
