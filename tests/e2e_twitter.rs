@@ -400,18 +400,23 @@ fn posts_made_while_the_stream_reconnects_or_sluice_is_down_are_backfilled_once_
         }
         seen
     };
-    let mut running = run();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ids().len() < 10 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", ids());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    terminate(&mut running.child);
-    running.exit(Duration::from_secs(10));
-    let seen = ids();
-    assert!((0..10).all(|n| seen.get(&n) == Some(&1)), "{seen:?}");
-    assert_eq!(seen.len(), 10, "{seen:?}");
+    // Runs the pipeline until `posts` distinct posts arrived (and half a second more, for
+    // any duplicate to show), then stops it; each of them arrived once.
+    let run_until = |posts: usize| {
+        let mut running = run();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ids().len() < posts {
+            assert!(std::time::Instant::now() < deadline, "{:?}", ids());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        terminate(&mut running.child);
+        running.exit(Duration::from_secs(10));
+        let seen = ids();
+        assert!(seen.values().all(|c| *c == 1), "{seen:?}");
+        assert_eq!(seen.len(), posts, "{seen:?}");
+    };
+    run_until(10);
     // Posts from the stream carry the rules they matched; backfilled ones cannot.
     let lines = read_jsonl(&out);
     let tagged = |n: u64| {
@@ -429,18 +434,7 @@ fn posts_made_while_the_stream_reconnects_or_sluice_is_down_are_backfilled_once_
     );
 
     // A restart: what was posted while sluice was down (10–12) is read first.
-    let mut again = run();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ids().len() < 13 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", ids());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    terminate(&mut again.child);
-    again.exit(Duration::from_secs(10));
-    let seen = ids();
-    assert!((0..13).all(|n| seen.get(&n) == Some(&1)), "{seen:?}");
-    assert_eq!(seen.len(), 13);
+    run_until(13);
 }
 
 /// Recent search refuses (400) a `since_id` older than its 7 days, which is where a restart
