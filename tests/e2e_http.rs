@@ -745,3 +745,53 @@ fn a_source_waiting_out_a_rate_limit_shows_throttled() {
     terminate(&mut run.child);
     run.exit(Duration::from_secs(10));
 }
+
+/// More assets than one v2 details request may name (20): the source asks in requests of 20
+/// (the stand-in refuses more, as Messari documents), and every asset arrives. Ethereum's
+/// entry has no `priceAt` (Messari's published schema has none): it arrives once, not
+/// dead-lettered, and is not sent again while its price stands still.
+#[test]
+fn messari_v2_asks_for_twenty_assets_per_request() {
+    let api = ApiMock::start(ApiFaults {
+        price_every: 1_000_000,
+        ..ApiFaults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let assets: Vec<String> = std::iter::once("ethereum".to_string())
+        .chain((0..24).map(|i| format!("coin-{i}")))
+        .collect();
+    let out = dir.path().join("prices.jsonl");
+    let yaml = format!(
+        "name: many-assets\nsources:\n  messari:\n    type: messari\n    assets: [{}]\n    base_url: {}\n    interval: 200ms\n    topic: prices\nsinks:\n  out:\n    type: file\n    topics: [prices]\n    path: {}\n",
+        assets.join(", "),
+        api.url,
+        out.display()
+    );
+    let path = dir.path().join("many.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut run = Logged::spawn(&mut sluice_run(&path, dir.path().join("state")));
+    wait_for_lines(&out, 25, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(600));
+    terminate(&mut run.child);
+    let (status, stderr) = run.exit(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let got: Vec<String> = read_jsonl(&out)
+        .iter()
+        .map(|p| p["asset"].as_str().unwrap().to_string())
+        .collect();
+    let mut distinct = got.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 25, "{got:?}");
+    assert_eq!(
+        got.len(),
+        25,
+        "a price that did not move arrived twice: {got:?}"
+    );
+    let requests = api.requests();
+    assert!(
+        requests.iter().all(|r| r.1 == reqwest::StatusCode::OK),
+        "{requests:?}"
+    );
+    assert!(requests.len() >= 2);
+}

@@ -270,17 +270,39 @@ async fn messari_v1(
     axum::Json(doc).into_response()
 }
 
+/// Messari v2's asset details: the assets named by `slugs`/`ids` (the published OpenAPI) or
+/// `assets` (the docs), at most 20 (400 otherwise, and 400 when none is named); the fixture's
+/// entries, and for other slugs a copy of Bitcoin's under that slug.
 async fn messari_v2(
     State(state): State<Shared>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let assets = query.get("assets").cloned().unwrap_or_default();
-    if let Err(refused) = gate(
-        &state,
-        &headers,
-        format!("/metrics/v2/assets/details?assets={assets}"),
-    ) {
+    let mut named: Vec<String> = Vec::new();
+    for param in ["slugs", "ids", "assets"] {
+        for asset in query
+            .get(param)
+            .map(String::as_str)
+            .unwrap_or_default()
+            .split(',')
+        {
+            if !asset.is_empty() && !named.iter().any(|n| n == asset) {
+                named.push(asset.to_string());
+            }
+        }
+    }
+    let what = format!("/metrics/v2/assets/details?assets={}", named.join(","));
+    if named.is_empty() || named.len() > 20 {
+        state
+            .0
+            .lock()
+            .unwrap()
+            .requests
+            .push((Instant::now(), StatusCode::BAD_REQUEST, what));
+        let body = json!({"error": "between 1 and 20 assets must be given", "data": null});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    if let Err(refused) = gate(&state, &headers, what) {
         return *refused;
     }
     let doc = priced(
@@ -288,7 +310,24 @@ async fn messari_v2(
         "messari-v2-assets-details.json",
         "/data/0/marketData/priceAt",
     );
-    axum::Json(doc).into_response()
+    let entries = doc["data"].as_array().cloned().unwrap_or_default();
+    let data: Vec<Value> = named
+        .iter()
+        .map(|asset| {
+            let known = entries.iter().find(|e| {
+                e["slug"].as_str() == Some(asset.as_str())
+                    || e["id"].as_str() == Some(asset.as_str())
+            });
+            known.cloned().unwrap_or_else(|| {
+                let mut copy = entries[0].clone();
+                copy["slug"] = json!(asset);
+                copy["symbol"] = json!(asset.to_uppercase());
+                copy["id"] = json!(format!("id-{asset}"));
+                copy
+            })
+        })
+        .collect();
+    axum::Json(json!({ "data": data })).into_response()
 }
 
 const YAHOO_COOKIE: &str = "A3=d=sluice-test";

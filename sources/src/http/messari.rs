@@ -7,11 +7,21 @@
 //! `ohlcv_24h_{open,high,low,close,volume}`. **Key**: the symbol (`BTC`). **Record time**: the
 //! price's time.
 //!
+//! **v2** (`GET /metrics/v2/assets/details`), as Messari's published OpenAPI (MessariKit's
+//! `services/asset/openapi.yaml`, `AssetV2MarketData`) has it: `priceUsd`, `priceBtc`,
+//! `priceEth`, `volume24Hour`, `ohlcv1HourUsd`, `ohlcv24HourUsd`. It has no percent changes:
+//! `percent_change_usd_1h` and `_24h` are computed from the hour's and the day's candle (open to
+//! close, in percent), the BTC and ETH ones are `null`. `priceAt` (the price's time) is in
+//! Messari's docs but not in that schema: when an answer lacks it, the time is the answer's
+//! (its `Date` header) and a poll whose price and volume did not change is skipped. Assets are
+//! asked for 20 per request (the documented maximum), as `assets` (the docs' parameter) and as
+//! `slugs`/`ids` (the OpenAPI's).
+//!
 //! **Offset**: per asset (source partition `messari:{asset}`), the price time of the last
 //! delivered record. A poll whose price time did not move past it is skipped and counted, so a
 //! 3 s poll of a price that changes every minute makes no duplicates, and neither does a restart.
 
-use super::client::{at_base, excerpt, HttpClient, HttpSettings};
+use super::client::{at_base, excerpt, Fetched, HttpClient, HttpSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -48,8 +58,9 @@ pub struct MessariSourceConfig {
     #[schemars(with = "String")]
     pub interval: Duration,
     /// Requests per minute your Messari plan allows: start-up warns when `interval` and the
-    /// assets ask for more. Default: Messari's documented limits for the v1 API, 20 per minute
-    /// without a key and 30 with a free key.
+    /// assets ask for more. Default: Messari's documented limits, for v2 200 per minute (the
+    /// global limit of the unpaid, Lite and Pro plans; Enterprise has 600), for the v1 API 20
+    /// per minute without a key and 30 with a free key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_requests_per_minute: Option<u32>,
     /// Timeouts, retries, backoff and the request budget.
@@ -106,13 +117,15 @@ impl SourceConfig for MessariSourceConfig {
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         let per_poll = match self.api {
-            Api::V2 => 1,
+            Api::V2 => self.assets.len().div_ceil(ASSETS_PER_REQUEST),
             Api::V1 => self.assets.len(),
         };
         let wanted = 60.0 / self.interval.as_secs_f64() * per_poll as f64;
-        let allowed = self
-            .plan_requests_per_minute
-            .unwrap_or(if self.api_key.is_some() { 30 } else { 20 });
+        let allowed = self.plan_requests_per_minute.unwrap_or(match self.api {
+            Api::V2 => 200,
+            Api::V1 if self.api_key.is_some() => 30,
+            Api::V1 => 20,
+        });
         if wanted > f64::from(allowed) {
             tracing::warn!(
                 component = %ctx.component,
@@ -134,11 +147,15 @@ impl SourceConfig for MessariSourceConfig {
                 .reporting_to(ctx.metrics.clone()),
             config: self.clone(),
             last_time,
+            last_values: HashMap::new(),
             due: None,
             buffered: VecDeque::new(),
         }))
     }
 }
+
+/// Most assets one v2 details request may name (Messari's documented maximum).
+const ASSETS_PER_REQUEST: usize = 20;
 
 fn partition(asset: &str) -> String {
     format!("messari:{asset}")
@@ -149,6 +166,9 @@ struct MessariSource {
     client: HttpClient,
     /// Asset → price time of the last record delivered (or stored by an earlier run).
     last_time: HashMap<String, String>,
+    /// Asset → price and volume of the last record delivered, for answers without a price
+    /// time.
+    last_values: HashMap<String, (Value, Value)>,
     due: Option<tokio::time::Instant>,
     buffered: VecDeque<SourceRecord>,
 }
@@ -176,7 +196,7 @@ impl Source for MessariSource {
 }
 
 impl MessariSource {
-    async fn get(&mut self, url: reqwest::Url) -> Result<Vec<u8>, ConnectorError> {
+    async fn get(&mut self, url: reqwest::Url) -> Result<Fetched, ConnectorError> {
         let shown = super::client::endpoint("GET", &url);
         let key = self.config.api_key.clone();
         let fetched = self
@@ -189,14 +209,35 @@ impl MessariSource {
                 }
             })
             .await?;
-        Ok(fetched.body)
+        Ok(fetched)
     }
 
     async fn poll_v2(&mut self) -> Result<(), ConnectorError> {
+        let assets = self.config.assets.clone();
+        for chunk in assets.chunks(ASSETS_PER_REQUEST) {
+            self.poll_v2_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// One details request for at most [`ASSETS_PER_REQUEST`] assets.
+    async fn poll_v2_chunk(&mut self, assets: &[String]) -> Result<(), ConnectorError> {
         let mut url = at_base(self.config.base_url(), "/metrics/v2/assets/details")?;
-        url.query_pairs_mut()
-            .append_pair("assets", &self.config.assets.join(","));
-        let body = self.get(url).await?;
+        let (ids, slugs): (Vec<&String>, Vec<&String>) =
+            assets.iter().partition(|a| looks_like_uuid(a));
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("assets", &assets.join(","));
+            for (name, list) in [("slugs", &slugs), ("ids", &ids)] {
+                if !list.is_empty() {
+                    let joined: Vec<&str> = list.iter().map(|a| a.as_str()).collect();
+                    query.append_pair(name, &joined.join(","));
+                }
+            }
+        }
+        let answer = self.get(url).await?;
+        let answered_at = answer_time(&answer.headers);
+        let body = answer.body;
         let details =
             serde_json::from_slice::<Value>(&body)
                 .ok()
@@ -209,24 +250,23 @@ impl MessariSource {
                 "the response is not Messari's asset details (`data`: [..]): {}",
                 excerpt(&body)
             );
-            let first = self.config.assets[0].clone();
-            self.bad(&first, bad, body);
+            self.bad(&assets[0], bad, body);
             return Ok(());
         };
-        for asset in self.config.assets.clone() {
+        for asset in assets {
             let found = details.iter().find(|d| {
                 ["slug", "id", "symbol"].iter().any(|f| {
                     d.get(*f)
                         .and_then(Value::as_str)
-                        .is_some_and(|v| v.eq_ignore_ascii_case(&asset))
+                        .is_some_and(|v| v.eq_ignore_ascii_case(asset))
                 })
             });
             match found {
-                Some(detail) => match flat_v2(&asset, detail) {
-                    Ok(record) => self.offer(&asset, record),
+                Some(detail) => match flat_v2(asset, detail, &answered_at) {
+                    Ok(record) => self.offer(asset, record),
                     Err(message) => {
                         let raw = detail.to_string().into_bytes();
-                        self.bad(&asset, message, raw)
+                        self.bad(asset, message, raw)
                     }
                 },
                 None => tracing::warn!(%asset, "Messari's answer has no asset `{asset}`"),
@@ -240,7 +280,7 @@ impl MessariSource {
             self.config.base_url(),
             &format!("/api/v1/assets/{asset}/metrics/market-data"),
         )?;
-        let body = self.get(url).await?;
+        let body = self.get(url).await?.body;
         let flat = serde_json::from_slice::<Value>(&body)
             .map_err(|e| format!("the response is not JSON ({e}): {}", excerpt(&body)))
             .and_then(|doc| flat_v1(asset, &doc).map_err(|m| format!("{m}: {}", excerpt(&body))));
@@ -251,18 +291,26 @@ impl MessariSource {
         Ok(())
     }
 
-    /// Buffers `value` unless its price time did not move past the last one delivered.
-    fn offer(&mut self, asset: &str, value: Value) {
+    /// Buffers `value` unless its price time did not move past the last one delivered (or,
+    /// for an answer without a price time, its price and volume did not change).
+    fn offer(&mut self, asset: &str, (value, timed): (Value, bool)) {
         let time = value["time"].as_str().unwrap_or_default().to_string();
         let partition: Arc<str> = partition(asset).into();
+        let values = (value["price_usd"].clone(), value["volume_24h"].clone());
+        let unchanged = !timed && self.last_values.get(asset) == Some(&values);
+        self.last_values.insert(asset.to_string(), values);
         if let Some(last) = self.last_time.get(asset) {
-            if later(&time, last) != Some(true) {
+            if unchanged || later(&time, last) != Some(true) {
                 self.buffered.push_back(SourceRecord {
                     partition,
                     offset: Value::String(last.clone()),
                     position: None,
                     payload: Payload::Skipped {
-                        reason: format!("the price time of `{asset}` did not move past {last}"),
+                        reason: if unchanged {
+                            format!("the price of `{asset}` did not change (no price time)")
+                        } else {
+                            format!("the price time of `{asset}` did not move past {last}")
+                        },
                     },
                 });
                 return;
@@ -275,8 +323,11 @@ impl MessariSource {
         record.timestamp = super::generic::time_millis(&Value::String(time.clone()));
         self.last_time.insert(asset.to_string(), time.clone());
         // Price times grow per asset and are the same on every run: the position for
-        // `exactly_once`.
-        let position = record.timestamp.and_then(|t| u64::try_from(t).ok());
+        // `exactly_once` (an answer's own time is not the same on every run: none).
+        let position = record
+            .timestamp
+            .filter(|_| timed)
+            .and_then(|t| u64::try_from(t).ok());
         self.buffered.push_back(SourceRecord {
             partition,
             offset: Value::String(time),
@@ -348,24 +399,34 @@ struct Layout {
     market: &'static str,
     time: &'static str,
     price_usd: &'static str,
-    /// (our field, theirs) for the other numbers of the market data.
-    numbers: [(&'static str, &'static str); 7],
+    /// (our field, theirs) for the other numbers of the market data; ours that are not listed
+    /// are computed from the candles or `null`.
+    numbers: &'static [(&'static str, &'static str)],
     ohlcv_1h: &'static str,
     ohlcv_24h: &'static str,
 }
 
+/// Fields of the record besides the asset's names, its time and the candles, in order.
+const NUMBERS: [&str; 8] = [
+    "price_usd",
+    "price_btc",
+    "price_eth",
+    "volume_24h",
+    "percent_change_usd_1h",
+    "percent_change_usd_24h",
+    "percent_change_btc_24h",
+    "percent_change_eth_24h",
+];
+
+/// v2, as Messari's published OpenAPI has `AssetV2MarketData`.
 const V2: Layout = Layout {
     market: "marketData",
     time: "priceAt",
     price_usd: "priceUsd",
-    numbers: [
+    numbers: &[
         ("price_btc", "priceBtc"),
         ("price_eth", "priceEth"),
         ("volume_24h", "volume24Hour"),
-        ("percent_change_usd_1h", "percentChange1HourUsd"),
-        ("percent_change_usd_24h", "percentChange24HourUsd"),
-        ("percent_change_btc_24h", "percentChange24HourBtc"),
-        ("percent_change_eth_24h", "percentChange24HourEth"),
     ],
     ohlcv_1h: "ohlcv1HourUsd",
     ohlcv_24h: "ohlcv24HourUsd",
@@ -375,7 +436,7 @@ const V1: Layout = Layout {
     market: "market_data",
     time: "last_trade_at",
     price_usd: "price_usd",
-    numbers: [
+    numbers: &[
         ("price_btc", "price_btc"),
         ("price_eth", "price_eth"),
         ("volume_24h", "volume_last_24_hours"),
@@ -388,36 +449,52 @@ const V1: Layout = Layout {
     ohlcv_24h: "ohlcv_last_24_hour",
 };
 
-/// The flat record of one v2 asset detail (`marketData` in camelCase).
-fn flat_v2(asset: &str, detail: &Value) -> Result<Value, String> {
-    flat(asset, detail, detail, &V2, "marketData")
+/// The flat record of one v2 asset detail (`marketData` in camelCase), and whether its time
+/// is the price's (else `answered_at`, the answer's).
+fn flat_v2(asset: &str, detail: &Value, answered_at: &str) -> Result<(Value, bool), String> {
+    flat(asset, detail, detail, &V2, "marketData", Some(answered_at))
 }
 
 /// The flat record of a v1 market-data answer: `data{symbol,…,market_data}` or the seed's
 /// `data{Asset{symbol,…}, market_data}`.
-fn flat_v1(asset: &str, doc: &Value) -> Result<Value, String> {
+fn flat_v1(asset: &str, doc: &Value) -> Result<(Value, bool), String> {
     let data = doc
         .get("data")
         .filter(|d| d.is_object())
         .ok_or("no `data` object")?;
     let about = data.get("Asset").filter(|a| a.is_object()).unwrap_or(data);
-    flat(asset, about, data, &V1, "data.market_data")
+    flat(asset, about, data, &V1, "data.market_data", None)
+}
+
+/// Percent change from a candle's open to its close, or null.
+fn change(candle: Option<&Value>) -> Value {
+    let part = |name: &str| candle.and_then(|c| c.get(name)).and_then(Value::as_f64);
+    match (part("open"), part("close")) {
+        (Some(open), Some(close)) if open != 0.0 => json!((close - open) / open * 100.0),
+        _ => Value::Null,
+    }
 }
 
 /// The seed's flat record from `about` (symbol, name, slug) and the market data in `holder`,
-/// laid out as `layout` says; `path` names the market data in messages.
+/// laid out as `layout` says; `path` names the market data in messages. Without a price time,
+/// `fallback_time` (the answer's) is used when given, and the second value is false.
 fn flat(
     asset: &str,
     about: &Value,
     holder: &Value,
     layout: &Layout,
     path: &str,
-) -> Result<Value, String> {
+    fallback_time: Option<&str>,
+) -> Result<(Value, bool), String> {
     let market = holder
         .get(layout.market)
         .filter(|m| m.is_object())
         .ok_or_else(|| format!("no `{path}` object"))?;
-    let time = utc(market.get(layout.time), &format!("{path}.{}", layout.time))?;
+    let time_field = format!("{path}.{}", layout.time);
+    let (time, timed) = match (market.get(layout.time), fallback_time) {
+        (None | Some(Value::Null), Some(fallback)) => (fallback.to_string(), false),
+        (given, _) => (utc(given, &time_field)?, true),
+    };
     let price = number(market.get(layout.price_usd));
     if price.is_null() {
         return Err(format!("no `{path}.{}`", layout.price_usd));
@@ -431,13 +508,40 @@ fn flat(
         );
     }
     out.insert("time".into(), json!(time));
-    out.insert("price_usd".into(), price);
-    for (ours, theirs) in layout.numbers {
-        out.insert(ours.into(), number(market.get(theirs)));
+    let candle_1h = market.get(layout.ohlcv_1h);
+    let candle_24h = market.get(layout.ohlcv_24h);
+    for ours in NUMBERS {
+        let value = match layout.numbers.iter().find(|(o, _)| *o == ours) {
+            _ if ours == "price_usd" => price.clone(),
+            Some((_, theirs)) => number(market.get(*theirs)),
+            None if ours == "percent_change_usd_1h" => change(candle_1h),
+            None if ours == "percent_change_usd_24h" => change(candle_24h),
+            None => Value::Null,
+        };
+        out.insert(ours.into(), value);
     }
-    ohlcv(&mut out, "1h", market.get(layout.ohlcv_1h));
-    ohlcv(&mut out, "24h", market.get(layout.ohlcv_24h));
-    Ok(Value::Object(out))
+    ohlcv(&mut out, "1h", candle_1h);
+    ohlcv(&mut out, "24h", candle_24h);
+    Ok((Value::Object(out), timed))
+}
+
+/// Whether an asset is named by its Messari id (a UUID) rather than a slug.
+fn looks_like_uuid(asset: &str) -> bool {
+    let parts: Vec<&str> = asset.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// When an answer was made, by its `Date` header (else now), as RFC 3339 in UTC.
+fn answer_time(headers: &reqwest::header::HeaderMap) -> String {
+    let at = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -473,13 +577,14 @@ mod tests {
 
     #[test]
     fn both_v1_layouts_become_the_same_flat_record() {
-        let flat = flat_v1("btc", &fixture("messari-v1-market-data-btc.json")).unwrap();
+        let (flat, timed) = flat_v1("btc", &fixture("messari-v1-market-data-btc.json")).unwrap();
         let seed = flat_v1(
             "btc",
             &fixture("messari-v1-market-data-btc.seed-variant.json"),
         )
         .unwrap();
-        assert_eq!(flat, seed);
+        assert_eq!((flat.clone(), timed), seed);
+        assert!(timed);
         assert_eq!(flat["symbol"], "BTC");
         assert_eq!(flat["time"], "2023-01-09T09:18:16Z");
         assert_eq!(flat["price_usd"], json!(17202.845721661743));
@@ -489,26 +594,44 @@ mod tests {
         assert_eq!(flat["percent_change_usd_24h"], json!(1.5010821440255844));
     }
 
+    /// v2 as Messari's published schema has it: no percent changes (those of USD come from
+    /// the candles, the others are null) and `priceAt` only sometimes; a missing price time
+    /// is not a reason to dead-letter the asset, a missing price is.
     #[test]
     fn a_v2_detail_becomes_the_same_fields_and_a_missing_price_is_refused() {
         let doc = fixture("messari-v2-assets-details.json");
-        let flat = flat_v2("bitcoin", &doc["data"][0]).unwrap();
+        let answered = "2026-12-07T22:00:00Z";
+        let (flat, timed) = flat_v2("bitcoin", &doc["data"][0], answered).unwrap();
+        assert!(timed);
         assert_eq!(flat["symbol"], "BTC");
         assert_eq!(flat["asset"], "bitcoin");
+        assert_eq!(flat["time"], "2023-01-09T09:18:16Z");
         assert!(flat["price_usd"].is_f64());
         assert!(flat["ohlcv_24h_volume"].is_number());
+        let day = (16948.43577849905 - 16948.15437781874) / 16948.15437781874 * 100.0;
+        assert_eq!(flat["percent_change_usd_24h"], json!(day));
+        assert_eq!(flat["percent_change_usd_1h"], Value::Null);
+        assert_eq!(flat["percent_change_btc_24h"], Value::Null);
         let keys: Vec<&String> = flat.as_object().unwrap().keys().collect();
-        let v1 = flat_v1("btc", &fixture("messari-v1-market-data-btc.json")).unwrap();
+        let (v1, _) = flat_v1("btc", &fixture("messari-v1-market-data-btc.json")).unwrap();
         assert_eq!(keys, v1.as_object().unwrap().keys().collect::<Vec<_>>());
+
+        let (eth, timed) = flat_v2("ethereum", &doc["data"][1], answered).unwrap();
+        assert!(!timed);
+        assert_eq!(eth["time"], answered);
+        assert!(eth["percent_change_usd_1h"].is_f64(), "{eth}");
+
         let mut broken = doc["data"][0].clone();
         broken["marketData"]
             .as_object_mut()
             .unwrap()
             .remove("priceUsd");
         assert_eq!(
-            flat_v2("bitcoin", &broken).unwrap_err(),
+            flat_v2("bitcoin", &broken, answered).unwrap_err(),
             "no `marketData.priceUsd`"
         );
+        assert!(looks_like_uuid("1e31218a-e44e-4285-820c-8282ee222035"));
+        assert!(!looks_like_uuid("bitcoin"));
     }
 
     #[test]
