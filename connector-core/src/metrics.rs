@@ -51,6 +51,12 @@ pub struct ComponentMetrics {
     resumed: std::sync::atomic::AtomicBool,
 }
 
+impl sluice_api::SourceStatus for ComponentMetrics {
+    fn set_throttled(&self, now: bool) {
+        ComponentMetrics::set_throttled(self, now);
+    }
+}
+
 /// A component's failure as the REST API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -3,13 +3,13 @@
 use crate::encoding::{write_line, LineFormat};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::{
+use sluice_api::{
     async_trait, ConnectorError, FieldError, PutOutcome, Record, Sink, SinkBuildContext, SinkConfig,
 };
 use std::io::Write;
 use std::sync::Arc;
 
-sluice_core::register_plugin!(Sink, "console", ConsoleSinkConfig);
+sluice_api::register_plugin!(Sink, "console", ConsoleSinkConfig);
 
 /// Prints records to standard output, one JSON line each.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -9,7 +9,7 @@
 use crate::encoding::{write_csv_line, write_csv_row, write_line, LineFormat};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::{
+use sluice_api::{
     async_trait, ConnectorError, FieldError, PutOutcome, Record, Sink, SinkBuildContext, SinkConfig,
 };
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-sluice_core::register_plugin!(Sink, "file", FileSinkConfig);
+sluice_api::register_plugin!(Sink, "file", FileSinkConfig);
 
 /// Appends records to a file as JSON lines.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -9,12 +9,12 @@ use crate::pace::Pace;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_core::{
+use sluice_api::{
     async_trait, ConnectorError, FieldError, Payload, Record, Source, SourceBuildContext,
     SourceConfig, SourceRecord,
 };
 
-sluice_core::register_plugin!(Source, "datagen", DatagenSourceConfig);
+sluice_api::register_plugin!(Source, "datagen", DatagenSourceConfig);
 
 /// Generates a random walk of prices per symbol.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

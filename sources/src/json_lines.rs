@@ -11,12 +11,12 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::{
+use sluice_api::{
     async_trait, ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig,
 };
 use std::time::Duration;
 
-sluice_core::register_plugin!(Source, "file", FileSourceConfig);
+sluice_api::register_plugin!(Source, "file", FileSourceConfig);
 
 /// Reads JSON-lines files (one file or a glob) and emits one record per line.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

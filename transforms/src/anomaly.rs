@@ -27,11 +27,11 @@ use crate::time::EventTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sluice_core::stream::{Emitted, StreamOperator, StreamTransformConfig};
-use sluice_core::{ConnectorError, FieldError, Record};
+use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::VecDeque;
 
-sluice_core::register_plugin!(StreamTransform, "anomaly", AnomalyConfig);
+sluice_api::register_plugin!(StreamTransform, "anomaly", AnomalyConfig);
 
 /// Scores every record of a key against the key's past: the residual of exponential smoothing
 /// (on the log of the value by default) standardised over a trailing window of residuals, and
@@ -363,7 +363,7 @@ impl PerKey for Anomaly {
 mod tests {
     use super::*;
     use serde_json::json;
-    use sluice_core::transport::TopicPartition;
+    use sluice_api::topic::TopicPartition;
 
     fn tp() -> TopicPartition {
         ("prices".into(), 0)

@@ -4,10 +4,10 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_core::register_plugin!(Transform, "rename_fields", RenameFieldsConfig);
-sluice_core::register_plugin!(Transform, "drop_fields", DropFieldsConfig);
+sluice_api::register_plugin!(Transform, "rename_fields", RenameFieldsConfig);
+sluice_api::register_plugin!(Transform, "drop_fields", DropFieldsConfig);
 
 /// Renames top-level fields of object values; other values pass unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -3,9 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_core::register_plugin!(Transform, "require_fields", RequireFieldsConfig);
+sluice_api::register_plugin!(Transform, "require_fields", RequireFieldsConfig);
 
 /// Keeps only records whose value has every listed field set (not null).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -20,11 +20,11 @@ use augurs_ets::model::{Model, ModelType, Unfit};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sluice_core::stream::{Emitted, StreamOperator, StreamTransformConfig};
-use sluice_core::{ConnectorError, FieldError, Record};
+use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::VecDeque;
 
-sluice_core::register_plugin!(StreamTransform, "forecast", ForecastConfig);
+sluice_api::register_plugin!(StreamTransform, "forecast", ForecastConfig);
 
 /// Forecasts the next `horizon` values of a numeric field per key, with prediction intervals,
 /// each time the model is (re)fit. Writes one record per step ahead: `key`, `target` (the
@@ -403,7 +403,7 @@ impl PerKey for Forecast {
 mod tests {
     use super::*;
     use serde_json::json;
-    use sluice_core::transport::TopicPartition;
+    use sluice_api::topic::TopicPartition;
 
     fn tp() -> TopicPartition {
         ("prices".into(), 0)

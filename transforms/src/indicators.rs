@@ -8,11 +8,11 @@ use crate::keyed::{config_error, json_number, number, Keyed, PerKey};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::stream::{Emitted, StreamOperator, StreamTransformConfig};
-use sluice_core::{ConnectorError, FieldError, Record};
+use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::VecDeque;
 
-sluice_core::register_plugin!(StreamTransform, "indicators", IndicatorsConfig);
+sluice_api::register_plugin!(StreamTransform, "indicators", IndicatorsConfig);
 
 /// Adds indicators of `field` to every record, computed over the key's records so far (in
 /// partition order): `sma_<n>` (mean of the last n values), `ema_<n>` (exponential moving
@@ -200,7 +200,7 @@ impl PerKey for Indicators {
 mod tests {
     use super::*;
     use serde_json::json;
-    use sluice_core::transport::TopicPartition;
+    use sluice_api::topic::TopicPartition;
 
     fn tp() -> TopicPartition {
         ("prices".into(), 0)

@@ -2,10 +2,10 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::jq::JqProgram;
-use sluice_core::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_jq::JqProgram;
 
-sluice_core::register_plugin!(Transform, "jq", JqConfig);
+sluice_api::register_plugin!(Transform, "jq", JqConfig);
 
 /// Runs a jq program on each record's value: every output becomes a record (with the input's
 /// key, headers and timestamp), so `.items[]` splits and `select(…)` filters. Besides `.`,

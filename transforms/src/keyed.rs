@@ -10,9 +10,9 @@ use crate::time::EventTime;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use sluice_core::stream::{Emitted, StreamOperator};
-use sluice_core::transport::TopicPartition;
-use sluice_core::{ConnectorError, FieldError, Record};
+use sluice_api::stream::{Emitted, StreamOperator};
+use sluice_api::topic::TopicPartition;
+use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 

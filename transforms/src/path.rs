@@ -6,11 +6,11 @@ use serde_json::{Map, Value};
 /// The value at `path` in `value`, if any.
 pub fn get<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     let map = value.as_object()?;
-    if let Some(v) = sluice_core::record::field(map, path) {
+    if let Some(v) = sluice_api::record::field(map, path) {
         return Some(v);
     }
     let (head, rest) = path.split_once('.')?;
-    get(sluice_core::record::field(map, head)?, rest)
+    get(sluice_api::record::field(map, head)?, rest)
 }
 
 /// The value at `path`, to change it in place.

@@ -5,9 +5,9 @@ use crate::path;
 use crate::time::time_zone;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_core::register_plugin!(Transform, "route", RouteConfig);
+sluice_api::register_plugin!(Transform, "route", RouteConfig);
 
 /// Sends records to another topic, named by a `template` — `{topic}`, `{field}` for a field of
 /// the value (or a path such as `{data.symbol}`), `{time:%Y-%m}` for the record's timestamp

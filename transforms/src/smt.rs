@@ -7,14 +7,14 @@ use crate::path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sluice_core::jq::JqProgram;
-use sluice_core::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_jq::JqProgram;
 use std::collections::BTreeMap;
 
 /// The config is the transform: `build` clones it.
 macro_rules! plain_transform {
     ($config:ty, $name:literal, |$this:ident| $validate:block) => {
-        sluice_core::register_plugin!(Transform, $name, $config);
+        sluice_api::register_plugin!(Transform, $name, $config);
 
         #[typetag::serde(name = $name)]
         impl TransformConfig for $config {
@@ -429,7 +429,7 @@ pub struct FilterConfig {
     pub drop: Option<String>,
 }
 
-sluice_core::register_plugin!(Transform, "filter", FilterConfig);
+sluice_api::register_plugin!(Transform, "filter", FilterConfig);
 
 #[typetag::serde(name = "filter")]
 impl TransformConfig for FilterConfig {

@@ -5,9 +5,9 @@ use crate::path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::{ConnectorError, FieldError, Record, Transform, TransformConfig};
+use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_core::register_plugin!(Transform, "timestamp_convert", TimestampConvertConfig);
+sluice_api::register_plugin!(Transform, "timestamp_convert", TimestampConvertConfig);
 
 /// The record's own timestamp (milliseconds since the epoch), as a field name.
 const RECORD_TIMESTAMP: &str = "$timestamp";
@@ -185,7 +185,7 @@ impl EventTime {
         field: Option<&str>,
         format: &str,
         timezone: &str,
-    ) -> Result<Self, Vec<sluice_core::FieldError>> {
+    ) -> Result<Self, Vec<sluice_api::FieldError>> {
         let format = TimeFormat::parse(format);
         let tz = time_zone(timezone);
         match (format, tz) {
@@ -196,7 +196,7 @@ impl EventTime {
             }),
             (format, tz) => Err([("time_format", format.err()), ("timezone", tz.err())]
                 .into_iter()
-                .filter_map(|(f, e)| e.map(|e| sluice_core::FieldError::new(f, e)))
+                .filter_map(|(f, e)| e.map(|e| sluice_api::FieldError::new(f, e)))
                 .collect()),
         }
     }

@@ -12,14 +12,14 @@ use crate::time::EventTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sluice_core::stream::{Emitted, StreamOperator, StreamTransformConfig};
-use sluice_core::transport::TopicPartition;
-use sluice_core::{ConnectorError, FieldError, Record};
+use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
+use sluice_api::topic::TopicPartition;
+use sluice_api::{ConnectorError, FieldError, Record};
 use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-sluice_core::register_plugin!(StreamTransform, "window", WindowConfig);
+sluice_api::register_plugin!(StreamTransform, "window", WindowConfig);
 
 /// Aggregates records per key over windows of event time: tumbling (`size`), or hopping
 /// (`size` and a smaller `hop`). Calendar sizes follow `timezone`: `1d` starts at midnight,

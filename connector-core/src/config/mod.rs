@@ -8,6 +8,7 @@ mod load;
 
 pub use load::{field_from, in_words, load_pipeline, warnings, ConfigError, LoadOptions};
 
+pub use crate::topic::TopicSpec;
 use crate::{SinkConfig, SourceConfig, TransformOuter};
 use indexmap::IndexMap;
 use schemars::JsonSchema;
@@ -203,35 +204,6 @@ impl Default for EmbeddedConfig {
 
 fn default_embedded_capacity() -> usize {
     200_000
-}
-
-/// Layout of a topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TopicSpec {
-    /// Number of partitions.
-    #[serde(default = "one")]
-    pub partitions: i32,
-    /// Copies of each partition (Kafka only).
-    #[serde(default = "one")]
-    pub replication_factor: i32,
-    /// Topic configs passed to the broker at creation, e.g. `retention.ms: "86400000"`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
-}
-
-impl Default for TopicSpec {
-    fn default() -> Self {
-        TopicSpec {
-            partitions: 1,
-            replication_factor: 1,
-            config: BTreeMap::new(),
-        }
-    }
-}
-
-fn one() -> i32 {
-    1
 }
 
 /// Whether a bad record stops the pipeline.

@@ -235,7 +235,7 @@ impl PipelineRun {
                 encode_values: transport.sends_json_text() && source.transforms.is_empty(),
                 units,
                 exactly_once: config.source_exactly_once(id),
-                metrics: Some(self.metrics_of(id)),
+                status: Some(self.metrics_of(id)),
             })
             .await
             .map_err(|e| e.in_component(id))?;

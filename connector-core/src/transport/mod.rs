@@ -6,8 +6,11 @@ pub mod kafka;
 mod offsets_file;
 
 pub use offsets_file::{FileOffsetStore, StateLock};
+// The topic vocabulary connectors share is the API's; the transport uses it as its own.
+pub use sluice_api::topic::{
+    fixed_partition, partition_for_key, PartitionOffset, TopicPartition, TopicSpec,
+};
 
-use crate::config::TopicSpec;
 use crate::Record;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -45,15 +48,6 @@ impl TransportError {
 
 /// Resolves once every record of one `send` is acknowledged by the transport.
 pub type Delivery = BoxFuture<'static, Result<(), TransportError>>;
-
-/// Where a consumer resumes in a partition: the offset of the next record to read.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionOffset {
-    pub topic: String,
-    pub partition: i32,
-    /// Next offset to read.
-    pub offset: i64,
-}
 
 /// A record read from a topic, or bytes that are not a JSON record.
 #[derive(Debug)]
@@ -306,9 +300,6 @@ pub trait TopicReader: Send {
 /// A measure of a reader's lag in progress (see [`TopicReader::lag`]).
 pub type LagMeasure = BoxFuture<'static, Result<Vec<(TopicPartition, i64)>, TransportError>>;
 
-/// A partition of a topic.
-pub type TopicPartition = (std::sync::Arc<str>, i32);
-
 /// A change of the partitions a [`TopicReader`] owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rebalance {
@@ -334,109 +325,4 @@ pub trait OffsetStore: Send + Sync {
 
     /// Forgets every offset of `component` (a reset: it starts from the beginning).
     async fn remove(&self, component: &str) -> Result<(), TransportError>;
-}
-
-/// The partition of `record` among `partitions`, when it is fixed by the record: by its key
-/// ([`partition_for_key`]), or, for a record without a key written with `exactly_once`, by its
-/// source partition and input position. A record sent again after a crash must land where it
-/// landed the first time, or a sink's stored position of that partition is wrong for it (it
-/// would be skipped, or written twice); round-robin or random choices break that. `None`: the
-/// transport may place it anywhere.
-pub fn fixed_partition(record: &crate::Record, partitions: i32) -> Option<i32> {
-    if partitions <= 0 {
-        return None;
-    }
-    if let Some(key) = &record.key {
-        return Some(partition_for_key(key, partitions));
-    }
-    let (source, position) = crate::exactly_once::position_of(record)?;
-    let hash = crate::exactly_once::fnv1a(format!("{}:{source}", position.input).as_bytes());
-    Some((hash % partitions as u64) as i32)
-}
-
-/// Kafka's default (Java client) partitioner: murmur2 of the key, made positive, modulo the
-/// partition count. librdkafka is configured with `murmur2_random`, so both transports agree.
-pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) % partitions as u32) as i32
-}
-
-/// Kafka's murmur2 hash (seed 0x9747b28c).
-fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= (tail[2] as u32) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= (tail[1] as u32) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= tail[0] as u32;
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Values from Kafka's `UtilsTest.testMurmur2`.
-        assert_eq!(murmur2(b"21") as i32, -973932308);
-        assert_eq!(murmur2(b"foobar") as i32, -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc") as i32, 479470107);
-    }
-
-    #[test]
-    fn the_same_key_always_lands_in_the_same_partition() {
-        let p = partition_for_key(b"2014-09-17", 10);
-        assert!((0..10).contains(&p));
-        assert_eq!(p, partition_for_key(b"2014-09-17", 10));
-    }
-
-    /// Sent again after a crash, a keyless record with `exactly_once` must land where it
-    /// landed before; records made from different inputs still spread over the partitions.
-    #[test]
-    fn a_keyless_numbered_record_always_lands_in_the_same_partition() {
-        let numbered = |input: u64| {
-            let mut record = crate::Record::new(serde_json::json!({}));
-            let position = crate::exactly_once::Position { input, index: 0 };
-            crate::exactly_once::stamp(&mut record, "p/c/f", position);
-            record
-        };
-        assert_eq!(
-            fixed_partition(&crate::Record::new(serde_json::json!({})), 4),
-            None
-        );
-        let at: Vec<i32> = (0..64)
-            .map(|i| fixed_partition(&numbered(i), 4).unwrap())
-            .collect();
-        let again: Vec<i32> = (0..64)
-            .map(|i| fixed_partition(&numbered(i), 4).unwrap())
-            .collect();
-        assert_eq!(at, again);
-        assert!((0..4).all(|p| at.contains(&p)), "{at:?}");
-    }
 }

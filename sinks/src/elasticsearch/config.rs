@@ -2,7 +2,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::{FieldError, Secret};
+use sluice_api::{FieldError, Secret};
 use std::time::Duration;
 
 /// Indexes records as documents through `_bulk`.

@@ -9,9 +9,9 @@ mod sink;
 
 pub use config::{Auth, DocumentId, ElasticsearchSinkConfig, OnMalformed, Tombstones, WriteMethod};
 
-use sluice_core::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
+use sluice_api::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
 
-sluice_core::register_plugin!(Sink, "elasticsearch", ElasticsearchSinkConfig);
+sluice_api::register_plugin!(Sink, "elasticsearch", ElasticsearchSinkConfig);
 
 #[async_trait]
 #[typetag::serde(name = "elasticsearch")]

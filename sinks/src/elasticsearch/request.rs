@@ -2,7 +2,7 @@
 
 use super::config::{DocumentId, ElasticsearchSinkConfig, Tombstones, WriteMethod};
 use serde_json::{json, Value};
-use sluice_core::Record;
+use sluice_api::Record;
 use std::borrow::Borrow;
 
 /// Longest `_id` Elasticsearch accepts, in bytes.

@@ -11,7 +11,7 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, Transp
 use elasticsearch::http::{Method, Url};
 use futures::StreamExt;
 use serde_json::Value;
-use sluice_core::{
+use sluice_api::{
     async_trait, redact_url, ConnectorError, PutOutcome, Record, Sink, SinkBuildContext,
 };
 use std::collections::HashSet;

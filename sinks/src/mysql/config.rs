@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::{FieldError, Secret};
+use sluice_api::{FieldError, Secret};
 
 /// Writes records as rows of MySQL/MariaDB tables, one transaction per batch.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -127,14 +127,14 @@ impl MysqlSinkConfig {
     /// The TLS options of `ssl_mode`; `None` leaves the URL's own.
     pub(super) fn ssl_opts(
         &self,
-    ) -> Result<Option<mysql_async::SslOpts>, sluice_core::ConnectorError> {
+    ) -> Result<Option<mysql_async::SslOpts>, sluice_api::ConnectorError> {
         let base = mysql_async::SslOpts::default();
-        let with_ca = |opts: mysql_async::SslOpts| -> Result<_, sluice_core::ConnectorError> {
+        let with_ca = |opts: mysql_async::SslOpts| -> Result<_, sluice_api::ConnectorError> {
             let Some(ca) = &self.ca_file else {
                 return Ok(opts);
             };
             let pem = std::fs::read(ca).map_err(|e| {
-                sluice_core::ConnectorError::user(format!("cannot read `{ca}`: {e}"))
+                sluice_api::ConnectorError::user(format!("cannot read `{ca}`: {e}"))
                     .with_field("ca_file")
             })?;
             Ok(opts.with_root_certs(vec![pem.into()]))
@@ -157,7 +157,7 @@ impl MysqlSinkConfig {
                 "url",
                 format!(
                     "not a MySQL URL (`mysql://user@host:3306/database`): {}",
-                    sluice_core::redact_url(&e.to_string())
+                    sluice_api::redact_url(&e.to_string())
                 ),
             ));
         } else if mysql_async::Opts::from_url(&self.url).is_ok_and(|o| o.db_name().is_none()) {

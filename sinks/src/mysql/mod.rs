@@ -25,9 +25,9 @@ pub fn cap_client_buffers() {
     }
 }
 
-use sluice_core::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
+use sluice_api::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
 
-sluice_core::register_plugin!(Sink, "mysql", MysqlSinkConfig);
+sluice_api::register_plugin!(Sink, "mysql", MysqlSinkConfig);
 
 #[async_trait]
 #[typetag::serde(name = "mysql")]

@@ -4,7 +4,7 @@ use super::config::{KeyMode, MysqlSinkConfig};
 use super::plan::Row;
 use mysql_async::Value as Sql;
 use serde_json::Value;
-use sluice_core::Record;
+use sluice_api::Record;
 use std::borrow::Cow;
 
 /// `{topic}` filled in, with everything but letters, digits and `_` turned into `_`.

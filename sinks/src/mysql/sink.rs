@@ -8,9 +8,9 @@ use indexmap::IndexMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use serde_json::Value;
-use sluice_core::exactly_once::{Position, PositionKey, WrittenPositions};
-use sluice_core::transport::{PartitionOffset, TopicPartition};
-use sluice_core::{
+use sluice_api::exactly_once::{Position, PositionKey, WrittenPositions};
+use sluice_api::topic::{PartitionOffset, TopicPartition};
+use sluice_api::{
     async_trait, ConnectorError, PrepareBatch, Prepared, PutOutcome, Record, Sink, SinkBuildContext,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -67,7 +67,7 @@ pub(super) struct MysqlSink {
 }
 
 /// Table of the highest source position written per consumer group, topic partition and source
-/// partition (see `sluice_core::exactly_once`). Binary columns keep the key within InnoDB's limit.
+/// partition (see `sluice_api::exactly_once`). Binary columns keep the key within InnoDB's limit.
 const POSITIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_source_positions (\
      consumer_group VARBINARY(255) NOT NULL, topic VARBINARY(255) NOT NULL, \
      kafka_partition INT NOT NULL, source VARBINARY(512) NOT NULL, \
@@ -216,7 +216,7 @@ impl MysqlSink {
         let url = Opts::from_url(&config.url).map_err(|e| {
             ConnectorError::user(format!(
                 "bad `url`: {}",
-                sluice_core::redact_url(&e.to_string())
+                sluice_api::redact_url(&e.to_string())
             ))
             .with_field("url")
         })?;

@@ -3,7 +3,7 @@
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::FieldError;
+use sluice_api::FieldError;
 use std::time::Duration;
 
 /// Reads CSV files (one file or a glob) and emits one JSON record per row.

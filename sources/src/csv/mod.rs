@@ -13,13 +13,13 @@ pub use config::{ColumnSpec, ColumnType, CsvSourceConfig, NullRows};
 use crate::pace::Pace;
 use reader::CsvReader;
 pub(crate) use reader::ReaderSettings;
-use sluice_core::{
+use sluice_api::{
     async_trait, ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig, SourceRecord,
 };
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
-sluice_core::register_plugin!(Source, "csv", CsvSourceConfig);
+sluice_api::register_plugin!(Source, "csv", CsvSourceConfig);
 
 #[async_trait]
 #[typetag::serde(name = "csv")]

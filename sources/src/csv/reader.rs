@@ -6,8 +6,8 @@
 use super::config::{CsvSourceConfig, NullRows};
 use super::value::{Field, Parse};
 use serde_json::{Map, Value};
-use sluice_core::record::now_millis;
-use sluice_core::{
+use sluice_api::record::now_millis;
+use sluice_api::{
     BadInput, ConnectorError, Payload, Record, SourceBuildContext, SourceOffsets, SourceRecord,
     UnitShare,
 };
@@ -233,7 +233,7 @@ impl Head {
         input.read_exact_at(&mut buf, 0)?;
         Ok(Head {
             len,
-            hash: sluice_core::exactly_once::fnv1a(&buf),
+            hash: sluice_api::exactly_once::fnv1a(&buf),
         })
     }
 
@@ -705,21 +705,21 @@ fn json_record(
         return bad(path, line, offset, Vec::new(), message);
     }
     let text = row.as_slice();
-    let value: Value = match sluice_core::record::parse_value(text) {
+    let value: Value = match sluice_api::record::parse_value(text) {
         Ok(value) => value,
         Err(e) => {
             return bad(path, line, offset, Vec::new(), format!("not JSON: {e}"));
         }
     };
     let key = key
-        .and_then(|at| sluice_core::record::pointer(&value, at))
+        .and_then(|at| sluice_api::record::pointer(&value, at))
         .and_then(|k| match k {
             Value::Null => None,
             Value::String(s) => Some(s.as_bytes().to_vec()),
             other => Some(other.to_string().into_bytes()),
         });
     let timestamp = time
-        .and_then(|at| sluice_core::record::pointer(&value, at))
+        .and_then(|at| sluice_api::record::pointer(&value, at))
         .and_then(crate::http::generic::time_millis);
     let mut record = if encode {
         Record {
@@ -821,7 +821,7 @@ mod tests {
             encode_values,
             units: None,
             exactly_once: false,
-            metrics: None,
+            status: None,
         }
     }
 

@@ -18,7 +18,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_core::ConnectorError;
+use sluice_api::ConnectorError;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -141,7 +141,7 @@ pub struct HttpClient {
     /// What to check when the API refuses the credentials (names the config fields).
     auth_hint: String,
     /// Where waiting out a rate limit shows (`THROTTLED` in the status, with a count).
-    metrics: Option<Arc<sluice_core::metrics::ComponentMetrics>>,
+    metrics: Option<Arc<dyn sluice_api::SourceStatus>>,
 }
 
 impl HttpClient {
@@ -183,10 +183,7 @@ impl HttpClient {
     }
 
     /// Shows in `metrics` when the client waits out a rate limit.
-    pub fn reporting_to(
-        mut self,
-        metrics: Option<Arc<sluice_core::metrics::ComponentMetrics>>,
-    ) -> Self {
+    pub fn reporting_to(mut self, metrics: Option<Arc<dyn sluice_api::SourceStatus>>) -> Self {
         self.metrics = metrics;
         self
     }

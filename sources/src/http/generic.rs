@@ -28,7 +28,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sluice_core::{
+use sluice_api::{
     async_trait, record::now_millis, BadInput, ConnectorError, FieldError, Payload, Record, Secret,
     Source, SourceBuildContext, SourceConfig, SourceRecord,
 };
@@ -36,7 +36,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-sluice_core::register_plugin!(Source, "http", HttpSourceConfig);
+sluice_api::register_plugin!(Source, "http", HttpSourceConfig);
 
 /// Polls a JSON HTTP API.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -224,7 +224,7 @@ impl SourceConfig for HttpSourceConfig {
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         let client = HttpClient::new(self.http.clone(), "`auth` and the API's access rules")?
-            .reporting_to(ctx.metrics.clone());
+            .reporting_to(ctx.status.clone());
         let partition: Arc<str> = self.url.as_str().into();
         let stored = ctx
             .offsets
@@ -868,7 +868,7 @@ impl HttpSource {
         if let Some(id) = self.config.id.as_deref().and_then(|p| value.pointer(p)) {
             return format!("id:{}", id_text(id));
         }
-        let hash = sluice_core::exactly_once::fnv1a(value.to_string().as_bytes());
+        let hash = sluice_api::exactly_once::fnv1a(value.to_string().as_bytes());
         format!("{hash:016x}")
     }
 

@@ -25,7 +25,7 @@ use super::client::{at_base, excerpt, Fetched, HttpClient, HttpSettings};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sluice_core::{
+use sluice_api::{
     async_trait, BadInput, ConnectorError, FieldError, Payload, Record, Secret, Source,
     SourceBuildContext, SourceConfig, SourceRecord,
 };
@@ -33,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-sluice_core::register_plugin!(Source, "messari", MessariSourceConfig);
+sluice_api::register_plugin!(Source, "messari", MessariSourceConfig);
 
 /// Polls Messari for the market data of some assets.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -144,7 +144,7 @@ impl SourceConfig for MessariSourceConfig {
             .collect();
         Ok(Box::new(MessariSource {
             client: HttpClient::new(self.http.clone(), "`api_key` (sent as X-Messari-API-Key)")?
-                .reporting_to(ctx.metrics.clone()),
+                .reporting_to(ctx.status.clone()),
             config: self.clone(),
             last_time,
             last_values: HashMap::new(),

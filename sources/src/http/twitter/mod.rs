@@ -36,7 +36,7 @@ use reqwest::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sluice_core::{
+use sluice_api::{
     async_trait, BadInput, ConnectorError, FieldError, Payload, Record, Secret, Source,
     SourceBuildContext, SourceConfig, SourceRecord,
 };
@@ -52,7 +52,7 @@ use api::Api;
 use search::{Scan, SearchSource};
 use stream::{Failures, StreamSource};
 
-sluice_core::register_plugin!(Source, "twitter", TwitterSourceConfig);
+sluice_api::register_plugin!(Source, "twitter", TwitterSourceConfig);
 
 const STREAM_PARTITION: &str = "twitter:stream";
 const SEARCH_PARTITION: &str = "twitter:search";
@@ -350,7 +350,7 @@ impl SourceConfig for TwitterSourceConfig {
         }
         let api = Api {
             client: HttpClient::new(self.http.clone(), "`bearer_token` (the app's bearer token)")?
-                .reporting_to(ctx.metrics.clone()),
+                .reporting_to(ctx.status.clone()),
             config: Arc::new(self.clone()),
         };
         let mut recent = Recent::default();

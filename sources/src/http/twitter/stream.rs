@@ -250,7 +250,7 @@ impl StreamSource {
             Err(e) => {
                 return Ok(Err(Dropped::Network(format!(
                     "{shown}: {}",
-                    sluice_core::redact_url(&e.to_string())
+                    sluice_api::redact_url(&e.to_string())
                 ))))
             }
         };

@@ -34,14 +34,14 @@ use bars::{parse_chart, Bar, BarSize, MarketClock, DAY};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_core::{
+use sluice_api::{
     async_trait, BadInput, ConnectorError, FieldError, Payload, Record, Source, SourceBuildContext,
     SourceConfig, SourceRecord,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
 
-sluice_core::register_plugin!(Source, "yahoo_finance", YahooFinanceSourceConfig);
+sluice_api::register_plugin!(Source, "yahoo_finance", YahooFinanceSourceConfig);
 
 /// Reads price bars from Yahoo Finance.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -183,7 +183,7 @@ impl SourceConfig for YahooFinanceSourceConfig {
                 },
                 "that Yahoo serves this network (it refuses some)",
             )?
-            .reporting_to(ctx.metrics.clone()),
+            .reporting_to(ctx.status.clone()),
             config: self.clone(),
             size,
             symbols,

@@ -4,7 +4,7 @@
 //! flow yfinance's "csrf" strategy follows), then the crumb from `/v1/test/getcrumb`.
 
 use super::super::client::{at_base, endpoint, excerpt, shown, HttpClient};
-use sluice_core::ConnectorError;
+use sluice_api::ConnectorError;
 
 /// A consent form: where it posts, and the fields a browser sends when "agree" is clicked.
 #[derive(Debug, PartialEq)]

@@ -7,11 +7,11 @@
 
 mod native;
 
-use crate::Record;
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, Compiler, Ctx, Vars};
 use jaq_json::{Num, Val};
 use serde_json::Value;
+use sluice_api::Record;
 
 type Data = data::JustLut<Val>;
 

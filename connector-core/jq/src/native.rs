@@ -100,7 +100,7 @@ fn path<'v>(input: &'v Value, fields: &[String]) -> Result<&'v Value, Unsupporte
     let mut at = input;
     for field in fields {
         at = match at {
-            Value::Object(map) => crate::record::field(map, field).unwrap_or(&Value::Null),
+            Value::Object(map) => sluice_api::record::field(map, field).unwrap_or(&Value::Null),
             Value::Null => &Value::Null,
             _ => return Err(Unsupported),
         };

@@ -7,7 +7,7 @@
 //! for its content (a mapping error, a value too long) is reported in [`PutOutcome::rejected`] and
 //! dead-lettered by the runtime; the rest of the batch must still land.
 
-use crate::transport::{PartitionOffset, TopicPartition};
+use crate::topic::{PartitionOffset, TopicPartition};
 use crate::{ConnectorError, FieldError, Record};
 use async_trait::async_trait;
 use std::any::Any;

@@ -180,7 +180,7 @@ impl WrittenPositions {
     /// The positions held for `partitions`, as the store had them when last read or written.
     pub fn of(
         &self,
-        partitions: &[crate::transport::TopicPartition],
+        partitions: &[crate::topic::TopicPartition],
     ) -> HashMap<PositionKey, Position> {
         self.written
             .iter()
@@ -194,7 +194,7 @@ impl WrittenPositions {
     }
 
     /// Drops the positions of `partitions` (read again from the store when they come back).
-    pub fn forget(&mut self, partitions: &[crate::transport::TopicPartition]) {
+    pub fn forget(&mut self, partitions: &[crate::topic::TopicPartition]) {
         self.written.retain(|(topic, partition, _), _| {
             !partitions
                 .iter()

@@ -67,9 +67,16 @@ pub struct SourceBuildContext {
     /// True when the source's records are numbered for `exactly_once`: a source whose
     /// positions need more work to stay the same across runs does it only then.
     pub exactly_once: bool,
-    /// The component's counters and state, for a source to report what its poll cannot
-    /// return (waiting out a rate limit: [`ComponentMetrics::set_throttled`]).
-    pub metrics: Option<Arc<crate::metrics::ComponentMetrics>>,
+    /// Where a source reports what its poll cannot return (waiting out a rate limit); `None`
+    /// when nothing listens (tests, `validate`).
+    pub status: Option<Arc<dyn SourceStatus>>,
+}
+
+/// What a running source tells the operator besides its records: shown in the status (REST
+/// API, the live table, the status page).
+pub trait SourceStatus: Send + Sync + std::fmt::Debug {
+    /// The source waits out a rate limit now (`THROTTLED`, each start counted), or no longer.
+    fn set_throttled(&self, now: bool);
 }
 
 /// The work units of a split source that one instance runs. A work unit is a source partition
@@ -87,7 +94,7 @@ pub struct UnitShare {
 impl UnitShare {
     /// Whether this instance runs the source partition `unit`.
     pub fn owns(&self, unit: &str) -> bool {
-        self.holds.contains(&crate::transport::partition_for_key(
+        self.holds.contains(&crate::topic::partition_for_key(
             unit.as_bytes(),
             self.count,
         ))

@@ -7,7 +7,7 @@
 //! one partition in order; records of one key must therefore be in one partition (key them by
 //! what they are grouped by).
 
-use crate::transport::TopicPartition;
+use crate::topic::TopicPartition;
 use crate::{ConnectorError, FieldError, Record};
 use std::fmt::Debug;
 
