@@ -3,9 +3,29 @@
 //! client, no pipeline-file loader, no query language).
 //!
 //! A connector implements [`SourceConfig`]/[`Source`], [`SinkConfig`]/[`Sink`],
-//! [`TransformConfig`]/[`Transform`] or [`stream::StreamTransformConfig`]/[`stream::StreamOperator`],
-//! registers the config with `#[typetag::serde(name = "...")]` and describes itself to `sluice
-//! plugins` with [`register_plugin!`].
+//! [`TransformConfig`]/[`Transform`] or [`stream::StreamTransformConfig`]/[`stream::StreamOperator`]
+//! and names itself once, with an attribute on the config trait's impl:
+//!
+//! ```ignore
+//! #[sluice_api::config]
+//! #[serde(deny_unknown_fields)]
+//! pub struct LinesConfig {
+//!     /// The file to read.
+//!     pub path: String,
+//! }
+//!
+//! #[sluice_api::source("lines")]
+//! impl SourceConfig for LinesConfig {
+//!     fn validate(&self) -> Result<(), Vec<FieldError>> { Ok(()) }
+//!     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
+//!         todo!()
+//!     }
+//! }
+//! ```
+//!
+//! The attribute registers the type for `type: lines` in pipeline files and for `sluice
+//! plugins` (whose field docs are the struct's `///` comments); `#[sluice_api::config]` adds the
+//! derives it needs, so the crate depends on `sluice-api` alone.
 //!
 //! **Cancel safety.** The runtime drops a pending [`Source::poll`] at shutdown and when a
 //! source is paused or its work units move: `poll` must leave the source consistent wherever it
@@ -39,4 +59,6 @@ pub use transform::{Transform, TransformConfig};
 pub use async_trait::async_trait;
 pub use inventory;
 pub use schemars;
+pub use serde;
+pub use sluice_macros::{config, sink, source, stream_transform, transform};
 pub use typetag;

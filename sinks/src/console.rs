@@ -9,8 +9,6 @@ use sluice_api::{
 use std::io::Write;
 use std::sync::Arc;
 
-sluice_api::register_plugin!(Sink, "console", ConsoleSinkConfig);
-
 /// Prints records to standard output, one JSON line each.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -20,8 +18,7 @@ pub struct ConsoleSinkConfig {
     pub format: LineFormat,
 }
 
-#[async_trait]
-#[typetag::serde(name = "console")]
+#[sluice_api::sink("console")]
 impl SinkConfig for ConsoleSinkConfig {
     fn destination(&self) -> Option<String> {
         Some("standard output".into())

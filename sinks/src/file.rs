@@ -18,8 +18,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-sluice_api::register_plugin!(Sink, "file", FileSinkConfig);
-
 /// Appends records to a file as JSON lines.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,8 +36,7 @@ pub struct FileSinkConfig {
     pub columns: Vec<String>,
 }
 
-#[async_trait]
-#[typetag::serde(name = "file")]
+#[sluice_api::sink("file")]
 impl SinkConfig for FileSinkConfig {
     fn destination(&self) -> Option<String> {
         Some(self.path.clone())

@@ -14,8 +14,6 @@ use sluice_api::{
     SourceConfig, SourceRecord,
 };
 
-sluice_api::register_plugin!(Source, "datagen", DatagenSourceConfig);
-
 /// Generates a random walk of prices per symbol.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -70,8 +68,7 @@ fn default_start_price() -> f64 {
     450.0
 }
 
-#[async_trait]
-#[typetag::serde(name = "datagen")]
+#[sluice_api::source("datagen")]
 impl SourceConfig for DatagenSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();

@@ -11,12 +11,8 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_api::{
-    async_trait, ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig,
-};
+use sluice_api::{ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig};
 use std::time::Duration;
-
-sluice_api::register_plugin!(Source, "file", FileSourceConfig);
 
 /// Reads JSON-lines files (one file or a glob) and emits one record per line.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -49,8 +45,7 @@ fn one_second() -> Duration {
     Duration::from_secs(1)
 }
 
-#[async_trait]
-#[typetag::serde(name = "file")]
+#[sluice_api::source("file")]
 impl SourceConfig for FileSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = crate::csv::check_files(&self.path, self.rate);

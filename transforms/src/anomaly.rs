@@ -31,8 +31,6 @@ use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
 use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::VecDeque;
 
-sluice_api::register_plugin!(StreamTransform, "anomaly", AnomalyConfig);
-
 /// Scores every record of a key against the key's past: the residual of exponential smoothing
 /// (on the log of the value by default) standardised over a trailing window of residuals, and
 /// a severity 0–100 as in Kibana's anomaly table. Writes a record per scored input whose
@@ -262,7 +260,7 @@ impl AnomalyConfig {
     }
 }
 
-#[typetag::serde(name = "anomaly")]
+#[sluice_api::stream_transform("anomaly")]
 impl StreamTransformConfig for AnomalyConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.operator().map(|_| ())

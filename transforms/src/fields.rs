@@ -6,9 +6,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_api::register_plugin!(Transform, "rename_fields", RenameFieldsConfig);
-sluice_api::register_plugin!(Transform, "drop_fields", DropFieldsConfig);
-
 /// Renames top-level fields of object values; other values pass unchanged.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -17,7 +14,7 @@ pub struct RenameFieldsConfig {
     pub fields: IndexMap<String, String>,
 }
 
-#[typetag::serde(name = "rename_fields")]
+#[sluice_api::transform("rename_fields")]
 impl TransformConfig for RenameFieldsConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         if self.fields.is_empty() {
@@ -58,7 +55,7 @@ pub struct DropFieldsConfig {
     pub fields: Vec<String>,
 }
 
-#[typetag::serde(name = "drop_fields")]
+#[sluice_api::transform("drop_fields")]
 impl TransformConfig for DropFieldsConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         if self.fields.is_empty() {

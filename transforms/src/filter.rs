@@ -5,8 +5,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_api::register_plugin!(Transform, "require_fields", RequireFieldsConfig);
-
 /// Keeps only records whose value has every listed field set (not null).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +25,7 @@ pub enum Otherwise {
     Reject,
 }
 
-#[typetag::serde(name = "require_fields")]
+#[sluice_api::transform("require_fields")]
 impl TransformConfig for RequireFieldsConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         if self.fields.is_empty() {

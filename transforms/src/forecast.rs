@@ -24,8 +24,6 @@ use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
 use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::VecDeque;
 
-sluice_api::register_plugin!(StreamTransform, "forecast", ForecastConfig);
-
 /// Forecasts the next `horizon` values of a numeric field per key, with prediction intervals,
 /// each time the model is (re)fit. Writes one record per step ahead: `key`, `target` (the
 /// forecast time, RFC 3339), `horizon` (steps ahead), `mean`, `lower_<level>` and
@@ -227,7 +225,7 @@ impl ForecastConfig {
     }
 }
 
-#[typetag::serde(name = "forecast")]
+#[sluice_api::stream_transform("forecast")]
 impl StreamTransformConfig for ForecastConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.operator().map(|_| ())

@@ -12,8 +12,6 @@ use sluice_api::stream::{Emitted, StreamOperator, StreamTransformConfig};
 use sluice_api::{ConnectorError, FieldError, Record};
 use std::collections::VecDeque;
 
-sluice_api::register_plugin!(StreamTransform, "indicators", IndicatorsConfig);
-
 /// Adds indicators of `field` to every record, computed over the key's records so far (in
 /// partition order): `sma_<n>` (mean of the last n values), `ema_<n>` (exponential moving
 /// average, factor 2/(n+1), started at the first value), `return` and `log_return` (against
@@ -113,7 +111,7 @@ impl IndicatorsConfig {
     }
 }
 
-#[typetag::serde(name = "indicators")]
+#[sluice_api::stream_transform("indicators")]
 impl StreamTransformConfig for IndicatorsConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.operator().map(|_| ())

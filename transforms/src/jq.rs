@@ -5,8 +5,6 @@ use serde::{Deserialize, Serialize};
 use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 use sluice_jq::JqProgram;
 
-sluice_api::register_plugin!(Transform, "jq", JqConfig);
-
 /// Runs a jq program on each record's value: every output becomes a record (with the input's
 /// key, headers and timestamp), so `.items[]` splits and `select(…)` filters. Besides `.`,
 /// the program sees `$topic`, `$key`, `$timestamp` (ms) and `$headers`. A program error
@@ -20,7 +18,7 @@ pub struct JqConfig {
     pub program: String,
 }
 
-#[typetag::serde(name = "jq")]
+#[sluice_api::transform("jq")]
 impl TransformConfig for JqConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         JqProgram::compile(&self.program)

@@ -7,8 +7,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_api::register_plugin!(Transform, "route", RouteConfig);
-
 /// Sends records to another topic, named by a `template` — `{topic}`, `{field}` for a field of
 /// the value (or a path such as `{data.symbol}`), `{time:%Y-%m}` for the record's timestamp
 /// in `timezone` — or by `regex` and `replacement` applied to the current topic (`$1` for a
@@ -96,7 +94,7 @@ impl RouteConfig {
     }
 }
 
-#[typetag::serde(name = "route")]
+#[sluice_api::transform("route")]
 impl TransformConfig for RouteConfig {
     fn changes_topics(&self) -> bool {
         true

@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 /// The config is the transform: `build` clones it.
 macro_rules! plain_transform {
     ($config:ty, $name:literal, |$this:ident| $validate:block) => {
-        sluice_api::register_plugin!(Transform, $name, $config);
-
-        #[typetag::serde(name = $name)]
+        #[sluice_api::transform($name)]
         impl TransformConfig for $config {
             fn validate(&self) -> Result<(), Vec<FieldError>> {
                 let $this = self;
@@ -429,9 +427,7 @@ pub struct FilterConfig {
     pub drop: Option<String>,
 }
 
-sluice_api::register_plugin!(Transform, "filter", FilterConfig);
-
-#[typetag::serde(name = "filter")]
+#[sluice_api::transform("filter")]
 impl TransformConfig for FilterConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         match (&self.keep, &self.drop) {

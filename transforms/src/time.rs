@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};
 
-sluice_api::register_plugin!(Transform, "timestamp_convert", TimestampConvertConfig);
-
 /// The record's own timestamp (milliseconds since the epoch), as a field name.
 const RECORD_TIMESTAMP: &str = "$timestamp";
 
@@ -275,7 +273,7 @@ impl TimestampConvertConfig {
     }
 }
 
-#[typetag::serde(name = "timestamp_convert")]
+#[sluice_api::transform("timestamp_convert")]
 impl TransformConfig for TimestampConvertConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.converter().map(|_| ())

@@ -19,8 +19,6 @@ use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-sluice_api::register_plugin!(StreamTransform, "window", WindowConfig);
-
 /// Aggregates records per key over windows of event time: tumbling (`size`), or hopping
 /// (`size` and a smaller `hop`). Calendar sizes follow `timezone`: `1d` starts at midnight,
 /// `1w` on Monday, `1mo` on the 1st. A window closes (and is written, `final: true`) once a
@@ -561,7 +559,7 @@ impl WindowConfig {
     }
 }
 
-#[typetag::serde(name = "window")]
+#[sluice_api::stream_transform("window")]
 impl StreamTransformConfig for WindowConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.operator().map(|_| ())

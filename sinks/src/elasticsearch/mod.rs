@@ -9,12 +9,9 @@ mod sink;
 
 pub use config::{Auth, DocumentId, ElasticsearchSinkConfig, OnMalformed, Tombstones, WriteMethod};
 
-use sluice_api::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
+use sluice_api::{ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
 
-sluice_api::register_plugin!(Sink, "elasticsearch", ElasticsearchSinkConfig);
-
-#[async_trait]
-#[typetag::serde(name = "elasticsearch")]
+#[sluice_api::sink("elasticsearch")]
 impl SinkConfig for ElasticsearchSinkConfig {
     fn destination(&self) -> Option<String> {
         Some(format!("index {}", self.index))

@@ -25,12 +25,9 @@ pub fn cap_client_buffers() {
     }
 }
 
-use sluice_api::{async_trait, ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
+use sluice_api::{ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
 
-sluice_api::register_plugin!(Sink, "mysql", MysqlSinkConfig);
-
-#[async_trait]
-#[typetag::serde(name = "mysql")]
+#[sluice_api::sink("mysql")]
 impl SinkConfig for MysqlSinkConfig {
     fn destination(&self) -> Option<String> {
         Some(format!("table {}", self.table))

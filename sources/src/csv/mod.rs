@@ -19,10 +19,7 @@ use sluice_api::{
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
-sluice_api::register_plugin!(Source, "csv", CsvSourceConfig);
-
-#[async_trait]
-#[typetag::serde(name = "csv")]
+#[sluice_api::source("csv")]
 impl SourceConfig for CsvSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         self.check()

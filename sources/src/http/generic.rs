@@ -36,8 +36,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-sluice_api::register_plugin!(Source, "http", HttpSourceConfig);
-
 /// Polls a JSON HTTP API.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -169,8 +167,7 @@ pub struct CursorField {
     pub initial: String,
 }
 
-#[async_trait]
-#[typetag::serde(name = "http")]
+#[sluice_api::source("http")]
 impl SourceConfig for HttpSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();

@@ -33,8 +33,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-sluice_api::register_plugin!(Source, "messari", MessariSourceConfig);
-
 /// Polls Messari for the market data of some assets.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -91,8 +89,7 @@ fn default_interval() -> Duration {
     Duration::from_secs(60)
 }
 
-#[async_trait]
-#[typetag::serde(name = "messari")]
+#[sluice_api::source("messari")]
 impl SourceConfig for MessariSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();

@@ -52,8 +52,6 @@ use api::Api;
 use search::{Scan, SearchSource};
 use stream::{Failures, StreamSource};
 
-sluice_api::register_plugin!(Source, "twitter", TwitterSourceConfig);
-
 const STREAM_PARTITION: &str = "twitter:stream";
 const SEARCH_PARTITION: &str = "twitter:search";
 
@@ -276,8 +274,7 @@ impl TwitterSourceConfig {
     }
 }
 
-#[async_trait]
-#[typetag::serde(name = "twitter")]
+#[sluice_api::source("twitter")]
 impl SourceConfig for TwitterSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();

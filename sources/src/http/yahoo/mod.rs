@@ -41,8 +41,6 @@ use sluice_api::{
 use std::collections::VecDeque;
 use std::time::Duration;
 
-sluice_api::register_plugin!(Source, "yahoo_finance", YahooFinanceSourceConfig);
-
 /// Reads price bars from Yahoo Finance.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -95,8 +93,7 @@ fn default_consent_url() -> String {
     "https://fc.yahoo.com".into()
 }
 
-#[async_trait]
-#[typetag::serde(name = "yahoo_finance")]
+#[sluice_api::source("yahoo_finance")]
 impl SourceConfig for YahooFinanceSourceConfig {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
