@@ -121,12 +121,38 @@ pub trait SourceConfig: Debug + Send + Sync {
 }
 
 /// A running source.
+///
+/// The runtime calls `poll` in a loop, sends what it returns to the topic, and stores each
+/// item's offset once the topic has it and everything before it; it then tells the source with
+/// [`Source::commit`]. At a graceful stop it drops the `poll` in progress (after a short grace
+/// for an answer that has arrived), asks [`Source::drain`] for what the source holds, sends
+/// that, stores the offsets and calls `commit` a last time.
 #[async_trait]
 pub trait Source: Send {
     /// Waits for the next items, at most `max` of them. `Ok(None)` means the source is finished
     /// (a finite file read to its end); an empty batch means nothing for now. Implementations
     /// pace themselves (rate limits, polling intervals) by waiting inside `poll`.
+    ///
+    /// **Cancel-safe**: the runtime drops a pending `poll` at a stop, a pause or a rebalance.
+    /// Whatever it had taken from its input when dropped must still be in the source (for
+    /// `drain` or the next `poll`), or be read again by the next run from the stored offsets.
     async fn poll(&mut self, max: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError>;
+
+    /// At a graceful stop, once `poll` is no longer running: the items the source holds that
+    /// no later run could read again (lines taken from a pipe or a socket, messages pushed to
+    /// it), for the runtime to send and store before it stops. Default: none.
+    async fn drain(&mut self) -> Result<Vec<SourceRecord>, ConnectorError> {
+        Ok(Vec::new())
+    }
+
+    /// The items returned so far are in the topic and their offsets stored, up to `offsets`
+    /// (source partition → the offset of the last such item): a source whose producers wait
+    /// for an acknowledgement (a queue, a push API, a pipe's writer) gives it here, as Kafka
+    /// Connect's `SourceTask.commit`. Called between polls, never during one. Default: nothing.
+    async fn commit(&mut self, offsets: &HashMap<String, Value>) -> Result<(), ConnectorError> {
+        let _ = offsets;
+        Ok(())
+    }
 
     /// How far a source whose end is known has come, as `(done, total)` in units of its own
     /// (bytes of a file, records of a count), read after each poll for the percentage and the

@@ -256,6 +256,7 @@ impl PipelineRun {
             numbering: config
                 .source_exactly_once(id)
                 .then(|| source_task::Numbering::new(&config.name)),
+            committed_batch: 0,
         })
     }
 }

@@ -36,6 +36,15 @@ pub(super) struct SourceTask {
     pub metrics: Arc<ComponentMetrics>,
     /// With `exactly_once`: how records are numbered.
     pub numbering: Option<Numbering>,
+    /// The last batch whose stored offsets the source was told of ([`Source::commit`]).
+    pub committed_batch: u64,
+}
+
+/// What the offset writer stored last: through which batch, and the offsets.
+#[derive(Debug, Clone, Default)]
+struct Stored {
+    batch: u64,
+    offsets: HashMap<String, Value>,
 }
 
 /// Stamps records with their source partition and position (see [`crate::exactly_once`]).
@@ -117,8 +126,8 @@ impl SourceTask {
         let failed = CancellationToken::new();
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(self.max_in_flight_batches);
         let (acked_tx, acked_rx) = watch::channel(Acknowledged::default());
-        // The number of the last batch whose offsets are stored.
-        let (stored_tx, mut stored_rx) = watch::channel(0u64);
+        // The last batch whose offsets are stored, and those offsets.
+        let (stored_tx, mut stored_rx) = watch::channel(Stored::default());
         // Cancelled once the acknowledger is done: the offset writer stores the last offsets
         // without waiting out its interval.
         let acknowledged_all = CancellationToken::new();
@@ -164,12 +173,30 @@ impl SourceTask {
         let stored = committer
             .await
             .map_err(|e| ConnectorError::internal(format!("offset writer panicked: {e}")));
+        // What was stored last, the source is told of before it is dropped.
+        let told = self.tell_committed(&stored_rx).await;
         self.metrics.finish();
         // The offset writer's failure first: it is why the others stopped.
         stored??;
         acked??;
         produced?;
-        Ok(())
+        told
+    }
+
+    /// Tells the source of offsets stored since it was last told ([`Source::commit`]).
+    async fn tell_committed(
+        &mut self,
+        stored: &watch::Receiver<Stored>,
+    ) -> Result<(), ConnectorError> {
+        let latest = stored.borrow().clone();
+        if latest.batch <= self.committed_batch {
+            return Ok(());
+        }
+        self.committed_batch = latest.batch;
+        self.source
+            .commit(&latest.offsets)
+            .await
+            .map_err(|e| e.in_component(&self.id))
     }
 
     async fn produce(
@@ -178,52 +205,65 @@ impl SourceTask {
         deadline: &Deadline,
         failed: &CancellationToken,
         sent: mpsc::Sender<Sent>,
-        stored: &mut watch::Receiver<u64>,
+        stored: &mut watch::Receiver<Stored>,
     ) -> Result<(), ConnectorError> {
         // Batches handed to the acknowledger so far.
         let mut batches = 0u64;
+        // At a stop: what the source handed over when drained, sent as the last batch.
+        let mut drained: Option<Vec<crate::SourceRecord>> = None;
         loop {
-            if self.metrics.is_paused() {
-                tracing::info!(component = %self.id, "paused");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = failed.cancelled() => return Ok(()),
-                    _ = self.metrics.unpaused() => tracing::info!(component = %self.id, "resumed"),
-                }
-            }
-            // On a stop, a poll that already holds its answer (an API's response that has
-            // arrived) still hands it over: what a live API answered cannot be asked again.
-            // It gets `STOP_GRACE` to do so; one still waiting for its next request is dropped.
-            let mut stopping = false;
-            let polled = {
-                let poll = self.source.poll(self.batch_size);
-                tokio::pin!(poll);
-                tokio::select! {
-                    biased;
-                    _ = failed.cancelled() => return Ok(()),
-                    _ = shutdown.cancelled() => {
-                        stopping = true;
-                        let grace = tokio::time::timeout(STOP_GRACE, &mut poll);
+            let (items, stopping, last_batch) = match drained.take() {
+                Some(items) => (items, true, true),
+                None => {
+                    if self.metrics.is_paused() {
+                        tracing::info!(component = %self.id, "paused");
                         tokio::select! {
-                            _ = deadline.passed() => return Ok(()),
-                            polled = grace => match polled {
-                                Ok(polled) => polled,
-                                Err(_) => return Ok(()),
-                            },
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = failed.cancelled() => return Ok(()),
+                            _ = self.metrics.unpaused() => tracing::info!(component = %self.id, "resumed"),
                         }
                     }
-                    polled = &mut poll => polled,
+                    self.tell_committed(stored).await?;
+                    // On a stop, a poll that already holds its answer (an API's response that
+                    // has arrived) still hands it over: what a live API answered cannot be
+                    // asked again. It gets `STOP_GRACE` to do so; one still waiting is dropped.
+                    // Then the source hands over what it holds (`drain`).
+                    let mut stopping = false;
+                    let polled = {
+                        let poll = self.source.poll(self.batch_size);
+                        tokio::pin!(poll);
+                        tokio::select! {
+                            biased;
+                            _ = failed.cancelled() => return Ok(()),
+                            _ = shutdown.cancelled() => {
+                                stopping = true;
+                                let grace = tokio::time::timeout(STOP_GRACE, &mut poll);
+                                tokio::select! {
+                                    _ = deadline.passed() => return Ok(()),
+                                    polled = grace => polled.ok(),
+                                }
+                            }
+                            polled = &mut poll => Some(polled),
+                        }
+                    };
+                    let Some(polled) = polled else {
+                        drained = Some(self.drain(deadline).await?);
+                        continue;
+                    };
+                    let Some(items) = polled.map_err(|e| e.in_component(&self.id))? else {
+                        self.metrics.set_completed();
+                        tracing::info!(component = %self.id, "source finished");
+                        return Ok(());
+                    };
+                    (items, stopping, false)
                 }
-            }
-            .map_err(|e| e.in_component(&self.id))?;
-            let Some(items) = polled else {
-                self.metrics.set_completed();
-                tracing::info!(component = %self.id, "source finished");
-                return Ok(());
             };
             if items.is_empty() {
-                if stopping {
+                if last_batch {
                     return Ok(());
+                }
+                if stopping {
+                    drained = Some(self.drain(deadline).await?);
                 }
                 continue;
             }
@@ -375,8 +415,12 @@ impl SourceTask {
                 sent = sent.send(batch) => if sent.is_err() { return Ok(()) },
             }
             batches += 1;
-            if stopping {
+            if last_batch {
                 return Ok(());
+            }
+            if stopping {
+                drained = Some(self.drain(deadline).await?);
+                continue;
             }
             if checkpoint {
                 // What comes next is numbered as the checkpoint says: it is stored first.
@@ -385,13 +429,27 @@ impl SourceTask {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = failed.cancelled() => return Ok(()),
-                    waited = stored.wait_for(|stored| *stored >= batches) => {
+                    waited = stored.wait_for(|stored| stored.batch >= batches) => {
                         if waited.is_err() {
                             return Ok(());
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+impl SourceTask {
+    /// At a stop, once no poll runs: what the source holds ([`Source::drain`]); nothing when
+    /// the shutdown deadline passes first.
+    async fn drain(
+        &mut self,
+        deadline: &Deadline,
+    ) -> Result<Vec<crate::SourceRecord>, ConnectorError> {
+        tokio::select! {
+            _ = deadline.passed() => Ok(Vec::new()),
+            drained = self.source.drain() => drained.map_err(|e| e.in_component(&self.id)),
         }
     }
 }
@@ -477,11 +535,11 @@ async fn acknowledge(
 /// Stores the latest acknowledged offsets when they change, at most once per `interval`
 /// (the transport's [`offsets_store_interval`](crate::transport::Transport::offsets_store_interval)),
 /// and once more when everything is acknowledged; offsets through a checkpoint at once. Each
-/// store is announced on `stored` (the number of the last batch it covers). Retryable failures
+/// store is announced on `stored` (the last batch it covers, and the offsets). Retryable failures
 /// are retried a while; then, or on any other failure, the source stops.
 async fn store_offsets(
     mut acked: watch::Receiver<Acknowledged>,
-    stored_through: watch::Sender<u64>,
+    stored_through: watch::Sender<Stored>,
     store: Arc<dyn OffsetStore>,
     metrics: Arc<ComponentMetrics>,
     deadline: Deadline,
@@ -516,7 +574,7 @@ async fn store_offsets(
             match stored {
                 Ok(()) => {
                     metrics.source_offsets_stored(&offsets);
-                    stored_through.send_replace(batch);
+                    stored_through.send_replace(Stored { batch, offsets });
                     break;
                 }
                 Err(e) if e.retryable && attempt < 10 => {
@@ -552,7 +610,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Source for SlowAnswer {
-        async fn poll(&mut self, _: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+        async fn poll(
+            &mut self,
+            _: usize,
+        ) -> Result<Option<Vec<crate::SourceRecord>>, ConnectorError> {
             if self.answered {
                 std::future::pending::<()>().await;
             }
@@ -610,6 +671,7 @@ mod tests {
             dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
             metrics: ComponentMetrics::new("source", "messari"),
             numbering: None,
+            committed_batch: 0,
         };
         let shutdown = CancellationToken::new();
         let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
@@ -640,7 +702,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Source for PlansAhead {
-        async fn poll(&mut self, _: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+        async fn poll(
+            &mut self,
+            _: usize,
+        ) -> Result<Option<Vec<crate::SourceRecord>>, ConnectorError> {
             self.polls += 1;
             let item = |offset: u64, payload| SourceRecord {
                 partition: "page".into(),
@@ -698,6 +763,7 @@ mod tests {
             dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
             metrics: metrics.clone(),
             numbering: Some(Numbering::new("p")),
+            committed_batch: 0,
         };
         let shutdown = CancellationToken::new();
         let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
@@ -714,6 +780,102 @@ mod tests {
                 .records_in
                 .load(std::sync::atomic::Ordering::Relaxed),
             2
+        );
+    }
+
+    /// A pipe: lines taken from it cannot be read again. It holds 10, hands 3 to the first
+    /// poll, and waits in the next for more that never come.
+    struct Pipe {
+        held: std::collections::VecDeque<u64>,
+        polls: usize,
+        committed: Arc<Mutex<Vec<HashMap<String, Value>>>>,
+    }
+
+    impl Pipe {
+        fn item(n: u64) -> SourceRecord {
+            SourceRecord {
+                partition: "pipe".into(),
+                offset: Value::from(n + 1),
+                position: None,
+                payload: Payload::Record(Record::new(serde_json::json!({ "line": n }))),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Pipe {
+        async fn poll(&mut self, _: usize) -> Result<Option<Vec<SourceRecord>>, ConnectorError> {
+            self.polls += 1;
+            if self.polls > 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok(Some(self.held.drain(..3).map(Pipe::item).collect()))
+        }
+
+        async fn drain(&mut self) -> Result<Vec<SourceRecord>, ConnectorError> {
+            Ok(self.held.drain(..).map(Pipe::item).collect())
+        }
+
+        async fn commit(&mut self, offsets: &HashMap<String, Value>) -> Result<(), ConnectorError> {
+            self.committed.lock().unwrap().push(offsets.clone());
+            Ok(())
+        }
+    }
+
+    /// At a stop, a source whose input cannot be read again hands over what it holds
+    /// (`drain`): it is sent and stored, and the source is told (`commit`) before it is
+    /// dropped, so it can acknowledge its producers. Before `drain`, the 7 lines were lost.
+    #[tokio::test]
+    async fn a_stop_drains_what_a_source_holds_and_tells_it_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let transport = EmbeddedTransport::new(100, dir.path().to_path_buf());
+        let offsets: Arc<dyn OffsetStore> = Arc::from(transport.offset_store("p").await.unwrap());
+        let kept = Arc::new(Kept::default());
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        let task = SourceTask {
+            id: "lines".into(),
+            source: Box::new(Pipe {
+                held: (0..10).collect(),
+                polls: 0,
+                committed: committed.clone(),
+            }),
+            topic: "lines".into(),
+            batch_size: 100,
+            max_in_flight_batches: 4,
+            transforms: Vec::new(),
+            writer: kept.clone(),
+            offsets: offsets.clone(),
+            offsets_store_interval: Duration::ZERO,
+            dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+            metrics: ComponentMetrics::new("source", "lines"),
+            numbering: None,
+            committed_batch: 0,
+        };
+        let shutdown = CancellationToken::new();
+        let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
+        let running = tokio::spawn(task.run(shutdown.clone(), deadline));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the task ends")
+            .unwrap()
+            .unwrap();
+        let sent: Vec<Value> = kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.value["line"].clone())
+            .collect();
+        assert_eq!(sent, (0..10).map(Value::from).collect::<Vec<_>>());
+        let stored = offsets.load("lines").await.unwrap();
+        assert_eq!(stored.get("pipe"), Some(&Value::from(10)));
+        let told = committed.lock().unwrap().clone();
+        assert_eq!(
+            told.last().and_then(|o| o.get("pipe")),
+            Some(&Value::from(10)),
+            "{told:?}"
         );
     }
 }
