@@ -33,6 +33,8 @@ pub struct Plugin {
     pub name: &'static str,
     /// JSON schema of its config (field names, types, docs).
     pub schema: fn() -> schemars::Schema,
+    /// The crate (package) it comes from, to say which connector crates a binary has.
+    pub krate: &'static str,
 }
 
 inventory::collect!(Plugin);
@@ -47,6 +49,7 @@ macro_rules! register_plugin {
                 kind: $crate::registry::PluginKind::$kind,
                 name: $name,
                 schema: || $crate::schemars::schema_for!($config),
+                krate: env!("CARGO_PKG_NAME"),
             }
         }
     };
@@ -56,6 +59,17 @@ macro_rules! register_plugin {
 pub fn plugins() -> Vec<&'static Plugin> {
     let mut all: Vec<_> = inventory::iter::<Plugin>.into_iter().collect();
     all.sort_by_key(|p| (p.kind, p.name));
+    all
+}
+
+/// The crates whose connectors are linked into this binary, sorted.
+pub fn crates() -> Vec<&'static str> {
+    let mut all: Vec<&str> = inventory::iter::<Plugin>
+        .into_iter()
+        .map(|p| p.krate)
+        .collect();
+    all.sort();
+    all.dedup();
     all
 }
 

@@ -224,9 +224,12 @@ impl Loader<'_> {
                     };
                     let line = field.as_deref().and_then(line_of).or_else(|| line_of(""));
                     let hint = if unknown_type {
-                        " (run `sluice plugins` to list the types)"
+                        format!(
+                            " (run `sluice plugins` to list the types); this binary has the connectors of {}: a type from another crate needs a binary that links it, `sluice::main!(that_crate)`",
+                            crate::registry::crates().join(", ")
+                        )
                     } else {
-                        ""
+                        String::new()
                     };
                     self.error(line, Some(&id), field, format!("{message}{hint}"))
                 })?;
