@@ -60,5 +60,6 @@ pub use async_trait::async_trait;
 pub use inventory;
 pub use schemars;
 pub use serde;
+pub use serde_json;
 pub use sluice_macros::{config, sink, source, stream_transform, transform};
 pub use typetag;

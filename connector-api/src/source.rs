@@ -154,6 +154,15 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// True for a source whose producers wait for [`Source::commit`] (a socket's writer, a
+    /// queue): the runtime then drops a `poll` that is waiting when offsets are stored, calls
+    /// `commit`, and polls again, so the acknowledgement does not wait for more input. Default
+    /// false: `commit` comes between polls only (a poll in progress, such as an HTTP request,
+    /// is never cut short for it).
+    fn acknowledges_producers(&self) -> bool {
+        false
+    }
+
     /// How far a source whose end is known has come, as `(done, total)` in units of its own
     /// (bytes of a file, records of a count), read after each poll for the percentage and the
     /// time left shown while it runs; `None` (the default) when its end is not known.

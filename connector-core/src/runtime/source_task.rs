@@ -229,6 +229,12 @@ impl SourceTask {
                     // asked again. It gets `STOP_GRACE` to do so; one still waiting is dropped.
                     // Then the source hands over what it holds (`drain`).
                     let mut stopping = false;
+                    // A source that acknowledges its producers hears of stored offsets while
+                    // its poll waits: the poll (cancel-safe) is dropped, `commit` called, and
+                    // the source polled again.
+                    let prompt = self.source.acknowledges_producers();
+                    let told = self.committed_batch;
+                    let mut interrupted = false;
                     let polled = {
                         let poll = self.source.poll(self.batch_size);
                         tokio::pin!(poll);
@@ -243,9 +249,21 @@ impl SourceTask {
                                     polled = grace => polled.ok(),
                                 }
                             }
+                            // (The offset writer gone: only a failure, handled above, ends it.)
+                            _ = async {
+                                if stored.wait_for(|s| s.batch > told).await.is_err() {
+                                    std::future::pending::<()>().await;
+                                }
+                            }, if prompt => {
+                                interrupted = true;
+                                None
+                            }
                             polled = &mut poll => Some(polled),
                         }
                     };
+                    if interrupted {
+                        continue;
+                    }
                     let Some(polled) = polled else {
                         drained = Some(self.drain(deadline).await?);
                         continue;
