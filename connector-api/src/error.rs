@@ -98,6 +98,15 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// The end of every `validate`: `Ok` when `errors` is empty, else all of them.
+    pub fn all(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 /// Input a connector could not turn into a record. It is not a pipeline error: the runtime

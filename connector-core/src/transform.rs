@@ -41,11 +41,7 @@ impl TransformOuter {
                 errors.push(FieldError::new("when", e));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     /// Builds the transform at `position` of its list, with its condition; its errors name it.

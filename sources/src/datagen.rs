@@ -90,11 +90,7 @@ impl SourceConfig for DatagenSourceConfig {
                 "must be at least 1ms (records are dated in milliseconds)",
             ));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {

@@ -19,11 +19,7 @@ macro_rules! plain_transform {
             fn validate(&self) -> Result<(), Vec<FieldError>> {
                 let $this = self;
                 let errors: Vec<FieldError> = $validate;
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(errors)
-                }
+                FieldError::all(errors)
             }
 
             fn build(&self) -> Result<Box<dyn Transform>, ConnectorError> {

@@ -27,11 +27,7 @@ impl SinkConfig for CsvFileConfig {
         if self.columns.is_empty() {
             errors.push(FieldError::new("columns", "must name at least one field"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     async fn build(&self, _: SinkBuildContext) -> Result<Box<dyn Sink>, ConnectorError> {

@@ -39,11 +39,7 @@ impl SourceConfig for UnixSocketLinesConfig {
         if self.linger_ms == 0 {
             errors.push(FieldError::new("linger_ms", "must be at least 1"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     async fn build(&self, _: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {

@@ -207,10 +207,6 @@ impl ElasticsearchSinkConfig {
                 ));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 }

@@ -223,10 +223,6 @@ impl MysqlSinkConfig {
         if self.key_length == 0 || self.key_length > 768 {
             errors.push(FieldError::new("key_length", "must be between 1 and 768"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 }

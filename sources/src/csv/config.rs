@@ -231,11 +231,7 @@ impl CsvSourceConfig {
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 }
 

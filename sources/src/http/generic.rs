@@ -212,11 +212,7 @@ impl SourceConfig for HttpSourceConfig {
         if self.interval.is_zero() {
             errors.push(FieldError::new("interval", "must be longer than 0"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {

@@ -333,11 +333,7 @@ impl SourceConfig for TwitterSourceConfig {
         if self.backfill_limit == 0 {
             errors.push(FieldError::new("backfill_limit", "must be at least 1"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {

@@ -126,11 +126,7 @@ impl SourceConfig for YahooFinanceSourceConfig {
         if self.poll_interval.is_zero() {
             errors.push(FieldError::new("poll_interval", "must be longer than 0"));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        FieldError::all(errors)
     }
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
