@@ -203,6 +203,24 @@ impl WrittenPositions {
     }
 }
 
+/// The partition of `record` among `partitions`, when it is fixed by the record: by its key
+/// ([`partition_for_key`]), or, for a record without a key written with `exactly_once`, by its
+/// source partition and input position. A record sent again after a crash must land where it
+/// landed the first time, or a sink's stored position of that partition is wrong for it (it
+/// would be skipped, or written twice); round-robin or random choices break that. `None`: the
+/// transport may place it anywhere.
+pub fn fixed_partition(record: &Record, partitions: i32) -> Option<i32> {
+    if partitions <= 0 {
+        return None;
+    }
+    if let Some(key) = &record.key {
+        return Some(crate::topic::partition_for_key(key, partitions));
+    }
+    let (source, position) = position_of(record)?;
+    let hash = fnv1a(format!("{}:{source}", position.input).as_bytes());
+    Some((hash % partitions as u64) as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +310,29 @@ mod tests {
         assert_eq!(a.len(), MAX_SOURCE_NAME);
         assert_ne!(a, b);
         assert_eq!(source_name("p", "c", "f.csv"), "p/c/f.csv");
+    }
+
+    /// Sent again after a crash, a keyless record with `exactly_once` must land where it
+    /// landed before; records made from different inputs still spread over the partitions.
+    #[test]
+    fn a_keyless_numbered_record_always_lands_in_the_same_partition() {
+        let numbered = |input: u64| {
+            let mut record = crate::Record::new(serde_json::json!({}));
+            let position = Position { input, index: 0 };
+            stamp(&mut record, "p/c/f", position);
+            record
+        };
+        assert_eq!(
+            fixed_partition(&crate::Record::new(serde_json::json!({})), 4),
+            None
+        );
+        let at: Vec<i32> = (0..64)
+            .map(|i| fixed_partition(&numbered(i), 4).unwrap())
+            .collect();
+        let again: Vec<i32> = (0..64)
+            .map(|i| fixed_partition(&numbered(i), 4).unwrap())
+            .collect();
+        assert_eq!(at, again);
+        assert!((0..4).all(|p| at.contains(&p)), "{at:?}");
     }
 }

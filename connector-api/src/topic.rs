@@ -2,7 +2,6 @@
 //! ([`PartitionOffset`]), a topic's layout ([`TopicSpec`]) and where a record lands
 //! ([`partition_for_key`], Kafka's default partitioner, which every transport uses).
 
-use crate::Record;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,24 +45,6 @@ impl Default for TopicSpec {
 
 fn one() -> i32 {
     1
-}
-
-/// The partition of `record` among `partitions`, when it is fixed by the record: by its key
-/// ([`partition_for_key`]), or, for a record without a key written with `exactly_once`, by its
-/// source partition and input position. A record sent again after a crash must land where it
-/// landed the first time, or a sink's stored position of that partition is wrong for it (it
-/// would be skipped, or written twice); round-robin or random choices break that. `None`: the
-/// transport may place it anywhere.
-pub fn fixed_partition(record: &Record, partitions: i32) -> Option<i32> {
-    if partitions <= 0 {
-        return None;
-    }
-    if let Some(key) = &record.key {
-        return Some(partition_for_key(key, partitions));
-    }
-    let (source, position) = crate::exactly_once::position_of(record)?;
-    let hash = crate::exactly_once::fnv1a(format!("{}:{source}", position.input).as_bytes());
-    Some((hash % partitions as u64) as i32)
 }
 
 /// Kafka's default (Java client) partitioner: murmur2 of the key, made positive, modulo the
@@ -126,29 +107,5 @@ mod tests {
         let p = partition_for_key(b"2014-09-17", 10);
         assert!((0..10).contains(&p));
         assert_eq!(p, partition_for_key(b"2014-09-17", 10));
-    }
-
-    /// Sent again after a crash, a keyless record with `exactly_once` must land where it
-    /// landed before; records made from different inputs still spread over the partitions.
-    #[test]
-    fn a_keyless_numbered_record_always_lands_in_the_same_partition() {
-        let numbered = |input: u64| {
-            let mut record = crate::Record::new(serde_json::json!({}));
-            let position = crate::exactly_once::Position { input, index: 0 };
-            crate::exactly_once::stamp(&mut record, "p/c/f", position);
-            record
-        };
-        assert_eq!(
-            fixed_partition(&crate::Record::new(serde_json::json!({})), 4),
-            None
-        );
-        let at: Vec<i32> = (0..64)
-            .map(|i| fixed_partition(&numbered(i), 4).unwrap())
-            .collect();
-        let again: Vec<i32> = (0..64)
-            .map(|i| fixed_partition(&numbered(i), 4).unwrap())
-            .collect();
-        assert_eq!(at, again);
-        assert!((0..4).all(|p| at.contains(&p)), "{at:?}");
     }
 }

@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sluice_api::Record;
 
+/// Why a record cannot be a CSV row.
+pub(crate) const NOT_AN_OBJECT: &str =
+    "`format: csv` writes values that are objects; this one is not";
+
 /// What one line holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -27,7 +31,7 @@ pub(crate) fn write_csv_line(
     columns: &[String],
 ) -> Result<(), String> {
     let Value::Object(fields) = &record.value else {
-        return Err(crate::file::NOT_AN_OBJECT.into());
+        return Err(NOT_AN_OBJECT.into());
     };
     let cells = columns.iter().map(|c| match fields.get(c) {
         None | Some(Value::Null) => String::new(),

@@ -72,10 +72,6 @@ struct FileSink {
     headers: HashMap<PathBuf, Vec<String>>,
 }
 
-/// Why a record cannot be a CSV row.
-pub(crate) const NOT_AN_OBJECT: &str =
-    "`format: csv` writes values that are objects; this one is not";
-
 /// The header of the CSV file at `path` if it has lines already.
 fn existing_header(path: &Path) -> Option<Vec<String>> {
     let file = File::open(path).ok()?;
@@ -214,7 +210,9 @@ impl Sink for FileSink {
                                         fields.keys().cloned().collect()
                                     }
                                     _ => {
-                                        outcome.rejected.push((i, NOT_AN_OBJECT.into()));
+                                        outcome
+                                            .rejected
+                                            .push((i, crate::encoding::NOT_AN_OBJECT.into()));
                                         continue;
                                     }
                                 };

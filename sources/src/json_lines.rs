@@ -62,7 +62,14 @@ impl SourceConfig for FileSourceConfig {
 
     async fn build(&self, ctx: SourceBuildContext) -> Result<Box<dyn Source>, ConnectorError> {
         let component = ctx.component.clone();
-        let settings = crate::csv::ReaderSettings::json_lines(self, ctx)?;
+        let files = crate::csv::JsonLinesFiles {
+            path: self.path.clone(),
+            key: self.key.clone(),
+            time: self.time.clone(),
+            follow: self.follow,
+            poll_interval: self.poll_interval,
+        };
+        let settings = crate::csv::ReaderSettings::json_lines(&files, ctx)?;
         crate::csv::start(settings, &component, self.rate)
     }
 

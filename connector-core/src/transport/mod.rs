@@ -7,9 +7,8 @@ mod offsets_file;
 
 pub use offsets_file::{FileOffsetStore, StateLock};
 // The topic vocabulary connectors share is the API's; the transport uses it as its own.
-pub use sluice_api::topic::{
-    fixed_partition, partition_for_key, PartitionOffset, TopicPartition, TopicSpec,
-};
+pub use sluice_api::exactly_once::fixed_partition;
+pub use sluice_api::topic::{partition_for_key, PartitionOffset, TopicPartition, TopicSpec};
 
 use crate::Record;
 use async_trait::async_trait;

@@ -166,7 +166,7 @@ impl ElasticsearchSinkConfig {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => errors.push(FieldError::new("url", "must be an http:// or https:// URL")),
         }
-        if let Err(problem) = super::request::check_index_template(&self.index) {
+        if let Err(problem) = check_index_template(&self.index) {
             errors.push(FieldError::new("index", problem));
         }
         if self.tombstones == Some(Tombstones::Delete) && self.document_id != DocumentId::Key {
@@ -208,5 +208,100 @@ impl ElasticsearchSinkConfig {
             }
         }
         FieldError::all(errors)
+    }
+}
+
+/// Checks an `index` template against Elasticsearch's rules for index names, with `{topic}`
+/// and each `{date…}` standing for a valid part: lower case; not starting with `_`, `-` or
+/// `+`; none of `\ / * ? " < > | , # :` or spaces; not `.` or `..`; at most 255 bytes.
+pub fn check_index_template(template: &str) -> Result<(), String> {
+    let mut sample = template.replace("{topic}", "t");
+    while let Some(start) = sample.find("{date") {
+        let Some(len) = sample[start..].find('}') else {
+            return Err(format!("`{template}`: `{{date` is not closed by `}}`"));
+        };
+        let inner = &sample[start + 5..start + len];
+        let format = match inner.strip_prefix(':') {
+            Some(f) if !f.is_empty() => f.to_string(),
+            None if inner.is_empty() => "%Y.%m.%d".into(),
+            _ => {
+                return Err(format!(
+                    "`{template}`: write `{{date}}` or `{{date:%Y.%m}}`"
+                ))
+            }
+        };
+        use chrono::format::{Item, StrftimeItems};
+        if StrftimeItems::new(&format).any(|i| matches!(i, Item::Error)) {
+            return Err(format!(
+                "`{template}`: `{format}` is not a valid date format (see chrono's strftime: %Y, %m, %d…)"
+            ));
+        }
+        let example = chrono::DateTime::from_timestamp(0, 0)
+            .unwrap_or_default()
+            .format(&format)
+            .to_string();
+        sample.replace_range(start..=start + len, &example);
+    }
+    if sample.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if sample.chars().any(|c| c.is_uppercase()) {
+        return Err(format!("`{template}`: index names must be lower case"));
+    }
+    if sample.starts_with(['_', '-', '+']) {
+        return Err(format!(
+            "`{template}`: index names must not start with `_`, `-` or `+`"
+        ));
+    }
+    if let Some(c) = sample.chars().find(|c| {
+        matches!(
+            c,
+            '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ':'
+        ) || c.is_whitespace()
+    }) {
+        return Err(format!("`{template}`: index names must not contain `{c}`"));
+    }
+    if sample == "." || sample == ".." {
+        return Err(format!("`{template}` is not a valid index name"));
+    }
+    if sample.len() > 255 {
+        return Err(format!("`{template}`: index names are at most 255 bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_templates_follow_elasticsearch_naming_rules() {
+        for good in [
+            "{topic}",
+            "bitcoin_kafka",
+            "btc-{date}",
+            "btc-{date:%Y.%m}",
+            ".hidden",
+        ] {
+            assert_eq!(check_index_template(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("Bitcoin", "lower case"),
+            ("_btc", "start"),
+            ("-btc", "start"),
+            ("btc data", "contain"),
+            ("btc:1", "contain"),
+            ("btc*", "contain"),
+            ("btc-{date:%Q}", "not a valid date format"),
+            ("btc-{date", "not closed"),
+            ("btc-{date:}", "write"),
+            ("..", "not a valid index name"),
+        ] {
+            let e = check_index_template(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(check_index_template(&"a".repeat(256))
+            .unwrap_err()
+            .contains("255"));
     }
 }

@@ -9,61 +9,13 @@
 //! - A row larger than `max_allowed_packet` is refused alone, naming its size and the limit.
 
 use super::config::{InsertMode, MysqlSinkConfig};
-use super::schema::{key_column, key_columns, quote, to_sql};
+use super::schema::{key_column, key_columns, quote, to_sql, Row};
 use crate::rounds::Rounds;
 use indexmap::IndexMap;
 use mysql_async::Value as Sql;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
-
-/// A record's columns in order, each name once, values borrowed from the record where they can
-/// be. Found by a scan: a row has a handful of columns, and comparing them costs less than
-/// hashing each name (this runs for every value of every record).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub(super) struct Row<'a> {
-    columns: Vec<(Cow<'a, str>, Cow<'a, Value>)>,
-}
-
-impl<'a> Row<'a> {
-    pub fn with_capacity(columns: usize) -> Self {
-        Row {
-            columns: Vec::with_capacity(columns),
-        }
-    }
-
-    /// Appends `column` unless one of the first `among` columns has its name already.
-    pub fn push_unless_among(&mut self, among: usize, column: Cow<'a, str>, value: Cow<'a, Value>) {
-        let among = among.min(self.columns.len());
-        if !self.columns[..among].iter().any(|(c, _)| *c == column) {
-            self.columns.push((column, value));
-        }
-    }
-
-    pub fn get(&self, column: &str) -> Option<&Value> {
-        self.columns
-            .iter()
-            .find(|(c, _)| c == column)
-            .map(|(_, v)| v.as_ref())
-    }
-
-    pub fn len(&self) -> usize {
-        self.columns.len()
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.columns.iter().map(|(c, _)| c.as_ref())
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.columns.iter().map(|(c, v)| (c.as_ref(), v.as_ref()))
-    }
-
-    /// The value of the column at `index` (in [`Row::keys`] order).
-    fn value_at(&self, index: usize) -> &Value {
-        self.columns.get(index).map_or(&Value::Null, |(_, v)| v)
-    }
-}
 
 impl<'a> FromIterator<(Cow<'a, str>, Cow<'a, Value>)> for Row<'a> {
     /// Later columns of a name already present are left out.

@@ -1,7 +1,6 @@
 //! Table names, column types inferred from records, and JSON values as MySQL values.
 
 use super::config::{KeyMode, MysqlSinkConfig};
-use super::plan::Row;
 use mysql_async::Value as Sql;
 use serde_json::Value;
 use sluice_api::Record;
@@ -175,6 +174,54 @@ fn truncate(s: &str) -> String {
     match s.char_indices().nth(80) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s.to_string(),
+    }
+}
+
+/// A record's columns in order, each name once, values borrowed from the record where they can
+/// be. Found by a scan: a row has a handful of columns, and comparing them costs less than
+/// hashing each name (this runs for every value of every record).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Row<'a> {
+    columns: Vec<(Cow<'a, str>, Cow<'a, Value>)>,
+}
+
+impl<'a> Row<'a> {
+    pub fn with_capacity(columns: usize) -> Self {
+        Row {
+            columns: Vec::with_capacity(columns),
+        }
+    }
+
+    /// Appends `column` unless one of the first `among` columns has its name already.
+    pub fn push_unless_among(&mut self, among: usize, column: Cow<'a, str>, value: Cow<'a, Value>) {
+        let among = among.min(self.columns.len());
+        if !self.columns[..among].iter().any(|(c, _)| *c == column) {
+            self.columns.push((column, value));
+        }
+    }
+
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|(c, _)| c.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.columns.iter().map(|(c, v)| (c.as_ref(), v.as_ref()))
+    }
+
+    /// The value of the column at `index` (in [`Row::keys`] order).
+    pub(super) fn value_at(&self, index: usize) -> &Value {
+        self.columns.get(index).map_or(&Value::Null, |(_, v)| v)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The running MySQL sink: one connection, reconnected after failures; a transaction per batch.
 
 use super::config::MysqlSinkConfig;
-use super::plan::{plan, Op, Plan, Row, Server, Step};
+use super::plan::{plan, Op, Plan, Server, Step};
+use super::schema::Row;
 use super::schema::{infer_type, key_columns, quote, row, table_name};
 use futures::StreamExt;
 use indexmap::IndexMap;

@@ -12,7 +12,7 @@ pub use config::{ColumnSpec, ColumnType, CsvSourceConfig, NullRows};
 
 use crate::pace::Pace;
 use reader::CsvReader;
-pub(crate) use reader::ReaderSettings;
+pub(crate) use reader::{JsonLinesFiles, ReaderSettings};
 use sluice_api::{
     async_trait, ConnectorError, FieldError, Source, SourceBuildContext, SourceConfig, SourceRecord,
 };

@@ -56,6 +56,18 @@ enum Format {
     },
 }
 
+/// What the reader needs of a JSON-lines source's config.
+pub struct JsonLinesFiles {
+    /// File path or glob.
+    pub path: String,
+    /// JSON pointer of the key, if any.
+    pub key: Option<String>,
+    /// JSON pointer of the record time, if any.
+    pub time: Option<String>,
+    pub follow: bool,
+    pub poll_interval: std::time::Duration,
+}
+
 impl ReaderSettings {
     pub fn new(config: &CsvSourceConfig, ctx: SourceBuildContext) -> Result<Self, ConnectorError> {
         let mut builder = csv::ReaderBuilder::new();
@@ -90,7 +102,7 @@ impl ReaderSettings {
     /// lines (`\n`, `\r\n`; blank lines skipped) with no delimiter or quote that JSON text can
     /// hold raw.
     pub fn json_lines(
-        config: &crate::json_lines::FileSourceConfig,
+        config: &JsonLinesFiles,
         ctx: SourceBuildContext,
     ) -> Result<Self, ConnectorError> {
         let mut builder = csv::ReaderBuilder::new();
@@ -878,11 +890,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, text).unwrap();
-        let config: crate::json_lines::FileSourceConfig = serde_yaml::from_str(&format!(
-            "{{ path: '{}', key: /id, time: /at }}",
-            path.display()
-        ))
-        .unwrap();
+        let config = JsonLinesFiles {
+            path: path.display().to_string(),
+            key: Some("/id".into()),
+            time: Some("/at".into()),
+            follow: false,
+            poll_interval: std::time::Duration::from_secs(1),
+        };
         let settings = ReaderSettings::json_lines(&config, context(offsets, encode)).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         CsvReader::new(settings).run(tx);
@@ -936,9 +950,13 @@ mod tests {
             offsets.insert(path.display().to_string(), items[1].offset.clone());
             std::fs::write(&path, text).unwrap();
             let dir = path.parent().unwrap().to_path_buf();
-            let config: crate::json_lines::FileSourceConfig =
-                serde_yaml::from_str(&format!("{{ path: '{}' }}", dir.join("in.jsonl").display()))
-                    .unwrap();
+            let config = JsonLinesFiles {
+                path: dir.join("in.jsonl").display().to_string(),
+                key: None,
+                time: None,
+                follow: false,
+                poll_interval: std::time::Duration::from_secs(1),
+            };
             let settings = ReaderSettings::json_lines(&config, context(offsets, encode)).unwrap();
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
             CsvReader::new(settings).run(tx);
