@@ -7,3 +7,4 @@ pub mod datagen;
 pub mod http;
 pub mod json_lines;
 mod pace;
+mod shared;

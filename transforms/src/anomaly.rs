@@ -22,8 +22,8 @@
 //! about 1.5 KiB as a checkpoint of JSON numbers, ~3.5 KiB). Cost per record: O(window) for
 //! the standard deviation (a few hundred additions), no allocation once the window is full.
 
+use crate::event_time::EventTime;
 use crate::keyed::{config_error, json_number, timed_value, Keyed, PerKey};
-use crate::time::EventTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -12,9 +12,9 @@
 //! `history` × models × optimiser steps (365 values, one core: ANN about 0.2 ms, `auto` about 5 ms); records
 //! between fits cost one push.
 
+use crate::calendar::Every;
+use crate::event_time::EventTime;
 use crate::keyed::{config_error, json_number, timed_value, Keyed, PerKey};
-use crate::time::EventTime;
-use crate::window::Every;
 use augurs_core::{Fit, Predict};
 use augurs_ets::model::{Model, ModelType, Unfit};
 use schemars::JsonSchema;

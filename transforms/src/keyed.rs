@@ -6,7 +6,7 @@
 //! that come and go (tickers delisted, devices retired) do not hold memory for good. Event time,
 //! not the clock, decides, so a replay from a checkpoint drops the same keys at the same records.
 
-use crate::time::EventTime;
+use crate::event_time::EventTime;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;

@@ -3,6 +3,8 @@
 //! and `when` (a jq condition limiting it to matching records).
 
 pub mod anomaly;
+mod calendar;
+mod event_time;
 pub mod fields;
 pub mod filter;
 pub mod forecast;

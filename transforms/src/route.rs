@@ -1,8 +1,8 @@
 //! `route`: changes the topic of records (Kafka Connect's `RegexRouter` and `TimestampRouter`,
 //! and a template of the record's fields).
 
+use crate::event_time::time_zone;
 use crate::path;
-use crate::time::time_zone;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_api::{ConnectorError, FieldError, Record, Transform, TransformConfig};

@@ -1,5 +1,6 @@
 //! Configuration of the CSV source.
 
+pub use crate::shared::NullRows;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -161,16 +162,6 @@ impl ColumnType {
             _ => return None,
         })
     }
-}
-
-/// What to do with rows that hold nothing but their key and time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NullRows {
-    #[default]
-    Keep,
-    Skip,
-    DeadLetter,
 }
 
 fn yes() -> bool {

@@ -732,7 +732,7 @@ fn json_record(
         });
     let timestamp = time
         .and_then(|at| sluice_api::record::pointer(&value, at))
-        .and_then(crate::http::generic::time_millis);
+        .and_then(crate::shared::time_millis);
     let mut record = if encode {
         Record {
             encoded_value: Some(text.to_vec()),

@@ -32,7 +32,7 @@ use sluice_api::{
     async_trait, record::now_millis, BadInput, ConnectorError, FieldError, Payload, Record, Secret,
     Source, SourceBuildContext, SourceConfig, SourceRecord,
 };
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,7 +247,7 @@ impl SourceConfig for HttpSourceConfig {
             due: None,
             buffered: VecDeque::new(),
             page_ref: None,
-            recent: Recent::default(),
+            recent: crate::shared::Recent::default(),
         }))
     }
 }
@@ -482,37 +482,6 @@ impl Mark {
     }
 }
 
-/// Ids delivered during this run, the last [`Recent::CAPACITY`] of them, kept as 128-bit
-/// fingerprints (two seeded 64-bit hashes): a tenth the memory of the ids and no allocation per
-/// record; two ids share one with a probability of about 10⁻²⁹ per window.
-#[derive(Default)]
-pub(super) struct Recent {
-    order: VecDeque<u128>,
-    set: HashSet<u128, foldhash::fast::RandomState>,
-    seeds: (foldhash::fast::RandomState, foldhash::fast::RandomState),
-}
-
-impl Recent {
-    const CAPACITY: usize = 100_000;
-
-    /// False when `id` was seen already.
-    pub(super) fn insert(&mut self, id: &str) -> bool {
-        use std::hash::BuildHasher;
-        let print =
-            (u128::from(self.seeds.0.hash_one(id)) << 64) | u128::from(self.seeds.1.hash_one(id));
-        if !self.set.insert(print) {
-            return false;
-        }
-        if self.order.len() == Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.order.push_back(print);
-        true
-    }
-}
-
 struct HttpSource {
     config: Arc<HttpSourceConfig>,
     /// Records are numbered for `exactly_once`: pages are planned (see [`Plan`]).
@@ -530,7 +499,7 @@ struct HttpSource {
     buffered: VecDeque<(SourceRecord, Option<Mark>)>,
     /// The page parts of the cursor, shared by the marks of its records.
     page_ref: Option<Arc<PageRef>>,
-    recent: Recent,
+    recent: crate::shared::Recent,
     /// The next page, asked for while this one's records are sent.
     prefetched: Option<Prefetch>,
     /// A page without a next one was read (a page that was not a page does not count: it is
@@ -923,7 +892,7 @@ impl HttpSource {
             .time
             .as_deref()
             .and_then(|p| value.pointer(p))
-            .and_then(time_millis)
+            .and_then(crate::shared::time_millis)
             .unwrap_or(now);
         let mut record = Record::new(value);
         record.key = key.map(String::into_bytes);
@@ -1039,25 +1008,6 @@ fn id_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-/// Epoch milliseconds of a record time: RFC 3339 text, or epoch seconds (below 10¹¹) or
-/// milliseconds.
-pub fn time_millis(value: &Value) -> Option<i64> {
-    match value {
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_millis()),
-        Value::Number(n) => {
-            let v = n.as_f64()?;
-            Some(if v.abs() < 1e11 {
-                (v * 1000.0) as i64
-            } else {
-                v as i64
-            })
-        }
-        _ => None,
     }
 }
 

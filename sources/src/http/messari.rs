@@ -313,7 +313,7 @@ impl MessariSource {
         record.key = record.value["symbol"]
             .as_str()
             .map(|s| s.as_bytes().to_vec());
-        record.timestamp = super::generic::time_millis(&Value::String(time.clone()));
+        record.timestamp = crate::shared::time_millis(&Value::String(time.clone()));
         self.last_time.insert(asset.to_string(), time.clone());
         // Price times grow per asset and are the same on every run: the position for
         // `exactly_once` (an answer's own time is not the same on every run: none).

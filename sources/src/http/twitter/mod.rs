@@ -31,7 +31,7 @@
 use super::client::{
     allowance_spent, at_base, endpoint, excerpt, server_wait, HttpClient, HttpSettings,
 };
-use super::generic::{time_millis, Recent};
+use crate::shared::{time_millis, Recent};
 use reqwest::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

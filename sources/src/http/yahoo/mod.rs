@@ -29,7 +29,7 @@ mod bars;
 mod session;
 
 use super::client::{at_base, endpoint, excerpt, Fetched, HttpClient, HttpSettings};
-use crate::csv::NullRows;
+use crate::shared::NullRows;
 use bars::{parse_chart, Bar, BarSize, MarketClock, DAY};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
