@@ -111,7 +111,7 @@ fn pages_arrive_once_each_across_a_stop_and_a_kill_9_through_kafka() {
         twice.is_empty(),
         "sent again after a graceful stop: {twice:?}"
     );
-    // Without `exactly_once`, a kill -9 repeats what the README's "Delivery guarantees" allow:
+    // Without `exactly_once`, a kill -9 repeats what docs/guarantees.md allows:
     // the source sends again what was not yet stored as its offset — at most one store
     // interval of records (1 s; here at most 10 pages of 100, the server taking 100 ms a
     // page) and the page in flight — and the file sink writes again the batch whose commit
