@@ -117,7 +117,21 @@ enum Command {
         kafka: Option<String>,
     },
     /// List every source, sink and transform type with its fields and docs.
-    Plugins,
+    Plugins {
+        /// `text` for the terminal, `markdown` for a page (`docs/connectors.md` is this).
+        #[arg(long, value_enum, default_value = "text")]
+        format: PluginsFormat,
+    },
+    /// Print the JSON Schema of a pipeline file (every connector's fields by `type:`), for
+    /// editors: `# yaml-language-server: $schema=…` at the top of a pipeline file.
+    Schema,
+}
+
+/// How `sluice plugins` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PluginsFormat {
+    Text,
+    Markdown,
 }
 
 /// mimalloc's `arena_eager_commit` option (mimalloc.h's `mi_option_e`: it has no constant in
@@ -153,8 +167,19 @@ pub fn run() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Plugins => {
-            print_plugins();
+        Command::Plugins { format } => {
+            let mut out = std::io::stdout().lock();
+            let _ = match format {
+                PluginsFormat::Text => write_plugins(&mut out),
+                PluginsFormat::Markdown => write_plugins_markdown(&mut out),
+            };
+            ExitCode::SUCCESS
+        }
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&pipeline_schema()).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Command::Status { url } => print_status(&url),
@@ -514,8 +539,161 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// Writes the plugin list; a closed pipe (`sluice plugins | head`) just ends it.
-fn print_plugins() {
-    let _ = write_plugins(&mut std::io::stdout().lock());
+/// The plugins as a Markdown page: a section per kind, a table of fields per type.
+fn write_plugins_markdown(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(out, "# Connectors and transforms\n")?;
+    writeln!(
+        out,
+        "Every `type:` of the `sluice` binary and its fields, as `sluice plugins --format markdown` prints them (a test checks that this page is current). What each connector does: [sources-and-sinks.md](sources-and-sinks.md).\n"
+    )?;
+    writeln!(out, "Framework fields: sources take `topic`, `transforms`, `batch_size`; sinks take `topics`, `transforms`, `batch {{ max_records, linger }}`; every transform takes `id` (its name in dead letters) and `when` (a jq condition: it applies only to matching records).")?;
+    let mut kind = None;
+    for plugin in registry::plugins() {
+        if kind != Some(plugin.kind) {
+            kind = Some(plugin.kind);
+            writeln!(out, "\n## {}s", capitalized(&plugin.kind.to_string()))?;
+        }
+        writeln!(out, "\n### `{}`\n", plugin.name)?;
+        let schema = (plugin.schema)();
+        if let Some(doc) = schema
+            .as_value()
+            .get("description")
+            .and_then(|d| d.as_str())
+        {
+            writeln!(out, "{}\n", doc.replace('\n', " "))?;
+        }
+        let fields = registry::fields(plugin);
+        if fields.is_empty() {
+            continue;
+        }
+        writeln!(out, "| field | type | required | what it is |")?;
+        writeln!(out, "|---|---|---|---|")?;
+        for field in fields {
+            writeln!(
+                out,
+                "| `{}` | {} | {} | {} |",
+                field.name,
+                field.type_name.replace('|', "\\|"),
+                if field.required { "yes" } else { "" },
+                field.doc.replace('\n', " ").replace('|', "\\|")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Points every `#/$defs/X` reference inside `schema` at `#/$defs/{prefix}X`.
+fn rename_refs(schema: &mut serde_json::Value, prefix: &str) {
+    match schema {
+        serde_json::Value::Object(object) => {
+            for (key, value) in object.iter_mut() {
+                match value {
+                    serde_json::Value::String(target) if key == "$ref" => {
+                        if let Some(name) = target.strip_prefix("#/$defs/") {
+                            *target = format!("#/$defs/{prefix}{name}");
+                        }
+                    }
+                    other => rename_refs(other, prefix),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rename_refs(v, prefix)),
+        _ => {}
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// The JSON Schema of a pipeline file: the framework's sections, and for each component the
+/// schema of the connector its `type:` names (JSON Schema `if`/`then` on `type`).
+fn pipeline_schema() -> serde_json::Value {
+    use serde_json::json;
+    // Each connector's definitions, renamed `{kind}.{type}.{name}` so that two connectors'
+    // `Format`s do not meet, hoisted to the root where their `$ref`s point.
+    let definitions = std::cell::RefCell::new(serde_json::Map::new());
+    let by_kind = |kind: registry::PluginKind, framework: serde_json::Value| {
+        let variants: Vec<serde_json::Value> = registry::plugins()
+            .into_iter()
+            .filter(|p| p.kind == kind)
+            .map(|plugin| {
+                let prefix = format!("{kind}.{}.", plugin.name).replace(' ', "_");
+                let mut schema = (plugin.schema)().to_value();
+                rename_refs(&mut schema, &prefix);
+                if let Some(object) = schema.as_object_mut() {
+                    object.remove("$schema");
+                    object.remove("title");
+                    // The framework's fields are allowed beside the connector's own.
+                    object.remove("additionalProperties");
+                    if let Some(serde_json::Value::Object(defs)) = object.remove("$defs") {
+                        let mut all = definitions.borrow_mut();
+                        for (name, def) in defs {
+                            all.insert(format!("{prefix}{name}"), def);
+                        }
+                    }
+                }
+                json!({
+                    "if": {"properties": {"type": {"const": plugin.name}}, "required": ["type"]},
+                    "then": schema,
+                })
+            })
+            .collect();
+        let names: Vec<&str> = registry::plugins()
+            .into_iter()
+            .filter(|p| p.kind == kind)
+            .map(|p| p.name)
+            .collect();
+        json!({
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"enum": names, "description": format!("The {kind} type (`sluice plugins`).")},
+            },
+            "allOf": [framework, {"allOf": variants}],
+            // A field neither the framework nor the connector has is a typo (`pth`).
+            "unevaluatedProperties": false,
+        })
+    };
+    let transform_list = json!({"type": "array", "items": by_kind(registry::PluginKind::Transform, json!({
+        "properties": {"id": {"type": "string"}, "when": {"type": "string", "description": "jq condition"}}
+    }))});
+    let sources = by_kind(
+        registry::PluginKind::Source,
+        json!({"properties": {"topic": {"type": "string"}, "transforms": transform_list.clone(), "batch_size": {"type": "integer"}}}),
+    );
+    let sinks = by_kind(
+        registry::PluginKind::Sink,
+        json!({"properties": {"topics": {"type": "array", "items": {"type": "string"}}, "transforms": transform_list.clone(), "batch": {"type": "object"}}}),
+    );
+    let stream_transforms = by_kind(
+        registry::PluginKind::StreamTransform,
+        json!({"properties": {"inputs": {"type": "array", "items": {"type": "string"}}, "topic": {"type": "string"}}}),
+    );
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Sluice pipeline",
+        "$defs": definitions.into_inner(),
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "description": "The pipeline's name: topic, group and offset names derive from it."},
+            "kafka": {"type": "object", "description": "The Kafka cluster; without it topics are embedded (see docs/workers.md)."},
+            "worker": {"type": "object"},
+            "topics": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                "partitions": {"type": "integer"}, "replication_factor": {"type": "integer"}, "config": {"type": "object"}
+            }}},
+            "errors": {"type": "object"},
+            "exactly_once": {"type": "boolean"},
+            "sources": {"type": "object", "additionalProperties": sources},
+            "sinks": {"type": "object", "additionalProperties": sinks},
+            "transforms": {"type": "object", "additionalProperties": stream_transforms},
+        },
+    })
 }
 
 fn write_plugins(out: &mut impl std::io::Write) -> std::io::Result<()> {
