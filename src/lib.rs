@@ -157,7 +157,7 @@ static COMMIT_ARENAS_ON_DEMAND: extern "C" fn() = {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     // Still single-threaded: the one moment the process environment may be set.
-    sluice_sinks::mysql::cap_client_buffers();
+    registry::run_process_setups();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")

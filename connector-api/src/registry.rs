@@ -55,6 +55,22 @@ macro_rules! register_plugin {
     };
 }
 
+/// Something a connector needs done once at process start, before any thread runs (setting a
+/// client library's environment): `inventory::submit! { ProcessSetup { run: my_fn } }`. The
+/// binary runs every one first, so it never names a connector crate for it.
+pub struct ProcessSetup {
+    pub run: fn(),
+}
+
+inventory::collect!(ProcessSetup);
+
+/// Runs every connector's [`ProcessSetup`]; call before any thread is spawned.
+pub fn run_process_setups() {
+    for setup in inventory::iter::<ProcessSetup> {
+        (setup.run)();
+    }
+}
+
 /// Every registered plugin, sorted by kind then name.
 pub fn plugins() -> Vec<&'static Plugin> {
     let mut all: Vec<_> = inventory::iter::<Plugin>.into_iter().collect();

@@ -12,9 +12,9 @@ pub use config::{InsertMode, KeyMode, MysqlSinkConfig, PrimaryKey, SslMode};
 /// Caps the packet buffers mysql_async keeps for reuse. By default it keeps up to 128 freed
 /// buffers of up to 4 MiB each; statements of thousands of rows fill them, and a sink ended up
 /// holding ~30 MiB for nothing. Settings the user exported win. mysql_async reads them once,
-/// on first use, so call this at start-up, before any thread is spawned (it sets the process
-/// environment).
-pub fn cap_client_buffers() {
+/// on first use, so it runs at start-up, before any thread is spawned (it sets the process
+/// environment): a process setup of the registry, which the binary runs first.
+fn cap_client_buffers() {
     for (name, value) in [
         ("MYSQL_ASYNC_BUFFER_POOL_CAP", "16"),
         ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "262144"),
@@ -23,6 +23,10 @@ pub fn cap_client_buffers() {
             std::env::set_var(name, value);
         }
     }
+}
+
+sluice_api::inventory::submit! {
+    sluice_api::registry::ProcessSetup { run: cap_client_buffers }
 }
 
 use sluice_api::{ConnectorError, FieldError, Sink, SinkBuildContext, SinkConfig};
