@@ -430,26 +430,6 @@ mod tests {
         }
     }
 
-    /// What the file holds, for the compliance check: the `n` column of its CSV rows.
-    struct CsvFile(std::path::PathBuf);
-
-    impl sluice_test_support::Store for CsvFile {
-        fn numbers(&self) -> sluice_test_support::Step<'_, Vec<u64>> {
-            Box::pin(async move {
-                std::fs::read_to_string(&self.0)
-                    .unwrap_or_default()
-                    .lines()
-                    .skip(1)
-                    .map(|line| line.rsplit(',').next().unwrap().parse().unwrap())
-                    .collect()
-            })
-        }
-
-        fn outage(&self, _: bool) -> Option<sluice_test_support::Step<'_, ()>> {
-            None
-        }
-    }
-
     /// The compliance check every sink runs: a value that is not an object is refused by
     /// `format: csv`, the rest written once each and durable after `flush`.
     #[tokio::test]
@@ -463,7 +443,7 @@ mod tests {
         sluice_test_support::sink_compliance(
             &yaml,
             Some(serde_json::json!("not an object")),
-            &CsvFile(path),
+            &sluice_test_support::CsvFile(path),
         )
         .await;
     }

@@ -22,6 +22,31 @@ pub trait Store {
     fn outage(&self, down: bool) -> Option<Step<'_, ()>>;
 }
 
+/// A CSV file with a header whose last column is each record's `n`: the store of a sink that
+/// writes CSV (`columns: [id, n]`), which cannot be made to fail.
+pub struct CsvFile(pub std::path::PathBuf);
+
+impl Store for CsvFile {
+    fn numbers(&self) -> Step<'_, Vec<u64>> {
+        Box::pin(async move {
+            std::fs::read_to_string(&self.0)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    let n = line.rsplit(',').next().unwrap_or_default();
+                    n.parse()
+                        .unwrap_or_else(|e| panic!("`{line}` does not end with a number: {e}"))
+                })
+                .collect()
+        })
+    }
+
+    fn outage(&self, _: bool) -> Option<Step<'_, ()>> {
+        None
+    }
+}
+
 /// Records `{"id": "r<n>", "n": n}` for `n` in `range`, keyed by their id, on topic `t`.
 pub fn numbered(range: std::ops::Range<u64>) -> Vec<Arc<Record>> {
     range

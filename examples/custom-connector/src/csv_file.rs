@@ -138,25 +138,6 @@ mod tests {
         assert_eq!(cell(None), "");
     }
 
-    struct Rows(std::path::PathBuf);
-
-    impl sluice_test_support::Store for Rows {
-        fn numbers(&self) -> sluice_test_support::Step<'_, Vec<u64>> {
-            Box::pin(async move {
-                std::fs::read_to_string(&self.0)
-                    .unwrap_or_default()
-                    .lines()
-                    .skip(1)
-                    .map(|line| line.rsplit(',').next().unwrap().parse().unwrap())
-                    .collect()
-            })
-        }
-
-        fn outage(&self, _: bool) -> Option<sluice_test_support::Step<'_, ()>> {
-            None
-        }
-    }
-
     /// The check every sink runs: a value that is not an object is refused, the rest
     /// written once each and durable after `flush`.
     #[tokio::test]
@@ -167,6 +148,11 @@ mod tests {
             "type: csv_file\npath: {}\ncolumns: [id, n]\n",
             path.display()
         );
-        sluice_test_support::sink_compliance(&yaml, Some(Value::from("text")), &Rows(path)).await;
+        sluice_test_support::sink_compliance(
+            &yaml,
+            Some(Value::from("text")),
+            &sluice_test_support::CsvFile(path),
+        )
+        .await;
     }
 }

@@ -46,6 +46,31 @@ impl TopicWriter for Kept {
     }
 }
 
+/// A task running `source` into `writer`, storing offsets in `offsets` at once.
+fn task_of(
+    id: &str,
+    source: Box<dyn Source>,
+    transport: &EmbeddedTransport,
+    writer: Arc<Kept>,
+    offsets: Arc<dyn OffsetStore>,
+) -> SourceTask {
+    SourceTask {
+        id: id.into(),
+        source,
+        topic: format!("{id}-topic").into(),
+        batch_size: 100,
+        max_in_flight_batches: 4,
+        transforms: Vec::new(),
+        writer,
+        offsets,
+        offsets_store_interval: Duration::ZERO,
+        dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
+        metrics: ComponentMetrics::new("source", id),
+        numbering: None,
+        committed_batch: 0,
+    }
+}
+
 /// SIGTERM 5 ms before a live API's answer arrives: the answer is still sent, and its
 /// offsets stored, rather than dropped with the poll.
 #[tokio::test]
@@ -54,24 +79,16 @@ async fn a_stop_while_an_answer_arrives_still_sends_it_and_stores_its_offsets() 
     let transport = EmbeddedTransport::new(100, dir.path().to_path_buf());
     let offsets: Arc<dyn OffsetStore> = Arc::from(transport.offset_store("p").await.unwrap());
     let kept = Arc::new(Kept::default());
-    let task = SourceTask {
-        id: "messari".into(),
-        source: Box::new(SlowAnswer {
+    let task = task_of(
+        "messari",
+        Box::new(SlowAnswer {
             answer_after: Duration::from_millis(105),
             answered: false,
         }),
-        topic: "prices".into(),
-        batch_size: 100,
-        max_in_flight_batches: 4,
-        transforms: Vec::new(),
-        writer: kept.clone(),
-        offsets: offsets.clone(),
-        offsets_store_interval: Duration::ZERO,
-        dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
-        metrics: ComponentMetrics::new("source", "messari"),
-        numbering: None,
-        committed_batch: 0,
-    };
+        &transport,
+        kept.clone(),
+        offsets.clone(),
+    );
     let shutdown = CancellationToken::new();
     let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
     let running = tokio::spawn(task.run(shutdown.clone(), deadline));
@@ -142,24 +159,21 @@ async fn a_checkpoint_is_stored_before_anything_after_it_is_polled() {
     let seen = Arc::new(Mutex::new(None));
     let metrics = ComponentMetrics::new("source", "web");
     let task = SourceTask {
-        id: "web".into(),
-        source: Box::new(PlansAhead {
-            store: offsets.clone(),
-            sent: kept.clone(),
-            polls: 0,
-            seen_at_second_poll: seen.clone(),
-        }),
-        topic: "pages".into(),
-        batch_size: 100,
-        max_in_flight_batches: 4,
-        transforms: Vec::new(),
-        writer: kept.clone(),
-        offsets: offsets.clone(),
         offsets_store_interval: Duration::from_secs(3600),
-        dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
         metrics: metrics.clone(),
         numbering: Some(Numbering::new("p")),
-        committed_batch: 0,
+        ..task_of(
+            "web",
+            Box::new(PlansAhead {
+                store: offsets.clone(),
+                sent: kept.clone(),
+                polls: 0,
+                seen_at_second_poll: seen.clone(),
+            }),
+            &transport,
+            kept.clone(),
+            offsets.clone(),
+        )
     };
     let shutdown = CancellationToken::new();
     let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
@@ -228,25 +242,17 @@ async fn a_stop_drains_what_a_source_holds_and_tells_it_what_was_stored() {
     let offsets: Arc<dyn OffsetStore> = Arc::from(transport.offset_store("p").await.unwrap());
     let kept = Arc::new(Kept::default());
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let task = SourceTask {
-        id: "lines".into(),
-        source: Box::new(Pipe {
+    let task = task_of(
+        "lines",
+        Box::new(Pipe {
             held: (0..10).collect(),
             polls: 0,
             committed: committed.clone(),
         }),
-        topic: "lines".into(),
-        batch_size: 100,
-        max_in_flight_batches: 4,
-        transforms: Vec::new(),
-        writer: kept.clone(),
-        offsets: offsets.clone(),
-        offsets_store_interval: Duration::ZERO,
-        dead_letters: DeadLetters::new(ErrorsConfig::default(), transport.writer()),
-        metrics: ComponentMetrics::new("source", "lines"),
-        numbering: None,
-        committed_batch: 0,
-    };
+        &transport,
+        kept.clone(),
+        offsets.clone(),
+    );
     let shutdown = CancellationToken::new();
     let deadline = Deadline::after(&shutdown, Duration::from_secs(5));
     let running = tokio::spawn(task.run(shutdown.clone(), deadline));

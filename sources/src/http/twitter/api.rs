@@ -46,12 +46,7 @@ impl Api {
                 request.bearer_auth(token.expose())
             })
             .await?;
-        serde_json::from_slice(&fetched.body).map_err(|e| {
-            ConnectorError::external(format!(
-                "{shown} answered with a body that is not JSON ({e}): {}",
-                excerpt(&fetched.body)
-            ))
-        })
+        json_of(&shown, &fetched.body)
     }
 
     /// One page of recent search for the configured query: posts after `since_id` (all
@@ -113,12 +108,7 @@ impl Api {
                     }
                 }
             }
-            return serde_json::from_slice(&fetched.body).map_err(|e| {
-                ConnectorError::external(format!(
-                    "{shown} answered with a body that is not JSON ({e}): {}",
-                    excerpt(&fetched.body)
-                ))
-            });
+            return json_of(&shown, &fetched.body);
         }
     }
 
@@ -293,4 +283,14 @@ pub(super) fn refused_rules(answer: &Value) -> Vec<(String, String, String)> {
 pub(super) fn recent_search_edge(now: SystemTime) -> String {
     let edge = now - Duration::from_secs(7 * 86_400 - 60);
     chrono::DateTime::<chrono::Utc>::from(edge).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// An answer's body as JSON, or an error naming `shown` (the endpoint) with an excerpt.
+fn json_of(shown: &str, body: &[u8]) -> Result<Value, ConnectorError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ConnectorError::external(format!(
+            "{shown} answered with a body that is not JSON ({e}): {}",
+            excerpt(body)
+        ))
+    })
 }

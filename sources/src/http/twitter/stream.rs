@@ -197,9 +197,19 @@ impl StreamSource {
                 .unwrap_or_default();
             for post in posts {
                 let number = post["id"].as_str().and_then(|id| id.parse::<u64>().ok());
-                let record = self.api.record(post, &answer["includes"], None);
-                if let (Some(number), Some(record)) = (number, record) {
-                    found.push((number, record));
+                match (number, self.api.record(post, &answer["includes"], None)) {
+                    (Some(number), Some(record)) => found.push((number, record)),
+                    // Not a post with a numeric id: dead-lettered, as the stream's are.
+                    _ => {
+                        let raw = post.to_string().into_bytes();
+                        let bad = self.api.bad(
+                            STREAM_PARTITION,
+                            json!({ "last_id": self.last_id }),
+                            format!("a backfilled post without a numeric id: {}", excerpt(&raw)),
+                            raw,
+                        );
+                        self.buffered.push_back(bad);
+                    }
                 }
             }
             match answer["meta"]["next_token"].as_str() {
